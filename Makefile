@@ -1,0 +1,41 @@
+# umi: the two entry points for a fresh machine are `make run` and `make test`; both set up .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.umi-installed
+PROFILE ?= cpu
+
+.PHONY: setup run test test-fast lock data clean
+
+setup: $(STAMP)
+
+# Exact versions of every package come from requirements.lock (installed --no-deps, so nothing floats).
+# bfcl-eval is in the lock but must not pull its ~30 API SDKs or its numpy==1.26 pin: --no-deps covers that too.
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+# The main job on the embedded defaults (BFCL data, SmolLM2-135M backbone, the `cpu` profile).
+run: setup
+	$(BIN)/umi run --profile $(PROFILE)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+# Re-pin: a fresh venv from pyproject.toml (+ bfcl-eval --no-deps), frozen into requirements.lock.
+lock:
+	rm -rf /tmp/umi-lock-venv && $(PYTHON) -m venv /tmp/umi-lock-venv
+	/tmp/umi-lock-venv/bin/python -m pip install --quiet torch==2.13.0 -e '.[test]'
+	/tmp/umi-lock-venv/bin/python -m pip install --quiet --no-deps bfcl-eval
+	/tmp/umi-lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock
+	@echo "requirements.lock: $$(wc -l < requirements.lock) packages"
+
+clean:
+	rm -rf $(VENV) artifacts mlruns mlflow.db

@@ -1,0 +1,179 @@
+"""The α-UMi prompts, history rendering and target formats: the one place that says what each role reads and writes.
+
+Training (umi.data.reorganize) and inference (umi.agent) both build prompts with these functions, so the
+train/inference mismatches of the reference code (`assistant:` vs `planner:` tags, a training-only `system:` prefix)
+cannot happen here.
+
+Deliberate differences from the reference code, all in the prompt side (targets are unchanged):
+- every history turn ends with `</s>`, observations included (the reference glued the next turn onto an observation);
+- the role tag that opens the target is on its own line (`\nassistant: `), never after a stray space.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Literal
+
+from umi.schema import Decision, Step, ToolSpec
+
+TURN_END = "</s>"
+OBSERVATION_LIMIT = 1024  # characters; as the reference's real-time inference
+DESCRIPTION_LIMIT = 256  # characters of a tool description in the reference doc rendering
+
+DocStyle = Literal["reference", "compact"]
+
+# --- the paper's prompts (appendix; "assess" is the paper's own typo, kept so released checkpoints stay compatible)
+PLANNER_PROMPT = (
+    "You have assess to the following apis:\n{doc}\n"
+    "The conversation history is:\n{history}\n"
+    "You are the assistant to plan what to do next and whether is caller's or conclusion's turn to answer.\n"
+    "Answer with a following format:\n"
+    "The thought of the next step, followed by Next: caller or conclusion or give up.\n"
+    "assistant: "
+)
+CALLER_PROMPT = (
+    "You have assess to the following apis:\n{doc}\n"
+    "The conversation history is:\n{history}\n"
+    "The thought of this step is:\n{thought}\n"
+    "Base on the thought make an api call in the following format:\n"
+    "Action: the name of api that should be called in this step, should be exactly in [{tool_names}],\n"
+    "Action Input: the api call request.\n"
+    "caller: "
+)
+SUMMARIZER_PROMPT = "Make a conclusion based on the conversation history:\n{history}\nconclusion: "
+
+# --- the single-LLM (global / backbone) prompt: thought and action in one generation
+GLOBAL_PROMPT = (
+    "You have assess to the following apis:\n{doc}\n"
+    "The conversation history is:\n{history}\n"
+    "Write the thought for the next step, then either the call to make:\n"
+    "Action: the api name, exactly one of [{tool_names}],\n"
+    "Action Input: the arguments as a JSON object,\n"
+    "or, when the task is done, conclusion: followed by the final answer (or conclusion: give up.).\n"
+    "assistant: "
+)
+
+
+# --- targets (the reference formats)
+def planner_target(thought: str, decision: Decision) -> str:
+    """`<thought>\\n Next: caller.` -- the planner's output. An empty thought gives ` Next: caller.`"""
+    return (f"{thought}\n" if thought else "") + f" Next: {decision}."
+
+
+def caller_target(tool_name: str, arguments_json: str) -> str:
+    return f"Action: {tool_name}\nAction Input: {arguments_json}"
+
+
+def summarizer_target(answer: str) -> str:
+    return answer
+
+
+def global_target(thought: str, *, call: Step | None = None, answer: str | None = None, give_up: bool = False) -> str:
+    """The single-LLM target: the thought, then the action, the conclusion or `conclusion: give up.`"""
+    if call is not None:
+        return f"{thought}\n{caller_target(call.tool_name or '', call.arguments_json)}"
+    if give_up:
+        return f"{thought}\nconclusion: give up."
+    return f"{thought}\nconclusion: {answer or ''}"
+
+
+# --- tool docs
+def _param_line(schema: dict) -> str:
+    kind = schema.get("type", "string")
+    if isinstance(kind, list):
+        kind = "/".join(map(str, kind))
+    return f"{kind}, {schema.get('description', '')}"
+
+
+def tool_doc_reference(tool: ToolSpec) -> dict:
+    """The reference's compact tool object: name, description cut to 256 characters, inputs as 'type, description'."""
+    props = tool.parameters.get("properties", {}) or {}
+    return {
+        "Name": tool.name,
+        "function": tool.description[:DESCRIPTION_LIMIT],
+        "input": {name: _param_line(p if isinstance(p, dict) else {}) for name, p in props.items()},
+    }
+
+
+def tool_doc_compact(tool: ToolSpec) -> str:
+    """One short line per tool, for small CPU token budgets: `name(a: string, b?: integer): description`."""
+    props = tool.parameters.get("properties", {}) or {}
+    required = set(tool.parameters.get("required", []) or [])
+    args = ", ".join(
+        f"{name}{'' if name in required else '?'}: {(p or {}).get('type', 'any') if isinstance(p, dict) else 'any'}"
+        for name, p in props.items()
+    )
+    return f"{tool.name}({args}): {tool.description[:120]}"
+
+
+def render_tool_docs(tools: Sequence[ToolSpec], style: DocStyle = "reference") -> str:
+    if style == "reference":
+        return "".join(json.dumps(tool_doc_reference(t)) + "\n" for t in tools)
+    if style == "compact":
+        return "".join(tool_doc_compact(t) + "\n" for t in tools)
+    raise ValueError(f"unknown tool doc style {style!r} (reference or compact)")
+
+
+def tool_names(tools: Sequence[ToolSpec]) -> str:
+    return ", ".join(t.name for t in tools)
+
+
+# --- history
+def _cut(text: str, limit: int | None) -> str:
+    return text if limit is None or len(text) <= limit else text[:limit]
+
+
+def history_turns(
+    steps: Sequence[Step], style: Literal["roles", "global"] = "roles", observation_limit: int | None = OBSERVATION_LIMIT
+) -> list[str]:
+    """The history as a list of turns, each ending in `</s>`; a list so callers can truncate from the left.
+
+    roles: the α-UMi view (planner, caller and summarizer), each step its own turn.
+    global: the single-LLM view, where a planner step and the call it led to form one assistant turn.
+    """
+    turns: list[str] = []
+    i = 0
+    while i < len(steps):
+        s = steps[i]
+        if s.role == "user":
+            turns.append(f"user: {s.content}{TURN_END}")
+        elif s.role == "assistant":
+            nxt = steps[i + 1] if i + 1 < len(steps) else None
+            if style == "global":
+                if s.decision == "caller" and nxt is not None and nxt.role == "caller":
+                    turns.append(f"assistant: {global_target(s.content, call=nxt)}{TURN_END}")
+                    i += 1
+                elif s.decision == "give up":
+                    turns.append(f"assistant: {global_target(s.content, give_up=True)}{TURN_END}")
+                elif s.decision == "conclusion" and nxt is not None and nxt.role == "conclusion":
+                    turns.append(f"assistant: {global_target(s.content, answer=nxt.content)}{TURN_END}")
+                    i += 1
+                else:
+                    turns.append(f"assistant: {s.content}{TURN_END}")
+            else:
+                turns.append(f"assistant: {planner_target(s.content, s.decision)}{TURN_END}")  # type: ignore[arg-type]
+        elif s.role == "caller":
+            turns.append(f"caller: {caller_target(s.tool_name or '', s.arguments_json)}{TURN_END}")
+        elif s.role == "observation":
+            turns.append(f"observation: {_cut(s.content, observation_limit)}{TURN_END}")
+        elif s.role == "conclusion":
+            turns.append(f"conclusion: {s.content}{TURN_END}")
+        i += 1
+    return turns
+
+
+def planner_prompt(doc: str, history: str) -> str:
+    return PLANNER_PROMPT.format(doc=doc, history=history)
+
+
+def caller_prompt(doc: str, history: str, thought: str, names: str) -> str:
+    return CALLER_PROMPT.format(doc=doc, history=history, thought=thought, tool_names=names)
+
+
+def summarizer_prompt(history: str) -> str:
+    return SUMMARIZER_PROMPT.format(history=history)
+
+
+def global_prompt(doc: str, history: str, names: str) -> str:
+    return GLOBAL_PROMPT.format(doc=doc, history=history, tool_names=names)
