@@ -29,7 +29,8 @@ MaxRejects = Annotated[
 def _report_import(stats) -> None:
     console.print(f"[green]{stats.written}[/] trajectories -> {stats.path}", highlight=False)
     for err in stats.rejected[:20]:
-        console.print(f"  [red]rejected[/] {err.record_id}: {err.reason}", highlight=False)
+        label = "[yellow]excluded by its source[/]" if err.excluded else "[red]rejected[/]"
+        console.print(f"  {label} {err.record_id}: {err.reason}", highlight=False)
     if len(stats.rejected) > 20:
         console.print(f"  ... {len(stats.rejected) - 20} more in {stats.path}.rejects.jsonl")
 

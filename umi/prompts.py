@@ -70,7 +70,12 @@ def summarizer_target(answer: str) -> str:
 
 
 def global_target(thought: str, *, call: Step | None = None, answer: str | None = None, give_up: bool = False) -> str:
-    """The single-LLM target: the thought, then the action, the conclusion or `conclusion: give up.`"""
+    """The single-LLM target: the thought, then the action, the conclusion or `conclusion: give up.`
+
+    The thought is stripped of surrounding whitespace here (not in the planner target), as the reference's backbone
+    data has it: a thought ending in a newline gives `...\nconclusion: ...`, not `...\n\nconclusion: ...`.
+    """
+    thought = thought.strip()
     if call is not None:
         return f"{thought}\n{caller_target(call.tool_name or '', call.arguments_json)}"
     if give_up:

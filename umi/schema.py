@@ -22,11 +22,16 @@ DECISIONS: tuple[Decision, ...] = ("caller", "conclusion", "give up")
 
 
 class RecordError(ValueError):
-    """A source record that cannot be converted; carries the record's id so nothing is lost silently."""
+    """A source record that cannot be converted; carries the record's id so nothing is lost silently.
 
-    def __init__(self, record_id: str, reason: str):
+    `excluded` marks a well-formed record that its source itself flags as unusable (ToolBench's `valid_data: false`):
+    it is reported like any reject but does not count towards the reject ceiling.
+    """
+
+    def __init__(self, record_id: str, reason: str, excluded: bool = False):
         self.record_id = record_id
         self.reason = reason
+        self.excluded = excluded
         super().__init__(f"record {record_id}: {reason}")
 
 
@@ -123,8 +128,9 @@ class Trajectory(BaseModel):
         return self
 
     def to_json(self) -> str:
-        """One JSONL line; key order and separators fixed so the same trajectory gives the same bytes everywhere."""
-        return json.dumps(self.model_dump(mode="json", exclude_defaults=False), ensure_ascii=False, sort_keys=True)
+        """One JSONL line. Field order is the model's and dict order the source's (tool parameters keep their order, which
+        the reference tool docs depend on), so the same trajectory gives the same bytes everywhere."""
+        return json.dumps(self.model_dump(mode="json"), ensure_ascii=False)
 
 
 def parse_trajectory(line: str, where: str = "?") -> Trajectory:

@@ -29,8 +29,13 @@ class ImportStats:
         return self.written + len(self.rejected)
 
     @property
+    def malformed(self) -> list[RecordError]:
+        return [e for e in self.rejected if not e.excluded]
+
+    @property
     def reject_share(self) -> float:
-        return len(self.rejected) / self.total if self.total else 0.0
+        """Share of malformed records; records their source excludes (RecordError.excluded) do not count."""
+        return len(self.malformed) / self.total if self.total else 0.0
 
 
 def write_import(
@@ -59,12 +64,15 @@ def write_import(
     if stats.rejected:
         with rejects_path.open("w", encoding="utf-8", newline="\n") as f:
             for err in stats.rejected:
-                f.write(json.dumps({"id": err.record_id, "reason": err.reason}, ensure_ascii=False) + "\n")
+                row = {"id": err.record_id, "reason": err.reason}
+                if err.excluded:
+                    row["excluded_by_source"] = True
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
     elif rejects_path.exists():
         rejects_path.unlink()
     if stats.reject_share > max_reject_share:
         raise TooManyRejects(
-            f"{len(stats.rejected)} of {stats.total} records rejected ({stats.reject_share:.1%} > "
+            f"{len(stats.malformed)} of {stats.total} records rejected ({stats.reject_share:.1%} > "
             f"{max_reject_share:.1%} allowed); see {rejects_path}"
         )
     return stats

@@ -1,0 +1,272 @@
+"""Import the α-UMi reference's data formats into trajectories.
+
+Both formats are JSON arrays (JSONL, one record a line, is read too) of records with the tools in the reference's
+compact form (`{"Name", "function", "input": {"arg": "type, description"}}`) and the `instruction`:
+
+- stage 1: `chains`, ToolBench-style messages (system / user / assistant with function_call / function); converted by
+  the same rules as ToolBench answers (umi.data.toolbench.steps_from_messages).
+- stage 2: `conversations` with `from` = user / assistant / caller / observation / conclusion. An assistant value
+  ends in ` Next: caller.`, ` Next: conclusion.` or ` Next: give up.`; a caller value is
+  `Action: <name>\\nAction Input: <arguments>`. Assistant values without a decision (the out-of-domain test set keeps
+  ChatGPT's call-less messages) are dropped as the stage-1 -> stage-2 conversion drops them, with the same fix: their
+  text becomes the thought of a following decision that has none.
+
+Compact tool inputs are mapped back to JSON-Schema properties ({"quizid": "string, "} ->
+{"quizid": {"type": "string", "description": ""}}), so umi.prompts.tool_doc_reference gives back the original object.
+Ids: `alpha-umi:<file stem>:<index>:<first 8 hex of sha256 of the record>`, stable across re-imports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from umi.data.toolbench import clean, parse_arguments, problem, query_group, steps_from_messages
+from umi.schema import RecordError, Step, ToolSpec, Trajectory
+
+SOURCE = "alpha-umi"
+_DECISION = re.compile(r" Next: (caller|conclusion|give up)\.\Z")
+_CALL = re.compile(r"Action: (?P<name>[^\n]*)\nAction Input: (?P<args>.*)\Z", re.DOTALL)
+
+
+# --- streaming a JSON array -----------------------------------------------------------------------------------------
+class TruncatedJSON(ValueError):
+    pass
+
+
+def iter_json_records(path: str | Path, chunk_size: int = 1 << 20) -> Iterator[tuple[int, Any]]:
+    """Yield (index, record) from a JSON array file without loading the whole array, or from a JSONL file.
+
+    Raises TruncatedJSON(index) naming the element where the text stops being valid JSON; nothing after that point can
+    be trusted, so reading stops there.
+    """
+    decoder = json.JSONDecoder()
+    with Path(path).open(encoding="utf-8") as f:
+        buf = f.read(chunk_size)
+        pos = len(buf) - len(buf.lstrip())
+        if pos < len(buf) and buf[pos] == "[":
+            pos += 1
+            in_array = True
+        else:
+            in_array = False
+        index = 0
+        eof = False
+        want = chunk_size
+        while True:
+            # skip separators
+            while True:
+                while pos < len(buf) and buf[pos] in " \t\r\n" + ("," if in_array else ""):
+                    pos += 1
+                if pos < len(buf) or eof:
+                    break
+                more = f.read(want)
+                eof = not more
+                buf, pos = buf[pos:] + more, 0
+            if pos >= len(buf):
+                if in_array:
+                    raise TruncatedJSON(f"element {index}: the array is not closed (file cut short?)")
+                return
+            if in_array and buf[pos] == "]":
+                return
+            try:
+                record, end = decoder.raw_decode(buf, pos)
+            except json.JSONDecodeError as e:
+                if eof:
+                    raise TruncatedJSON(
+                        f"element {index}: invalid JSON ({e.msg} at char {e.pos - pos} of the element)"
+                    ) from None
+                more = f.read(want)
+                want *= 2  # an element bigger than the buffer: read more, doubling, until it parses
+                eof = not more
+                buf, pos = buf[pos:] + more, 0
+                continue
+            want = chunk_size
+            yield index, record
+            index += 1
+            pos = end
+            if len(buf) - pos < chunk_size // 2 and not eof:
+                more = f.read(chunk_size)
+                eof = not more
+                buf, pos = buf[pos:] + more, 0
+
+
+# --- tools ----------------------------------------------------------------------------------------------------------
+def property_from_compact(text: Any) -> dict[str, Any]:
+    """'string, the id' -> {"type": "string", "description": "the id"} (the inverse of prompts._param_line)."""
+    if isinstance(text, dict):
+        return text
+    if not isinstance(text, str):
+        raise ValueError(f"a compact input must be 'type, description', got {type(text).__name__}")
+    kind, sep, description = text.partition(", ")
+    if not sep:  # no description part: keep the whole text as the type
+        return {"type": kind, "description": ""}
+    return {"type": kind, "description": description}
+
+
+def tool_from_compact(tool: Any, record_id: str, index: int) -> ToolSpec:
+    if not isinstance(tool, dict):
+        raise RecordError(record_id, f"tools[{index}] is not an object")
+    try:
+        if "Name" in tool:
+            inputs = tool.get("input") or {}
+            if not isinstance(inputs, dict):
+                raise ValueError("'input' must be an object")
+            properties = {name: property_from_compact(v) for name, v in inputs.items()}
+            return ToolSpec(
+                name=tool["Name"],
+                description=tool.get("function") or "",
+                parameters={"type": "object", "properties": properties},
+            )
+        if "name" in tool:  # OpenAI-style function schema
+            return ToolSpec(
+                name=tool["name"],
+                description=tool.get("description") or "",
+                parameters=tool.get("parameters") or {"type": "object", "properties": {}},
+            )
+    except (ValueError, TypeError) as e:
+        raise RecordError(record_id, f"tools[{index}]: {problem(e)}") from None
+    raise RecordError(record_id, f"tools[{index}] has neither 'Name' nor 'name'")
+
+
+# --- stage 2 --------------------------------------------------------------------------------------------------------
+def split_decision(value: str) -> tuple[str, str] | None:
+    """'<thought>\\n Next: caller.' -> ('<thought>', 'caller'); None when the value carries no decision."""
+    m = _DECISION.search(value)
+    if m is None:
+        return None
+    thought = value[: m.start()]
+    if thought.endswith("\n"):
+        thought = thought[:-1]
+    return thought, m.group(1)
+
+
+def steps_from_conversations(conversations: Any, record_id: str) -> tuple[list[Step], dict[str, int]]:
+    if not isinstance(conversations, list) or not conversations:
+        raise RecordError(record_id, "'conversations' must be a non-empty list")
+    steps: list[Step] = []
+    dropped = {"assistant_without_decision": 0, "thoughts_recovered": 0}
+    pending: str | None = None
+    try:
+        for i, turn in enumerate(conversations):
+            where = f"conversations[{i}]"
+            if not isinstance(turn, dict):
+                raise ValueError(f"{where}: expected an object")
+            if "from" not in turn or "value" not in turn:
+                raise ValueError(f"{where}: needs 'from' and 'value'")
+            role, value = turn["from"], turn["value"]
+            if not isinstance(value, str):
+                raise ValueError(f"{where}: 'value' must be a string")
+            if role == "assistant":
+                parsed = split_decision(value)
+                if parsed is None:
+                    if pending is not None:
+                        dropped["assistant_without_decision"] += 1
+                    pending = value
+                    continue
+                thought, decision = parsed
+                if pending is not None:
+                    if not thought.strip() and pending.strip():
+                        thought = pending.rstrip("\n")
+                        dropped["thoughts_recovered"] += 1
+                    else:
+                        dropped["assistant_without_decision"] += 1
+                    pending = None
+                steps.append(Step(role="assistant", content=thought, decision=decision))
+                continue
+            if pending is not None:
+                dropped["assistant_without_decision"] += 1
+                pending = None
+            if role == "user":
+                steps.append(Step(role="user", content=value))
+            elif role == "caller":
+                m = _CALL.match(value)
+                if m is None:
+                    raise ValueError(f"{where}: a caller value must be 'Action: <name>\\nAction Input: <arguments>'")
+                args = m.group("args")
+                steps.append(
+                    Step(
+                        role="caller",
+                        tool_name=m.group("name").strip(),
+                        arguments=parse_arguments(args),
+                        arguments_text=args,
+                    )
+                )
+            elif role == "observation":
+                steps.append(Step(role="observation", content=value))
+            elif role == "conclusion":
+                steps.append(Step(role="conclusion", content=value))
+            else:
+                raise ValueError(f"{where}: unknown role {role!r}")
+        if pending is not None:
+            dropped["assistant_without_decision"] += 1
+    except ValueError as e:
+        raise RecordError(record_id, problem(e)) from None
+    if not steps or steps[0].role != "user":
+        raise RecordError(record_id, "the conversation must start with the user's query")
+    return steps, dropped
+
+
+# --- records --------------------------------------------------------------------------------------------------------
+def record_id_for(source_name: str, index: int, record: Any) -> str:
+    digest = hashlib.sha256(json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8", "surrogatepass"))
+    return f"{SOURCE}:{source_name}:{index}:{digest.hexdigest()[:8]}"
+
+
+def convert_record(record: Any, record_id: str) -> Trajectory:
+    """One stage-1 or stage-2 record -> Trajectory; RecordError(record_id, reason) if it cannot be converted."""
+    if not isinstance(record, dict):
+        raise RecordError(record_id, "a record must be a JSON object")
+    record = clean(record)
+    if "chains" in record:
+        stage = 1
+        if not isinstance(record["chains"], list):
+            raise RecordError(record_id, "'chains' must be a list of messages")
+        steps, dropped = steps_from_messages(record["chains"], record_id)
+    elif "conversations" in record:
+        stage = 2
+        steps, dropped = steps_from_conversations(record["conversations"], record_id)
+    else:
+        raise RecordError(record_id, "the record has neither 'chains' (stage 1) nor 'conversations' (stage 2)")
+    tools_raw = record.get("tools")
+    if not isinstance(tools_raw, list):
+        raise RecordError(record_id, "missing 'tools' (a list)")
+    tools = [tool_from_compact(t, record_id, i) for i, t in enumerate(tools_raw)]
+    instruction = record.get("instruction")
+    if not isinstance(instruction, str) or not instruction.strip():
+        instruction = steps[0].content
+    meta: dict[str, Any] = {"stage": stage}
+    meta.update({k: v for k, v in dropped.items() if v and k != "system_messages"})
+    try:
+        return Trajectory(
+            id=record_id,
+            source=SOURCE,
+            group=query_group(instruction),
+            tools=tools,
+            instruction=instruction,
+            steps=steps,
+            meta=meta,
+        )
+    except ValueError as e:
+        raise RecordError(record_id, problem(e)) from None
+
+
+def import_alpha_umi(path: str | Path) -> Iterator[Trajectory | RecordError]:
+    """Stream trajectories (or RecordErrors) from a stage-1 or stage-2 file (JSON array or JSONL)."""
+    path = Path(path)
+    name = path.stem
+    index = -1
+    try:
+        for index, record in iter_json_records(path):
+            record_id = record_id_for(name, index, record)
+            try:
+                yield convert_record(record, record_id)
+            except RecordError as e:
+                yield e
+    except TruncatedJSON as e:
+        yield RecordError(f"{SOURCE}:{name}:{index + 1}", str(e))
+    except UnicodeDecodeError as e:
+        yield RecordError(f"{SOURCE}:{name}:{index + 1}", f"not UTF-8 text: {e}")
