@@ -109,7 +109,14 @@ def tool_doc_compact(tool: ToolSpec) -> str:
         f"{name}{'' if name in required else '?'}: {(p or {}).get('type', 'any') if isinstance(p, dict) else 'any'}"
         for name, p in props.items()
     )
-    return f"{tool.name}({args}): {tool.description[:120]}"
+    return f"{tool.name}({args}): {_own_description(tool.description)[:120]}"
+
+
+def _own_description(description: str) -> str:
+    """BFCL's multi-turn docs open with a ~230-character blurb about the tool's class before
+    "Tool description: ..."; the compact form keeps only the tool's own part."""
+    _, marker, own = description.partition("Tool description: ")
+    return own if marker else description
 
 
 def render_tool_docs(tools: Sequence[ToolSpec], style: DocStyle = "reference") -> str:

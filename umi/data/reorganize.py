@@ -431,12 +431,12 @@ def _worker_chunk(args: tuple) -> tuple[str, list[_Rendered | RecordError]]:
 
 # --- files ------------------------------------------------------------------------------------------------------------
 def input_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
-    """JSONL files to read: files as given; folders give their *.jsonl (not *.rejects.jsonl), sorted."""
+    """JSONL files to read: files as given; folders give every *.jsonl below them (not *.rejects.jsonl), sorted."""
     items = [paths] if isinstance(paths, (str, Path)) else list(paths)
     files: list[Path] = []
     for p in map(Path, items):
         if p.is_dir():
-            files.extend(sorted(f for f in p.glob("*.jsonl") if not f.name.endswith(".rejects.jsonl")))
+            files.extend(sorted(f for f in p.rglob("*.jsonl") if not f.name.endswith(".rejects.jsonl")))
         elif p.is_file():
             files.append(p)
         else:
@@ -578,7 +578,9 @@ def reorganize(
     else:
         rejects_path.unlink()
     stats.seconds = time.perf_counter() - started
-    (out / "stats.json").write_text(json.dumps(stats.to_dict(), indent=2) + "\n", encoding="utf-8")
+    # no timings in the file: the folder is a DVC output and must be the same bytes on every run
+    counts = {k: v for k, v in stats.to_dict().items() if k != "seconds"}
+    (out / "stats.json").write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
     if stats.reject_share > options.max_reject_share:
         raise TooManyRejects(
             f"{stats.rejected} of {stats.total} trajectories rejected ({stats.reject_share:.1%} > "
