@@ -1,0 +1,217 @@
+"""The transformers generation backend on a tiny random Llama: greedy decoding, stopping, prompt fitting, batching and
+prefix KV-cache reuse (same tokens as recomputing, fewer tokens prefilled)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from umi.agent.backend import Generation, GenerationRequest, TooLong, TransformersBackend, _Decoder
+from umi.prompts import TURN_END, planner_prompt, summarizer_prompt
+from umi.train.backbone import load_backbone
+from umi.train.tokenize import encode_prompt, fit_prompt
+
+DOC = '{"Name": "get_weather", "function": "Get the weather of a city", "input": {"city": "string, the city"}}\n'
+CITIES = ["Paris", "Rome", "Oslo", "Lima", "Kyiv", "Doha", "Nice", "Bern"]
+
+
+def lively(model, seed: int = 1):
+    """Random weights with a wide spread, in float64: greedy outputs vary from token to token (a default-initialised
+    tiny model writes one token over and over, which would make token-for-token comparisons trivially true), and
+    float64 keeps a prefill split in two chunks within rounding of one prefill, so argmax ties cannot flip."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
+    return model.to(torch.float64).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_backbone):
+    model, tokenizer = load_backbone(tiny_backbone)
+    return lively(model), tokenizer
+
+
+def history(k: int) -> str:
+    """k rounds of planner / caller / observation turns about the weather."""
+    turns = [f"user: What is the weather in {CITIES[0]} and the next cities?{TURN_END}"]
+    for i in range(k):
+        city = CITIES[i % len(CITIES)]
+        turns += [
+            f"assistant: I should call get_weather for {city}.\n Next: caller.{TURN_END}",
+            f'caller: Action: get_weather\nAction Input: {{"city": "{city}"}}{TURN_END}',
+            f'observation: {{"temperature": {10 + i}}}{TURN_END}',
+        ]
+    return "".join(turns)
+
+
+def planner_request(k: int, **kw) -> GenerationRequest:
+    h = history(k)
+    prompt = planner_prompt(DOC, h)
+    start = prompt.index(h)
+    return GenerationRequest(prompt=prompt, history_span=(start, start + len(h)), **kw)
+
+
+def test_reuse_gives_the_same_tokens_as_recompute_and_prefills_fewer(tiny):
+    model, tokenizer = tiny
+    reuse = TransformersBackend(model, tokenizer, reuse_cache=True)
+    recompute = TransformersBackend(model, tokenizer, reuse_cache=False)
+    reused_total = 0
+    previous = None
+    for k in range(5):
+        request = planner_request(k, max_new_tokens=24)
+        a, b = reuse.generate(request), recompute.generate(request)
+        assert a.token_ids == b.token_ids  # token for token
+        assert a.text == b.text
+        assert len(set(a.token_ids)) > 3  # the comparison is not between two runs of one repeated token
+        assert b.prefill_tokens == b.prompt_tokens and b.reused_tokens == 0
+        assert a.prefill_tokens + a.reused_tokens == a.prompt_tokens == b.prompt_tokens
+        if previous is not None:  # the doc and the previous history are shared with the previous step's prompt
+            shared = encode_prompt(tokenizer, previous.prompt[: previous.history_span[1]])
+            assert a.reused_tokens >= len(shared) - 1  # (the last token may merge differently in the longer text)
+            assert a.prefill_tokens < b.prefill_tokens
+        reused_total += a.reused_tokens
+        previous = request
+    assert reuse.stats.prefill_tokens + reused_total == recompute.stats.prefill_tokens
+    assert reuse.stats.prefill_tokens < recompute.stats.prefill_tokens / 2
+
+
+def test_reuse_matches_recompute_when_the_prompt_shrinks_and_repeats(tiny):
+    """A shorter prompt (a new episode), the same prompt twice (the cache holds more than the prompt) and a prompt
+    that is a strict prefix of the cache: the slot is cropped, the last prompt token always runs."""
+    model, tokenizer = tiny
+    reuse = TransformersBackend(model, tokenizer, reuse_cache=True)
+    recompute = TransformersBackend(model, tokenizer, reuse_cache=False)
+    for k in (3, 1, 1, 2):
+        request = planner_request(k, max_new_tokens=12)
+        a, b = reuse.generate(request), recompute.generate(request)
+        assert a.token_ids == b.token_ids
+        assert a.prefill_tokens >= 1
+    # the same prompt again: everything but its last token comes from the cache
+    again = reuse.generate(planner_request(2, max_new_tokens=12))
+    assert again.prefill_tokens == 1
+
+
+def test_one_model_in_all_roles_keeps_a_cache_per_prompt_family(tiny):
+    model, tokenizer = tiny
+    backend = TransformersBackend(model, tokenizer, reuse_cache=True, max_cache_slots=3)
+    summary = GenerationRequest(summarizer_prompt(history(2)), max_new_tokens=4)
+    first = [backend.generate(planner_request(2, max_new_tokens=4)), backend.generate(summary)]
+    assert first[1].reused_tokens <= 1  # shares nothing (maybe the special prefix) with the planner prompt
+    second = [backend.generate(planner_request(3, max_new_tokens=4)), backend.generate(summary)]
+    assert second[0].reused_tokens > second[0].prompt_tokens // 2  # the planner slot survived the summarizer call
+    assert second[1].prefill_tokens == 1  # and the summarizer slot the planner call
+
+
+def test_cache_slots_are_bounded_and_reset_clears_them(tiny):
+    model, tokenizer = tiny
+    backend = TransformersBackend(model, tokenizer, max_cache_slots=2, min_shared_tokens=4)
+    for text in ("alpha beta gamma delta epsilon", "0123456789 0123456789", "Paris Rome Oslo Lima Kyiv"):
+        backend.generate(GenerationRequest(prompt=text, max_new_tokens=2))
+    assert len(backend._slots) == 2
+    backend.reset()
+    g = backend.generate(GenerationRequest(prompt="Paris Rome Oslo Lima Kyiv", max_new_tokens=2))
+    assert g.reused_tokens == 0
+
+
+def test_batched_generation_matches_one_at_a_time(tiny):
+    model, tokenizer = tiny
+    backend = TransformersBackend(model, tokenizer, reuse_cache=False)
+    requests = [planner_request(k, max_new_tokens=10 + 3 * k) for k in range(4)]  # different lengths: left padding
+    batched = backend.generate_batch(requests, batch_size=4)
+    assert len({g.prompt_tokens for g in batched}) == 4
+    for request, g in zip(requests, batched):
+        alone = backend.generate(request)
+        assert g.token_ids == alone.token_ids
+        assert g.text == alone.text
+        assert g.new_tokens == request.max_new_tokens or g.stop_reason != "max_new_tokens"
+
+
+def test_prompt_ids_are_trainings_and_history_is_dropped_from_the_left(tiny):
+    model, tokenizer = tiny
+    request = planner_request(6, max_new_tokens=16)
+    full = encode_prompt(tokenizer, request.prompt)
+    roomy = TransformersBackend(model, tokenizer, context_length=len(full) + 16)
+    ids, dropped = roomy.prompt_ids(request)
+    assert ids == full and dropped == 0
+    tight = TransformersBackend(model, tokenizer, context_length=len(full) - 20 + 16)
+    ids, dropped = tight.prompt_ids(request)
+    assert dropped > 0 and len(ids) <= len(full) - 20
+    assert (ids, dropped) == fit_prompt(tokenizer, request.prompt, request.history_span, len(full) - 20)
+    g = tight.generate(request)
+    assert g.dropped_turns == dropped and g.prompt_tokens == len(ids)
+    # no history span: a prompt that does not fit is refused, naming the record
+    with pytest.raises(TooLong, match="task-7"):
+        tight.generate(GenerationRequest(prompt=request.prompt, max_new_tokens=16, record_id="task-7"))
+    # even the history-less prompt does not fit
+    with pytest.raises(TooLong):
+        TransformersBackend(model, tokenizer, context_length=40).generate(planner_request(1, max_new_tokens=8))
+
+
+def test_generation_stops_at_the_cap_and_ignore_eos_decodes_exactly_the_cap(tiny):
+    model, tokenizer = tiny
+    backend = TransformersBackend(model, tokenizer)
+    g = backend.generate(planner_request(1, max_new_tokens=7))
+    assert g.new_tokens <= 7 and isinstance(g, Generation)
+    assert g.stop_reason in ("eos", "stop_string", "max_new_tokens")
+    forced = backend.generate(planner_request(1, max_new_tokens=30, ignore_eos=True))
+    assert forced.new_tokens == 30 and forced.stop_reason == "max_new_tokens"
+
+
+def test_decoder_stops_at_eos_and_at_the_turn_end(tiny):
+    _, tokenizer = tiny
+    eos = tokenizer.eos_token_id
+    d = _Decoder(50, (TURN_END,), frozenset({eos}), window=8)
+    body = tokenizer("I will call it.\n Next: caller.", add_special_tokens=False)["input_ids"]
+    assert not any(d.push(t, tokenizer) for t in body)
+    assert d.push(eos, tokenizer) and d.stop_reason == "eos"
+    assert d.text(tokenizer) == "I will call it.\n Next: caller."
+
+    d = _Decoder(50, (TURN_END,), frozenset({eos}), window=8)
+    ids = tokenizer(f"Action: get_weather{TURN_END}caller: more", add_special_tokens=False)["input_ids"]
+    finished_at = next(i for i, t in enumerate(ids) if d.push(t, tokenizer))
+    assert d.stop_reason == "stop_string" and finished_at < len(ids) - 1
+    assert d.text(tokenizer) == "Action: get_weather"
+
+    d = _Decoder(3, (TURN_END,), frozenset({eos}), window=8)
+    assert [d.push(t, tokenizer) for t in body[:3]] == [False, False, True] and d.stop_reason == "max_new_tokens"
+
+
+def test_sampling_is_reproducible_by_seed(tiny):
+    model, tokenizer = tiny
+    backend = TransformersBackend(model, tokenizer, reuse_cache=False)
+    a = backend.generate(planner_request(1, max_new_tokens=12, temperature=1.0, seed=3))
+    b = backend.generate(planner_request(1, max_new_tokens=12, temperature=1.0, seed=3))
+    greedy = backend.generate(planner_request(1, max_new_tokens=12))
+    assert a.token_ids == b.token_ids
+    assert a.token_ids != greedy.token_ids
+
+
+def test_bad_requests_are_refused(tiny):
+    model, tokenizer = tiny
+    backend = TransformersBackend(model, tokenizer, context_length=64)
+    with pytest.raises(ValueError, match="no room"):
+        backend.generate(GenerationRequest(prompt="hi", max_new_tokens=64))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        backend.generate(GenerationRequest(prompt="hi", max_new_tokens=0))
+    with pytest.raises(ValueError):
+        TransformersBackend(model, tokenizer, max_cache_slots=0)
+
+
+def test_reuse_is_off_for_sliding_window_caches(tiny, caplog):
+    """A sliding-window layer past its window has dropped the tokens a crop would need: no reuse, and it says so."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    _, tokenizer = tiny
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=16,
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config)
+    with caplog.at_level("WARNING", logger="umi.agent.backend"):
+        backend = TransformersBackend(model, tokenizer, reuse_cache=True)
+    assert backend.reuse_cache is False and "reuse is off" in caplog.text
+    for k in (1, 2):
+        g = backend.generate(planner_request(k, max_new_tokens=4))
+        assert g.reused_tokens == 0 and g.prefill_tokens == g.prompt_tokens

@@ -1,0 +1,457 @@
+"""Generation backends for the agent roles: a transformers causal LM with greedy decoding and prefix KV-cache reuse.
+
+One `TransformersBackend` wraps one model and its tokenizer. The α-UMi agent uses three (planner, caller,
+summarizer) or one backend in every role; the single-LLM baseline uses one.
+
+Tokenisation is training's: a prompt becomes token ids through `umi.train.tokenize.fit_prompt` (the tokenizer's
+special prefix, then the prompt text; whole history turns dropped from the left when the prompt does not fit the
+context), so the model sees at inference exactly the ids it was trained on for the same prompt.
+
+A role stops at the end of its own output: the EOS token (training appends EOS to every target), a stop string (the
+turn end `</s>` by default, for models whose tokenizer treats it as plain text), or `max_new_tokens`.
+
+KV-cache reuse. A role's prompt grows step by step: tool docs, then a history that only gains turns at its end, then
+a short fixed tail. Recomputing it every step spends most of the time on tokens already seen. The backend keeps a few
+cache slots, each a `DynamicCache` plus the token ids it holds (prompt + generated tokens fed back). A request takes
+the slot sharing the longest token prefix with its prompt, crops that slot's cache to the shared prefix and runs only
+the new suffix through the model. Token ids are compared (not text), so a prefix whose last token tokenises
+differently in the longer prompt is simply not shared; the result is the same computation as a full prefill, up to
+floating-point summation order. `reuse_cache=False` recomputes every prompt (the baseline in
+benchmarks/agent_latency.py). Slots are chosen automatically, so one model serving all three roles benefits too (the
+caller's prompt starts as the planner's does).
+
+Not thread-safe: one backend serves one episode at a time (a lock serialises concurrent calls).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from umi.prompts import TURN_END
+from umi.train.tokenize import TooLong, encode_prompt, fit_prompt
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Backend",
+    "BackendStats",
+    "Generation",
+    "GenerationRequest",
+    "StopReason",
+    "TooLong",
+    "TransformersBackend",
+]
+
+StopReason = Literal["eos", "stop_string", "max_new_tokens"]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One role generation.
+
+    history_span: where the rendered history sits in `prompt` ([start, end], whole turns ending in `</s>`); with it the
+    backend drops turns from the left when the prompt does not fit the context, as training does. Without it a prompt
+    that does not fit raises TooLong.
+    temperature: 0 is greedy (the paper's decoding); above 0 samples with `seed` (the agent uses it only to retry a
+    planner that wrote nothing, since greedy decoding would write nothing again).
+    ignore_eos: neither EOS nor a stop string ends the generation, only max_new_tokens.
+    """
+
+    prompt: str
+    history_span: tuple[int, int] | None = None
+    max_new_tokens: int = 256
+    stop_strings: tuple[str, ...] = (TURN_END,)
+    temperature: float = 0.0
+    seed: int = 0
+    record_id: str = "?"
+    ignore_eos: bool = False  # decode exactly max_new_tokens (benchmarks: a fixed amount of decoding work)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a request produced. `text` is cut before the first stop string and holds no EOS.
+
+    prompt_tokens: the prompt's length in tokens after fitting; prefill_tokens: how many of them ran through the model
+    (the rest came from a cache: reused_tokens); new_tokens: tokens generated (EOS included when it stopped there).
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    stop_reason: StopReason
+    prompt_tokens: int
+    prefill_tokens: int
+    reused_tokens: int
+    new_tokens: int
+    dropped_turns: int
+    prefill_seconds: float
+    seconds: float
+
+    def timing(self) -> dict:
+        """The numbers the agent records per step (JSON-ready)."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "prefill_tokens": self.prefill_tokens,
+            "reused_tokens": self.reused_tokens,
+            "new_tokens": self.new_tokens,
+            "dropped_turns": self.dropped_turns,
+            "stop_reason": self.stop_reason,
+            "prefill_seconds": round(self.prefill_seconds, 6),
+            "seconds": round(self.seconds, 6),
+        }
+
+
+@dataclass
+class BackendStats:
+    calls: int = 0
+    prompt_tokens: int = 0
+    prefill_tokens: int = 0
+    reused_tokens: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, g: Generation) -> None:
+        self.calls += 1
+        self.prompt_tokens += g.prompt_tokens
+        self.prefill_tokens += g.prefill_tokens
+        self.reused_tokens += g.reused_tokens
+        self.new_tokens += g.new_tokens
+        self.seconds += g.seconds
+
+
+class Backend(Protocol):
+    """What the agent loop needs from a generation backend (a scripted one in tests, transformers for real)."""
+
+    def generate(self, request: GenerationRequest) -> Generation: ...
+
+    def reset(self) -> None:
+        """Forget cached state (between episodes)."""
+
+
+@dataclass
+class _Slot:
+    cache: object  # transformers DynamicCache
+    ids: list[int]  # the tokens the cache holds, in order
+    last_used: int = 0
+
+
+def _shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    # compare in blocks first: prompts share thousands of tokens, a Python loop over each would dominate short steps
+    block = 256
+    while i + block <= n and a[i : i + block] == b[i : i + block]:
+        i += block
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _prefix_croppable(model) -> bool:
+    """Whether the model's cache is plain full-attention layers, which crop to any prefix exactly (a sliding-window
+    layer past its window has dropped the tokens a crop would need)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    layers = DynamicCache(config=model.config).layers
+    return all(type(layer) is DynamicLayer for layer in layers)
+
+
+@dataclass
+class _Decoder:
+    """Per-sequence stopping state while decoding."""
+
+    max_new_tokens: int
+    stop_strings: tuple[str, ...]
+    eos_ids: frozenset[int]
+    window: int
+    ids: list[int] = field(default_factory=list)
+    stop_reason: StopReason | None = None
+
+    def push(self, token_id: int, tokenizer) -> bool:
+        """Add a token; True when the sequence is finished."""
+        self.ids.append(token_id)
+        if token_id in self.eos_ids:
+            self.stop_reason = "eos"
+        elif self.stop_strings and any(
+            s in tokenizer.decode(self.ids[-self.window :], skip_special_tokens=False) for s in self.stop_strings
+        ):
+            self.stop_reason = "stop_string"
+        elif len(self.ids) >= self.max_new_tokens:
+            self.stop_reason = "max_new_tokens"
+        return self.stop_reason is not None
+
+    def text(self, tokenizer) -> str:
+        ids = self.ids[:-1] if self.stop_reason == "eos" else self.ids
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        cut = min((text.find(s) for s in self.stop_strings if s in text), default=-1)
+        return text if cut < 0 else text[:cut]
+
+
+class TransformersBackend:
+    """Greedy generation with a transformers causal LM, with per-prefix KV-cache reuse (see the module doc).
+
+    context_length: prompt + new tokens must fit it (default: the model's max_position_embeddings). The prompt budget
+    of a request is context_length - max_new_tokens, as training's max_length bounds prompt + target + EOS.
+    max_cache_slots: caches kept at once (3: planner, caller and summarizer prompts when one model plays all roles).
+    min_shared_tokens: a prompt sharing fewer tokens than this with every slot takes a free slot (or the least
+    recently used one) rather than overwrite a useful cache.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        reuse_cache: bool = True,
+        context_length: int | None = None,
+        max_cache_slots: int = 3,
+        min_shared_tokens: int = 16,
+    ):
+        import torch
+
+        if max_cache_slots < 1:
+            raise ValueError("max_cache_slots must be >= 1")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.reuse_cache = reuse_cache and _prefix_croppable(model)
+        if reuse_cache and not self.reuse_cache:
+            log.warning("%s has sliding-window or other non-prefix cache layers: KV-cache reuse is off, every prompt "
+                        "is recomputed", type(model).__name__)  # fmt: skip
+        self.context_length = int(context_length or getattr(model.config, "max_position_embeddings", 4096))
+        self.max_cache_slots = max_cache_slots
+        self.min_shared_tokens = min_shared_tokens
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
+        self.eos_ids = frozenset(eos_ids)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad if pad is not None else 0)
+        self.stats = BackendStats()
+        self._slots: list[_Slot] = []
+        self._clock = 0
+        self._lock = threading.Lock()
+        self._torch = torch
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, dtype=None, device: str | None = None, **kwargs
+    ) -> "TransformersBackend":
+        """A backend over a checkpoint directory (an imported backbone or a trained role)."""
+        from umi.train.backbone import load_backbone
+
+        model, tokenizer = load_backbone(path, dtype=dtype)
+        if device is not None:
+            model = model.to(device)
+        return cls(model, tokenizer, **kwargs)
+
+    # --- public ---------------------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self._slots.clear()
+
+    def prompt_ids(self, request: GenerationRequest) -> tuple[list[int], int]:
+        """The request's prompt as training tokenises it, fitted to the budget: (ids, dropped history turns)."""
+        budget = self.context_length - request.max_new_tokens
+        if budget <= 0:
+            raise ValueError(
+                f"max_new_tokens {request.max_new_tokens} leaves no room in a {self.context_length} token context"
+            )
+        if request.history_span is not None:
+            return fit_prompt(self.tokenizer, request.prompt, request.history_span, budget, request.record_id)
+        ids = encode_prompt(self.tokenizer, request.prompt)
+        if len(ids) > budget:
+            raise TooLong(request.record_id, len(ids), budget)
+        return ids, 0
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        with self._lock:
+            return self._generate(request)
+
+    def generate_batch(self, requests: Sequence[GenerationRequest], batch_size: int = 8) -> list[Generation]:
+        """Independent prompts decoded together, left-padded (static evaluation). No cache reuse, no sampling.
+
+        Results come back in the order of `requests`; prompts are batched by length so little goes into padding.
+        Each Generation's seconds is its batch's wall time; prefill_tokens counts its own prompt, not the padding."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        with self._lock:
+            fitted = []
+            for r in requests:
+                self._decoder(r)  # validates the request before any work
+                ids, dropped = self.prompt_ids(r)
+                if not ids:
+                    raise ValueError(f"record {r.record_id}: empty prompt")
+                fitted.append((ids, dropped))
+            order = sorted(range(len(requests)), key=lambda i: len(fitted[i][0]))
+            out: list[Generation | None] = [None] * len(requests)
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                for i, g in zip(chunk, self._generate_padded([requests[i] for i in chunk], [fitted[i] for i in chunk])):
+                    out[i] = g
+            return out  # type: ignore[return-value]
+
+    # --- internals ------------------------------------------------------------------------------------------------
+    def _decoder(self, request: GenerationRequest) -> _Decoder:
+        if request.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        stops = () if request.ignore_eos else tuple(request.stop_strings)
+        eos_ids = frozenset() if request.ignore_eos else self.eos_ids
+        longest = max((len(s) for s in stops), default=0)
+        return _Decoder(request.max_new_tokens, stops, eos_ids, window=max(8, longest + 2))
+
+    def _take_slot(self, ids: list[int]) -> tuple[_Slot, int]:
+        """The slot to extend and how many of its tokens to keep."""
+        from transformers import DynamicCache
+
+        self._clock += 1
+        best, best_shared = None, -1
+        for slot in self._slots:
+            shared = _shared_prefix(slot.ids, ids)
+            if shared > best_shared:
+                best, best_shared = slot, shared
+        if best is None or (best_shared < self.min_shared_tokens and len(self._slots) < self.max_cache_slots):
+            best = _Slot(DynamicCache(config=self.model.config), [])
+            self._slots.append(best)
+            best_shared = 0
+        elif best_shared < self.min_shared_tokens:
+            best = min(self._slots, key=lambda s: s.last_used)
+            best_shared = _shared_prefix(best.ids, ids)
+        # the last prompt token always runs: its logits give the first new token
+        keep = min(best_shared, len(ids) - 1)
+        held = best.cache.get_seq_length()
+        if keep == 0:
+            best.cache = DynamicCache(config=self.model.config)
+        elif keep < held:
+            best.cache.crop(keep - held)
+        best.ids = ids[:keep]
+        best.last_used = self._clock
+        return best, keep
+
+    def _next_token(self, logits, request: GenerationRequest, generator) -> int:
+        torch = self._torch
+        if request.temperature <= 0:
+            return int(torch.argmax(logits).item())
+        probs = torch.softmax(logits.float().cpu() / request.temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=generator).item())
+
+    def _generate(self, request: GenerationRequest) -> Generation:
+        from transformers import DynamicCache
+
+        torch = self._torch
+        started = time.perf_counter()
+        decoder = self._decoder(request)
+        ids, dropped = self.prompt_ids(request)
+        if not ids:
+            raise ValueError(f"record {request.record_id}: empty prompt")
+        if self.reuse_cache:
+            slot, reused = self._take_slot(ids)
+            cache = slot.cache
+        else:
+            slot, reused, cache = None, 0, DynamicCache(config=self.model.config)
+        device = self.model.device
+        generator = None
+        if request.temperature > 0:
+            generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        try:
+            with torch.inference_mode():
+                suffix = torch.tensor([ids[reused:]], dtype=torch.long, device=device)
+                out = self.model(input_ids=suffix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                token = self._next_token(out.logits[0, -1], request, generator)
+                prefill_seconds = time.perf_counter() - started
+                while not decoder.push(token, self.tokenizer):
+                    step = torch.tensor([[token]], dtype=torch.long, device=device)
+                    out = self.model(input_ids=step, past_key_values=cache, use_cache=True)
+                    token = self._next_token(out.logits[0, -1], request, generator)
+        except BaseException:
+            if slot is not None:  # the cache may hold part of a forward pass: it no longer matches slot.ids
+                self._slots.remove(slot)
+            raise
+        if slot is not None:
+            # the cache holds the prompt and every generated token but the last (never fed back)
+            slot.ids = ids + decoder.ids[:-1]
+            held = cache.get_seq_length()
+            if held != len(slot.ids):  # pragma: no cover - a transformers change would land here; do not trust the slot
+                self._slots.remove(slot)
+        generation = Generation(
+            text=decoder.text(self.tokenizer),
+            token_ids=tuple(decoder.ids),
+            stop_reason=decoder.stop_reason or "max_new_tokens",
+            prompt_tokens=len(ids),
+            prefill_tokens=len(ids) - reused,
+            reused_tokens=reused,
+            new_tokens=len(decoder.ids),
+            dropped_turns=dropped,
+            prefill_seconds=prefill_seconds,
+            seconds=time.perf_counter() - started,
+        )
+        self.stats.add(generation)
+        return generation
+
+    def _generate_padded(
+        self, requests: Sequence[GenerationRequest], fitted: Sequence[tuple[list[int], int]]
+    ) -> list[Generation]:
+        from transformers import DynamicCache
+
+        torch = self._torch
+        started = time.perf_counter()
+        decoders = [self._decoder(r) for r in requests]
+        longest = max(len(ids) for ids, _ in fitted)
+        device = self.model.device
+        rows = [[self.pad_id] * (longest - len(ids)) + ids for ids, _ in fitted]
+        mask = torch.tensor([[0] * (longest - len(ids)) + [1] * len(ids) for ids, _ in fitted], device=device)
+        # positions count real tokens only, so a left-padded prompt sees the positions it would see alone
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        done = [False] * len(requests)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=torch.tensor(rows, dtype=torch.long, device=device),
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            prefill_seconds = time.perf_counter() - started
+            last = positions[:, -1:]
+            while True:
+                tokens = torch.argmax(out.logits[:, -1], dim=-1).tolist()
+                for i, tok in enumerate(tokens):
+                    if not done[i]:
+                        done[i] = decoders[i].push(int(tok), self.tokenizer)
+                if all(done):
+                    break
+                fed = [self.pad_id if d else int(t) for d, t in zip(done, tokens)]
+                mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=-1)
+                last = last + 1
+                out = self.model(
+                    input_ids=torch.tensor(fed, dtype=torch.long, device=device)[:, None],
+                    attention_mask=mask,
+                    position_ids=last,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+        seconds = time.perf_counter() - started
+        results = []
+        for (ids, dropped), d in zip(fitted, decoders):
+            g = Generation(
+                text=d.text(self.tokenizer),
+                token_ids=tuple(d.ids),
+                stop_reason=d.stop_reason or "max_new_tokens",
+                prompt_tokens=len(ids),
+                prefill_tokens=len(ids),
+                reused_tokens=0,
+                new_tokens=len(d.ids),
+                dropped_turns=dropped,
+                prefill_seconds=prefill_seconds,
+                seconds=seconds,
+            )
+            self.stats.add(g)
+            results.append(g)
+        return results

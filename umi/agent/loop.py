@@ -1,0 +1,439 @@
+"""The agent loops: α-UMi (planner -> caller -> tool -> planner ... -> summarizer) and the single-LLM baseline.
+
+α-UMi, one episode:
+
+    user query
+    repeat up to max_steps planner turns:
+        planner writes a thought and `Next: caller | conclusion | give up`
+        caller  -> the caller writes `Action / Action Input`; the tool runs; its observation joins the history
+        conclusion -> the summarizer writes the final answer; done
+        give up -> done, no answer
+
+Single-LLM baseline: the global model writes the thought and the call (or `conclusion: <answer>`, or
+`conclusion: give up.`) in one generation; tools run the same way.
+
+Model output is untrusted. Nothing here evaluates it; every way it can go wrong ends as an observation the planner
+reads on its next turn, or as a clean end of the episode:
+- caller output without an action, with an empty name, without `Action Input`, with bad JSON or non-object
+  arguments: the parser's ParseFailure becomes the observation (and the caller step records what was readable);
+- unknown tool, arguments that violate the tool's schema, a tool that raises or times out: the tool runtime's
+  dispatch returns an error observation (umi.tools.registry); an exception escaping dispatch anyway is caught here
+  and reported the same way (the failure's kind in meta is the observation's `error_kind`);
+- a planner that writes nothing: retried up to `planner_retries` times with sampling (greedy decoding would write
+  nothing again), then the episode ends (`planner_empty`);
+- a planner that writes no decision: the loop goes on as `Next: caller` (the caller gets the planner's text as its
+  thought), recorded as a failure in the trajectory's meta;
+- a prompt that no longer fits the context even with the whole history dropped: the episode ends
+  (`context_exhausted`).
+
+Prompts come from umi.agent.roles (the same rendering as training); observations are cut to `observation_limit`
+characters when stored, as the history rendering cuts them in training.
+
+Output: an AgentResult with the umi.schema.Trajectory of what happened (steps in the training format, so an episode
+can be scored or reused as data) and the final answer; the trajectory's meta holds the status, every generation's
+timing and prefill counts, every failure, and tool timings. `on_event` receives an AgentEvent as each step happens
+(a CLI prints them, a service streams them).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from umi import prompts
+from umi.agent.backend import Backend, Generation, GenerationRequest, TooLong, TransformersBackend
+from umi.agent.parsing import (
+    GlobalAnswer,
+    GlobalCall,
+    GlobalGiveUp,
+    ParseFailure,
+    ToolCall,
+    parse_caller_output,
+    parse_global_output,
+    parse_planner_output,
+    parse_summarizer_output,
+)
+from umi.agent.roles import PromptBuilder, RolePrompt
+from umi.prompts import DocStyle
+from umi.schema import Step, ToolSpec, Trajectory
+
+__all__ = [
+    "AgentConfig",
+    "AgentEvent",
+    "AgentResult",
+    "AlphaUMiAgent",
+    "EventKind",
+    "Observation",
+    "SingleLLMAgent",
+    "Status",
+    "ToolRuntime",
+]
+
+Status = Literal["answered", "gave_up", "max_steps", "planner_empty", "context_exhausted"]
+EventKind = Literal["planner", "caller", "observation", "answer", "give_up", "end"]
+NO_ACTION = "(no action)"  # the caller step's tool name when the model named none
+
+
+@runtime_checkable
+class Observation(Protocol):
+    """A tool's result as the runtime reports it (umi.tools.registry.Observation): the text the planner reads, and
+    whether the call succeeded; a failed one may name its `error_kind` (unknown_tool, invalid_arguments, tool_error,
+    timeout)."""
+
+    text: str
+    ok: bool
+
+
+@runtime_checkable
+class ToolRuntime(Protocol):
+    """The tools of one episode: their schemas, and a dispatch that runs one call and never raises (an unknown tool,
+    a schema violation, an exception or a timeout comes back as an observation with ok=False).
+    umi.tools.registry.ToolRegistry is one; umi.tools.bfcl.BFCLToolkit is one per BFCL entry (its state lives in it)."""
+
+    @property
+    def specs(self) -> list[ToolSpec]: ...
+
+    def dispatch(self, name: str, arguments: dict[str, Any]) -> Observation: ...
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """max_steps: planner (or single-LLM) turns per episode. planner_retries: extra tries when the planner writes
+    nothing, sampled at `retry_temperature`. max_new_tokens: per role."""
+
+    max_steps: int = 12
+    observation_limit: int | None = prompts.OBSERVATION_LIMIT
+    planner_retries: int = 5
+    retry_temperature: float = 0.7
+    doc_style: DocStyle = "reference"
+    max_new_tokens: Mapping[str, int] = field(
+        default_factory=lambda: {"planner": 256, "caller": 256, "summarizer": 512, "global": 512}
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError("max_steps must be >= 1")
+        if self.planner_retries < 0:
+            raise ValueError("planner_retries must be >= 0")
+        missing = {"planner", "caller", "summarizer", "global"} - set(self.max_new_tokens)
+        if missing:
+            raise ValueError(f"max_new_tokens lacks {sorted(missing)}")
+
+
+@dataclass(frozen=True)
+class AgentEvent:
+    """One thing that happened. `step` is the planner turn it belongs to (1-based). `text` is what a user would be
+    shown (a thought, a call, an observation, the answer); `data` the details (parsed fields, failure, timing)."""
+
+    kind: EventKind
+    step: int
+    text: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AgentResult:
+    trajectory: Trajectory
+    answer: str | None
+    status: Status
+
+    @property
+    def steps(self) -> int:
+        """Planner (or single-LLM) turns this episode took (earlier turns passed as `history` not counted)."""
+        return int(self.trajectory.meta["planner_steps"])
+
+
+def _cut(text: str, limit: int | None) -> str:
+    return text if limit is None or len(text) <= limit else text[:limit]
+
+
+class _Episode:
+    """The mutable state of one run: steps so far, meta records, event delivery."""
+
+    def __init__(
+        self,
+        agent: str,
+        query: str,
+        runtime: ToolRuntime,
+        history: Sequence[Step],
+        task_id: str | None,
+        config: AgentConfig,
+        on_event: Callable[[AgentEvent], None] | None,
+    ):
+        self.agent = agent
+        self.query = query
+        self.runtime = runtime
+        self.tools = [t if isinstance(t, ToolSpec) else ToolSpec.model_validate(t) for t in runtime.specs]
+        self.steps: list[Step] = [*history, Step(role="user", content=query)]
+        self.task_id = task_id or f"{agent}-{uuid.uuid4().hex[:12]}"
+        self.config = config
+        self.on_event = on_event
+        self.builder = PromptBuilder(self.tools, config.doc_style, config.observation_limit)
+        self.generations: list[dict[str, Any]] = []
+        self.failures: list[dict[str, Any]] = []
+        self.tool_calls: list[dict[str, Any]] = []
+        self.started = time.perf_counter()
+        self.step = 0
+
+    def emit(self, kind: EventKind, text: str, **data: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(AgentEvent(kind, self.step, text, data))
+
+    def fail(self, role: str, kind: str, detail: str) -> None:
+        self.failures.append({"step": self.step, "role": role, "kind": kind, "detail": detail})
+
+    def generate(self, backend: Backend, prompt: RolePrompt, attempt: int = 0) -> Generation:
+        c = self.config
+        request = GenerationRequest(
+            prompt=prompt.prompt,
+            history_span=prompt.history_span,
+            max_new_tokens=c.max_new_tokens[prompt.role],
+            temperature=c.retry_temperature if attempt else 0.0,
+            seed=attempt,
+            record_id=f"{self.task_id}#{self.step}",
+        )
+        g = backend.generate(request)
+        self.generations.append({"step": self.step, "role": prompt.role, "attempt": attempt, **g.timing()})
+        return g
+
+    def run_tool(self, call: ToolCall) -> tuple[str, bool]:
+        started = time.perf_counter()
+        try:
+            obs = self.runtime.dispatch(call.tool_name, call.arguments)
+            text, ok = str(getattr(obs, "text", obs)), bool(getattr(obs, "ok", True))
+            kind = getattr(obs, "error_kind", None) or "tool_error"
+        except Exception as e:  # the runtime should report errors itself; a leak must not end the episode
+            text, ok, kind = f"Error: the tool {call.tool_name!r} failed: {type(e).__name__}: {e}", False, "tool_error"
+        seconds = time.perf_counter() - started
+        self.tool_calls.append({"step": self.step, "tool": call.tool_name, "ok": ok, "error_kind": None if ok else kind,
+                                "seconds": round(seconds, 6), "observation_chars": len(text)})  # fmt: skip
+        if not ok:
+            self.fail("tool", kind, text[:200])
+        return text, ok
+
+    def observe(self, text: str, ok: bool) -> None:
+        shown = _cut(text, self.config.observation_limit)
+        self.steps.append(Step(role="observation", content=shown))
+        self.emit("observation", shown, ok=ok, chars=len(text))
+
+    def call_step(self, parsed: ToolCall | ParseFailure) -> None:
+        """Record the caller step and the observation that follows it (a tool result or the parse failure)."""
+        if isinstance(parsed, ToolCall):
+            self.steps.append(
+                Step(role="caller", tool_name=parsed.tool_name, arguments=parsed.arguments,
+                     arguments_text=parsed.arguments_text)  # fmt: skip
+            )
+            self.emit("caller", parsed.render(), tool=parsed.tool_name, arguments=parsed.arguments)
+            text, ok = self.run_tool(parsed)
+        else:
+            self.fail(parsed.role, parsed.kind, parsed.detail)
+            self.steps.append(
+                Step(role="caller", tool_name=parsed.tool_name or NO_ACTION, arguments_text=parsed.arguments_text or "")
+            )
+            self.emit("caller", parsed.text, failure=parsed.kind, detail=parsed.detail)
+            text, ok = parsed.observation(), False
+        self.observe(text, ok)
+
+    def finish(self, status: Status, answer: str | None) -> AgentResult:
+        totals: dict[str, float] = {"prompt_tokens": 0, "prefill_tokens": 0, "reused_tokens": 0, "new_tokens": 0,
+                                    "generation_seconds": 0.0}  # fmt: skip
+        for g in self.generations:
+            for key in ("prompt_tokens", "prefill_tokens", "reused_tokens", "new_tokens"):
+                totals[key] += g[key]
+            totals["generation_seconds"] += g["seconds"]
+        totals["tool_seconds"] = sum(t["seconds"] for t in self.tool_calls)
+        totals["seconds"] = time.perf_counter() - self.started
+        totals = {k: round(v, 6) if isinstance(v, float) else v for k, v in totals.items()}
+        trajectory = Trajectory(
+            id=self.task_id,
+            source="agent",
+            tools=self.tools,
+            instruction=self.query,
+            steps=self.steps,
+            meta={
+                "agent": self.agent,
+                "status": status,
+                "planner_steps": self.step,
+                "generations": self.generations,
+                "failures": self.failures,
+                "tool_calls": self.tool_calls,
+                "totals": totals,
+                "config": {**asdict(self.config), "max_new_tokens": dict(self.config.max_new_tokens)},
+            },
+        )
+        self.emit("end", answer or "", status=status, totals=totals)
+        return AgentResult(trajectory=trajectory, answer=answer, status=status)
+
+
+class AlphaUMiAgent:
+    """The three-role agent. Pass one backend to play every role, or one per role."""
+
+    name = "alpha-umi"
+
+    def __init__(
+        self,
+        planner: Backend,
+        caller: Backend | None = None,
+        summarizer: Backend | None = None,
+        config: AgentConfig | None = None,
+    ):
+        self.planner = planner
+        self.caller = caller or planner
+        self.summarizer = summarizer or planner
+        self.config = config or AgentConfig()
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        planner: str | Path,
+        caller: str | Path | None = None,
+        summarizer: str | Path | None = None,
+        *,
+        config: AgentConfig | None = None,
+        **backend_options: Any,
+    ) -> "AlphaUMiAgent":
+        """Agents over checkpoint directories (trained roles, or one backbone in every role). A directory named
+        for several roles is loaded once and shared. `backend_options` go to TransformersBackend.from_pretrained."""
+        loaded: dict[Path, TransformersBackend] = {}
+
+        def backend(path: str | Path | None) -> TransformersBackend:
+            key = Path(path if path is not None else planner).resolve()
+            if key not in loaded:
+                loaded[key] = TransformersBackend.from_pretrained(key, **backend_options)
+            return loaded[key]
+
+        return cls(backend(planner), backend(caller), backend(summarizer), config=config)
+
+    def run(
+        self,
+        query: str,
+        tools: ToolRuntime,
+        *,
+        history: Sequence[Step] = (),
+        task_id: str | None = None,
+        on_event: Callable[[AgentEvent], None] | None = None,
+    ) -> AgentResult:
+        """One episode for `query` with `tools`. `history`: steps of earlier turns of the same conversation (a BFCL
+        multi-turn entry), which the prompts include before the new user turn."""
+        ep = _Episode(self.name, query, tools, history, task_id, self.config, on_event)
+        try:
+            while ep.step < self.config.max_steps:
+                ep.step += 1
+                planned = self._plan(ep)
+                if planned is None:
+                    return ep.finish("planner_empty", None)
+                if planned.decision == "give up":
+                    ep.emit("give_up", planned.thought)
+                    return ep.finish("gave_up", None)
+                if planned.decision == "conclusion":
+                    prompt = ep.builder.summarizer(ep.steps)
+                    answer = parse_summarizer_output(ep.generate(self.summarizer, prompt).text)
+                    ep.steps.append(Step(role="conclusion", content=answer))
+                    ep.emit("answer", answer)
+                    return ep.finish("answered", answer)
+                prompt = ep.builder.caller(ep.steps, planned.render())
+                ep.call_step(parse_caller_output(ep.generate(self.caller, prompt).text))
+            return ep.finish("max_steps", None)
+        except TooLong as e:
+            ep.fail("context", "too_long", str(e))
+            return ep.finish("context_exhausted", None)
+
+    def _plan(self, ep: _Episode):
+        """The planner's parsed output, already recorded as an assistant step; None when it wrote nothing."""
+        prompt = ep.builder.planner(ep.steps)
+        for attempt in range(self.config.planner_retries + 1):
+            g = ep.generate(self.planner, prompt, attempt)
+            parsed = parse_planner_output(g.text)
+            if isinstance(parsed, ParseFailure):
+                ep.fail("planner", parsed.kind, parsed.detail)
+                if parsed.kind == "empty_output":
+                    continue
+                # no decision: go on as `Next: caller`, the caller reads the planner's text as its thought
+                parsed = _PlannerFallback(_turn_text(parsed.text))
+            ep.steps.append(Step(role="assistant", content=parsed.thought, decision=parsed.decision))
+            ep.emit("planner", parsed.thought, decision=parsed.decision, attempt=attempt)
+            return parsed
+        return None
+
+
+@dataclass(frozen=True)
+class _PlannerFallback:
+    thought: str
+    decision: Literal["caller"] = "caller"
+
+    def render(self) -> str:
+        return prompts.planner_target(self.thought, self.decision)
+
+
+class SingleLLMAgent:
+    """The single-LLM baseline: the global model writes thought and action (or conclusion) in one generation."""
+
+    name = "single-llm"
+
+    def __init__(self, model: Backend, config: AgentConfig | None = None):
+        self.model = model
+        self.config = config or AgentConfig()
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, *, config: AgentConfig | None = None, **backend_options: Any
+    ) -> "SingleLLMAgent":
+        return cls(TransformersBackend.from_pretrained(path, **backend_options), config=config)
+
+    def run(
+        self,
+        query: str,
+        tools: ToolRuntime,
+        *,
+        history: Sequence[Step] = (),
+        task_id: str | None = None,
+        on_event: Callable[[AgentEvent], None] | None = None,
+    ) -> AgentResult:
+        ep = _Episode(self.name, query, tools, history, task_id, self.config, on_event)
+        try:
+            while ep.step < self.config.max_steps:
+                ep.step += 1
+                parsed = self._step(ep)
+                if parsed is None:
+                    return ep.finish("planner_empty", None)
+                if isinstance(parsed, GlobalGiveUp):
+                    ep.steps.append(Step(role="assistant", content=parsed.thought, decision="give up"))
+                    ep.emit("planner", parsed.thought, decision="give up")
+                    ep.emit("give_up", parsed.thought)
+                    return ep.finish("gave_up", None)
+                if isinstance(parsed, GlobalAnswer):
+                    ep.steps.append(Step(role="assistant", content=parsed.thought, decision="conclusion"))
+                    ep.emit("planner", parsed.thought, decision="conclusion")
+                    ep.steps.append(Step(role="conclusion", content=parsed.answer))
+                    ep.emit("answer", parsed.answer)
+                    return ep.finish("answered", parsed.answer)
+                if isinstance(parsed, GlobalCall):
+                    thought, call = parsed.thought, parsed.call
+                else:  # a ParseFailure: the readable thought and whatever of the call could be read
+                    thought, call = (parsed.thought if parsed.thought is not None else _turn_text(parsed.text)), parsed
+                ep.steps.append(Step(role="assistant", content=thought, decision="caller"))
+                ep.emit("planner", thought, decision="caller")
+                ep.call_step(call)
+            return ep.finish("max_steps", None)
+        except TooLong as e:
+            ep.fail("context", "too_long", str(e))
+            return ep.finish("context_exhausted", None)
+
+    def _step(self, ep: _Episode):
+        prompt = ep.builder.global_(ep.steps)
+        for attempt in range(self.config.planner_retries + 1):
+            parsed = parse_global_output(ep.generate(self.model, prompt, attempt).text)
+            if isinstance(parsed, ParseFailure) and parsed.kind == "empty_output":
+                ep.fail("global", parsed.kind, parsed.detail)
+                continue
+            return parsed
+        return None
+
+
+def _turn_text(text: str) -> str:
+    return text.split(prompts.TURN_END, 1)[0].strip()
+
