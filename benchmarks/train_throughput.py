@@ -1,0 +1,222 @@
+"""Training throughput: our engine against the reference recipe, same examples, model and machine, one run.
+
+    .venv/bin/python benchmarks/train_throughput.py [--model DIR] [--max-length 4096] [--examples 8]
+
+reference recipe: every example padded to max_length, random batches, logits and loss over every position
+                  (the α-UMi reference training scripts do this with max length 4096).
+our engine:       umi.train -- length-grouped batches padded only to their own longest example, and the LM head
+                  applied only where a target token is predicted (CompletionTrainer).
+Both train one epoch over the same encoded examples (same token sequences, same labels) from the same weights,
+with the same batch size and optimiser; the number that matters is target (supervised) tokens per second.
+
+Data: artifacts/datasets/<role>/train.jsonl when the reorganised datasets exist, otherwise the α-UMi fixtures'
+reference_train_<role>.json (real ToolBench prompts, so a realistic length distribution). A random seeded sample of
+--examples examples is used. Model: artifacts/backbone when imported (SmolLM2-135M), else a tiny random Llama.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "alpha-umi"
+FIXTURE_NAME = {"global": "backbone", "planner": "planner", "caller": "caller", "summarizer": "summarizer"}
+HISTORY_OPENERS = ("The conversation history is:\n", "Make a conclusion based on the conversation history:\n")
+
+
+def fixture_records(role: str) -> list[dict]:
+    """The reference's reorganised examples as role-dataset records (history span located in the prompt)."""
+    path = FIXTURES / f"reference_train_{FIXTURE_NAME[role]}.json"
+    records = []
+    for i, ex in enumerate(json.loads(path.read_text())):
+        prompt = ex["input"]
+        start = 0
+        for opener in HISTORY_OPENERS:
+            at = prompt.find(opener)
+            if at >= 0:
+                start = at + len(opener)
+                break
+        last_turn_end = prompt.rfind("</s>")
+        end = last_turn_end + len("</s>") if last_turn_end >= start else start
+        records.append({"id": f"fixture-{role}-{i}", "prompt": prompt, "target": ex["target"],
+                        "history_span": [start, end]})  # fmt: skip
+    return records
+
+
+def load_records(role: str) -> tuple[list[dict], str]:
+    reorganised = ROOT / "artifacts" / "datasets" / role / "train.jsonl"
+    if reorganised.exists():
+        with reorganised.open() as f:
+            return [json.loads(line) for line in f if line.strip()], str(reorganised)
+    return fixture_records(role), str(FIXTURES / f"reference_train_{FIXTURE_NAME[role]}.json")
+
+
+class PadToMaxCollator:
+    """The reference recipe's batches: every example padded to max_length."""
+
+    def __init__(self, pad_token_id: int, max_length: int):
+        self.pad_token_id = pad_token_id
+        self.max_length = max_length
+
+    def __call__(self, features):
+        import torch
+
+        from umi.train.tokenize import IGNORE_INDEX
+
+        n = self.max_length
+        ids = [list(f["input_ids"]) + [self.pad_token_id] * (n - len(f["input_ids"])) for f in features]
+        labels = [list(f["labels"]) + [IGNORE_INDEX] * (n - len(f["labels"])) for f in features]
+        mask = [[1] * len(f["input_ids"]) + [0] * (n - len(f["input_ids"])) for f in features]
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+def run_engine(kind: str, model_dir: Path, dataset, tokenizer, args, workdir: Path, checkpointing: bool) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from umi.train.engine import CompletionTrainer
+    from umi.train.tokenize import CompletionCollator
+
+    torch.manual_seed(args.seed)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.config.use_cache = False
+    # Same optimiser step (batch_size examples) for both. Ours runs it as micro-batches of args.micro_batch examples
+    # with gradient accumulation and token-level loss normalisation over the whole step (the Trainer's
+    # num_items_in_batch), so the update is the same; micro-batches of 1 are never padded, which also lets SDPA use
+    # its causal (flash) kernel instead of a materialised mask.
+    micro = args.micro_batch if kind == "ours" else args.batch_size
+    if args.batch_size % micro:
+        raise SystemExit("--batch-size must be a multiple of --micro-batch")
+    training_args = TrainingArguments(
+        output_dir=str(workdir / kind),
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=args.batch_size // micro,
+        num_train_epochs=1,
+        learning_rate=1e-5,
+        lr_scheduler_type="cosine",
+        logging_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        train_sampling_strategy="group_by_length" if kind == "ours" else "random",
+        length_column_name="length",
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        activation_checkpointing=checkpointing,
+        seed=args.seed,
+        disable_tqdm=True,
+    )
+    if kind == "ours":
+        collator = CompletionCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
+        trainer = CompletionTrainer(model=model, args=training_args, data_collator=collator, train_dataset=dataset)
+    else:
+        collator = PadToMaxCollator(tokenizer.pad_token_id, args.max_length)
+        trainer = Trainer(model=model, args=training_args, data_collator=collator, train_dataset=dataset)
+    start = time.perf_counter()
+    out = trainer.train()
+    seconds = time.perf_counter() - start
+    steps = out.global_step
+    padded = len(dataset) * args.max_length if kind == "reference" else None
+    return {"seconds": seconds, "steps": steps, "seconds_per_step": seconds / max(steps, 1), "loss": out.training_loss,
+            "padded_tokens": padded}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="checkpoint dir (default: artifacts/backbone or tiny)")
+    parser.add_argument("--role", default="global", choices=list(FIXTURE_NAME))
+    parser.add_argument("--max-length", type=int, default=4096)
+    parser.add_argument("--examples", type=int, default=4)
+    parser.add_argument("--pool", type=int, default=2000, help="examples encoded to draw the sample from")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--micro-batch", type=int, default=1, help="our engine's micro-batch (see run_engine)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    import datasets
+    import torch
+    from transformers import AutoTokenizer
+
+    from umi.train.backbone import make_tiny_backbone
+    from umi.train.tokenize import TooLong, encode_example
+
+    workdir = Path(tempfile.mkdtemp(prefix="umi-train-bench-"))
+    model_dir = args.model
+    if model_dir is None:
+        model_dir = ROOT / "artifacts" / "backbone"
+        if not (model_dir / "config.json").exists():
+            model_dir = make_tiny_backbone(workdir / "tiny", hidden_size=128, layers=4)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    records, source = load_records(args.role)
+    random.Random(args.seed).shuffle(records)
+    records = records[: args.pool]
+    encoded, too_long = [], 0
+    for rec in records:
+        try:
+            enc = encode_example(tokenizer, rec["prompt"], rec["target"], rec["history_span"], args.max_length, rec["id"])
+        except TooLong:
+            too_long += 1
+            continue
+        encoded.append({"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids)})
+    # A small sample that still has the pool's length distribution: the examples at evenly spaced length quantiles.
+    encoded.sort(key=lambda r: r["length"])
+    n = min(args.examples, len(encoded))
+    rows = [encoded[int((i + 0.5) * len(encoded) / n)] for i in range(n)]
+    random.Random(args.seed).shuffle(rows)
+    pool_mean = sum(r["length"] for r in encoded) / len(encoded)
+    dataset = datasets.Dataset.from_list(rows)
+    lengths = sorted(dataset["length"])
+    target_tokens = sum(sum(1 for x in r["labels"] if x != -100) for r in rows)
+    real_tokens = sum(lengths)
+
+    # Activation checkpointing: the reference recipe always has it (and needs it: a batch padded to 4096 tokens
+    # does not fit in memory without). Ours follows the engine's policy (on only where a GPU is present) and is also
+    # measured with it on, for a like-for-like comparison.
+    gpu = torch.cuda.is_available()
+    runs = {"ours": ("ours", gpu), "ours+ckpt": ("ours", True), "reference": ("reference", True)}
+    if gpu:
+        del runs["ours+ckpt"]  # identical to "ours" there
+    results = {}
+    for name, (kind, checkpointing) in runs.items():
+        results[name] = run_engine(kind, Path(model_dir), dataset, tokenizer, args, workdir, checkpointing)
+        results[name]["checkpointing"] = checkpointing
+        results[name]["target_tokens_per_second"] = target_tokens / results[name]["seconds"]
+        results[name]["real_tokens_per_second"] = real_tokens / results[name]["seconds"]
+    reference_speed = results["reference"]["target_tokens_per_second"]
+    ratio = results["ours"]["target_tokens_per_second"] / reference_speed
+
+    print(f"data: {source} ({args.role}): {len(rows)} examples at the length quantiles of {len(encoded)} "
+          f"(mean {pool_mean:.0f} tokens; {too_long} too long for {args.max_length} left out)")
+    print(f"model: {model_dir}   batch {args.batch_size} (ours: micro-batches of {args.micro_batch})   "
+          f"max length {args.max_length}   device: {'cuda' if gpu else 'cpu'}")
+    print(f"example lengths: min {lengths[0]}  median {lengths[len(lengths) // 2]}  mean {real_tokens / len(rows):.0f}"
+          f"  max {lengths[-1]}   target tokens {target_tokens}")  # fmt: skip
+    print(f"{'engine':<10} {'ckpt':>5} {'seconds':>9} {'s/step':>8} {'target tok/s':>13} {'real tok/s':>11} {'loss':>7}")
+    for name, r in results.items():
+        print(f"{name:<10} {'on' if r['checkpointing'] else 'off':>5} {r['seconds']:>9.1f} {r['seconds_per_step']:>8.2f}"
+              f" {r['target_tokens_per_second']:>13.1f} {r['real_tokens_per_second']:>11.1f} {r['loss']:>7.3f}")  # fmt: skip
+    print(f"speed-up (target tokens/s, ours / reference): {ratio:.2f}x  (goal >= 4x)")
+    if "ours+ckpt" in results:
+        same = results["ours+ckpt"]["target_tokens_per_second"] / reference_speed
+        print(f"speed-up with activation checkpointing on in both: {same:.2f}x")
+    if args.json:
+        summary = {"ratio": ratio, "examples": len(rows), "max_length": args.max_length, "model": str(model_dir),
+                   "data": source, "target_tokens": target_tokens, "real_tokens": real_tokens, **results}  # fmt: skip
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

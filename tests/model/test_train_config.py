@@ -1,0 +1,72 @@
+"""Training profiles: the paper's numbers exactly, strict validation, and how a profile becomes Trainer arguments."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+
+from umi.train.config import available_profiles, load_config
+from umi.train.engine import training_arguments, use_bf16, use_gradient_checkpointing
+
+
+def test_profiles_exist():
+    assert {"paper", "cpu", "tiny"} <= set(available_profiles())
+    for name in ("paper", "cpu", "tiny"):
+        assert load_config(name).profile == name
+
+
+def test_paper_profile_is_the_papers_recipe():
+    c = load_config("paper")
+    assert (c.max_length, c.global_batch_size, c.lr_scheduler) == (4096, 48, "cosine")
+    s = c.stages
+    assert (s["global"].learning_rate, s["global"].epochs, s["global"].warmup_ratio) == (5e-5, 2, 0.4)
+    assert (s["planner"].learning_rate, s["planner"].epochs, s["planner"].warmup_ratio) == (1e-5, 1, 0.2)
+    assert (s["caller"].learning_rate, s["caller"].epochs, s["caller"].warmup_ratio) == (1e-5, 1, 0.2)
+    assert (s["summarizer"].learning_rate, s["summarizer"].epochs, s["summarizer"].warmup_ratio) == (1e-5, 2, 0.4)
+    assert all(s[k].weight_decay == 0.01 for k in ("planner", "caller", "summarizer"))
+    assert all(st.max_examples is None and st.max_tokens is None and st.max_steps is None for st in s.values())
+    assert c.deepspeed == "zero3" and c.lora is None
+    assert (c.precision, c.gradient_checkpointing) == ("auto", "auto")
+    # 48 = 6 per device x 8 devices; fewer devices accumulate gradients instead
+    assert [c.gradient_accumulation(n) for n in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    with pytest.raises(ValueError, match="cannot be split"):
+        c.gradient_accumulation(3)
+
+
+def test_profiles_are_validated_strictly(tmp_path):
+    with pytest.raises(pydantic.ValidationError, match="learning_rat"):
+        load_config("tiny", stages={"global": {"learning_rat": 1e-4, "epochs": 1, "warmup_ratio": 0}})
+    with pytest.raises(pydantic.ValidationError, match="missing"):
+        load_config("tiny", stages={"global": {"learning_rate": 1e-4, "epochs": 1, "warmup_ratio": 0}})
+    with pytest.raises(pydantic.ValidationError, match="LoRA with DeepSpeed"):
+        load_config("paper", lora={"r": 8, "alpha": 16})
+    with pytest.raises(pydantic.ValidationError, match="multiple"):
+        load_config("paper", per_device_batch_size=5)
+    with pytest.raises(FileNotFoundError, match="known"):
+        load_config("no-such-profile")
+    with pytest.raises(FileNotFoundError):
+        load_config("tiny", deepspeed="no-such-file").deepspeed_path()
+
+
+def test_stage_settings_become_trainer_arguments(tmp_path):
+    c = load_config("paper", deepspeed=None)  # DeepSpeed args would register a global ZeRO-3 hook in this process
+    args = training_arguments(c, c.stages["planner"], tmp_path)
+    assert args.learning_rate == 1e-5 and args.num_train_epochs == 1 and args.weight_decay == 0.01
+    assert args.lr_scheduler_type == "cosine"  # a str enum
+    assert args.get_warmup_steps(100) == 20  # warmup ratio 0.2 of the steps
+    assert args.per_device_train_batch_size == 6 and args.gradient_accumulation_steps == 8
+    assert args.train_sampling_strategy == "group_by_length" and args.length_column_name == "length"
+    assert args.report_to in ([], None, "none", ["none"])
+    assert load_config("paper", deepspeed=None).stages["global"].warmup_ratio == 0.4
+    global_args = training_arguments(c, c.stages["global"], tmp_path)
+    assert global_args.get_warmup_steps(100) == 40 and global_args.num_train_epochs == 2
+
+
+def test_precision_policy_without_a_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    paper = load_config("paper")
+    assert not use_bf16(paper) and not use_gradient_checkpointing(paper)  # auto: only where a GPU is
+    forced = load_config("paper", precision="bf16", gradient_checkpointing="on")
+    assert use_bf16(forced) and use_gradient_checkpointing(forced)

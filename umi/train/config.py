@@ -1,0 +1,123 @@
+"""Training profiles: YAML data validated by pydantic. `load_config("paper" | "cpu" | "tiny" | path)`.
+
+A profile says everything a GLPFT run needs besides the data and the starting weights: sequence budget, batch,
+per-stage optimiser settings, precision policy, DeepSpeed and LoRA. Unknown keys are errors, so a typo in a profile
+cannot silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CONFIG_DIR = Path(__file__).with_name("configs")
+DEEPSPEED_DIR = Path(__file__).with_name("deepspeed")
+STAGES: tuple[str, ...] = ("global", "planner", "caller", "summarizer")
+LOCAL_STAGES: tuple[str, ...] = STAGES[1:]
+
+
+class StageSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(gt=0)
+    epochs: float = Field(gt=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_examples: int | None = Field(default=None, gt=0, description="a seeded random subset of the train split")
+    max_tokens: int | None = Field(
+        default=None, gt=0, description="a seeded random subset of the train split holding at most this many tokens"
+    )
+    max_steps: int | None = Field(default=None, gt=0, description="stop after this many optimiser steps")
+    eval_examples: int = Field(default=0, ge=0, description="dev-split examples for a final dev loss; 0: none")
+
+
+class LoraSettings(BaseModel):
+    """peft LoRA on the given modules; the stage's final checkpoint is merged into plain weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(gt=0)
+    alpha: int = Field(gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str
+    max_length: int = Field(gt=8, description="tokens of prompt + target + EOS")
+    per_device_batch_size: int = Field(gt=0)
+    global_batch_size: int = Field(gt=0, description="examples per optimiser step over all devices")
+    lr_scheduler: str = "cosine"
+    seed: int = 42
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where a GPU supports it, else fp32
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"  # auto: on where a GPU is present
+    deepspeed: str | None = Field(default=None, description="a file name in umi/train/deepspeed/ or a path")
+    lora: LoraSettings | None = None
+    logging_steps: int = Field(default=1, gt=0)
+    save_steps: int = Field(default=100, gt=0, description="Trainer checkpoint interval (what a resume restarts from)")
+    save_total_limit: int | None = Field(default=2, gt=0)
+    log_model_artifact: bool = True
+    keep_checkpoints: bool = Field(
+        default=False, description="keep the Trainer checkpoints of a finished stage (they only serve a resume)"
+    )
+    tokenize_workers: int | None = Field(default=None, gt=0)
+    stages: dict[str, StageSettings]
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        missing = [s for s in STAGES if s not in self.stages]
+        unknown = [s for s in self.stages if s not in STAGES]
+        if missing or unknown:
+            raise ValueError(f"stages must be exactly {list(STAGES)}; missing {missing}, unknown {unknown}")
+        if self.global_batch_size % self.per_device_batch_size:
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} is not a multiple of "
+                f"per_device_batch_size {self.per_device_batch_size}"
+            )
+        if self.lora is not None and self.deepspeed is not None:
+            raise ValueError("LoRA with DeepSpeed is not supported here: pick one (lora for CPU, deepspeed for GPUs)")
+        return self
+
+    def gradient_accumulation(self, world_size: int) -> int:
+        per_step = self.per_device_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} cannot be split over {world_size} device(s) "
+                f"x per_device_batch_size {self.per_device_batch_size}"
+            )
+        return self.global_batch_size // per_step
+
+    def deepspeed_path(self) -> Path | None:
+        if self.deepspeed is None:
+            return None
+        path = Path(self.deepspeed)
+        if not path.suffix:
+            path = path.with_suffix(".json")
+        if not path.is_absolute() and not path.exists():
+            path = DEEPSPEED_DIR / path
+        if not path.exists():
+            raise FileNotFoundError(f"DeepSpeed config {self.deepspeed!r} not found (looked in {DEEPSPEED_DIR})")
+        return path
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(profile_or_path: str | Path, **overrides) -> TrainConfig:
+    """A named profile (paper, cpu, tiny) or a YAML file; keyword overrides replace top-level keys."""
+    path = Path(profile_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{profile_or_path}.yaml"
+        if not path.exists():
+            raise FileNotFoundError(f"no training profile {profile_or_path!r}; known: {available_profiles()}")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a training profile must be a YAML mapping")
+    raw.update(overrides)
+    return TrainConfig.model_validate(raw)

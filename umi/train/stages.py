@@ -1,0 +1,370 @@
+"""GLPFT stages: global on the whole task, then planner / caller / summarizer, each starting from the global model.
+
+Plain Python entry points for the CLI and the Prefect flows:
+
+    train_stage(stage, config, datasets_dir, out_dir, init_from, data_version=..., tracking=True) -> StageResult
+    train_glpft(config, datasets_dir, out_root, backbone, from_backbone=False, ...) -> {stage: StageResult}
+
+Layout of one stage directory (`out_dir`):
+
+    checkpoints/checkpoint-<step>/   Trainer checkpoints (weights or adapter + optimiser + RNG): what a resume reads
+    model/                           the final plain checkpoint (safetensors + tokenizer), LoRA merged in
+    model/umi_stage.json             provenance: stage, start weights, data version, config, metrics, MLflow run
+    stage_state.json                 fingerprint of (config, start weights, data) and the MLflow run id
+
+Calling train_stage again on the same directory: a finished stage with the same fingerprint is returned as is; an
+interrupted one resumes from its last checkpoint (and keeps logging into the same MLflow run); a different
+fingerprint (new data, config or start weights) starts the stage afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from umi.train.config import LOCAL_STAGES, STAGES, TrainConfig, load_config
+from umi.train.engine import (
+    CompletionTrainer,
+    MlflowStageCallback,
+    dataset_stats,
+    encode_role_dataset,
+    has_gpu,
+    role_dataset_path,
+    training_arguments,
+    use_bf16,
+    use_gradient_checkpointing,
+    world_size,
+)
+from umi.train.tokenize import CompletionCollator
+
+log = logging.getLogger(__name__)
+
+STAGE_MANIFEST = "umi_stage.json"
+STATE_FILE = "stage_state.json"
+DEFAULT_EXPERIMENT = "umi-train"
+
+
+@dataclass
+class StageResult:
+    stage: str
+    checkpoint: Path  # the final plain checkpoint directory (load with from_pretrained)
+    metrics: dict[str, float]
+    init_from: Path
+    run_id: str | None = None
+    resumed_from: str | None = None  # the Trainer checkpoint a resumed run restarted from
+    too_long_ids: list[str] = field(default_factory=list)
+    skipped: bool = False  # True when the stage was already complete and nothing was trained
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["checkpoint"], d["init_from"] = str(self.checkpoint), str(self.init_from)
+        return d
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_fingerprint(model_dir: str | Path) -> str:
+    """Identifies a checkpoint's weights cheaply: the stage fingerprint that wrote it, else weight file sizes+mtimes."""
+    model_dir = Path(model_dir)
+    manifest = model_dir / STAGE_MANIFEST
+    if manifest.exists():
+        return json.loads(manifest.read_text())["fingerprint"]
+    files = sorted(p for p in model_dir.glob("*") if p.suffix in (".safetensors", ".bin", ".gguf"))
+    if not files:  # a hub id: its name is all we know
+        return f"ref:{model_dir}"
+    return hashlib.sha256(
+        json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode()
+    ).hexdigest()
+
+
+def _rank_zero() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _start_mlflow_run(previous_run_id: str | None, experiment: str, run_name: str):
+    """The stage's run: the interrupted run again when resuming, else a new one. When the caller (a pipeline flow)
+    has a run open, the stage's run is its child, in the caller's experiment."""
+    import mlflow
+
+    nested = mlflow.active_run() is not None
+    if previous_run_id:
+        try:
+            return mlflow.start_run(run_id=previous_run_id, nested=nested)
+        except Exception as e:  # the run was deleted or the tracking store changed: open a new one
+            log.warning("cannot reopen MLflow run %s (%s); starting a new run", previous_run_id, e)
+    if not nested:
+        mlflow.set_experiment(experiment)
+    return mlflow.start_run(run_name=run_name, nested=nested)
+
+
+def _flat_params(config: TrainConfig, stage: str) -> dict[str, str]:
+    s = config.stages[stage]
+    params = {
+        "profile": config.profile,
+        "stage": stage,
+        "max_length": config.max_length,
+        "per_device_batch_size": config.per_device_batch_size,
+        "global_batch_size": config.global_batch_size,
+        "gradient_accumulation": config.gradient_accumulation(world_size()),
+        "world_size": world_size(),
+        "lr_scheduler": config.lr_scheduler,
+        "seed": config.seed,
+        "bf16": use_bf16(config),
+        "gradient_checkpointing": use_gradient_checkpointing(config),
+        "deepspeed": config.deepspeed or "none",
+        "lora": "none" if config.lora is None else json.dumps(config.lora.model_dump()),
+        **{k: ("none" if v is None else v) for k, v in s.model_dump().items()},
+    }
+    return {k: str(v) for k, v in params.items()}
+
+
+class _CountingCollator(CompletionCollator):
+    """Counts the target (loss) tokens and all real tokens that pass through, for throughput metrics."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.target_tokens = 0
+        self.tokens = 0
+
+    def __call__(self, features):
+        batch = super().__call__(features)
+        self.target_tokens += int((batch["labels"] != -100).sum())
+        self.tokens += int(batch["attention_mask"].sum())
+        return batch
+
+
+def train_stage(
+    stage: str,
+    config: TrainConfig | str,
+    datasets_dir: str | Path,
+    out_dir: str | Path,
+    init_from: str | Path,
+    *,
+    data_version: str | None = None,
+    tracking: bool = True,
+    experiment: str = DEFAULT_EXPERIMENT,
+    callbacks: list | None = None,
+    resume: bool = True,
+) -> StageResult:
+    """Fine-tune `init_from` on `<datasets_dir>/<stage>/train.jsonl` with the profile's settings for `stage`.
+
+    data_version: the dataset's DVC hash or version string, recorded in MLflow and in the stage manifest.
+    tracking: log config, data version, per-step loss and the final checkpoint to the active MLflow tracking URI.
+    callbacks: extra transformers TrainerCallbacks (tests use one to interrupt a run).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; one of {list(STAGES)}")
+    if isinstance(config, str):
+        config = load_config(config)
+    settings = config.stages[stage]
+    out_dir, init_from = Path(out_dir), Path(init_from)
+    checkpoints_dir, model_dir = out_dir / "checkpoints", out_dir / "model"
+    train_path = role_dataset_path(datasets_dir, stage, "train")
+    if not train_path.exists():
+        raise FileNotFoundError(f"role dataset {train_path} not found (run the data reorganisation first)")
+
+    fingerprint_src = {
+        "config": config.model_dump(mode="json"),
+        "stage": stage,
+        "init": weights_fingerprint(init_from) if init_from.exists() else f"ref:{init_from}",
+        "data_sha256": _sha256_file(train_path),
+        "data_version": data_version,
+    }
+    fingerprint = hashlib.sha256(json.dumps(fingerprint_src, sort_keys=True).encode()).hexdigest()
+    state_path = out_dir / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if state.get("fingerprint") != fingerprint and state:
+        log.warning("%s: config, data or start weights changed since the last run; training the stage afresh", out_dir)
+        if _rank_zero():
+            shutil.rmtree(checkpoints_dir, ignore_errors=True)
+            shutil.rmtree(model_dir, ignore_errors=True)
+        state = {}
+    if state.get("complete") and (model_dir / STAGE_MANIFEST).exists():
+        manifest = json.loads((model_dir / STAGE_MANIFEST).read_text())
+        log.info("stage %s already complete in %s", stage, model_dir)
+        return StageResult(stage, model_dir, manifest["metrics"], init_from, manifest.get("run_id"),
+                           None, manifest.get("too_long_ids", []), skipped=True)  # fmt: skip
+
+    eval_path = role_dataset_path(datasets_dir, stage, "dev")
+    eval_enabled = settings.eval_examples > 0 and eval_path.exists()
+    # TrainingArguments first: with ZeRO-3 it makes from_pretrained below load the weights already partitioned.
+    args = training_arguments(config, settings, checkpoints_dir, eval_enabled=eval_enabled)
+    _ = args.device  # sets up torch.distributed (lazily done otherwise): ZeRO-3 loading and process_index need it
+    is_main = args.process_index == 0
+
+    tokenizer = AutoTokenizer.from_pretrained(str(init_from))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train = encode_role_dataset(train_path, stage, tokenizer, config.max_length, max_examples=settings.max_examples,
+                                max_tokens=settings.max_tokens, seed=config.seed, workers=config.tokenize_workers)  # fmt: skip
+    evaluation = (
+        encode_role_dataset(eval_path, stage, tokenizer, config.max_length, max_examples=settings.eval_examples,
+                            seed=config.seed)  # fmt: skip
+        if eval_enabled
+        else None
+    )
+
+    model = AutoModelForCausalLM.from_pretrained(str(init_from), dtype=torch.float32)
+    model.config.use_cache = False  # no generation during training; the cache only costs memory
+    if config.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        if args.activation_checkpointing:
+            model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
+        lora = config.lora
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=lora.target_modules, task_type="CAUSAL_LM"))  # fmt: skip
+
+    last_checkpoint = get_last_checkpoint(str(checkpoints_dir)) if resume and checkpoints_dir.is_dir() else None
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    run = None
+    if tracking and is_main:
+        import mlflow
+
+        run = _start_mlflow_run(state.get("run_id") if last_checkpoint else None, experiment,
+                                f"{stage}-{config.profile}")  # fmt: skip
+        if not last_checkpoint:  # params are immutable in MLflow: log them once per run
+            mlflow.log_params({**_flat_params(config, stage), "init_from": str(init_from),
+                               "data_version": data_version or "unknown", "dataset_sha256": fingerprint_src["data_sha256"]})  # fmt: skip
+            mlflow.set_tags({"umi.stage": stage, "umi.profile": config.profile,
+                             "umi.data_version": data_version or "unknown"})  # fmt: skip
+    if is_main:
+        state = {"fingerprint": fingerprint, "complete": False, "run_id": run.info.run_id if run else None}
+        state_path.write_text(json.dumps(state, indent=2) + "\n")
+
+    collator = _CountingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if has_gpu() else None)
+    all_callbacks = list(callbacks or [])
+    if run is not None:
+        all_callbacks.append(MlflowStageCallback(run.info.run_id))
+    trainer = CompletionTrainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=train.dataset,
+        eval_dataset=evaluation.dataset if evaluation else None,
+        processing_class=tokenizer,
+        callbacks=all_callbacks,
+    )
+    try:
+        output = trainer.train(resume_from_checkpoint=last_checkpoint)
+    except BaseException:
+        if run is not None:
+            import mlflow
+
+            mlflow.end_run(status="FAILED")  # reopened by the resume
+        raise
+
+    metrics: dict[str, float] = {k: float(v) for k, v in output.metrics.items() if isinstance(v, (int, float))}
+    metrics.update({f"data_{k}": float(v) for k, v in dataset_stats(train).items()})
+    runtime = metrics.get("train_runtime") or 0.0
+    if runtime > 0:
+        metrics["target_tokens_per_second"] = collator.target_tokens / runtime
+        metrics["tokens_per_second"] = collator.tokens / runtime
+    metrics["global_step"] = float(trainer.state.global_step)
+    if evaluation is not None:
+        metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+
+    # The final plain checkpoint. ZeRO-3: save_model gathers the 16-bit weights on every rank, rank 0 writes.
+    if config.lora is not None:
+        if is_main:
+            merged = trainer.model.merge_and_unload()
+            merged.config.use_cache = True
+            merged.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
+    else:
+        trainer.model.config.use_cache = True
+        trainer.save_model(str(model_dir))
+    trainer.accelerator.wait_for_everyone()
+
+    result = StageResult(stage, model_dir, metrics, init_from, run.info.run_id if run else None,
+                         last_checkpoint, train.too_long_ids)  # fmt: skip
+    if is_main:
+        manifest = {
+            "stage": stage,
+            "profile": config.profile,
+            "init_from": str(init_from),
+            "init_fingerprint": fingerprint_src["init"],
+            "data_version": data_version,
+            "dataset_sha256": fingerprint_src["data_sha256"],
+            "fingerprint": fingerprint,
+            "config": config.model_dump(mode="json"),
+            "metrics": metrics,
+            "run_id": result.run_id,
+            "resumed_from": last_checkpoint,
+            "too_long_ids": train.too_long_ids,
+        }
+        (model_dir / STAGE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if run is not None:
+            import mlflow
+
+            mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith(("data_", "eval_", "target_", "tokens_"))})
+            if train.too_long_ids:
+                mlflow.log_text("\n".join(train.too_long_ids) + "\n", "too_long_ids.txt")
+            if config.log_model_artifact:
+                mlflow.log_artifacts(str(model_dir), artifact_path="model")
+            else:
+                mlflow.log_artifact(str(model_dir / STAGE_MANIFEST), artifact_path="model")
+            mlflow.end_run()
+        state["complete"] = True
+        state_path.write_text(json.dumps(state, indent=2) + "\n")
+        if not config.keep_checkpoints:
+            shutil.rmtree(checkpoints_dir, ignore_errors=True)  # optimizer states: 3x the model, resume-only
+    return result
+
+
+def train_glpft(
+    config: TrainConfig | str,
+    datasets_dir: str | Path,
+    out_root: str | Path,
+    backbone: str | Path,
+    *,
+    stages: tuple[str, ...] = STAGES,
+    from_backbone: bool = False,
+    data_version: str | dict[str, str] | None = None,
+    tracking: bool = True,
+    experiment: str = DEFAULT_EXPERIMENT,
+) -> dict[str, StageResult]:
+    """Global first, then each local stage from the global model (or, with from_backbone, the one-stage ablation:
+    each local stage straight from the backbone and no global stage). Stage directories: `<out_root>/<stage>`."""
+    if isinstance(config, str):
+        config = load_config(config)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; known {list(STAGES)}")
+    out_root = Path(out_root)
+    results: dict[str, StageResult] = {}
+
+    def version(stage: str) -> str | None:
+        return data_version.get(stage) if isinstance(data_version, dict) else data_version
+
+    global_model = Path(backbone)
+    if not from_backbone and "global" in stages:
+        results["global"] = train_stage("global", config, datasets_dir, out_root / "global", backbone,
+                                        data_version=version("global"), tracking=tracking, experiment=experiment)  # fmt: skip
+        global_model = results["global"].checkpoint
+    elif not from_backbone:
+        global_model = out_root / "global" / "model"
+        if not (global_model / STAGE_MANIFEST).exists():
+            raise FileNotFoundError(f"local stages start from the global model, but {global_model} is not trained yet")
+    for stage in (s for s in LOCAL_STAGES if s in stages):
+        results[stage] = train_stage(stage, config, datasets_dir, out_root / stage, global_model,
+                                     data_version=version(stage), tracking=tracking, experiment=experiment)  # fmt: skip
+    return results
