@@ -214,8 +214,11 @@ def run_cmd(
     """The main job: import the embedded data, then the Prefect GLPFT pipeline (datasets, backbone, training)."""
     import time
 
+    import os
+
     started = time.perf_counter()
     uri = _default_tracking()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from the temporary server
     if not skip_import:
         import_bfcl_cmd(out=DEFAULT_DATA / "bfcl", category=None, max_reject_share=0.0)
     from flows.glpft_pipeline import glpft_pipeline
