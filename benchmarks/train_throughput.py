@@ -1,17 +1,19 @@
 """Training throughput: our engine against the reference recipe, same examples, model and machine, one run.
 
-    .venv/bin/python benchmarks/train_throughput.py [--model DIR] [--max-length 4096] [--examples 8]
+    .venv/bin/python benchmarks/train_throughput.py [--model DIR] [--max-length 4096] [--examples 4] [--fixtures]
 
 reference recipe: every example padded to max_length, random batches, logits and loss over every position
-                  (the α-UMi reference training scripts do this with max length 4096).
-our engine:       umi.train -- length-grouped batches padded only to their own longest example, and the LM head
+                  (the α-UMi reference training scripts do this with max length 4096), activation checkpointing.
+our engine:       umi.train -- length-grouped micro-batches padded only to their own longest example (micro-batches
+                  of one by default: no padding at all), gradient accumulation to the same batch, and the LM head
                   applied only where a target token is predicted (CompletionTrainer).
 Both train one epoch over the same encoded examples (same token sequences, same labels) from the same weights,
 with the same batch size and optimiser; the number that matters is target (supervised) tokens per second.
 
-Data: artifacts/datasets/<role>/train.jsonl when the reorganised datasets exist, otherwise the α-UMi fixtures'
-reference_train_<role>.json (real ToolBench prompts, so a realistic length distribution). A random seeded sample of
---examples examples is used. Model: artifacts/backbone when imported (SmolLM2-135M), else a tiny random Llama.
+Data: artifacts/datasets/<role>/train.jsonl (or --datasets) when the reorganised datasets exist, otherwise (or with
+--fixtures) the α-UMi fixtures' reference_train_<role>.json (real ToolBench prompts, longer than BFCL's). The sample
+is --examples examples at evenly spaced length quantiles of a seeded random pool, so a few examples still follow
+the data's length distribution. Model: artifacts/backbone when imported (SmolLM2-135M), else a tiny random Llama.
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ def fixture_records(role: str) -> list[dict]:
     return records
 
 
-def load_records(role: str) -> tuple[list[dict], str]:
-    reorganised = ROOT / "artifacts" / "datasets" / role / "train.jsonl"
-    if reorganised.exists():
+def load_records(role: str, datasets_dir: Path, fixtures: bool = False) -> tuple[list[dict], str]:
+    reorganised = datasets_dir / role / "train.jsonl"
+    if reorganised.exists() and not fixtures:
         with reorganised.open() as f:
             return [json.loads(line) for line in f if line.strip()], str(reorganised)
     return fixture_records(role), str(FIXTURES / f"reference_train_{FIXTURE_NAME[role]}.json")
@@ -135,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--role", default="global", choices=list(FIXTURE_NAME))
     parser.add_argument("--max-length", type=int, default=4096)
     parser.add_argument("--examples", type=int, default=4)
+    parser.add_argument("--datasets", type=Path, default=ROOT / "artifacts" / "datasets", help="role datasets dir")
+    parser.add_argument("--fixtures", action="store_true",
+                        help="use the ToolBench fixtures even when artifacts/datasets exists (longer prompts)")
     parser.add_argument("--pool", type=int, default=2000, help="examples encoded to draw the sample from")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--micro-batch", type=int, default=1, help="our engine's micro-batch (see run_engine)")
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    records, source = load_records(args.role)
+    records, source = load_records(args.role, args.datasets, args.fixtures)
     random.Random(args.seed).shuffle(records)
     records = records[: args.pool]
     encoded, too_long = [], 0

@@ -57,6 +57,17 @@ def write_role_datasets(root: Path, n: int = 12) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _datasets_cache_in_tmp(tmp_path_factory):
+    """Keep datasets' Arrow caches of the tests out of ~/.cache/huggingface."""
+    import datasets.config
+
+    old = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = tmp_path_factory.mktemp("hf-datasets-cache")
+    yield
+    datasets.config.HF_DATASETS_CACHE = old
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> Path:
     """A 2-layer, 64-wide random Llama with a byte-level BPE tokenizer trained in code. Read-only: copy to change."""

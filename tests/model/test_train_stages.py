@@ -191,6 +191,24 @@ def test_new_data_version_retrains_the_stage(tiny_backbone, role_datasets, tmp_p
     assert not second.skipped and second.resumed_from is None
 
 
+def test_bad_records_are_reported_by_id(tiny_backbone, tmp_path):
+    from umi.schema import RecordError
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_backbone))
+    path = tmp_path / "planner" / "train.jsonl"
+    path.parent.mkdir()
+    good = json.dumps({"id": "ok#1", "role": "planner", "prompt": "p", "target": "t", "history_span": [0, 0]})
+    path.write_text(good + "\n" + json.dumps({"id": "broken#3", "role": "planner", "prompt": "p"}) + "\n")
+    with pytest.raises(RecordError, match="broken#3"):
+        encode_role_dataset(path, "planner", tok, 64)
+    path.write_text(good.replace('"planner"', '"caller"') + "\n")
+    with pytest.raises(RecordError, match="ok#1.*caller"):
+        encode_role_dataset(path, "planner", tok, 64)
+    path.write_text(good + "\n{not json\n")
+    with pytest.raises(RecordError, match="train.jsonl:2"):
+        encode_role_dataset(path, "planner", tok, 64)
+
+
 def test_too_long_examples_are_reported_by_id(tiny_backbone, role_datasets, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(role_datasets, data)

@@ -52,8 +52,9 @@ def role_dataset_path(datasets_dir: str | Path, role: str, split: str) -> Path:
     return Path(datasets_dir) / role / f"{split}.jsonl"
 
 
-def _read_records(path: Path, role: str) -> list[dict]:
-    records = []
+def _read_records(path: str, role: str, stamp: tuple = ()):
+    """Validated records of a role dataset, one at a time. `stamp` (size, mtime) only keys datasets' cache."""
+    path = Path(path)
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -71,8 +72,8 @@ def _read_records(path: Path, role: str) -> list[dict]:
                 raise RecordError(record_id, f"missing field(s) {missing}")
             if rec.get("role", role) != role:
                 raise RecordError(record_id, f"role {rec.get('role')!r} in the {role} dataset")
-            records.append({k: rec[k] for k in REQUIRED_FIELDS})
-    return records
+            yield {"id": record_id, "prompt": rec["prompt"], "target": rec["target"],
+                   "history_span": [int(x) for x in rec["history_span"]]}  # fmt: skip
 
 
 def encode_role_dataset(
@@ -85,26 +86,41 @@ def encode_role_dataset(
     max_tokens: int | None = None,
     seed: int = 42,
     workers: int | None = None,
+    cache_dir: str | Path | None = None,
 ) -> EncodedDataset:
     """Read `<role>/<split>.jsonl`, take a seeded subset if asked, encode every example completion-only.
 
     max_examples: a seeded random subset of that many examples.
     max_tokens: a seeded random subset whose encoded lengths add up to at most that many tokens (a compute budget
     that does not depend on how long the dataset's examples are; the CPU profile uses it).
+    cache_dir: where datasets keeps the Arrow copy (default: its own cache under ~/.cache/huggingface).
 
     Examples that do not fit even with the whole history dropped are left out and reported by id (warning + the
     returned `too_long_ids`); if none fits, that is an error.
     """
     import datasets
+    import datasets.exceptions
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"role dataset {path} not found (run the data reorganisation first)")
-    records = _read_records(path, role)
-    source_examples = len(records)
-    if not records:
-        raise ValueError(f"{path}: no examples")
-    ds = datasets.Dataset.from_list(records)
+    # Streamed into an Arrow file on disk (datasets' cache), not a Python list: memory stays flat for ToolBench-size
+    # datasets (several GB of prompts) on every rank.
+    with path.open(encoding="utf-8") as f:
+        if not any(line.strip() for line in f):
+            raise ValueError(f"{path}: no examples")
+    stat = path.stat()
+    try:
+        ds = datasets.Dataset.from_generator(
+            _read_records,
+            gen_kwargs={"path": str(path), "role": role, "stamp": (stat.st_size, stat.st_mtime_ns)},
+            cache_dir=str(cache_dir) if cache_dir else None,
+        )
+    except datasets.exceptions.DatasetGenerationError as e:
+        if isinstance(e.__cause__, RecordError):
+            raise e.__cause__ from None  # the bad record's id, not datasets' generic message
+        raise
+    source_examples = len(ds)
     if max_examples is not None and max_examples < len(ds):
         ds = ds.shuffle(seed=seed).select(range(max_examples))
 

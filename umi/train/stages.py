@@ -87,12 +87,6 @@ def weights_fingerprint(model_dir: str | Path) -> str:
     ).hexdigest()
 
 
-def _rank_zero() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _start_mlflow_run(previous_run_id: str | None, experiment: str, run_name: str):
     """The stage's run: the interrupted run again when resuming, else a new one. When the caller (a pipeline flow)
     has a run open, the stage's run is its child, in the caller's experiment."""
@@ -179,6 +173,13 @@ def train_stage(
     if not train_path.exists():
         raise FileNotFoundError(f"role dataset {train_path} not found (run the data reorganisation first)")
 
+    eval_path = role_dataset_path(datasets_dir, stage, "dev")
+    eval_enabled = settings.eval_examples > 0 and eval_path.exists()
+    # TrainingArguments first: with ZeRO-3 it makes from_pretrained below load the weights already partitioned.
+    args = training_arguments(config, settings, checkpoints_dir, eval_enabled=eval_enabled)
+    _ = args.device  # sets up torch.distributed (lazily done otherwise): ZeRO-3 loading and process_index need it
+    is_main = args.process_index == 0
+
     fingerprint_src = {
         "config": config.model_dump(mode="json"),
         "stage": stage,
@@ -188,37 +189,35 @@ def train_stage(
     }
     fingerprint = hashlib.sha256(json.dumps(fingerprint_src, sort_keys=True).encode()).hexdigest()
     state_path = out_dir / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    if state.get("fingerprint") != fingerprint and state:
-        log.warning("%s: config, data or start weights changed since the last run; training the stage afresh", out_dir)
-        if _rank_zero():
-            shutil.rmtree(checkpoints_dir, ignore_errors=True)
-            shutil.rmtree(model_dir, ignore_errors=True)
-        state = {}
+    with args.main_process_first(local=False, desc="stage state"):  # rank 0 cleans up before the others look
+        state = json.loads(state_path.read_text()) if state_path.exists() else {}
+        if state.get("fingerprint") != fingerprint and state:
+            log.warning("%s: config, data or start weights changed since the last run; training afresh", out_dir)
+            if is_main:
+                shutil.rmtree(checkpoints_dir, ignore_errors=True)
+                shutil.rmtree(model_dir, ignore_errors=True)
+            state = {}
+        last_checkpoint = get_last_checkpoint(str(checkpoints_dir)) if resume and checkpoints_dir.is_dir() else None
     if state.get("complete") and (model_dir / STAGE_MANIFEST).exists():
         manifest = json.loads((model_dir / STAGE_MANIFEST).read_text())
         log.info("stage %s already complete in %s", stage, model_dir)
         return StageResult(stage, model_dir, manifest["metrics"], init_from, manifest.get("run_id"),
                            None, manifest.get("too_long_ids", []), skipped=True)  # fmt: skip
 
-    eval_path = role_dataset_path(datasets_dir, stage, "dev")
-    eval_enabled = settings.eval_examples > 0 and eval_path.exists()
-    # TrainingArguments first: with ZeRO-3 it makes from_pretrained below load the weights already partitioned.
-    args = training_arguments(config, settings, checkpoints_dir, eval_enabled=eval_enabled)
-    _ = args.device  # sets up torch.distributed (lazily done otherwise): ZeRO-3 loading and process_index need it
-    is_main = args.process_index == 0
-
     tokenizer = AutoTokenizer.from_pretrained(str(init_from))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train = encode_role_dataset(train_path, stage, tokenizer, config.max_length, max_examples=settings.max_examples,
-                                max_tokens=settings.max_tokens, seed=config.seed, workers=config.tokenize_workers)  # fmt: skip
-    evaluation = (
-        encode_role_dataset(eval_path, stage, tokenizer, config.max_length, max_examples=settings.eval_examples,
-                            seed=config.seed)  # fmt: skip
-        if eval_enabled
-        else None
-    )
+    cache_dir = out_dir / "cache"  # datasets' Arrow copies of the role data; removed when the stage is done
+    with args.main_process_first(local=False, desc="encoding"):  # rank 0 builds the cache, the others reuse it
+        train = encode_role_dataset(train_path, stage, tokenizer, config.max_length,
+                                    max_examples=settings.max_examples, max_tokens=settings.max_tokens,
+                                    seed=config.seed, workers=config.tokenize_workers, cache_dir=cache_dir)  # fmt: skip
+        evaluation = (
+            encode_role_dataset(eval_path, stage, tokenizer, config.max_length, max_examples=settings.eval_examples,
+                                seed=config.seed, cache_dir=cache_dir)  # fmt: skip
+            if eval_enabled
+            else None
+        )
 
     model = AutoModelForCausalLM.from_pretrained(str(init_from), dtype=torch.float32)
     model.config.use_cache = False  # no generation during training; the cache only costs memory
@@ -231,7 +230,6 @@ def train_stage(
         model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                  target_modules=lora.target_modules, task_type="CAUSAL_LM"))  # fmt: skip
 
-    last_checkpoint = get_last_checkpoint(str(checkpoints_dir)) if resume and checkpoints_dir.is_dir() else None
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -327,6 +325,7 @@ def train_stage(
         state_path.write_text(json.dumps(state, indent=2) + "\n")
         if not config.keep_checkpoints:
             shutil.rmtree(checkpoints_dir, ignore_errors=True)  # optimizer states: 3x the model, resume-only
+        shutil.rmtree(cache_dir, ignore_errors=True)
     return result
 
 

@@ -1,0 +1,23 @@
+"""benchmarks/train_throughput.py runs end to end (tiny model, tiny data) and reports both engines on the same data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "train_throughput.py"
+
+
+def test_throughput_benchmark_smoke(tiny_backbone, role_datasets, tmp_path):
+    spec = importlib.util.spec_from_file_location("train_throughput", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--model", str(tiny_backbone), "--datasets", str(role_datasets), "--max-length", "256",
+                       "--examples", "4", "--json", str(out)]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["examples"] == 4 and result["target_tokens"] > 0
+    assert {"ours", "ours+ckpt", "reference"} <= result.keys()
+    assert result["reference"]["padded_tokens"] == 4 * 256
+    assert result["ratio"] > 0 and all(result[k]["steps"] == 2 for k in ("ours", "reference"))
