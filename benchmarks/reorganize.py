@@ -28,9 +28,10 @@ import threading
 import time
 from pathlib import Path
 
+from umi.fixtures import FIXTURES_DIR
+
 TOOLBENCH_SIZE = 126_486
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("UMI_FIXTURES", REPO.parent / "shared" / "fixtures"))
 GOAL_SECONDS = 30.0
 GOAL_PEAK_MB = 1024.0
 
@@ -139,7 +140,7 @@ def main() -> None:
         help="examples: every prompt written out (the contract); trajectories: rendered on the fly when read",
     )
     parser.add_argument("--work-dir", type=Path, default=None, help="where input and output go (default: a temp dir)")
-    parser.add_argument("--fixtures", type=Path, default=FIXTURES)
+    parser.add_argument("--fixtures", type=Path, default=FIXTURES_DIR)
     parser.add_argument("--fsync", action="store_true", help="also time flushing the output to disk")
     parser.add_argument("--keep", action="store_true", help="keep the input and output")
     parser.add_argument("--reuse-input", action="store_true", help="with --work-dir: reuse an input of the same --n")

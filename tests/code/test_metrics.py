@@ -1,6 +1,5 @@
 """umi.eval.metrics: the paper's five static metrics on hand-computed cases, edge cases, and the real test set."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -28,8 +27,8 @@ from umi.eval.metrics import (
 )
 from umi.prompts import caller_target, global_target, planner_target
 from umi.schema import RecordError, Step, ToolSpec, Trajectory
+from umi.fixtures import FIXTURES_DIR as FIXTURES
 
-FIXTURES = Path(os.environ.get("UMI_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
 TOOLS = ("get_weather", "get_time")
 
 

@@ -25,8 +25,8 @@ from umi.agent.parsing import (
 )
 from umi.prompts import caller_target, global_target, planner_target
 from umi.schema import DECISIONS, Step
+from umi.fixtures import FIXTURES_DIR as FIXTURES
 
-FIXTURES = Path(os.environ.get("UMI_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
 ALPHA_UMI = FIXTURES / "alpha-umi"
 FAILURE_KINDS = set(get_args(FailureKind))
 

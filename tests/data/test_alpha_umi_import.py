@@ -1,7 +1,6 @@
 """The α-UMi importer: stage 1 (`chains`), stage 2 (`conversations`) and the out-of-domain test set."""
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from umi.data.alpha_umi import (
 from umi.data.toolbench import query_group
 from umi.prompts import planner_target, tool_doc_reference
 from umi.schema import RecordError, Trajectory, read_trajectories, write_trajectories
+from umi.fixtures import FIXTURES_DIR as FIXTURES
 
-FIXTURES = Path(os.environ.get("UMI_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
 ALPHA = FIXTURES / "alpha-umi"
 STAGE1, STAGE2, OOD = (
     ALPHA / n for n in ("raw_data_stage_1.json", "raw_data_stage_2.json", "toolbench_out_of_domain_test.json")

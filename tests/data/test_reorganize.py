@@ -2,7 +2,6 @@
 contract, splits, determinism, options, the reject policy and flat memory."""
 
 import json
-import os
 import tracemalloc
 from pathlib import Path
 
@@ -21,8 +20,8 @@ from umi.data.reorganize import (
 )
 from umi.data.splits import SPLITS, split_of
 from umi.schema import Step, ToolSpec, Trajectory
+from umi.fixtures import FIXTURES_DIR as FIXTURES
 
-FIXTURES = Path(os.environ.get("UMI_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
 ALPHA = FIXTURES / "alpha-umi"
 STAGE1, STAGE2, OOD = (
     ALPHA / n for n in ("raw_data_stage_1.json", "raw_data_stage_2.json", "toolbench_out_of_domain_test.json")

@@ -1,7 +1,6 @@
 """The ToolBench importer on the 15 shipped raw answer files (read as they are)."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,8 @@ from umi.data.toolbench import (
     user_text,
 )
 from umi.schema import RecordError, Trajectory, read_trajectories, write_trajectories
+from umi.fixtures import FIXTURES_DIR as FIXTURES
 
-FIXTURES = Path(os.environ.get("UMI_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
 ANSWERS = FIXTURES / "toolbench" / "answer"
 
 
