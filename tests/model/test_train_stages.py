@@ -98,6 +98,27 @@ def test_two_steps_lower_the_loss_change_the_weights_and_reload_identically(tiny
     assert manifest["stage"] == "global" and manifest["init_from"] == str(tiny_backbone)
 
 
+class CaptureStepLR(TrainerCallback):
+    """The learning rate each optimiser step really uses."""
+
+    def __init__(self):
+        self.lrs: list[float] = []
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def test_no_optimiser_step_runs_at_learning_rate_zero(tiny_backbone, role_datasets, tmp_path):
+    config = load_config("tiny")
+    config.stages["global"] = config.stages["global"].model_copy(update={"warmup_ratio": 0.5, "max_steps": 4})
+    lrs = CaptureStepLR()
+    train_stage("global", config, role_datasets, tmp_path / "global", tiny_backbone, tracking=False, callbacks=[lrs])
+    peak = config.stages["global"].learning_rate
+    assert len(lrs.lrs) == 4
+    assert all(0 < lr <= peak for lr in lrs.lrs), lrs.lrs  # warmup starts above 0, the cosine ends above 0
+    assert lrs.lrs[0] < lrs.lrs[1] and lrs.lrs[-1] < max(lrs.lrs)  # still a warmup and still a decay
+
+
 def test_local_stages_start_from_the_global_checkpoint(tiny_backbone, role_datasets, tmp_path, monkeypatch):
     starts: dict[str, dict] = {}
     real_train_stage = train_stage
