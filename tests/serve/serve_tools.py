@@ -1,0 +1,30 @@
+"""A user toolkit for the service tests, importable by a `bentoml serve` subprocess through UMI_SERVE_TOOLKITS
+(`weather=serve_tools:weather_toolkit`, with this folder on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import time
+
+from umi.schema import ToolSpec
+from umi.tools.registry import ToolRegistry
+
+WEATHER = ToolSpec(
+    name="get_weather",
+    description="Get the current weather of a city",
+    parameters={"type": "object", "properties": {"city": {"type": "string", "description": "the city"}},
+                "required": ["city"], "additionalProperties": False},
+)  # fmt: skip
+OPENAI_WEATHER = {"type": "function", "function": WEATHER.model_dump()}
+SLOW = ToolSpec(name="slow_lookup", description="Takes its time",
+                parameters={"type": "object", "properties": {"seconds": {"type": "number"}}})  # fmt: skip
+
+
+def weather_toolkit(config):
+    """Weather for any city; config {"unit": "C" | "F"}."""
+    unit = config.get("unit", "C")
+    if unit not in ("C", "F"):
+        raise ValueError(f"unit must be C or F, got {unit!r}")
+    registry = ToolRegistry(timeout_s=None)  # the service applies its own tool time limit
+    registry.register(WEATHER, lambda city: {"city": city, "temperature": len(city) * 3, "unit": unit})
+    registry.register(SLOW, lambda seconds=0: time.sleep(seconds) or "done")
+    return registry

@@ -1,0 +1,145 @@
+"""The role models in the BentoML model store: what `umi deploy build` imports and the service loads.
+
+Each role becomes the BentoML model `umi-<role>` (planner, caller, summarizer), a copy of its checkpoint directory,
+labelled with where it came from so a running service can be traced back to its training:
+
+    role, kind (checkpoint | lora-adapter), source (mlflow | directory), checkpoint_sha256,
+    mlflow_model, mlflow_version, mlflow_run_id (from the registry), data_version, stage (from umi_stage.json)
+
+When the roles are LoRA adapters, their base is imported once as `umi-base`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from umi.serve.backends import ADAPTER_CONFIG, is_adapter_dir
+from umi.serve.settings import ROLES
+
+__all__ = ["RoleSource", "BASE_MODEL", "bento_model_name", "import_role_models", "sources_from_dirs",
+           "sources_from_registry", "checkpoint_sha256"]  # fmt: skip
+
+BASE_MODEL = "umi-base"
+STAGE_MANIFEST = "umi_stage.json"  # umi.train.stages writes it beside every final checkpoint
+
+
+def bento_model_name(role: str) -> str:
+    return f"umi-{role}"
+
+
+@dataclass
+class RoleSource:
+    role: str
+    path: Path
+    labels: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """A hash over the checkpoint's files (names and bytes), so identical role checkpoints are recognised as one."""
+    h = hashlib.sha256()
+    root = Path(path)
+    # dotfiles are bookkeeping (a download marker naming the registered model), not the checkpoint
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _stage_labels(path: Path) -> dict[str, str]:
+    manifest = path / STAGE_MANIFEST
+    if not manifest.is_file():
+        return {}
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    labels = {key: str(data[key]) for key in ("stage", "data_version", "dataset_sha256") if data.get(key)}
+    if data.get("run_id"):
+        labels["mlflow_run_id"] = str(data["run_id"])
+    return labels
+
+
+def sources_from_dirs(dirs: Mapping[str, str | Path]) -> dict[str, RoleSource]:
+    out = {}
+    for role in ROLES:
+        if role not in dirs:
+            raise ValueError(f"no directory for the {role}")
+        path = Path(dirs[role])
+        if not path.is_dir():
+            raise ValueError(f"{role}: {path} is not a directory")
+        labels = {"source": "directory", **_stage_labels(path)}
+        out[role] = RoleSource(role, path, labels, {"path": str(path.resolve())})
+    return out
+
+
+def sources_from_registry(download_root: str | Path, alias_or_version: str | None = None) -> dict[str, RoleSource]:
+    """Each role's version with `alias_or_version` (default: the champion) downloaded from the MLflow model registry
+    (umi.model_registry)."""
+    from umi import model_registry as registry
+
+    wanted = alias_or_version or registry.CHAMPION
+    out = {}
+    for role in ROLES:
+        name = registry.MODEL_NAMES[role]
+        try:
+            version = registry.resolve(role, wanted)
+        except LookupError as e:
+            raise ValueError(f"{e} in the MLflow registry: promote one first, or give checkpoint directories") from None
+        except Exception as e:  # the registered model itself does not exist
+            if registry._is_not_found(e):
+                raise ValueError(f"the MLflow registry has no model {name}: register and promote one first, or give "
+                                 "checkpoint directories") from None  # fmt: skip
+            raise
+        path = Path(registry.download_role(role, Path(download_root) / role, str(version.version)))
+        tags = dict(version.tags or {})
+        labels = {**_stage_labels(path), "source": "mlflow", "mlflow_model": name,
+                  "mlflow_version": str(version.version), "mlflow_alias": wanted}  # fmt: skip
+        if version.run_id:
+            labels["mlflow_run_id"] = str(version.run_id)
+        if tags.get(registry.TAG_DATA_VERSION):
+            labels["data_version"] = tags[registry.TAG_DATA_VERSION]
+        out[role] = RoleSource(role, path, labels, {"mlflow_source": version.source, "mlflow_tags": tags})
+    return out
+
+
+def _import(name: str, path: Path, labels: dict[str, str], metadata: dict[str, Any]):
+    import bentoml
+
+    with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
+        shutil.copytree(path, model.path, dirs_exist_ok=True)
+    return model
+
+
+def import_role_models(sources: Mapping[str, RoleSource], base_dir: str | Path | None = None) -> dict[str, Any]:
+    """Import every role (and the adapters' base) into the BentoML model store: {role or "base": bentoml Model}."""
+    adapters = [r for r in ROLES if is_adapter_dir(sources[r].path)]
+    if adapters and len(adapters) != len(ROLES):
+        raise ValueError(f"some roles are LoRA adapters ({adapters}) and some are not: import all of one kind")
+    out: dict[str, Any] = {}
+    if adapters:
+        base = Path(base_dir) if base_dir else None
+        if base is None:
+            bases = {json.loads((sources[r].path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+                     for r in ROLES}  # fmt: skip
+            if len(bases) != 1 or not bases or not Path(str(next(iter(bases)))).is_dir():
+                raise ValueError(f"the adapters' base {sorted(map(str, bases))} is not one local directory: give it")
+            base = Path(str(bases.pop()))
+        out["base"] = _import(BASE_MODEL, base, {"kind": "base", "checkpoint_sha256": checkpoint_sha256(base)},
+                              {"path": str(base.resolve())})  # fmt: skip
+    for role in ROLES:
+        src = sources[role]
+        labels = {**src.labels, "role": role, "kind": "lora-adapter" if adapters else "checkpoint",
+                  "checkpoint_sha256": checkpoint_sha256(src.path)}  # fmt: skip
+        out[role] = _import(bento_model_name(role), src.path, labels, src.metadata)
+    return out

@@ -1,0 +1,100 @@
+"""The service's configuration: where the role models are, and the limits every request is held to.
+
+Read from environment variables prefixed `UMI_SERVE_` (`UMI_SERVE_PLANNER_DIR=...`, `UMI_SERVE_MAX_STEPS=8`), so the
+same Bento runs with different limits per deployment. Unknown `UMI_SERVE_*` variables are errors: a typo in a limit
+must not silently leave the default in place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from umi.prompts import DocStyle
+
+__all__ = ["ROLES", "ServeSettings", "HARD_MAX_STEPS"]
+
+ROLES = ("planner", "caller", "summarizer")
+HARD_MAX_STEPS = 12  # the paper's real-time inference cap on planner turns
+
+
+class ServeSettings(BaseSettings):
+    """Every limit a request is held to, and where the models come from.
+
+    Model source: either all three `*_dir` (checkpoint directories, or the same directory for several roles), or none,
+    and the service takes the role models from the BentoML model store (`umi deploy build` puts them there).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="UMI_SERVE_", extra="forbid", frozen=True)
+
+    # --- models
+    planner_dir: Path | None = None
+    caller_dir: Path | None = None
+    summarizer_dir: Path | None = None
+    base_dir: Path | None = Field(
+        None, description="base checkpoint of role models that are LoRA adapters (default: the adapters' own base)"
+    )
+    model_name: str = Field("umi-agent", min_length=1, description="the model id /v1/models lists and chat accepts")
+    device: str | None = Field(None, description="torch device (default: cuda when present, else cpu)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    doc_style: DocStyle = Field("compact", description="tool doc rendering; must be the one the roles were trained on")
+    cache_slots: int = Field(
+        6, ge=1, le=64, description="KV caches kept per model: concurrent conversations reuse their prefixes"
+    )
+    workers: int = Field(1, ge=1, le=32, description="server processes; each loads its own copy of the models")
+    # --- request limits
+    max_body_bytes: int = Field(1_000_000, gt=0)
+    max_query_chars: int = Field(8_000, gt=0)
+    max_messages: int = Field(200, gt=0)
+    max_tools: int = Field(64, gt=0)
+    max_steps: int = Field(8, ge=1, le=HARD_MAX_STEPS, description="the most planner turns an /agent request may have")
+    default_steps: int = Field(6, ge=1, le=HARD_MAX_STEPS)
+    max_new_tokens: int = Field(512, gt=0, description="the most tokens one role generation may ask for")
+    planner_tokens: int = Field(256, gt=0)
+    caller_tokens: int = Field(256, gt=0)
+    summarizer_tokens: int = Field(512, gt=0)
+    planner_retries: int = Field(2, ge=0, le=5)
+    # --- time limits
+    request_timeout_s: float = Field(120.0, gt=0, description="wall time of one request, waiting for a model included")
+    tool_timeout_s: float = Field(10.0, gt=0, description="wall time of one server-side tool call")
+    # --- user toolkits: "name=module:factory" entries, comma-separated
+    toolkits: str = ""
+
+    @field_validator("planner_dir", "caller_dir", "summarizer_dir", "base_dir")
+    @classmethod
+    def _existing_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ServeSettings":
+        prefix = self.model_config["env_prefix"]
+        unknown = sorted(k for k in os.environ if k.upper().startswith(prefix) and
+                         k[len(prefix):].lower() not in type(self).model_fields)  # fmt: skip
+        if unknown:
+            raise ValueError(f"unknown settings in the environment: {unknown}")
+        given = [r for r in ROLES if getattr(self, f"{r}_dir") is not None]
+        if given and len(given) != len(ROLES):
+            missing = [r for r in ROLES if r not in given]
+            raise ValueError(f"model directories: give all of planner/caller/summarizer or none (missing {missing})")
+        if self.default_steps > self.max_steps:
+            raise ValueError(f"default_steps {self.default_steps} exceeds max_steps {self.max_steps}")
+        for role in ROLES:
+            if getattr(self, f"{role}_tokens") > self.max_new_tokens:
+                raise ValueError(f"{role}_tokens exceeds max_new_tokens {self.max_new_tokens}")
+        return self
+
+    @property
+    def model_dirs(self) -> dict[str, Path] | None:
+        """{role: checkpoint dir} when the models come from directories, None when from the BentoML store."""
+        if self.planner_dir is None:
+            return None
+        return {r: getattr(self, f"{r}_dir") for r in ROLES}
+
+    def role_tokens(self) -> dict[str, int]:
+        return {r: getattr(self, f"{r}_tokens") for r in ROLES}
