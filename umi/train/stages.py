@@ -87,12 +87,32 @@ def weights_fingerprint(model_dir: str | Path) -> str:
     ).hexdigest()
 
 
-def _start_mlflow_run(previous_run_id: str | None, experiment: str, run_name: str):
+def stage_fingerprint(
+    stage: str, config: TrainConfig, datasets_dir: str | Path, init_from: str | Path, data_version: str | None = None
+) -> tuple[str, dict]:
+    """(fingerprint, what it hashes): config, stage, start weights, training data and data version. A finished stage
+    with the same fingerprint is not trained again (the pipeline's task cache uses the same key)."""
+    init_from = Path(init_from)
+    src = {
+        "config": config.model_dump(mode="json"),
+        "stage": stage,
+        "init": weights_fingerprint(init_from) if init_from.exists() else f"ref:{init_from}",
+        "data_sha256": _sha256_file(role_dataset_path(datasets_dir, stage, "train")),
+        "data_version": data_version,
+    }
+    return hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest(), src
+
+
+def _start_mlflow_run(previous_run_id: str | None, experiment: str, run_name: str, parent_run_id: str | None = None):
     """The stage's run: the interrupted run again when resuming, else a new one. When the caller (a pipeline flow)
-    has a run open, the stage's run is its child, in the caller's experiment."""
+    has a run open, or names one (`parent_run_id`, e.g. from another process), the stage's run is its child, in
+    the parent's experiment."""
     import mlflow
 
     nested = mlflow.active_run() is not None
+    if parent_run_id and not nested and not previous_run_id:
+        parent = mlflow.MlflowClient().get_run(parent_run_id)
+        return mlflow.start_run(run_name=run_name, experiment_id=parent.info.experiment_id, parent_run_id=parent_run_id)
     if previous_run_id:
         try:
             return mlflow.start_run(run_id=previous_run_id, nested=nested)
@@ -151,12 +171,14 @@ def train_stage(
     experiment: str = DEFAULT_EXPERIMENT,
     callbacks: list | None = None,
     resume: bool = True,
+    parent_run_id: str | None = None,
 ) -> StageResult:
     """Fine-tune `init_from` on `<datasets_dir>/<stage>/train.jsonl` with the profile's settings for `stage`.
 
     data_version: the dataset's DVC hash or version string, recorded in MLflow and in the stage manifest.
     tracking: log config, data version, per-step loss and the final checkpoint to the active MLflow tracking URI.
     callbacks: extra transformers TrainerCallbacks (tests use one to interrupt a run).
+    parent_run_id: an open MLflow run (a pipeline's) to nest this stage's run under.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -180,14 +202,7 @@ def train_stage(
     _ = args.device  # sets up torch.distributed (lazily done otherwise): ZeRO-3 loading and process_index need it
     is_main = args.process_index == 0
 
-    fingerprint_src = {
-        "config": config.model_dump(mode="json"),
-        "stage": stage,
-        "init": weights_fingerprint(init_from) if init_from.exists() else f"ref:{init_from}",
-        "data_sha256": _sha256_file(train_path),
-        "data_version": data_version,
-    }
-    fingerprint = hashlib.sha256(json.dumps(fingerprint_src, sort_keys=True).encode()).hexdigest()
+    fingerprint, fingerprint_src = stage_fingerprint(stage, config, datasets_dir, init_from, data_version)
     state_path = out_dir / STATE_FILE
     with args.main_process_first(local=False, desc="stage state"):  # rank 0 cleans up before the others look
         state = json.loads(state_path.read_text()) if state_path.exists() else {}
@@ -238,7 +253,7 @@ def train_stage(
         import mlflow
 
         run = _start_mlflow_run(state.get("run_id") if last_checkpoint else None, experiment,
-                                f"{stage}-{config.profile}")  # fmt: skip
+                                f"{stage}-{config.profile}", parent_run_id)  # fmt: skip
         if not last_checkpoint:  # params are immutable in MLflow: log them once per run
             mlflow.log_params({**_flat_params(config, stage), "init_from": str(init_from),
                                "data_version": data_version or "unknown", "dataset_sha256": fingerprint_src["data_sha256"]})  # fmt: skip

@@ -1,0 +1,112 @@
+"""Promotion and rollback of the `champion` alias on a real sqlite MLflow registry, and `umi models`."""
+
+from __future__ import annotations
+
+import pytest
+from test_model_registry import make_checkpoint, store  # noqa: F401  (the store fixture; tests/model is on sys.path)
+from typer.testing import CliRunner
+
+from umi import model_registry as registry
+from umi.promotion import TAG_PROMOTED_FROM, latest_promotion_roles, promote, promote_if_better, rollback
+
+
+def evaluation(pass_rate, plan_acc=50.0, act_em=50.0, arg_f1=50.0):
+    return {"static": {"bfcl-test": {"plan_acc": plan_acc, "act_em": act_em, "arg_f1": arg_f1}},
+            "live": {"pass_rate": pass_rate}}  # fmt: skip
+
+
+def champions() -> dict[str, str | None]:
+    return {r: (str(v.version) if (v := registry.champion_version(r)) else None) for r in registry.ROLES}
+
+
+def register_generation(tiny_backbone, tmp_path, generation: int, roles=registry.ROLES) -> dict[str, str]:
+    return {
+        role: str(registry.register_role_model(
+            role, make_checkpoint(tiny_backbone, tmp_path / f"g{generation}-{role}", f"fp-{role}-{generation}",
+                                  scale=1.0 + generation)).version)  # fmt: skip
+        for role in roles
+    }
+
+
+def test_better_agents_are_promoted_worse_ones_not_and_rollback_walks_back(store, tiny_backbone, tmp_path):  # noqa: F811
+    first = register_generation(tiny_backbone, tmp_path, 1)
+    decision, moved = promote_if_better(first, evaluation(0.2), None)
+    assert decision.promote and decision.reason == "no champion yet"
+    assert champions() == first and moved == {r: (None, v) for r, v in first.items()}
+
+    worse = register_generation(tiny_backbone, tmp_path, 2)
+    decision, moved = promote_if_better(worse, evaluation(0.1), evaluation(0.2))
+    assert not decision.promote and moved == {} and champions() == first  # nothing moved
+
+    better = register_generation(tiny_backbone, tmp_path, 3)
+    decision, moved = promote_if_better(better, evaluation(0.3), evaluation(0.2))
+    assert decision.promote and champions() == better
+    for role in registry.ROLES:
+        champion = registry.champion_version(role)
+        assert champion.tags[TAG_PROMOTED_FROM] == first[role]
+        assert "live pass_rate higher" in champion.tags["umi.promotion_reason"]
+        assert str(registry.alias_version(role, registry.PREVIOUS_CHAMPION).version) == first[role]
+
+    # the same candidates again: already champions, nothing to decide
+    decision, moved = promote_if_better(better, evaluation(0.3), evaluation(0.3))
+    assert not decision.promote and "already the champions" in decision.reason and moved == {}
+
+    # retrain_role-like: only the caller, with an equal pass rate and a static mean 2 points higher
+    caller = register_generation(tiny_backbone, tmp_path, 4, roles=("caller",))
+    decision, moved = promote_if_better(caller, evaluation(0.3, 52.0, 52.0, 52.0), evaluation(0.3))
+    assert decision.promote and list(moved) == ["caller"]
+    assert champions() == {**better, **caller}
+    assert latest_promotion_roles() == ["caller"]
+
+    assert rollback() == {"caller": (caller["caller"], better["caller"])}  # the latest promotion only
+    assert champions() == better
+    assert sorted(rollback()) == sorted(registry.ROLES)  # then the pipeline's promotion, all four together
+    assert champions() == first
+    assert registry.alias_version("caller", registry.PREVIOUS_CHAMPION) is None
+    with pytest.raises(LookupError, match="first champion: nothing to roll back to"):
+        rollback()
+    assert champions() == first
+
+
+def test_umi_models_list_promote_rollback(store, tiny_backbone, tmp_path):  # noqa: F811
+    from umi.cli import app
+
+    runner = CliRunner()
+    first = register_generation(tiny_backbone, tmp_path, 1, roles=("planner",))
+    second = register_generation(tiny_backbone, tmp_path, 2, roles=("planner",))
+    registry.register_role_model("caller", make_checkpoint(tiny_backbone, tmp_path / "c", "fp-c"),
+                                 evaluation=evaluation(0.25, 10.0, 20.0, 30.0))  # fmt: skip
+
+    result = runner.invoke(app, ["models", "promote", f"planner={first['planner']}"])
+    assert result.exit_code == 0, result.output
+    assert champions()["planner"] == first["planner"]
+    result = runner.invoke(app, ["models", "promote", f"planner={second['planner']}"])
+    assert result.exit_code == 0 and f"planner: champion {first['planner']} -> {second['planner']}" in result.output
+
+    result = runner.invoke(app, ["models", "list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    planner_rows = [line for line in result.output.splitlines() if "planner" in line and "champion" in line]
+    assert len(planner_rows) == 2  # champion and previous-champion
+    assert "pass 0.25 / static 20" in result.output  # the caller's evaluation, summarised
+    assert "not registered" in result.output  # global and summarizer
+
+    result = runner.invoke(app, ["models", "rollback"])
+    assert result.exit_code == 0 and champions()["planner"] == first["planner"]
+
+    for bad, message in ((["models", "promote", "planner"], "expected ROLE=VERSION"),
+                         (["models", "promote", "critic=1"], "unknown role"),
+                         (["models", "promote", "planner=99"], "has no version 99"),
+                         (["models", "rollback", "--role", "caller"], "has no champion")):  # fmt: skip
+        result = runner.invoke(app, bad)
+        assert result.exit_code != 0 and message in result.output, (bad, result.output)
+    assert champions()["planner"] == first["planner"]
+
+    result = runner.invoke(app, ["models", "show", "planner"])
+    assert result.exit_code == 0 and f'"version": "{first["planner"]}"' in result.output
+
+
+def test_promote_checks_every_version_before_moving_anything(store, tiny_backbone, tmp_path):  # noqa: F811
+    versions = register_generation(tiny_backbone, tmp_path, 1, roles=("planner", "caller"))
+    with pytest.raises(LookupError):
+        promote({**versions, "summarizer": "7"})
+    assert champions() == {r: None for r in registry.ROLES}

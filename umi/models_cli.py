@@ -1,0 +1,141 @@
+"""`umi models`: the registered role models, their champions, manual promotion and rollback."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+models_app = typer.Typer(help="Registered role models (umi-global/planner/caller/summarizer) and their champions.",
+                         no_args_is_help=True)  # fmt: skip
+console = Console()
+
+TrackingUri = Annotated[
+    Optional[str], typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+]
+
+
+def _tracking(uri: str | None) -> str:
+    if uri:
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    return os.environ["MLFLOW_TRACKING_URI"]
+
+
+def _check_roles(roles: list[str] | None) -> list[str]:
+    from umi.model_registry import ROLES
+
+    unknown = [r for r in roles or [] if r not in ROLES]
+    if unknown:
+        console.print(f"[red]unknown role(s) {', '.join(unknown)}[/]: one of {', '.join(ROLES)}")
+        raise typer.Exit(2)
+    return list(roles) if roles else list(ROLES)
+
+
+def _evaluation_summary(version) -> str:
+    from umi.model_registry import version_evaluation
+    from umi.promotion import scores
+
+    evaluation = version_evaluation(version)
+    if not evaluation:
+        return "-"
+    s = scores(evaluation)
+    live = "-" if s.live is None else f"{s.live:.3g}"
+    static = "-" if s.static_mean is None else f"{s.static_mean:.3g}"
+    return f"pass {live} / static {static}"
+
+
+@models_app.command("list")
+def list_cmd(
+    role: Annotated[Optional[list[str]], typer.Option(help="Only these roles (repeatable).")] = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Every version of each role model: aliases, data version, profile, evaluation (live pass rate / static mean)."""
+    _tracking(tracking_uri)
+    from umi.model_registry import TAG_DATA_VERSION, TAG_PROFILE, list_versions
+    from umi.promotion import TAG_PROMOTED_AT
+
+    table = Table("role", "version", "aliases", "data version", "profile", "evaluation", "promoted", "run")
+    for r in _check_roles(role):
+        versions = list_versions(r)
+        if not versions:
+            table.add_row(r, "-", "", "not registered", "", "", "", "")
+        for v in versions:
+            aliases = ", ".join(sorted(v.aliases or []))
+            table.add_row(r, str(v.version), f"[bold green]{aliases}[/]" if aliases else "",
+                          v.tags.get(TAG_DATA_VERSION, "-"), v.tags.get(TAG_PROFILE, "-"), _evaluation_summary(v),
+                          v.tags.get(TAG_PROMOTED_AT, ""), (v.run_id or "")[:12])  # fmt: skip
+    console.print(table)
+
+
+@models_app.command("promote")
+def promote_cmd(
+    assignments: Annotated[list[str], typer.Argument(help="ROLE=VERSION pairs, e.g. caller=3 planner=3.")],
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Make these versions the champions by hand (no evaluation rule; the previous champion is kept for rollback)."""
+    _tracking(tracking_uri)
+    from umi.promotion import promote
+
+    versions: dict[str, str] = {}
+    for item in assignments:
+        role, sep, version = item.partition("=")
+        if not sep or not version.strip().isdigit():
+            console.print(f"[red]{item!r}[/]: expected ROLE=VERSION, e.g. caller=3")
+            raise typer.Exit(2)
+        versions[role.strip()] = version.strip()
+    _check_roles(list(versions))
+    try:
+        moved = promote(versions, reason="manual: umi models promote")
+    except LookupError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1)
+    if not moved:
+        console.print("nothing to do: those versions are already the champions")
+    for r, (before, after) in moved.items():
+        console.print(f"{r}: champion {before or '-'} -> {after}", highlight=False)
+
+
+@models_app.command("rollback")
+def rollback_cmd(
+    role: Annotated[
+        Optional[list[str]], typer.Option(help="Roles to roll back (default: those of the last promotion).")
+    ] = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Move `champion` back to the version each champion was promoted from."""
+    _tracking(tracking_uri)
+    from umi.promotion import rollback
+
+    try:
+        moved = rollback(_check_roles(role) if role else None)
+    except LookupError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1)
+    for r, (demoted, restored) in moved.items():
+        console.print(f"{r}: champion {demoted} -> {restored}", highlight=False)
+
+
+@models_app.command("show")
+def show_cmd(
+    role: Annotated[str, typer.Argument(help="global | planner | caller | summarizer")],
+    version: Annotated[str, typer.Argument(help="A version number or an alias.")] = "champion",
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """One version's tags (data version, config, evaluation, promotion history) as JSON."""
+    _tracking(tracking_uri)
+    from umi.model_registry import resolve
+
+    _check_roles([role])
+    try:
+        v = resolve(role, version)
+    except LookupError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1)
+    tags = {k: (json.loads(t) if k in ("umi.config", "umi.evaluation") else t) for k, t in v.tags.items()}
+    print(json.dumps({"name": v.name, "version": str(v.version), "aliases": list(v.aliases or []), "source": v.source,
+                      "run_id": v.run_id, "tags": tags}, indent=2))  # fmt: skip
