@@ -150,6 +150,12 @@ def stats_cmd(paths: Annotated[list[Path], typer.Argument()] = [DEFAULT_DATA]) -
 
 backbone_app = typer.Typer(help="Backbone checkpoints.", no_args_is_help=True)
 app.add_typer(backbone_app, name="backbone")
+from umi.models_cli import models_app  # noqa: E402  (light: mlflow is imported inside its commands)
+
+app.add_typer(models_app, name="models")
+from umi.serve.cli import deploy_app  # noqa: E402  (light: bentoml is imported inside its commands)
+
+app.add_typer(deploy_app, name="deploy")
 
 
 @backbone_app.command("import")
@@ -210,11 +216,23 @@ def _default_tracking() -> str:
 def run_cmd(
     profile: Annotated[str, typer.Option(help="Training profile for the pipeline.")] = "cpu",
     skip_import: Annotated[bool, typer.Option(help="Use data/ as it is.")] = False,
+    one_stage_ablation: Annotated[bool, typer.Option(help="Also train and evaluate the one-stage ablation.")] = False,
+    local_concurrency: Annotated[
+        Optional[int], typer.Option(help="Local stages trained at once (default: what the machine holds).", min=1)
+    ] = None,
+    promote: Annotated[bool, typer.Option(help="Apply the promotion rule to the new models.")] = True,
+    bento: Annotated[bool, typer.Option(help="Build the agent Bento from the champions at the end.")] = True,
+    eval_limit: Annotated[
+        Optional[int], typer.Option(help="Static trajectories per test set (default: the eval profile's).", min=1)
+    ] = None,
+    live_limit: Annotated[
+        Optional[int], typer.Option(help="Live entries (default: the eval profile's).", min=1)
+    ] = None,
 ) -> None:
-    """The main job: import the embedded data, then the Prefect GLPFT pipeline (datasets, backbone, training)."""
-    import time
-
+    """The main job: import the embedded data, run the Prefect flow glpft_pipeline (datasets, backbone, GLPFT
+    training, evaluation, registration, promotion), build the agent Bento; then print where to look."""
     import os
+    import time
 
     started = time.perf_counter()
     uri = _default_tracking()
@@ -223,14 +241,57 @@ def run_cmd(
         import_bfcl_cmd(out=DEFAULT_DATA / "bfcl", category=None, max_reject_share=0.0)
     from flows.glpft_pipeline import glpft_pipeline
 
-    result = glpft_pipeline(profile=profile)
+    result = glpft_pipeline(profile=profile, one_stage_ablation=one_stage_ablation, local_concurrency=local_concurrency,
+                            promote=promote, eval_limit=eval_limit, live_limit=live_limit)  # fmt: skip
+    built, bento_failed, no_bento = False, False, ""
+    if bento and Path("bentofile.yaml").is_file():
+        from umi.model_registry import champion_version
+        from umi.serve.cli import build_cmd
+
+        if all(champion_version(r) is not None for r in ("planner", "caller", "summarizer")):
+            console.rule("agent Bento (the champions)")
+            try:
+                build_cmd(planner=None, caller=None, summarizer=None, base=None, alias="champion",
+                          bentofile=Path("bentofile.yaml"), build=True)  # fmt: skip
+                built = True
+            except typer.Exit:  # the pipeline's results stand; say where they are, then fail
+                bento_failed = True
+        else:
+            no_bento = "no champion in the registry yet (see the promotion line)"
+    elif bento:
+        no_bento = "no bentofile.yaml here"
     minutes = (time.perf_counter() - started) / 60
     console.rule(f"done in {minutes:.1f} min")
-    for name, r in result["stages"].items():
-        console.print(f"{name:>10}: {r['checkpoint']}", highlight=False)
-    console.print(f"MLflow:  mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)", highlight=False)
-    console.print("Prefect: prefect server start   (flow runs and the `glpft-stages` artifact)", highlight=False)
+    if result.get("evaluation"):
+        console.print(result["evaluation"]["table"], highlight=False)
+    decision = result["promotion"]
+    verdict = "[green]promoted[/]" if decision["promote"] else "not promoted"
+    console.print(f"promotion: {verdict} -- {decision['reason']}")
+    console.print("registered: " + ", ".join(f"umi-{r} v{v}" for r, v in result["versions"].items()), highlight=False)
+    run = result["flow_run"]
+    console.print(f"MLflow:  mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000, experiment "
+                  f"{result['experiment']}, run {result['mlflow_run_id']})", highlight=False)  # fmt: skip
+    if result.get("evaluation"):
+        files = result["evaluation"]["files"]
+        console.print(f"Report:  {files['table']}  (chart {files['chart']}, all numbers {files['json']})",
+                      highlight=False)
+    console.print(f"Prefect: flow run {run['name']} ({run['id']}), artifact `glpft-pipeline`; see it with "
+                  f"`prefect server start` -> http://127.0.0.1:4200/runs/flow-run/{run['id']}",
+                  highlight=False)  # fmt: skip
+    console.print("Models:  umi models list", highlight=False)
+    if built:
+        console.print("Serve:   bentoml serve umi-agent:latest", highlight=False)
+    elif no_bento:
+        console.print(f"Bento:   not built: {no_bento}", highlight=False)
     console.print("Data:    dvc status && dvc dag", highlight=False)
+    if bento_failed:
+        console.print("[red]the agent Bento was not built[/] (see above); retry with `umi deploy build`")
+        raise typer.Exit(1)
+
+
+from umi.eval.cli import register_commands as _register_eval_commands  # noqa: E402 -- `umi eval ...`, `umi chat`
+
+_register_eval_commands(app)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,172 @@
+"""Live evaluation on a real BFCL multi-turn entry with a scripted agent: the gold calls pass our state check and
+bfcl_eval's own checker; one wrong argument fails both; call rendering for the checker refuses anything but plain
+names and JSON literals."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from umi.agent.backend import Generation, GenerationRequest
+from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent
+from umi.agent.roles import role_of_prompt
+from umi.data.bfcl import import_category
+from umi.eval.live import RecordingRuntime, bfcl_judge, render_call, rollout_entry
+from umi.eval.testsets import LiveEntry
+from umi.schema import Step, Trajectory
+from umi.tools.bfcl import BFCLToolkit
+
+
+@dataclass
+class ScriptedBackend:
+    """Answers role prompts from a queue of (role, text); a role mismatch fails the test."""
+
+    script: list[tuple[str, str]]
+    seen: list[str] = field(default_factory=list)
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        role = role_of_prompt(request.prompt)
+        assert self.script, f"unscripted {role} request"
+        expected, text = self.script.pop(0)
+        assert role == expected, f"expected a {expected} prompt, got {role}"
+        self.seen.append(role)
+        return Generation(text=text, token_ids=(), stop_reason="eos", prompt_tokens=1, prefill_tokens=1,
+                          reused_tokens=0, new_tokens=1, dropped_turns=0, prefill_seconds=0.0, seconds=0.0)  # fmt: skip
+
+    def reset(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def entry() -> LiveEntry:
+    first = next(import_category("multi_turn_base"))  # multi_turn_base_0: TwitterAPI + GorillaFileSystem, 4 turns
+    assert isinstance(first, Trajectory)
+    return LiveEntry.from_trajectory(first)
+
+
+def gold_arguments(entry: LiveEntry) -> list[list[tuple[str, dict]]]:
+    toolkit = BFCLToolkit(entry.involved_classes, entry.initial_config)
+    return [[toolkit.parse(call) for call in turn] for turn in entry.gold_calls]
+
+
+def multi_script(turns: list[list[tuple[str, dict]]]) -> list[tuple[str, str]]:
+    """Per turn: plan + call for each gold call, then plan conclusion + the answer."""
+    script = []
+    for calls in turns:
+        for name, arguments in calls:
+            script += [("planner", f"I will use {name}.\n Next: caller."),
+                       ("caller", f"Action: {name}\nAction Input: {json.dumps(arguments)}")]  # fmt: skip
+        script += [("planner", "Done.\n Next: conclusion."), ("summarizer", "All done.")]
+    return script
+
+
+def test_gold_calls_pass_both_checks(entry):
+    turns = gold_arguments(entry)
+    backend = ScriptedBackend(multi_script(turns))
+    agent = AlphaUMiAgent(backend, config=AgentConfig(doc_style="compact"))
+    record = rollout_entry(agent, entry)
+    assert record["passed"] is True
+    assert record["turns_run"] == record["turns"] == len(entry.turns) == 4
+    assert all(t["passed"] and t["status"] == "answered" for t in record["turn_log"])
+    assert record["bfcl_checker"] == {"valid": True, "error_type": None, "error_message": None}
+    assert not backend.script  # every scripted output was used: each turn ran to its answer
+
+
+def test_history_is_carried_over_between_turns(entry):
+    turns = gold_arguments(entry)
+    backend = ScriptedBackend(multi_script(turns))
+    prompts: list[str] = []
+    original = backend.generate
+
+    def spy(request):
+        prompts.append(request.prompt)
+        return original(request)
+
+    backend.generate = spy  # type: ignore[method-assign]
+    rollout_entry(AlphaUMiAgent(backend, config=AgentConfig(doc_style="compact")), entry, judge=False)
+    last_planner = [p for p in prompts if role_of_prompt(p) == "planner"][-1]
+    for text in entry.turns:  # every earlier user turn is in the last prompt's history
+        assert f"user: {text}" in last_planner
+
+
+def test_a_wrong_argument_fails_both_checks(entry):
+    turns = gold_arguments(entry)
+    name, arguments = turns[0][1]
+    assert name == "mkdir"
+    turns[0][1] = (name, {**arguments, "dir_name": "tmp"})  # gold: temp
+    agent = AlphaUMiAgent(ScriptedBackend(multi_script(turns)), config=AgentConfig(doc_style="compact"))
+    record = rollout_entry(agent, entry, stop_on_failure=False)
+    assert record["passed"] is False
+    assert record["turn_log"][0]["passed"] is False
+    assert "GorillaFileSystem" in record["turn_log"][0]["state_differences"]
+    assert record["bfcl_checker"]["valid"] is False
+    assert record["bfcl_checker"]["error_type"].startswith("multi_turn:")
+
+
+def test_stop_on_failure_ends_the_rollout(entry):
+    turns = gold_arguments(entry)
+    turns[0] = turns[0][:1]  # only the first call of turn 0: the state is short of the gold
+    agent = AlphaUMiAgent(ScriptedBackend(multi_script(turns)), config=AgentConfig(doc_style="compact"))
+    record = rollout_entry(agent, entry, stop_on_failure=True)
+    assert (record["passed"], record["turns_run"], record["turns_passed"]) == (False, 1, 0)
+    assert record["bfcl_checker"]["valid"] is False  # turns not run count as turns without calls
+
+
+def test_single_llm_gold_passes(entry):
+    script = []
+    for calls in gold_arguments(entry):
+        for name, arguments in calls:
+            script.append(("global", f"Use {name}.\nAction: {name}\nAction Input: {json.dumps(arguments)}"))
+        script.append(("global", "Done.\nconclusion: All done."))
+    agent = SingleLLMAgent(ScriptedBackend(script), config=AgentConfig(doc_style="compact"))
+    record = rollout_entry(agent, entry)
+    assert record["passed"] is True and record["bfcl_checker"]["valid"] is True
+
+
+def test_judge_agrees_with_the_state_check_on_call_lists(entry):
+    gold = [list(turn) for turn in entry.gold_calls]
+    assert bfcl_judge(entry, gold)["valid"] is True
+    assert bfcl_judge(entry, gold)["valid"] is True  # a second check starts from fresh instances
+    wrong = [list(turn) for turn in gold]
+    wrong[1] = []  # turn 1's calls never made
+    assert bfcl_judge(entry, wrong)["valid"] is False
+    from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
+
+    assert not [k for k in vars(multi_turn_utils) if k.startswith("umi_judge_")]  # instances removed
+
+
+def test_only_calls_that_ran_reach_the_judge(entry):
+    runtime = RecordingRuntime(BFCLToolkit(entry.involved_classes, entry.initial_config))
+    runtime.dispatch("cd", {"folder": "document"})
+    runtime.dispatch("mkdir", {"dir_name": 5})  # schema violation: refused, never ran
+    runtime.dispatch("no_such_tool", {})
+    runtime.dispatch("cd", {"folder": "nowhere"})  # ran; BFCL reports the error in its result
+    assert runtime.executed() == ["cd(folder='document')", "cd(folder='nowhere')"]
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "expected"),
+    [
+        ("cd", {"folder": "a'b\"c"}, "cd(folder='a\\'b\"c')"),
+        ("f", {"x": [1, 2.5, None, True], "y": {"k": "v"}}, "f(x=[1, 2.5, None, True], y={'k': 'v'})"),
+        ("f", {}, "f()"),
+        ("__import__", {}, None),
+        ("os.system", {}, None),
+        ("f", {"not an identifier": 1}, None),
+        ("f", {"class": 1}, None),
+        ("f", {"x": float("nan")}, None),
+        ("f", {"x": object()}, None),
+        ("f", {"x": {1: 2}}, None),
+    ],
+)
+def test_render_call(name, arguments, expected):
+    assert render_call(name, arguments) == expected
+
+
+def test_live_entry_needs_executed_multi_turn_meta():
+    traj = Trajectory(id="x", source="bfcl", tools=[], instruction="hi",
+                      steps=[Step(role="user", content="hi")], meta={"category": "simple_python"})  # fmt: skip
+    with pytest.raises(ValueError, match="not an executed BFCL multi-turn trajectory"):
+        LiveEntry.from_trajectory(traj)

@@ -1,0 +1,132 @@
+"""Static evaluation's routing with oracle backends: a model that writes the gold output for each training prompt
+must score perfectly (so the prompts the evaluation renders are the training prompts, for every role and both
+formats); a planner that always gives up, or prompts that do not fit, score what the metrics say they should."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import pytest
+
+from umi.agent.backend import Generation, GenerationRequest, TooLong
+from umi.data.alpha_umi import import_alpha_umi
+from umi.data.bfcl import import_category
+from umi.data.reorganize import role_examples
+from umi.eval.settings import EvalSettings
+from umi.eval.static import run_static
+from umi.fixtures import TOOLBENCH_OOD_TEST
+from umi.schema import Trajectory
+
+PERFECT = {"plan_acc": 100.0, "act_em": 100.0, "hallu": 0.0, "arg_f1": 100.0, "rouge_l": 100.0}
+
+
+@dataclass
+class OracleBackend:
+    """Answers each prompt with the training target for it; `fixed` overrides every answer; `too_long` prompts raise
+    TooLong as a real backend's prompt fitting does."""
+
+    targets: dict[str, str]
+    fixed: str | None = None
+    too_long: set[str] = field(default_factory=set)
+    batches: list[int] = field(default_factory=list)
+
+    def prompt_ids(self, request: GenerationRequest):
+        if request.prompt in self.too_long:
+            raise TooLong(request.record_id, 10_000, 100)
+        return [1] * (len(request.prompt) // 4 + 1), 0
+
+    def generate_batch(self, requests, batch_size: int = 8):
+        assert len(requests) <= batch_size
+        self.batches.append(len(requests))
+        out = []
+        for r in requests:
+            assert r.prompt not in self.too_long
+            text = self.fixed if self.fixed is not None else self.targets[r.prompt]
+            out.append(Generation(text=text, token_ids=(), stop_reason="eos", prompt_tokens=1, prefill_tokens=1,
+                                  reused_tokens=0, new_tokens=3, dropped_turns=0, prefill_seconds=0.0, seconds=0.0))
+        return out
+
+
+def oracle(trajectories, roles) -> OracleBackend:
+    targets = {}
+    for traj in trajectories:
+        for role, example in role_examples(traj, "compact"):
+            if role in roles:
+                targets[example["prompt"]] = example["target"]
+    return OracleBackend(targets)
+
+
+@pytest.fixture(scope="module")
+def bfcl() -> list[Trajectory]:
+    out = []
+    for category, n in (("simple_python", 3), ("parallel", 2), ("irrelevance", 2), ("multi_turn_base", 1)):
+        out += [t for t in itertools.islice(import_category(category), n)]
+    assert all(isinstance(t, Trajectory) for t in out)
+    return out
+
+
+def headline(result) -> dict:
+    s = result.summary()
+    return {k: s[k] for k in PERFECT}
+
+
+def test_multi_oracle_is_perfect_and_batched(bfcl):
+    backend = oracle(bfcl, {"planner", "caller", "summarizer"})
+    result = run_static({"planner": backend, "caller": backend, "summarizer": backend}, bfcl,
+                        settings=EvalSettings(batch_size=4))  # fmt: skip
+    assert headline(result) == PERFECT
+    m = result.metrics
+    assert m.steps == m.call_steps + m.finish_steps + m.give_up_steps and m.give_up_steps == 2
+    assert result.generations == m.steps + m.call_steps + m.finish_steps  # planner every step, then caller / summarizer
+    assert max(backend.batches) == 4 and sum(backend.batches) == result.generations
+    assert len(result.records) == m.steps and result.too_long == 0
+
+
+def test_single_oracle_is_perfect(bfcl):
+    backend = oracle(bfcl, {"global"})
+    result = run_static({"global": backend}, bfcl)
+    assert headline(result) == PERFECT
+    assert result.generations == result.metrics.steps
+
+
+@pytest.mark.skipif(not TOOLBENCH_OOD_TEST.is_file(), reason="shared fixtures not present")
+def test_multi_oracle_is_perfect_on_real_toolbench_steps():
+    trajectories = [t for t in itertools.islice(import_alpha_umi(TOOLBENCH_OOD_TEST), 6) if isinstance(t, Trajectory)]
+    backend = oracle(trajectories, {"planner", "caller", "summarizer"})
+    result = run_static({r: backend for r in ("planner", "caller", "summarizer")}, trajectories)
+    assert headline(result) == PERFECT and result.metrics.steps > 15
+
+
+def test_planner_that_always_gives_up(bfcl):
+    backend = OracleBackend({}, fixed="Nothing fits.\n Next: give up.")
+    result = run_static({r: backend for r in ("planner", "caller", "summarizer")}, bfcl)
+    m = result.metrics
+    assert result.generations == m.steps  # neither caller nor summarizer ran
+    assert m.plan_acc == pytest.approx(100 * m.give_up_steps / m.steps)
+    assert (m.act_em, m.arg_f1, m.rouge_l, m.hallu) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_planner_without_decision_goes_on_as_caller(bfcl):
+    backend = OracleBackend({}, fixed="Action: not_a_tool\nAction Input: {}")
+    result = run_static({r: backend for r in ("planner", "caller", "summarizer")}, bfcl)
+    m = result.metrics
+    assert m.plan_missing == m.steps and m.plan_acc == 0.0
+    assert result.generations == 2 * m.steps  # every step went on to the caller
+    assert m.hallu == 100.0 and m.hallucinated_steps == m.steps
+
+
+def test_prompts_that_do_not_fit_score_as_missing(bfcl):
+    backend = oracle(bfcl, {"planner", "caller", "summarizer"})
+    first = bfcl[0]
+    planner_prompts = [ex["prompt"] for role, ex in role_examples(first, "compact") if role == "planner"]
+    backend.too_long = set(planner_prompts)
+    result = run_static({r: backend for r in ("planner", "caller", "summarizer")}, bfcl)
+    assert result.too_long == len(planner_prompts)
+    assert result.metrics.plan_missing == len(planner_prompts)
+    assert result.metrics.plan_acc == pytest.approx(100 * (1 - len(planner_prompts) / result.metrics.steps))
+
+
+def test_backends_must_be_a_known_set(bfcl):
+    with pytest.raises(ValueError, match="planner\\+caller\\+summarizer or global"):
+        run_static({"planner": OracleBackend({})}, bfcl)

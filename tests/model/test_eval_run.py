@@ -1,0 +1,177 @@
+"""`evaluate` end to end with tiny random models: static (BFCL test split + ToolBench out-of-domain) and live
+(BFCL multi-turn rollouts judged twice), the report files, and the MLflow run in a throwaway sqlite store."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from umi.data.bfcl import import_category
+from umi.eval.agents import AgentSpec, default_agents, load_backends, resolve_dtype
+from umi.eval.report import LIVE_COLUMNS, METRIC_COLUMNS
+from umi.eval.run import EvalReport, evaluate
+from umi.eval.settings import EvalSettings
+from umi.fixtures import TOOLBENCH_OOD_TEST
+from umi.schema import Trajectory, write_trajectories
+
+SMALL = EvalSettings(max_new_tokens={"planner": 6, "caller": 6, "summarizer": 6, "global": 8}, batch_size=4,
+                     max_prompt_tokens=1536, max_steps=2, planner_retries=0)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A few BFCL trajectories of each kind, all in the test split (params.yaml puts everything there)."""
+    root = tmp_path_factory.mktemp("eval-data")
+    for category, n in (("simple_python", 2), ("irrelevance", 1), ("multi_turn_base", 1)):
+        records = list(itertools.islice(import_category(category), n))
+        assert all(isinstance(r, Trajectory) for r in records)
+        write_trajectories(root / "data" / "bfcl" / f"{category}.jsonl", records)
+    (root / "params.yaml").write_text("reorganize:\n  split_fractions: {train: 0.0, dev: 0.0, test: 1.0}\n")
+    return root
+
+
+@pytest.fixture
+def eval_store(tmp_path, monkeypatch) -> str:
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("umi-eval", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+def _in_range(value) -> bool:
+    return value is None or 0.0 <= value <= 100.0
+
+
+def test_evaluate_end_to_end(tiny_backbone, data_dir, eval_store, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    parent = client.create_run(client.get_experiment_by_name("umi-eval").experiment_id, run_name="pipeline")
+    tiny = str(tiny_backbone)
+    agents = [
+        AgentSpec.multi("alpha-umi", tiny, tiny, tiny),
+        AgentSpec.single("single-llm", tiny),
+        AgentSpec.multi("one-stage", tmp_path / "missing", tiny, tiny),
+    ]
+    ood = TOOLBENCH_OOD_TEST if TOOLBENCH_OOD_TEST.is_file() else None
+    report = evaluate(
+        agents, out_dir=tmp_path / "eval", data_dir=data_dir / "data", toolbench_ood=ood, limit=2, live_limit=1,
+        settings=SMALL, params=data_dir / "params.yaml", parent_run_id=parent.info.run_id, progress=False,
+    )  # fmt: skip
+
+    assert set(report.agents) == {"alpha-umi", "single-llm"}
+    assert "one-stage" in report.skipped and "missing" in report.skipped["one-stage"]
+    sets = ["bfcl-test", "toolbench-ood"] if ood else ["bfcl-test"]
+    for name, result in report.agents.items():
+        assert list(result["static"]) == sets
+        for s in sets:
+            metrics = result["static"][s]
+            assert metrics["steps"] > 0 and metrics["generations"] > 0
+            assert all(_in_range(metrics[k]) for k, _ in METRIC_COLUMNS)
+            assert metrics["plan_acc"] is not None and metrics["hallu"] is not None
+        live = result["live"]
+        assert live["entries"] == 1 and live["turns"] >= 2
+        assert all(_in_range(live[k]) for k, _ in LIVE_COLUMNS)
+    if ood:
+        assert report.test_sets["toolbench-ood"]["rejected"][0]["id"].split(":")[2] == "273"
+        assert report.test_sets["toolbench-ood"]["available"] == 399
+
+    # files
+    data = json.loads(report.json_path.read_text())
+    assert data["agents"] == json.loads(json.dumps(report.agents)) and data["run_id"] == report.run_id
+    assert EvalReport.load(report.json_path).agents == data["agents"]
+    table = report.table_path.read_text()
+    assert table.splitlines()[0].startswith("| agent | BFCL test Plan ACC")
+    assert "| alpha-umi |" in table and "| single-llm |" in table
+    assert report.chart_path.read_bytes()[:4] == b"\x89PNG"
+    details = sorted(p.name for p in (tmp_path / "eval" / "details").iterdir())
+    assert "live-alpha-umi.jsonl" in details and "static-single-llm-bfcl-test.jsonl" in details
+    step = json.loads((tmp_path / "eval" / "details" / "static-alpha-umi-bfcl-test.jsonl").read_text().splitlines()[0])
+    assert {"gold", "predicted", "outputs", "score"} <= set(step)
+
+    # MLflow: one run in umi-eval, a child of the given parent, with the metrics and the files
+    run = client.get_run(report.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    metrics = run.data.metrics
+    for name in report.agents:
+        static = report.agents[name]["static"]["bfcl-test"]
+        assert metrics[f"{name}.bfcl-test.plan_acc"] == pytest.approx(static["plan_acc"])
+        assert metrics[f"{name}.live.pass_rate"] == report.agents[name]["live"]["pass_rate"]
+        assert 0.0 <= metrics[f"{name}.bfcl-test.hallu"] <= 100.0
+    assert run.data.params["settings.max_steps"] == "2"
+    assert run.data.params["agent.alpha-umi.planner"] == tiny
+    artifacts = {a.path for a in client.list_artifacts(report.run_id)}
+    assert {"eval.json", "eval.md", "eval.png", "details"} <= artifacts
+
+
+def test_static_only_without_tracking(tiny_backbone, data_dir, tmp_path):
+    tiny = str(tiny_backbone)
+    report = evaluate([AgentSpec.single("single-llm", tiny)], out_dir=tmp_path / "e", live=False, toolbench_ood=None,
+                      data_dir=data_dir / "data", params=data_dir / "params.yaml", settings=SMALL, tracking=False,
+                      progress=False)  # fmt: skip
+    assert report.run_id is None and report.agents["single-llm"]["live"] is None
+    assert list(report.agents["single-llm"]["static"]) == ["bfcl-test"]
+    assert "live pass" not in report.table_path.read_text()
+
+
+@pytest.mark.skipif(not TOOLBENCH_OOD_TEST.is_file(), reason="shared fixtures not present")
+def test_limits_size_the_test_sets(tiny_backbone, data_dir, tmp_path):
+    tiny = str(tiny_backbone)
+    common = dict(out_dir=tmp_path / "e", live=False, toolbench_ood=TOOLBENCH_OOD_TEST, data_dir=data_dir / "data",
+                  params=data_dir / "params.yaml", tracking=False, progress=False)  # fmt: skip
+    profile = SMALL.with_(limit=2, ood_limit=3)
+    report = evaluate([AgentSpec.single("s", tiny)], settings=profile, **common)
+    assert (report.test_sets["bfcl-test"]["trajectories"], report.test_sets["toolbench-ood"]["trajectories"]) == (2, 3)
+    report = evaluate([AgentSpec.single("s", tiny)], settings=profile, limit=1, **common)  # sizes both
+    assert (report.test_sets["bfcl-test"]["trajectories"], report.test_sets["toolbench-ood"]["trajectories"]) == (1, 1)
+
+
+def test_agent_specs_and_defaults(tiny_backbone, tmp_path):
+    with pytest.raises(ValueError, match="needs caller"):
+        AgentSpec(name="x", kind="multi", planner="a")
+    with pytest.raises(ValueError, match="needs a model"):
+        AgentSpec(name="x", kind="single")
+    runs = tmp_path / "runs"
+    for stage in ("global", "planner", "caller", "summarizer"):
+        shutil.copytree(tiny_backbone, runs / stage / "model")
+    found, skipped = default_agents(runs, tiny_backbone, tmp_path / "no-one-stage")
+    assert [a.name for a in found] == ["backbone", "single-llm", "alpha-umi"]
+    assert list(skipped) == ["one-stage"]
+    backends = load_backends(found[0], max_prompt_tokens=100, max_new_tokens={"planner": 5, "caller": 7,
+                                                                               "summarizer": 3})  # fmt: skip
+    assert backends["planner"] is backends["caller"] is backends["summarizer"]  # one model in all roles: loaded once
+    assert backends["planner"].context_length == 107
+    import torch
+
+    assert next(backends["planner"].model.parameters()).dtype == torch.bfloat16 or resolve_dtype() == torch.float32
+    single = load_backends(found[1], dtype="float32")
+    assert next(single["global"].model.parameters()).dtype == torch.float32
+    assert single["global"].context_length == 4096  # no budget: the model's own maximum
+    with pytest.raises(ValueError, match="dtype"):
+        resolve_dtype("float8")
+
+
+def test_cli_static(tiny_backbone, data_dir, tmp_path, monkeypatch):
+    from umi.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    tiny = str(tiny_backbone)
+    result = CliRunner().invoke(app, [
+        "eval", "static", "--multi", f"tiny={tiny},{tiny},{tiny}", "--limit", "1", "--no-toolbench-ood",
+        "--no-tracking", "--out", str(tmp_path / "out"), "--data", str(data_dir / "data"),
+        "--params", str(data_dir / "params.yaml"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "tiny" in result.output and (tmp_path / "out" / "eval.json").is_file()
+    bad = CliRunner().invoke(app, ["eval", "live", "--multi", "broken=only-one-path", "--no-tracking"])
+    assert bad.exit_code == 2 and "NAME=PLANNER,CALLER,SUMMARIZER" in bad.output

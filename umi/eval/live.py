@@ -1,0 +1,268 @@
+"""Live evaluation: full rollouts on held-out BFCL multi-turn entries against BFCL's own tool classes.
+
+One entry, as the importer replays it: fresh tool instances from the entry's `initial_config`
+(umi.tools.bfcl.BFCLToolkit), then each user turn in order as a new query to the agent, with the conversation so far
+(the agent's own steps, not the gold ones) carried over as history. Beside it a gold toolkit runs BFCL's gold calls of
+each turn.
+
+Pass (ours): after every turn, the state of every tool instance equals the gold toolkit's state
+(umi.tools.bfcl.snapshot_state / state_differences: all public attributes, nested objects included). An entry passes
+when all its turns do. With `stop_on_failure` the rollout ends at the first failed turn (the entry cannot pass any
+more); the remaining turns count as turns without calls.
+
+External judge: bfcl_eval's own multi-turn checker (`multi_turn_checker`), given the calls our rollout executed, per
+turn, one list per step. It re-runs them on its own instances and checks, after each turn with gold calls, the state
+of the instances and that each gold call's execution result appears among the model's results so far; it skips the
+check on turns whose gold is empty. So it is stricter (results too) in one way and looser (empty-gold turns) in
+another; both rates are reported, with how often they agree.
+
+The checker `eval`s the call strings it gets, so it never sees model text: a call is handed over only after our
+dispatcher parsed it, found the tool, validated the arguments against its schema and ran it (calls refused before
+running changed nothing in our rollout and are not handed over either), and it is rendered here from the parsed name
+and JSON-literal arguments (`render_call`: identifiers checked, values written with repr). Its instances live in its
+module's globals under a name built from `model_name`; each check uses a fresh name and removes its instances after.
+bfcl_eval's AST checker (single-turn categories) is not used: it imports every model handler of bfcl_eval (about 30
+SDKs this project does not install).
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent
+from umi.eval.settings import EvalSettings
+from umi.eval.testsets import LiveEntry
+from umi.prompts import DocStyle
+from umi.schema import Step
+from umi.tools.bfcl import BFCLToolkit, state_differences
+from umi.tools.registry import Observation
+
+__all__ = [
+    "LiveResult",
+    "RecordingRuntime",
+    "bfcl_judge",
+    "build_agent",
+    "render_call",
+    "rollout_entry",
+    "run_live",
+]
+
+EXECUTED_KINDS = (None, "tool_error")  # error kinds of calls that ran (a tool that raised did run)
+
+
+# --- calls ------------------------------------------------------------------------------------------------------------
+def _literal_ok(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_literal_ok(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _literal_ok(v) for k, v in value.items())
+    return False
+
+
+def _identifier(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("__")
+
+
+def render_call(name: str, arguments: Mapping[str, Any]) -> str | None:
+    """`name(key=value, ...)` with Python literals, for BFCL's checker; None when the call cannot be written safely
+    (a name or key that is not a plain identifier, a value that is not a JSON literal)."""
+    if not isinstance(name, str) or not _identifier(name) or not isinstance(arguments, Mapping):
+        return None
+    parts = []
+    for key, value in arguments.items():
+        if not isinstance(key, str) or not _identifier(key) or not _literal_ok(value):
+            return None
+        parts.append(f"{key}={value!r}")
+    return f"{name}({', '.join(parts)})"
+
+
+@dataclass
+class RecordingRuntime:
+    """A toolkit that remembers every dispatch: (tool name, arguments, observation)."""
+
+    toolkit: BFCLToolkit
+    calls: list[tuple[str, dict[str, Any], Observation]] = field(default_factory=list)
+
+    @property
+    def specs(self):
+        return self.toolkit.specs
+
+    def dispatch(self, name: str, arguments: Mapping[str, Any] | None = None) -> Observation:
+        observation = self.toolkit.dispatch(name, arguments)
+        self.calls.append((name, dict(arguments) if isinstance(arguments, Mapping) else {}, observation))
+        return observation
+
+    def executed(self) -> list[str]:
+        """The calls that ran, rendered for BFCL's checker (see the module doc)."""
+        out = []
+        for name, arguments, observation in self.calls:
+            if observation.error_kind in EXECUTED_KINDS:
+                rendered = render_call(name, arguments)
+                if rendered is not None:
+                    out.append(rendered)
+        return out
+
+
+# --- the external judge -----------------------------------------------------------------------------------------------
+def bfcl_judge(entry: LiveEntry, calls_per_turn: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """bfcl_eval's multi-turn checker on the calls executed in each turn (one call per step). Turns not run count as
+    turns without calls. Returns {"valid": bool, "error_type": str | None, "error_message": str | None}."""
+    from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
+    from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import multi_turn_checker
+
+    decoded = [[[call] for call in turn] for turn in calls_per_turn]
+    decoded += [[] for _ in range(len(entry.gold_calls) - len(decoded))]
+    model_name = f"umi_judge_{uuid.uuid4().hex[:12]}"
+    test_entry = {
+        "id": entry.entry_id,
+        "initial_config": entry.initial_config,
+        "involved_classes": list(entry.involved_classes),
+    }
+    try:
+        result = multi_turn_checker(
+            decoded, [list(t) for t in entry.gold_calls], test_entry, "multi_turn_base", model_name
+        )
+    except Exception as e:  # noqa: BLE001 -- the checker asserts internally; report, do not crash the evaluation
+        result = {"valid": False, "error_type": "checker_exception", "error_message": f"{type(e).__name__}: {e}"}
+    finally:
+        prefix = re.sub(r"[-./:]", "_", model_name)
+        for key in [k for k in vars(multi_turn_utils) if k.startswith(prefix)]:
+            del vars(multi_turn_utils)[key]
+    return {
+        "valid": bool(result.get("valid")),
+        "error_type": result.get("error_type"),
+        "error_message": result.get("error_message"),
+    }
+
+
+# --- rollouts ---------------------------------------------------------------------------------------------------------
+def build_agent(backends: dict, settings: EvalSettings, doc_style: DocStyle = "compact"):
+    """The agent loop over loaded backends: single-LLM when there is a `global` backend, else α-UMi."""
+    config = AgentConfig(
+        max_steps=settings.max_steps,
+        planner_retries=settings.planner_retries,
+        doc_style=doc_style,
+        max_new_tokens=dict(settings.max_new_tokens),
+    )
+    if "global" in backends:
+        return SingleLLMAgent(backends["global"], config=config)
+    return AlphaUMiAgent(backends["planner"], backends["caller"], backends["summarizer"], config=config)
+
+
+def rollout_entry(agent, entry: LiveEntry, *, stop_on_failure: bool = True, judge: bool = True) -> dict[str, Any]:
+    """Roll out one entry turn after turn; check the state after each turn; ask BFCL's checker. JSON-ready record."""
+    started = time.perf_counter()
+    live = BFCLToolkit(entry.involved_classes, entry.initial_config)
+    gold = BFCLToolkit(entry.involved_classes, entry.initial_config)
+    runtime = RecordingRuntime(live)
+    history: list[Step] = []
+    turns: list[dict[str, Any]] = []
+    calls_per_turn: list[list[str]] = []
+    for t, (query, gold_calls) in enumerate(zip(entry.turns, entry.gold_calls)):
+        for call in gold_calls:
+            name, arguments = gold.parse(call)
+            gold.dispatch(name, arguments, validate=False)  # as the importer: BFCL runs its gold calls unvalidated
+        runtime.calls.clear()
+        result = agent.run(query, runtime, history=history, task_id=f"{entry.entry_id}#turn{t}")
+        history = list(result.trajectory.steps)
+        calls_per_turn.append(runtime.executed())
+        differences = state_differences(gold.snapshot(), live.snapshot())
+        turns.append(
+            {
+                "turn": t,
+                "passed": not differences,
+                "status": result.status,
+                "planner_steps": result.steps,
+                "gold_calls": list(gold_calls),
+                "calls": [{"tool": n, "arguments": a, "ok": o.ok, "error_kind": o.error_kind}
+                          for n, a, o in runtime.calls],  # fmt: skip
+                "state_differences": {cls: sorted(attrs) for cls, attrs in differences.items()},
+                "answer": result.answer,
+                "seconds": round(float(result.trajectory.meta["totals"]["seconds"]), 3),
+            }
+        )
+        if differences and stop_on_failure:
+            break
+    passed = len(turns) == len(entry.turns) and all(t["passed"] for t in turns)
+    record: dict[str, Any] = {
+        "entry_id": entry.entry_id,
+        "passed": passed,
+        "turns_run": len(turns),
+        "turns": len(entry.turns),
+        "turns_passed": sum(t["passed"] for t in turns),
+        "turn_log": turns,
+    }
+    if judge:
+        record["bfcl_checker"] = bfcl_judge(entry, calls_per_turn)
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record
+
+
+@dataclass
+class LiveResult:
+    records: list[dict[str, Any]]
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        """pass_rate / bfcl_checker_pass_rate / turn_pass_rate / agreement: percentages (None with no entries);
+        entries, passed, bfcl_checker_passed, turns, turns_passed: counts; seconds, seconds_per_entry."""
+        n = len(self.records)
+        passed = sum(r["passed"] for r in self.records)
+        judged = [r for r in self.records if "bfcl_checker" in r]
+        judge_passed = sum(r["bfcl_checker"]["valid"] for r in judged)
+        agree = sum(r["bfcl_checker"]["valid"] == r["passed"] for r in judged)
+        turns = sum(r["turns"] for r in self.records)
+        turns_passed = sum(r["turns_passed"] for r in self.records)
+
+        def pct(k: int, total: int) -> float | None:
+            return 100.0 * k / total if total else None
+
+        return {
+            "pass_rate": pct(passed, n),
+            "bfcl_checker_pass_rate": pct(judge_passed, len(judged)),
+            "agreement": pct(agree, len(judged)),
+            "turn_pass_rate": pct(turns_passed, turns),
+            "entries": n,
+            "passed": passed,
+            "bfcl_checker_passed": judge_passed,
+            "turns": turns,
+            "turns_passed": turns_passed,
+            "seconds": round(self.seconds, 3),
+            "seconds_per_entry": round(self.seconds / n, 3) if n else None,
+        }
+
+
+def run_live(
+    backends: dict,
+    entries: Sequence[LiveEntry],
+    *,
+    settings: EvalSettings | None = None,
+    doc_style: DocStyle = "compact",
+    judge: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> LiveResult:
+    """Roll out every entry with the agent over `backends` (see build_agent); caches are reset between entries."""
+    settings = settings or EvalSettings()
+    agent = build_agent(backends, settings, doc_style)
+    started = time.perf_counter()
+    records = []
+    if progress:
+        progress(0, len(entries))
+    for k, entry in enumerate(entries, 1):
+        for backend in {id(b): b for b in backends.values()}.values():
+            backend.reset()
+        records.append(rollout_entry(agent, entry, stop_on_failure=settings.stop_on_failure, judge=judge))
+        if progress:
+            progress(k, len(entries))
+    return LiveResult(records, time.perf_counter() - started)

@@ -1,0 +1,286 @@
+"""One evaluation run: several agents, the static test sets and the live rollouts, one report.
+
+    report = evaluate([AgentSpec.multi("alpha-umi", p, c, s), AgentSpec.single("single-llm", g)], out_dir="eval")
+    report.agents["alpha-umi"]["live"]["pass_rate"]
+    report.agents["alpha-umi"]["static"]["bfcl-test"]["plan_acc"]
+
+Agents are evaluated one after another: each one's checkpoints are loaded, run on every test set, and freed.
+Outputs in `out_dir`: `eval.json` (EvalReport.to_dict), `eval.md` (the Table-1-shaped table), `eval.png` (the chart)
+and `details/` (per-step predictions and per-entry rollouts, JSONL); all logged to MLflow when `tracking` is on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from umi.eval.agents import AgentSpec, loaded_backends, resolve_dtype
+from umi.eval.report import table_markdown, write_chart
+from umi.eval.settings import PROFILES, EvalSettings
+from umi.eval.testsets import TestSet, live_entries, load_bfcl_test, load_toolbench_ood
+from umi.prompts import DocStyle
+
+__all__ = ["EvalReport", "evaluate", "DEFAULT_TOOLBENCH_OOD"]
+
+log = logging.getLogger(__name__)
+
+
+def _default_ood() -> Path | None:
+    from umi.fixtures import TOOLBENCH_OOD_TEST
+
+    return TOOLBENCH_OOD_TEST if TOOLBENCH_OOD_TEST.is_file() else None
+
+
+DEFAULT_TOOLBENCH_OOD: Path | None = _default_ood()
+
+
+@dataclass
+class EvalReport:
+    """What an evaluation found.
+
+    agents: name -> {
+        "static": {test set name ("bfcl-test", "toolbench-ood"): {
+            "plan_acc", "act_em", "hallu", "arg_f1", "rouge_l": percentages (0-100; Hallu. lower is better; None when
+                the test set has no step of the metric's kind),
+            "steps": scored assistant steps, plus the other StaticMetrics counts (call_steps, finish_steps,
+                give_up_steps, arg_f1_steps, hallucinated_steps, plan_missing, ...) and seconds, seconds_per_step,
+                generations, new_tokens, too_long}} | None when static evaluation was off,
+        "live": {"pass_rate": % of entries whose every turn ended in the gold tool state,
+                 "bfcl_checker_pass_rate": % of entries bfcl_eval's multi-turn checker accepts,
+                 "agreement": % of entries where the two agree, "turn_pass_rate": % of turns,
+                 "entries", "passed", "bfcl_checker_passed", "turns", "turns_passed", "seconds",
+                 "seconds_per_entry"} | None when live evaluation was off,
+        "seconds": wall time of the agent}
+    test_sets: name -> {"source", "trajectories" (evaluated), "available", "rejected": [{"id", "reason"}]};
+        "live" -> {"entries", "available"}.
+    skipped: agent name -> why it was not evaluated (missing checkpoints).
+    """
+
+    agents: dict[str, dict]
+    json_path: Path
+    table_path: Path
+    chart_path: Path
+    run_id: str | None = None
+    test_sets: dict[str, dict] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    specs: dict[str, dict] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "agents": self.agents,
+            "test_sets": self.test_sets,
+            "skipped": self.skipped,
+            "settings": self.settings,
+            "specs": self.specs,
+            "run_id": self.run_id,
+            "seconds": round(self.seconds, 3),
+            "files": {"json": str(self.json_path), "table": str(self.table_path), "chart": str(self.chart_path)},
+        }
+
+    def table_markdown(self) -> str:
+        return table_markdown(self.agents, self.test_sets)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EvalReport":
+        """An EvalReport back from its eval.json."""
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        files = data.get("files", {})
+        return cls(
+            agents=data["agents"],
+            json_path=Path(files.get("json", path)),
+            table_path=Path(files.get("table", Path(path).with_suffix(".md"))),
+            chart_path=Path(files.get("chart", Path(path).with_suffix(".png"))),
+            run_id=data.get("run_id"),
+            test_sets=data.get("test_sets", {}),
+            skipped=data.get("skipped", {}),
+            settings=data.get("settings", {}),
+            specs=data.get("specs", {}),
+            seconds=data.get("seconds", 0.0),
+        )
+
+
+class _Bars:
+    """tqdm bars for role batches and live entries (stderr; off with progress=False)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bars: dict[str, Any] = {}
+
+    def static(self, agent: str, test_set: str):
+        def update(role: str, done: int, total: int) -> None:
+            self._update(f"{agent} {test_set} {role}", done, total, "prompt")
+
+        return update
+
+    def live(self, agent: str):
+        def update(done: int, total: int) -> None:
+            self._update(f"{agent} live", done, total, "entry")
+
+        return update
+
+    def _update(self, key: str, done: int, total: int, unit: str) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        bar = self.bars.get(key)
+        if bar is None:
+            bar = self.bars[key] = tqdm(total=total, desc=key, unit=unit, dynamic_ncols=True)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+
+def _file_part(name: str) -> str:
+    """An agent name as part of a file name (anything but letters, digits, `.`, `_`, `-` becomes `_`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _write_jsonl(path: Path, records: Sequence[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+
+
+def _settings(settings: EvalSettings | str | None) -> EvalSettings:
+    if settings is None:
+        return EvalSettings()
+    if isinstance(settings, str):
+        if settings not in PROFILES:
+            raise ValueError(f"unknown evaluation profile {settings!r} (one of {', '.join(PROFILES)})")
+        return PROFILES[settings]
+    return settings
+
+
+def evaluate(
+    agents: Sequence[AgentSpec],
+    *,
+    out_dir: str | Path,
+    static: bool = True,
+    live: bool = True,
+    data_dir: str | Path = "data",
+    toolbench_ood: str | Path | None = DEFAULT_TOOLBENCH_OOD,
+    limit: int | None = None,
+    live_limit: int | None = None,
+    ood_limit: int | None = None,
+    doc_style: DocStyle = "compact",
+    tracking: bool = True,
+    experiment: str = "umi-eval",
+    parent_run_id: str | None = None,
+    max_steps: int | None = None,
+    settings: EvalSettings | str | None = None,
+    params: str | Path | None = "params.yaml",
+    judge: bool = True,
+    progress: bool = True,
+) -> EvalReport:
+    """Evaluate `agents` and write the report to `out_dir`.
+
+    static: teacher-forced steps on the BFCL test split of `data_dir` and on `toolbench_ood` (None: BFCL only).
+    live: rollouts on the BFCL multi_turn_base test entries, scored by state and by bfcl_eval's checker (`judge`).
+    limit / ood_limit / live_limit: trajectories of the BFCL test split / of the ToolBench set / live entries (None:
+    the settings' value, else all). A `limit` given without `ood_limit` sizes both static test sets.
+    max_steps: planner turns per user turn in live rollouts (None: the settings' value, 12 by default).
+    doc_style: the tool-doc rendering the models were trained with (params.yaml's reorganize.doc_style).
+    settings: an EvalSettings or a profile name ("cpu", "full"); generation caps, batch size, prompt budget.
+    params: params.yaml, for the split fractions the reorganisation used.
+    tracking: log a run to MLflow experiment `experiment` (a child of `parent_run_id` when given).
+    Agents whose checkpoints are missing are skipped and listed in `skipped`; the report then covers the rest.
+    """
+    from umi.eval.live import run_live
+    from umi.eval.static import run_static
+
+    if not agents:
+        raise ValueError("no agents to evaluate")
+    names = [a.name for a in agents]
+    if len(set(names)) != len(names):
+        raise ValueError(f"agent names must be unique, got {names}")
+    if limit is not None and ood_limit is None:
+        ood_limit = limit  # an explicit limit sizes both static test sets
+    cfg = _settings(settings).with_(limit=limit, ood_limit=ood_limit, live_limit=live_limit, max_steps=max_steps)
+    out = Path(out_dir)
+    details = out / "details"
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    test_sets: list[TestSet] = []
+    info: dict[str, dict] = {}
+    if static:
+        test_sets.append(load_bfcl_test(data_dir, cfg.limit, params))
+        if toolbench_ood is not None:
+            n_ood = cfg.ood_limit if cfg.ood_limit is not None else cfg.limit
+            test_sets.append(load_toolbench_ood(toolbench_ood, n_ood))
+        info.update({t.name: t.info() for t in test_sets})
+        for t in test_sets:
+            for r in t.rejected:
+                log.warning("%s: record %s rejected by the importer: %s", t.name, r["id"], r["reason"])
+    entries = []
+    if live:
+        entries, available = live_entries(data_dir, cfg.live_limit, params)
+        info["live"] = {"entries": len(entries), "available": available}
+
+    results: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    bars = _Bars(progress)
+    for spec in agents:
+        missing = spec.missing_checkpoints()
+        if missing:
+            skipped[spec.name] = f"no checkpoint at {', '.join(missing)}"
+            log.warning("agent %s skipped: %s", spec.name, skipped[spec.name])
+            continue
+        agent_started = time.perf_counter()
+        result: dict[str, Any] = {"static": None, "live": None}
+        loading = {"max_prompt_tokens": cfg.max_prompt_tokens, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
+        with loaded_backends(spec, **loading) as backends:
+            if static:
+                result["static"] = {}
+                for t in test_sets:
+                    r = run_static(backends, t.trajectories, settings=cfg, doc_style=doc_style,
+                                   progress=bars.static(spec.name, t.name))  # fmt: skip
+                    result["static"][t.name] = r.summary()
+                    _write_jsonl(details / f"static-{_file_part(spec.name)}-{t.name}.jsonl", r.records)
+            if live:
+                r = run_live(backends, entries, settings=cfg, doc_style=doc_style, judge=judge,
+                             progress=bars.live(spec.name))  # fmt: skip
+                result["live"] = r.summary()
+                _write_jsonl(details / f"live-{_file_part(spec.name)}.jsonl", r.records)
+        result["seconds"] = round(time.perf_counter() - agent_started, 3)
+        results[spec.name] = result
+
+    report = EvalReport(
+        agents=results,
+        json_path=out / "eval.json",
+        table_path=out / "eval.md",
+        chart_path=out / "eval.png",
+        test_sets=info,
+        skipped=skipped,
+        settings={**cfg.to_dict(), "doc_style": doc_style, "static": static, "live": live, "judge": judge,
+                  "resolved_dtype": str(resolve_dtype(cfg.dtype)).removeprefix("torch.")},
+        specs={a.name: a.to_dict() for a in agents},
+    )
+    report.table_path.write_text(report.table_markdown(), encoding="utf-8")
+    write_chart(results, report.chart_path)
+    report.seconds = time.perf_counter() - started
+    report.json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+    if tracking:
+        from umi.eval.report import log_to_mlflow
+
+        report.run_id = log_to_mlflow(
+            report.to_dict(),
+            [report.json_path, report.table_path, report.chart_path],
+            details,
+            experiment=experiment,
+            parent_run_id=parent_run_id,
+        )
+        # the JSON on disk carries the run id too
+        report.json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+    return report

@@ -1,0 +1,77 @@
+"""Generation settings of an evaluation, and the suggested sizes per machine (`PROFILES`).
+
+Untrained models rarely stop on their own: they write until `max_new_tokens`, so the caps bound the cost of the
+backbone row. The defaults sit above what the gold outputs need (SmolLM2 tokenizer, compact docs; p95 of target
+tokens on the BFCL test split / ToolBench out-of-domain set: planner 42 / 197, caller 59 / 61, summarizer 81 / 500,
+global 88 / 336): a trained model stops well before them, and a cut-off ToolBench answer still scores R-L on what was
+written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+__all__ = ["EvalSettings", "PROFILES", "DEFAULT_MAX_NEW_TOKENS"]
+
+DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {"planner": 128, "caller": 96, "summarizer": 160, "global": 192}
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """max_new_tokens: per role (planner, caller, summarizer, global). batch_size: static prompts decoded together.
+    max_prompt_tokens: the token budget of a prompt (history dropped from the left to fit, as training does; the cpu
+    training profile's max_length is 1024); None: the model's own maximum context.
+    max_steps: planner (or single-LLM) turns per user turn in live rollouts. planner_retries: live retries of a planner
+    that wrote nothing. stop_on_failure: end a live entry at its first failed turn (it cannot pass any more; saves
+    the rest of the rollout, but the external judge then sees only the turns that ran).
+    dtype: weights at evaluation: float32, bfloat16, or auto (bfloat16 on a GPU that has it and on a CPU with native
+    bf16 arithmetic, AVX512-BF16 or AMX, where it runs about twice as fast as float32; float32 elsewhere).
+    limit / ood_limit / live_limit: trajectories of the BFCL test split / of the ToolBench out-of-domain set (None:
+    as `limit`) / live entries; None: all."""
+
+    max_new_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_NEW_TOKENS))
+    batch_size: int = 8
+    max_prompt_tokens: int | None = 1024
+    max_steps: int = 12
+    planner_retries: int = 1
+    stop_on_failure: bool = True
+    dtype: str = "auto"
+    limit: int | None = None
+    ood_limit: int | None = None
+    live_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        missing = {"planner", "caller", "summarizer", "global"} - set(self.max_new_tokens)
+        if missing:
+            raise ValueError(f"max_new_tokens lacks {sorted(missing)}")
+        if any(int(v) < 1 for v in self.max_new_tokens.values()):
+            raise ValueError("max_new_tokens must be >= 1 for every role")
+        if self.batch_size < 1 or self.max_steps < 1 or self.planner_retries < 0:
+            raise ValueError("batch_size and max_steps must be >= 1, planner_retries >= 0")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 16:
+            raise ValueError(f"max_prompt_tokens {self.max_prompt_tokens} leaves no room for a prompt")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        for name in ("limit", "ood_limit", "live_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None")
+
+    def with_(self, **changes: Any) -> "EvalSettings":
+        """A copy with the given fields changed; None values are ignored (unset CLI options)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# cpu: four agents in about 8-10 minutes on 2 cores (one trajectory of each BFCL category, 2 ToolBench trajectories,
+# one live entry; measured per-step costs in docs/evaluation.md). Small samples: a smoke test and a coarse ranking.
+# full: every trajectory and entry, the paper's step cap; for a GPU.
+PROFILES: dict[str, EvalSettings] = {
+    "cpu": EvalSettings(limit=6, ood_limit=2, live_limit=1, max_steps=4),
+    "full": EvalSettings(max_prompt_tokens=4096, max_new_tokens={"planner": 256, "caller": 128, "summarizer": 512,
+                                                              "global": 512},
+                         max_steps=12, planner_retries=5, stop_on_failure=False, batch_size=16),  # fmt: skip
+}

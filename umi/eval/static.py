@@ -1,0 +1,265 @@
+"""Static evaluation: every gold assistant step predicted on its gold history (teacher forcing), then scored with the
+paper's five metrics (umi.eval.metrics).
+
+α-UMi (and the backbone in the three roles), as the reference's static pipeline runs it:
+1. the planner writes a rationale and a decision for every gold step, on the gold history before it;
+2. where it decided `caller`, the caller writes the call, given the gold history plus the planner's *predicted*
+   step (its rationale is the caller's "thought of this step"); where it decided `conclusion`, the summarizer writes
+   the answer on the same history; `give up` ends the step;
+3. a planner output without a decision goes on as `Next: caller` with its text as the thought (the agent loop does
+   the same), and scores as a missing plan.
+Single-LLM: the global model writes thought and action (or conclusion) in one generation per gold step.
+
+Every prompt of a role is known once the previous role is done, so each role is decoded in left-padded batches
+(TransformersBackend.generate_batch), prompts sorted by length so batches carry little padding. Decoding is greedy,
+as in the paper; there are no retries (the live loop's sampled retries of an empty planner output are not part of
+a teacher-forced step). A prompt that does not fit the context even with its whole history dropped gets no
+prediction (it scores as wrong) and is counted in `too_long`.
+
+Prompts are rendered by umi.agent.roles.PromptBuilder with the doc style the models were trained with.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from umi import prompts
+from umi.agent.backend import Generation, GenerationRequest, TooLong
+from umi.agent.parsing import (
+    ParseFailure,
+    parse_caller_output,
+    parse_global_output,
+    parse_planner_output,
+    parse_summarizer_output,
+)
+from umi.agent.roles import PromptBuilder, RolePrompt
+from umi.eval.metrics import (
+    Prediction,
+    StaticMetrics,
+    StaticStep,
+    gold_steps,
+    prediction_from_global,
+    prediction_from_roles,
+    aggregate,
+    score_step,
+)
+from umi.eval.settings import EvalSettings
+from umi.prompts import DocStyle
+from umi.schema import RecordError, Step, Trajectory
+
+__all__ = ["StaticResult", "run_static", "Progress"]
+
+# called with (role, prompts done so far in this role, prompts of this role in all)
+Progress = Callable[[str, int, int], None]
+_SHOWN = 2000  # characters of each raw output kept in the per-step records
+
+
+@dataclass
+class StaticResult:
+    """metrics: the five metrics (and counts) over `steps`. records: one dict per step (gold, prediction, raw role
+    outputs, score) for the predictions file. generations: role generations run; new_tokens: tokens they wrote;
+    too_long: prompts that did not fit; rejected: trajectories that could not be turned into gold steps."""
+
+    metrics: StaticMetrics
+    steps: list[StaticStep]
+    records: list[dict[str, Any]]
+    seconds: float
+    generations: int = 0
+    new_tokens: int = 0
+    too_long: int = 0
+    rejected: list[dict[str, str]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The report's entry for one agent on one test set: the metric fields of StaticMetrics (plan_acc, act_em,
+        hallu, arg_f1, rouge_l as percentages, None when undefined; steps and the other counts) plus timing."""
+        out = self.metrics.to_dict()
+        out.update(
+            seconds=round(self.seconds, 3),
+            seconds_per_step=round(self.seconds / self.metrics.steps, 4) if self.metrics.steps else None,
+            generations=self.generations,
+            new_tokens=self.new_tokens,
+            too_long=self.too_long,
+            rejected=len(self.rejected),
+        )
+        return out
+
+
+@dataclass
+class _Item:
+    """One gold step on its way through the roles."""
+
+    traj: Trajectory
+    builder: PromptBuilder
+    gold: StaticStep
+    outputs: dict[str, str] = field(default_factory=dict)
+    parsed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def history(self) -> list[Step]:
+        return self.traj.steps[: self.gold.step_index]
+
+
+class _Runner:
+    def __init__(self, settings: EvalSettings, progress: Progress | None):
+        self.settings = settings
+        self.progress = progress
+        self.generations = 0
+        self.new_tokens = 0
+        self.too_long = 0
+
+    def decode(self, backend, role: str, jobs: Sequence[tuple[_Item, RolePrompt]]) -> list[Generation | None]:
+        """Generate for every job of one role, batched; None where the prompt does not fit."""
+        requests = [
+            GenerationRequest(
+                prompt=p.prompt,
+                history_span=p.history_span,
+                max_new_tokens=int(self.settings.max_new_tokens[p.role]),
+                record_id=item.gold.id,
+            )
+            for item, p in jobs
+        ]
+        results: list[Generation | None] = [None] * len(requests)
+        sized = []
+        for i, r in enumerate(requests):
+            try:
+                sized.append((len(backend.prompt_ids(r)[0]), i))
+            except TooLong:
+                self.too_long += 1
+        sized.sort()
+        order = [i for _, i in sized]
+        done = 0
+        if self.progress:
+            self.progress(role, 0, len(requests))
+        size = self.settings.batch_size
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            for i, g in zip(chunk, backend.generate_batch([requests[i] for i in chunk], batch_size=size)):
+                results[i] = g
+                self.generations += 1
+                self.new_tokens += g.new_tokens
+            done += len(chunk)
+            if self.progress:
+                self.progress(role, done + (len(requests) - len(order)), len(requests))
+        return results
+
+
+def _gold_items(trajectories: Sequence[Trajectory], doc_style: DocStyle) -> tuple[list[_Item], list[dict[str, str]]]:
+    items, rejected = [], []
+    for traj in trajectories:
+        try:
+            golds = gold_steps(traj)
+        except RecordError as e:
+            rejected.append({"id": e.record_id, "reason": e.reason})
+            continue
+        builder = PromptBuilder(traj.tools, doc_style)
+        items.extend(_Item(traj, builder, g) for g in golds)
+    return items, rejected
+
+
+def _shown(text: str | None) -> str | None:
+    return None if text is None else text[:_SHOWN]
+
+
+def run_static(
+    backends: dict,
+    trajectories: Sequence[Trajectory],
+    *,
+    settings: EvalSettings | None = None,
+    doc_style: DocStyle = "compact",
+    progress: Progress | None = None,
+) -> StaticResult:
+    """Predict and score every gold assistant step of `trajectories`.
+
+    backends: role -> Backend with generate_batch and prompt_ids (umi.eval.agents.load_backends): planner, caller and
+    summarizer for the α-UMi format, or `global` alone for the single-LLM format."""
+    settings = settings or EvalSettings()
+    started = time.perf_counter()
+    items, rejected = _gold_items(trajectories, doc_style)
+    runner = _Runner(settings, progress)
+    if "global" in backends:
+        predictions = _single(runner, backends["global"], items)
+    elif {"planner", "caller", "summarizer"} <= set(backends):
+        predictions = _multi(runner, backends, items)
+    else:
+        raise ValueError(f"backends must be planner+caller+summarizer or global, got {sorted(backends)}")
+    scored, records = [], []
+    for item, prediction in zip(items, predictions):
+        step = item.gold.with_prediction(prediction)
+        score = score_step(step)
+        scored.append((step, score))
+        records.append(
+            {
+                "id": step.id,
+                "gold": {"plan": step.gold_plan, "tool": step.gold_tool, "arguments": step.gold_arguments,
+                         "answer": step.gold_answer},
+                "predicted": {"plan": step.predicted_plan, "tool": step.predicted_tool,
+                              "arguments": step.predicted_arguments, "answer": step.predicted_answer},
+                "outputs": {role: _shown(text) for role, text in item.outputs.items()},
+                "score": {"plan_correct": score.plan_correct, "action_correct": score.action_correct,
+                          "hallucinated": score.hallucinated, "arg_f1": score.arg_f1, "rouge_l": score.rouge_l},
+            }  # fmt: skip
+        )
+    return StaticResult(
+        metrics=aggregate(s for _, s in scored),
+        steps=[s for s, _ in scored],
+        records=records,
+        seconds=time.perf_counter() - started,
+        generations=runner.generations,
+        new_tokens=runner.new_tokens,
+        too_long=runner.too_long,
+        rejected=rejected,
+    )
+
+
+def _multi(runner: _Runner, backends: dict, items: list[_Item]):
+    planned = runner.decode(backends["planner"], "planner", [(it, it.builder.planner(it.history)) for it in items])
+    callers, summaries = [], []
+    for item, g in zip(items, planned):
+        if g is None:  # the prompt does not fit: no prediction at all
+            item.parsed["planner"] = None
+            continue
+        item.outputs["planner"] = g.text
+        parsed = parse_planner_output(g.text)
+        item.parsed["planner"] = parsed
+        if isinstance(parsed, ParseFailure):
+            # as the agent loop: no decision -> go on as `Next: caller` with the planner's text as the thought
+            thought = g.text.split(prompts.TURN_END, 1)[0].strip()
+            decision = "caller"
+        else:
+            thought, decision = parsed.thought, parsed.decision
+        steps = [*item.history, Step(role="assistant", content=thought, decision=decision)]
+        if decision == "caller":
+            callers.append((item, item.builder.caller(steps, prompts.planner_target(thought, decision))))
+        elif decision == "conclusion":
+            summaries.append((item, item.builder.summarizer(steps)))
+    for (item, _), g in zip(callers, runner.decode(backends["caller"], "caller", callers)):
+        if g is not None:
+            item.outputs["caller"] = g.text
+            item.parsed["caller"] = parse_caller_output(g.text)
+    for (item, _), g in zip(summaries, runner.decode(backends["summarizer"], "summarizer", summaries)):
+        if g is not None:
+            item.outputs["summarizer"] = g.text
+            item.parsed["summarizer"] = parse_summarizer_output(g.text)
+    out = []
+    for item in items:
+        planner = item.parsed.get("planner")
+        if planner is None:
+            out.append(Prediction())
+            continue
+        out.append(prediction_from_roles(planner, item.parsed.get("caller"), item.parsed.get("summarizer")))
+    return out
+
+
+def _single(runner: _Runner, backend, items: list[_Item]):
+    generated = runner.decode(backend, "global", [(it, it.builder.global_(it.history)) for it in items])
+    out = []
+    for item, g in zip(items, generated):
+        if g is None:
+            out.append(Prediction())
+            continue
+        item.outputs["global"] = g.text
+        out.append(prediction_from_global(parse_global_output(g.text)))
+    return out

@@ -1,0 +1,193 @@
+"""The test sets: the held-out BFCL split, the ToolBench out-of-domain set, and the live BFCL multi-turn entries.
+
+- `bfcl-test`: the BFCL trajectories in `data/` (source "bfcl") whose split is "test", decided exactly as the
+  reorganisation decides it (umi.data.splits.split_of on the trajectory's split key, with params.yaml's
+  `reorganize.split_fractions` when set), so no trajectory a model trained on is scored.
+- `toolbench-ood`: the α-UMi reference's real ToolBench out-of-domain static test set (400 trajectories, see
+  ../shared/fixtures/README.md), read with umi's α-UMi importer. Records the importer rejects are reported with their
+  id and reason (record 273 is one: an observation with no call before it), never a crash.
+- live entries: the `multi_turn_base` trajectories of `bfcl-test`, with what a rollout needs (classes, initial
+  config, the user turns and the gold calls per turn) from the importer's meta.
+
+`select` takes a deterministic subset for a `--limit`: round-robin over BFCL categories (so a small subset still
+covers each kind of task), evenly spaced over a file without categories.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from umi.data.splits import DEFAULT_FRACTIONS, Split, split_of
+from umi.schema import RecordError, Trajectory
+
+__all__ = [
+    "BFCL_TEST",
+    "TOOLBENCH_OOD",
+    "TestSet",
+    "LiveEntry",
+    "split_fractions",
+    "load_bfcl_test",
+    "load_toolbench_ood",
+    "live_entries",
+    "select",
+]
+
+BFCL_TEST = "bfcl-test"
+TOOLBENCH_OOD = "toolbench-ood"
+
+
+@dataclass
+class TestSet:
+    """A static test set: its trajectories (after any limit), how many there were, and what could not be read."""
+
+    __test__ = False  # not a pytest class
+
+    name: str
+    trajectories: list[Trajectory]
+    source: str
+    available: int  # trajectories before the limit
+    rejected: list[dict[str, str]] = field(default_factory=list)  # {"id", "reason"}
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "trajectories": len(self.trajectories),
+            "available": self.available,
+            "rejected": self.rejected,
+        }
+
+
+@dataclass(frozen=True)
+class LiveEntry:
+    """One BFCL multi-turn entry to roll out: fresh toolkits are built from `involved_classes` and `initial_config`;
+    `turns[t]` is the user's text of turn t and `gold_calls[t]` BFCL's gold call strings for it."""
+
+    entry_id: str
+    trajectory_id: str
+    involved_classes: tuple[str, ...]
+    initial_config: dict[str, Any]
+    turns: tuple[str, ...]
+    gold_calls: tuple[tuple[str, ...], ...]
+
+    @classmethod
+    def from_trajectory(cls, traj: Trajectory) -> "LiveEntry":
+        meta = traj.meta
+        missing = [k for k in ("involved_classes", "gold_calls", "turn_starts", "entry_id") if k not in meta]
+        if missing:
+            raise RecordError(traj.id, f"not an executed BFCL multi-turn trajectory (meta lacks {', '.join(missing)})")
+        turns = tuple(traj.steps[i].content for i in meta["turn_starts"])
+        if len(turns) != len(meta["gold_calls"]):
+            raise RecordError(traj.id, f"{len(turns)} user turns but {len(meta['gold_calls'])} gold turns")
+        return cls(
+            entry_id=str(meta["entry_id"]),
+            trajectory_id=traj.id,
+            involved_classes=tuple(meta["involved_classes"]),
+            initial_config=dict(meta.get("initial_config") or {}),
+            turns=turns,
+            gold_calls=tuple(tuple(turn) for turn in meta["gold_calls"]),
+        )
+
+
+def split_fractions(params: str | Path | None = "params.yaml") -> dict[Split, float]:
+    """The split fractions the reorganisation used: params.yaml's `reorganize.split_fractions`, else the defaults."""
+    if params is not None and Path(params).is_file():
+        import yaml
+
+        section = (yaml.safe_load(Path(params).read_text()) or {}).get("reorganize", {}) or {}
+        if section.get("split_fractions"):
+            return dict(section["split_fractions"])
+    return dict(DEFAULT_FRACTIONS)
+
+
+def _category(traj: Trajectory) -> str:
+    return str(traj.meta.get("category") or traj.source)
+
+
+def select(trajectories: Sequence[Trajectory], limit: int | None) -> list[Trajectory]:
+    """A deterministic subset of at most `limit` trajectories (all of them when limit is None).
+
+    With categories (BFCL): round-robin over the categories in the order they first appear, each in id order.
+    Without: evenly spaced over the sequence (a file's first N records would all come from one corner of it)."""
+    if limit is None or limit >= len(trajectories):
+        return list(trajectories)
+    if limit < 1:
+        raise ValueError("limit must be >= 1 (or None for all)")
+    groups: OrderedDict[str, list[Trajectory]] = OrderedDict()
+    for t in trajectories:
+        groups.setdefault(_category(t), []).append(t)
+    if len(groups) == 1:
+        n = len(trajectories)
+        return [trajectories[(k * n) // limit] for k in range(limit)]
+    queues = [sorted(g, key=lambda t: t.id) for g in groups.values()]
+    out: list[Trajectory] = []
+    depth = 0
+    while len(out) < limit:
+        for q in queues:
+            if depth < len(q) and len(out) < limit:
+                out.append(q[depth])
+        depth += 1
+    return out
+
+
+def _bfcl_split(data_dir: str | Path, split: Split, params: str | Path | None) -> list[Trajectory]:
+    from umi.data.reorganize import input_files
+    from umi.schema import read_trajectories
+
+    fractions = split_fractions(params)
+    out = []
+    for f in input_files(data_dir):
+        for traj in read_trajectories(f):
+            if traj.source == "bfcl" and split_of(traj.split_key, fractions) == split:
+                out.append(traj)
+    return out
+
+
+def load_bfcl_test(
+    data_dir: str | Path = "data", limit: int | None = None, params: str | Path | None = "params.yaml"
+) -> TestSet:
+    """The BFCL test split from the trajectories under `data_dir` (FileNotFoundError when there are none)."""
+    trajectories = _bfcl_split(data_dir, "test", params)
+    if not trajectories:
+        raise FileNotFoundError(f"no BFCL test-split trajectories under {data_dir} (run `umi data import bfcl` first)")
+    return TestSet(BFCL_TEST, select(trajectories, limit), str(data_dir), len(trajectories))
+
+
+def load_toolbench_ood(path: str | Path, limit: int | None = None) -> TestSet:
+    """The ToolBench out-of-domain test set (α-UMi stage-2 format); rejected records are listed, not fatal."""
+    from umi.data.alpha_umi import import_alpha_umi
+    from umi.eval.metrics import gold_steps
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ToolBench out-of-domain test set at {path}")
+    trajectories, rejected = [], []
+    for rec in import_alpha_umi(path):
+        if isinstance(rec, RecordError):
+            rejected.append({"id": rec.record_id, "reason": rec.reason})
+            continue
+        try:
+            gold_steps(rec)  # a decision without the step it announces cannot be scored
+        except RecordError as e:
+            rejected.append({"id": e.record_id, "reason": e.reason})
+            continue
+        trajectories.append(rec)
+    return TestSet(TOOLBENCH_OOD, select(trajectories, limit), str(path), len(trajectories), rejected)
+
+
+def live_entries(
+    data_dir: str | Path = "data", limit: int | None = None, params: str | Path | None = "params.yaml"
+) -> tuple[list[LiveEntry], int]:
+    """The held-out multi_turn_base entries (after `limit`, in entry-id order) and how many there are in all."""
+    trajectories = [t for t in _bfcl_split(data_dir, "test", params) if t.meta.get("category") == "multi_turn_base"]
+    trajectories.sort(key=lambda t: _entry_number(str(t.meta.get("entry_id", t.id))))
+    chosen = trajectories if limit is None else trajectories[: max(limit, 0)]
+    return [LiveEntry.from_trajectory(t) for t in chosen], len(trajectories)
+
+
+def _entry_number(entry_id: str) -> tuple[str, int]:
+    head, _, tail = entry_id.rpartition("_")
+    return (head, int(tail)) if tail.isdigit() else (entry_id, -1)
