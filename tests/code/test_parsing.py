@@ -49,13 +49,27 @@ def test_planner_canonical(decision):
         ("Hopeless.\n Next: give_up.", "Hopeless.", "give up"),
         ("Hopeless.\n Next: Give  Up", "Hopeless.", "give up"),
         ("Go.\n Next: caller.</s>caller: Action: f", "Go.", "caller"),
-        ("Go.\n Next: caller. Next: give up.", "Go.", "caller"),  # the first decision wins
         ("Go.\n Next: caller.\ncaller: Action: f\nAction Input: {}", "Go.", "caller"),  # ran past its turn
         (" Next: conclusion.", "", "conclusion"),
     ],
 )
 def test_planner_tolerant(text, thought, decision):
     assert parse_planner_output(text) == PlannerOutput(thought, decision)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("Go.\n Next: caller. Next: give up.", "several_decisions"),  # which one did it mean?
+        ("Go.\n Next: caller.\n Next: caller.", "several_decisions"),
+        ("The thought of the next step, followed by Next: caller or conclusion or give up.", "instruction_echo"),
+        ("I will look.\nNext: Caller or conclusion or give up", "instruction_echo"),
+    ],
+)
+def test_planner_strict(text, kind):
+    """An untrained model that echoes its instruction, or writes two decisions, has not decided anything."""
+    result = parse_planner_output(text)
+    assert isinstance(result, ParseFailure) and result.kind == kind
 
 
 @pytest.mark.parametrize(

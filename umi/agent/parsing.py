@@ -7,8 +7,9 @@ the agent loop shows the planner as an observation (`ParseFailure.observation()`
 Formats (umi.prompts renders them; `parse(render(x)) == x` for the canonical forms, see tests/code/test_parsing.py):
 
 - planner: `<thought>\\n Next: caller.` / `Next: conclusion.` / `Next: give up.` The decision is found anywhere, case
-  and spacing free (`next :Caller`, `NEXT: give_up`), the period optional; the first decision wins and text after it is
-  ignored (a model that runs past its turn). The thought is everything before the decision, less exactly the
+  and spacing free (`next :Caller`, `NEXT: give_up`), the period optional. Strict: an output with more than one
+  decision, or one that repeats the instruction ("Next: caller or conclusion or give up"), is unparsed: an untrained
+  model that echoes its prompt must not be read as deciding `caller`. The thought is everything before the decision, less exactly the
   separator `planner_target` puts there (one trailing space, then one trailing newline), so a thought comes back
   byte for byte, as `umi.data.alpha_umi.split_decision` reads the training data.
 - caller: `Action: <name>\\nAction Input: <JSON object>`. Labels case and spacing free. The call opens at the last
@@ -60,6 +61,8 @@ ParsedRole = Literal["planner", "caller", "global"]
 FailureKind = Literal[
     "empty_output",  # nothing but whitespace (before any `</s>`)
     "no_decision",  # planner: no `Next: caller|conclusion|give up`
+    "several_decisions",  # planner: more than one `Next: ...` (which one it meant is a guess)
+    "instruction_echo",  # planner: repeats the prompt's "Next: caller or conclusion or give up" (no decision made)
     "no_action",  # caller: no `Action:` label; global: neither `Action:` nor `conclusion:`
     "empty_tool_name",  # `Action:` with no name after it
     "no_action_input",  # `Action:` without `Action Input:` after it
@@ -154,6 +157,7 @@ GlobalOutput = GlobalCall | GlobalAnswer | GlobalGiveUp
 
 # --- patterns: labels are matched case-free with free spacing around the colon
 _NEXT = re.compile(r"\bnext[ \t]*:\s*(caller|conclusion|give[ \t_-]*up)\b", re.IGNORECASE)
+_ECHO = re.compile(r"\bnext[ \t]*:\s*caller\s+or\s+conclusion\b", re.IGNORECASE)
 _ACTION_LINE = re.compile(r"^[ \t]*action[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _ACTION_ANY = re.compile(r"\baction[ \t]*:", re.IGNORECASE)
 _ACTION_INPUT = re.compile(r"\baction[ \t_]*input[ \t]*:", re.IGNORECASE)
@@ -187,11 +191,17 @@ def parse_planner_output(text: str) -> PlannerOutput | ParseFailure:
     turn = _turn(text)
     if not turn.strip():
         return ParseFailure("planner", "empty_output", "the planner wrote nothing", text)
-    match = _NEXT.search(turn)
-    if match is None:
+    if _ECHO.search(turn):
+        return ParseFailure("planner", "instruction_echo", "the output repeats the instruction instead of deciding", text)
+    matches = list(_NEXT.finditer(turn))
+    if not matches:
         return ParseFailure(
             "planner", "no_decision", "no 'Next: caller.', 'Next: conclusion.' or 'Next: give up.' found", text
         )
+    if len(matches) > 1:
+        found = ", ".join(repr(m.group(0)) for m in matches[:4])
+        return ParseFailure("planner", "several_decisions", f"{len(matches)} decisions ({found}): which one is meant is a guess", text)
+    match = matches[0]
     thought = turn[: match.start()]
     # undo planner_target's separator exactly: "<thought>\n" + " Next: ..." (an empty thought gives " Next: ...")
     if thought.endswith(" "):

@@ -24,8 +24,13 @@ METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
     ("arg_f1", "Arg. F1"),
     ("rouge_l", "R-L"),
 )
-LIVE_COLUMNS: tuple[tuple[str, str], ...] = (("pass_rate", "live pass"), ("bfcl_checker_pass_rate", "BFCL checker"))
-TEST_SET_TITLES = {"bfcl-test": "BFCL test", "toolbench-ood": "ToolBench OOD"}
+# the headline live metric first: bfcl_eval's multi-turn checker; our gold-state check beside it
+LIVE_COLUMNS: tuple[tuple[str, str], ...] = (("bfcl_checker_pass_rate", "live BFCL checker"), ("pass_rate", "live state"))
+BFCL_GRADE_COLUMNS: tuple[tuple[str, str], ...] = (("act_em_bfcl", "Act. EM (BFCL)"), ("arg_f1_bfcl", "Arg. F1 (BFCL)"))
+PAIRED_STATIC: tuple[tuple[str, str], ...] = (("plan_acc", "Plan ACC"), ("act_em", "Act. EM"), ("arg_f1", "Arg. F1"),
+                                              ("mean_static", "mean of the three"))  # fmt: skip
+TEST_SET_TITLES = {"bfcl-test": "BFCL test", "toolbench-ood": "ToolBench OOD", "bfcl-dev": "BFCL dev (selection)",
+                   "live": "live (BFCL multi-turn test)", "live_dev": "live (BFCL multi-turn dev, selection)"}
 
 
 def _fmt(value: Any) -> str:
@@ -84,9 +89,147 @@ def table_markdown(agents: Mapping[str, dict], test_sets: Mapping[str, dict] | N
         line = f"- live: {entries} BFCL multi_turn_base test entries"
         if info.get("available") is not None:
             line += f" of {info['available']}"
-        notes.append(line + "; pass = every turn ends in the gold tool state; BFCL checker = bfcl_eval's "
-                     "multi-turn checker on the same executed calls")  # fmt: skip
-    return "\n".join(lines + notes) + "\n"
+        notes.append(line + "; BFCL checker = bfcl_eval's multi-turn checker on the executed calls (the headline); "
+                     "state = every turn ends in the gold tool state")  # fmt: skip
+    switched_off = [n for n, i in (test_sets or {}).items() if i.get("switched_off")]
+    if switched_off:
+        notes.append(f"- switched off by name: {', '.join(switched_off)}")
+    sections = [_intervals_section(agents), _paired_section(agents), _categories_section(agents),
+                _significance_section(agents)]  # fmt: skip
+    return "\n".join(lines + notes) + "\n" + "".join(s for s in sections if s)
+
+
+def _ci(entry: Mapping[str, Any] | None) -> str:
+    if not entry or entry.get("value") is None:
+        return "–"
+    if entry.get("ci_low") is None:
+        return f"{entry['value']:.1f}"
+    return f"{entry['value']:.1f} [{entry['ci_low']:.1f}, {entry['ci_high']:.1f}]"
+
+
+def _live_sets(agents: Mapping[str, dict]) -> list[str]:
+    return [k for k in ("live", "live_dev") if any(r.get(k) for r in agents.values())]
+
+
+def _intervals_section(agents: Mapping[str, dict]) -> str:
+    """Per test set: every metric with its 95% interval and the n behind it."""
+    out = ["", "## Intervals", "",
+           "95% percentile intervals of a bootstrap that resamples whole trajectories (static) or entries (live); "
+           "n = steps / trajectories (static), entries (live). Baselines: the plan rules and the no-call agent "
+           "(umi.eval.baselines).", ""]  # fmt: skip
+    any_rows = False
+    for s in _static_sets(agents):
+        columns = list(METRIC_COLUMNS) + [c for c in BFCL_GRADE_COLUMNS
+                                          if any(((r.get("static") or {}).get(s) or {}).get("intervals", {}).get(c[0])
+                                                 for r in agents.values())]  # fmt: skip
+        out += [f"### {TEST_SET_TITLES.get(s, s)}", "", "| agent | n | " + " | ".join(l for _, l in columns) + " |",
+                "|" + "---|" * (len(columns) + 2)]  # fmt: skip
+        for name, result in agents.items():
+            entry = ((result.get("static") or {}).get(s)) or {}
+            if "intervals" not in entry:
+                continue
+            any_rows = True
+            n = entry.get("n", {})
+            out.append(f"| {name} | {n.get('items', '?')} / {n.get('trajectories', '?')} | "
+                       + " | ".join(_ci(entry["intervals"].get(k)) for k, _ in columns) + " |")  # fmt: skip
+        out.append("")
+    for key in _live_sets(agents):
+        metrics = (("bfcl_checker_pass_rate", "BFCL checker"), ("pass_rate", "state"), ("turn_pass_rate", "turns"))
+        out += [f"### {TEST_SET_TITLES[key]}", "", "| agent | entries | " + " | ".join(l for _, l in metrics) + " |",
+                "|" + "---|" * (len(metrics) + 2)]  # fmt: skip
+        for name, result in agents.items():
+            entry = result.get(key) or {}
+            if "intervals" not in entry:
+                continue
+            any_rows = True
+            out.append(f"| {name} | {entry.get('entries', '?')} | "
+                       + " | ".join(_ci(entry["intervals"].get(k)) for k, _ in metrics) + " |")  # fmt: skip
+        out.append("")
+    return "\n".join(out) if any_rows else ""
+
+
+def _diff(entry: Mapping[str, Any] | None) -> str:
+    if not entry or entry.get("difference") is None:
+        return "–"
+    ci = "" if entry.get("ci_low") is None else f" [{entry['ci_low']:+.1f}, {entry['ci_high']:+.1f}]"
+    p = "" if entry.get("p_value") is None else f", p={entry['p_value']:.3f}"
+    return f"{entry['difference']:+.1f}{ci}{p}"
+
+
+def _paired_rows(agents: Mapping[str, dict]):
+    """(section key, section title, agent, reference, paired entries, metric columns) for every comparison."""
+    for s in _static_sets(agents):
+        for name, result in agents.items():
+            for ref, cmp in (((result.get("static") or {}).get(s) or {}).get("paired") or {}).items():
+                yield s, TEST_SET_TITLES.get(s, s), name, ref, cmp, PAIRED_STATIC
+    for key in _live_sets(agents):
+        for name, result in agents.items():
+            for ref, cmp in ((result.get(key) or {}).get("paired") or {}).items():
+                yield key, TEST_SET_TITLES[key], name, ref, cmp, LIVE_COLUMNS
+
+
+def _paired_section(agents: Mapping[str, dict]) -> str:
+    rows = list(_paired_rows(agents))
+    if not rows:
+        return ""
+    out = ["", "## Paired comparisons", "",
+           "Agent minus reference on the same items, in points: difference [95% bootstrap interval], two-sided p of a "
+           "sign-flip permutation test over trajectories / entries.", ""]  # fmt: skip
+    current = None
+    for key, title, name, ref, cmp, columns in rows:
+        if key != current:
+            current = key
+            out += ["", f"### {title}", "", "| agent | vs | " + " | ".join(l for _, l in columns) + " |",
+                    "|" + "---|" * (len(columns) + 2)]  # fmt: skip
+        out.append(f"| {name} | {ref} | " + " | ".join(_diff(cmp.get(k)) for k, _ in columns) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _categories_section(agents: Mapping[str, dict]) -> str:
+    out = []
+    for s in _static_sets(agents):
+        cats: list[str] = []
+        for r in agents.values():
+            for c in (((r.get("static") or {}).get(s) or {}).get("categories") or {}):
+                if c not in cats:
+                    cats.append(c)
+        if len(cats) < 2:
+            continue
+        out += ["", f"### {TEST_SET_TITLES.get(s, s)} by category (Plan ACC / Act. EM / Arg. F1, n = steps)", "",
+                "| agent | " + " | ".join(cats) + " |", "|" + "---|" * (len(cats) + 1)]  # fmt: skip
+        for name, r in agents.items():
+            per = ((r.get("static") or {}).get(s) or {}).get("categories") or {}
+            if not per:
+                continue
+            cells = []
+            for c in cats:
+                iv = (per.get(c) or {}).get("intervals", {})
+                vals = [iv.get(m, {}).get("value") for m in ("plan_acc", "act_em", "arg_f1")]
+                n = (per.get(c) or {}).get("n", {}).get("items", 0)
+                cells.append(" / ".join("–" if v is None else f"{v:.0f}" for v in vals) + f" (n={n})")
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return ("\n## Per category\n" + "\n".join(out) + "\n") if out else ""
+
+
+def _significance_section(agents: Mapping[str, dict]) -> str:
+    """What the intervals support, in words: each comparison is significant or it is not."""
+    lines = []
+    for key, title, name, ref, cmp, columns in _paired_rows(agents):
+        headline = "mean_static" if columns is PAIRED_STATIC else "bfcl_checker_pass_rate"
+        entry = cmp.get(headline) or {}
+        if entry.get("difference") is None:
+            continue
+        label = dict(columns).get(headline, headline)
+        if entry.get("ci_low") is not None and entry["ci_low"] > 0:
+            verdict = "better (significant: the interval is above 0)"
+        elif entry.get("ci_high") is not None and entry["ci_high"] < 0:
+            verdict = "worse (significant: the interval is below 0)"
+        else:
+            verdict = "**not significantly different** (the interval contains 0)"
+        lines.append(f"- {title}: {name} vs {ref}, {label}: {_diff(entry)}: {verdict}")
+    if not lines:
+        return ""
+    return "\n## What the intervals support\n\n" + "\n".join(lines) + "\n"
 
 
 def write_chart(agents: Mapping[str, dict], path: str | Path, title: str = "umi evaluation") -> Path:
@@ -114,7 +257,13 @@ def write_chart(agents: Mapping[str, dict], path: str | Path, title: str = "umi 
             metrics = ((result.get("static") or {}).get(panel) if kind == "static" else result.get("live")) or {}
             values = [metrics.get(key) for key, _ in columns]
             heights = [v if v is not None else 0.0 for v in values]
-            bars = ax.bar(x + (k - (len(names) - 1) / 2) * width, heights, width, label=name)
+            intervals = metrics.get("intervals") or {}
+            errors = np.array([[max(h - ((intervals.get(key) or {}).get("ci_low") or h), 0.0) for (key, _), h
+                                in zip(columns, heights)],
+                               [max(((intervals.get(key) or {}).get("ci_high") or h) - h, 0.0) for (key, _), h
+                                in zip(columns, heights)]])  # fmt: skip
+            bars = ax.bar(x + (k - (len(names) - 1) / 2) * width, heights, width, label=name,
+                          yerr=errors if intervals else None, capsize=2, error_kw={"elinewidth": 0.8})
             for bar, v in zip(bars, values):
                 if v is None:
                     bar.set_hatch("//")
@@ -126,7 +275,7 @@ def write_chart(agents: Mapping[str, dict], path: str | Path, title: str = "umi 
         ax.set_title(TEST_SET_TITLES.get(panel, panel))
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(title + " (error bars: 95% bootstrap intervals)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -142,16 +291,30 @@ def metric_key(*parts: str) -> str:
     return ".".join(_KEY_CHARS.sub("_", p) for p in parts)
 
 
+def _numbers(prefix: tuple[str, ...], section: Mapping[str, Any], out: dict[str, float]) -> None:
+    """Scalars of a summary, its intervals (`.ci_low` / `.ci_high`) and paired comparisons
+    (`.vs.<reference>.<metric>.difference|ci_low|ci_high|p_value`)."""
+    for key, value in section.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[metric_key(*prefix, key)] = float(value)
+    for metric, iv in (section.get("intervals") or {}).items():
+        for bound in ("ci_low", "ci_high"):
+            if isinstance(iv.get(bound), (int, float)):
+                out[metric_key(*prefix, metric, bound)] = float(iv[bound])
+    for ref, cmp in (section.get("paired") or {}).items():
+        for metric, entry in cmp.items():
+            for field in ("difference", "ci_low", "ci_high", "p_value"):
+                if isinstance(entry.get(field), (int, float)):
+                    out[metric_key(*prefix, "vs", ref, metric, field)] = float(entry[field])
+
+
 def _metrics(agents: Mapping[str, dict]) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, result in agents.items():
         for test_set, metrics in (result.get("static") or {}).items():
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    out[metric_key(name, test_set, key)] = float(value)
-        for key, value in (result.get("live") or {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[metric_key(name, "live", key)] = float(value)
+            _numbers((name, test_set), metrics, out)
+        for key in ("live", "live_dev"):
+            _numbers((name, key), result.get(key) or {}, out)
     return out
 
 

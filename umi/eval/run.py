@@ -20,24 +20,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from umi.eval import baselines as base
+from umi.eval import evidence
 from umi.eval.agents import AgentSpec, loaded_backends, resolve_dtype
 from umi.eval.report import table_markdown, write_chart
 from umi.eval.settings import PROFILES, EvalSettings
-from umi.eval.testsets import TestSet, live_entries, load_bfcl_test, load_toolbench_ood
+from umi.eval.testsets import BFCL_DEV, TestSet, live_entries, load_bfcl_test, load_toolbench_ood
 from umi.prompts import DocStyle
 
-__all__ = ["EvalReport", "evaluate", "DEFAULT_TOOLBENCH_OOD"]
+__all__ = ["EvalReport", "evaluate", "DEFAULT_TOOLBENCH_OOD", "REFERENCES", "SINGLE_LLM", "CHAMPION"]
 
 log = logging.getLogger(__name__)
 
 
-def _default_ood() -> Path | None:
+def _default_ood() -> Path:
     from umi.fixtures import TOOLBENCH_OOD_TEST
 
-    return TOOLBENCH_OOD_TEST if TOOLBENCH_OOD_TEST.is_file() else None
+    return TOOLBENCH_OOD_TEST
 
 
-DEFAULT_TOOLBENCH_OOD: Path | None = _default_ood()
+# The ToolBench out-of-domain set is part of every evaluation unless switched off by name (toolbench_ood=None,
+# `--no-toolbench-ood`): a configured test set that is missing is an error, never a silently shorter report.
+DEFAULT_TOOLBENCH_OOD: Path = _default_ood()
+SINGLE_LLM = "single-llm"
+CHAMPION = "champion"
+REFERENCES: tuple[str, ...] = (SINGLE_LLM, CHAMPION)  # every agent is compared, paired, against these and the baselines
 
 
 @dataclass
@@ -162,6 +169,44 @@ def _settings(settings: EvalSettings | str | None) -> EvalSettings:
     return settings
 
 
+def _categories(test_set: TestSet) -> dict[str, str]:
+    return {t.id: str(t.meta.get("category") or t.source) for t in test_set.trajectories}
+
+
+def _add_evidence(result: dict, records: dict, categories: dict[str, dict[str, str]]) -> None:
+    """n, intervals and per-category numbers beside each of one agent's summaries."""
+    for name, recs in records.get("static", {}).items():
+        items = evidence.static_items(recs, categories.get(name))
+        result["static"][name].update(evidence.summary(items, "trajectories"))
+        result["static"][name]["categories"] = evidence.by_category(items, "trajectories")
+    for key, recs in records.get("live", {}).items():
+        if result.get(key) is not None:
+            result[key].update(evidence.summary(evidence.live_items(recs), "entries"))
+
+
+def _add_paired(results: dict, records: dict, categories: dict[str, dict[str, str]], references: Sequence[str]) -> None:
+    """Every non-baseline agent against each reference agent and each baseline, on the same items."""
+    refs = [r for r in (*references, *base.BASELINES) if r in results]
+    for name, result in results.items():
+        if result.get("baseline"):
+            continue
+        mine = records[name]
+        for ref in refs:
+            if ref == name:
+                continue
+            theirs = records[ref]
+            for ts, recs in mine.get("static", {}).items():
+                if ts in theirs.get("static", {}):
+                    cmp = evidence.compare(evidence.static_items(recs, categories.get(ts)),
+                                           evidence.static_items(theirs["static"][ts], categories.get(ts)), static=True)
+                    result["static"][ts].setdefault("paired", {})[ref] = cmp
+            for key, recs in mine.get("live", {}).items():
+                if key in theirs.get("live", {}) and result.get(key) is not None:
+                    cmp = evidence.compare(evidence.live_items(recs), evidence.live_items(theirs["live"][key]),
+                                           static=False)
+                    result[key].setdefault("paired", {})[ref] = cmp
+
+
 def evaluate(
     agents: Sequence[AgentSpec],
     *,
@@ -182,17 +227,25 @@ def evaluate(
     params: str | Path | None = "params.yaml",
     judge: bool = True,
     progress: bool = True,
+    selection: Sequence[str] = (),
+    baselines: bool = True,
+    references: Sequence[str] = REFERENCES,
 ) -> EvalReport:
     """Evaluate `agents` and write the report to `out_dir`.
 
-    static: teacher-forced steps on the BFCL test split of `data_dir` and on `toolbench_ood` (None: BFCL only).
+    static: teacher-forced steps on the BFCL test split of `data_dir` and on `toolbench_ood` (None: switched off; a
+    path that does not exist is an error).
     live: rollouts on the BFCL multi_turn_base test entries, scored by state and by bfcl_eval's checker (`judge`).
     limit / ood_limit / live_limit: trajectories of the BFCL test split / of the ToolBench set / live entries (None:
     the settings' value, else all). A `limit` given without `ood_limit` sizes both static test sets.
-    max_steps: planner turns per user turn in live rollouts (None: the settings' value, 12 by default).
+    max_steps: planner turns per user turn in live rollouts (None: the settings' value).
     doc_style: the tool-doc rendering the models were trained with (params.yaml's reorganize.doc_style).
     settings: an EvalSettings or a profile name ("cpu", "full"); generation caps, batch size, prompt budget.
     params: params.yaml, for the split fractions the reorganisation used.
+    selection: names of agents also evaluated on the dev split (static `bfcl-dev`, live `live_dev`, same limits):
+    the numbers promotion decides on, so the test split only reports.
+    baselines: add the trivial agents of umi.eval.baselines (plan rules, the no-call agent) to the report.
+    references: agents every other agent is compared with, paired on the same items (when in the report).
     tracking: log a run to MLflow experiment `experiment` (a child of `parent_run_id` when given).
     Agents whose checkpoints are missing are skipped and listed in `skipped`; the report then covers the rest.
     """
@@ -204,6 +257,9 @@ def evaluate(
     names = [a.name for a in agents]
     if len(set(names)) != len(names):
         raise ValueError(f"agent names must be unique, got {names}")
+    clash = set(names) & set(base.BASELINES)
+    if clash:
+        raise ValueError(f"agent names {sorted(clash)} are reserved for the baselines")
     if limit is not None and ood_limit is None:
         ood_limit = limit  # an explicit limit sizes both static test sets
     cfg = _settings(settings).with_(limit=limit, ood_limit=ood_limit, live_limit=live_limit, max_steps=max_steps)
@@ -211,26 +267,61 @@ def evaluate(
     details = out / "details"
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    selected = [n for n in selection if n in names]
 
     test_sets: list[TestSet] = []
+    dev_sets: list[TestSet] = []
     info: dict[str, dict] = {}
     if static:
         test_sets.append(load_bfcl_test(data_dir, cfg.limit, params))
         if toolbench_ood is not None:
             n_ood = cfg.ood_limit if cfg.ood_limit is not None else cfg.limit
-            test_sets.append(load_toolbench_ood(toolbench_ood, n_ood))
-        info.update({t.name: t.info() for t in test_sets})
+            test_sets.append(load_toolbench_ood(toolbench_ood, n_ood))  # FileNotFoundError when it is missing
+        else:
+            info["toolbench-ood"] = {"available": None, "switched_off": True}
+        if selected:
+            dev_sets.append(load_bfcl_test(data_dir, cfg.limit, params, split="dev"))
+        info.update({t.name: t.info() for t in (*test_sets, *dev_sets)})
         for t in test_sets:
             for r in t.rejected:
                 log.warning("%s: record %s rejected by the importer: %s", t.name, r["id"], r["reason"])
-    entries = []
+    categories = {t.name: _categories(t) for t in (*test_sets, *dev_sets)}
+    live_sets: dict[str, list] = {}
     if live:
         entries, available = live_entries(data_dir, cfg.live_limit, params)
+        live_sets["live"] = entries
         info["live"] = {"entries": len(entries), "available": available}
+        if selected:
+            dev_entries, dev_available = live_entries(data_dir, cfg.live_limit, params, split="dev")
+            live_sets["live_dev"] = dev_entries
+            info["live_dev"] = {"entries": len(dev_entries), "available": dev_available}
 
     results: dict[str, dict] = {}
+    records: dict[str, dict] = {}
     skipped: dict[str, str] = {}
     bars = _Bars(progress)
+
+    def run_agent(name: str, backends: dict, with_dev: bool) -> tuple[dict, dict]:
+        result: dict[str, Any] = {"static": None, "live": None}
+        recs: dict[str, dict] = {"static": {}, "live": {}}
+        if static:
+            result["static"] = {}
+            for t in (*test_sets, *(dev_sets if with_dev else ())):
+                r = run_static(backends, t.trajectories, settings=cfg, doc_style=doc_style,
+                               progress=bars.static(name, t.name))  # fmt: skip
+                result["static"][t.name] = r.summary()
+                recs["static"][t.name] = r.records
+                _write_jsonl(details / f"static-{_file_part(name)}-{t.name}.jsonl", r.records)
+        for key, entries in live_sets.items():
+            if key == "live_dev" and not with_dev:
+                continue
+            r = run_live(backends, entries, settings=cfg, doc_style=doc_style, judge=judge,
+                         progress=bars.live(f"{name} {key}"))  # fmt: skip
+            result[key] = r.summary()
+            recs["live"][key] = r.records
+            _write_jsonl(details / f"{key.replace('_', '-')}-{_file_part(name)}.jsonl", r.records)
+        return result, recs
+
     for spec in agents:
         missing = spec.missing_checkpoints()
         if missing:
@@ -238,23 +329,31 @@ def evaluate(
             log.warning("agent %s skipped: %s", spec.name, skipped[spec.name])
             continue
         agent_started = time.perf_counter()
-        result: dict[str, Any] = {"static": None, "live": None}
         loading = {"max_prompt_tokens": cfg.max_prompt_tokens, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
         with loaded_backends(spec, **loading) as backends:
+            result, recs = run_agent(spec.name, backends, spec.name in selected)
+        result["seconds"] = round(time.perf_counter() - agent_started, 3)
+        results[spec.name], records[spec.name] = result, recs
+
+    if baselines:
+        with_dev = bool(selected)
+        for rule in base.RULES:
+            result = {"static": None, "live": None, "baseline": True}
+            recs = {"static": {}, "live": {}}
             if static:
                 result["static"] = {}
-                for t in test_sets:
-                    r = run_static(backends, t.trajectories, settings=cfg, doc_style=doc_style,
-                                   progress=bars.static(spec.name, t.name))  # fmt: skip
-                    result["static"][t.name] = r.summary()
-                    _write_jsonl(details / f"static-{_file_part(spec.name)}-{t.name}.jsonl", r.records)
-            if live:
-                r = run_live(backends, entries, settings=cfg, doc_style=doc_style, judge=judge,
-                             progress=bars.live(spec.name))  # fmt: skip
-                result["live"] = r.summary()
-                _write_jsonl(details / f"live-{_file_part(spec.name)}.jsonl", r.records)
-        result["seconds"] = round(time.perf_counter() - agent_started, 3)
-        results[spec.name] = result
+                for t in (*test_sets, *(dev_sets if with_dev else ())):
+                    rule_recs, metrics = base.rule_records(t.trajectories, rule)
+                    result["static"][t.name] = metrics.to_dict()
+                    recs["static"][t.name] = rule_recs
+            results[rule], records[rule] = result, recs
+        result, recs = run_agent(base.NO_CALL, base.no_call_backends(), with_dev)
+        result["baseline"] = True
+        results[base.NO_CALL], records[base.NO_CALL] = result, recs
+
+    for name, result in results.items():
+        _add_evidence(result, records[name], categories)
+    _add_paired(results, records, categories, references)
 
     report = EvalReport(
         agents=results,
@@ -264,7 +363,8 @@ def evaluate(
         test_sets=info,
         skipped=skipped,
         settings={**cfg.to_dict(), "doc_style": doc_style, "static": static, "live": live, "judge": judge,
-                  "resolved_dtype": str(resolve_dtype(cfg.dtype)).removeprefix("torch.")},
+                  "selection": selected, "references": list(references),
+                  "resolved_dtype": str(resolve_dtype(cfg.dtype)).removeprefix("torch.")},  # fmt: skip
         specs={a.name: a.to_dict() for a in agents},
     )
     report.table_path.write_text(report.table_markdown(), encoding="utf-8")

@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 BFCL_TEST = "bfcl-test"
+BFCL_DEV = "bfcl-dev"  # selection (promotion) reads this split; the test split only reports
+BFCL_SETS: dict[str, str] = {"test": BFCL_TEST, "dev": BFCL_DEV}
 TOOLBENCH_OOD = "toolbench-ood"
 
 
@@ -147,13 +149,16 @@ def _bfcl_split(data_dir: str | Path, split: Split, params: str | Path | None) -
 
 
 def load_bfcl_test(
-    data_dir: str | Path = "data", limit: int | None = None, params: str | Path | None = "params.yaml"
+    data_dir: str | Path = "data",
+    limit: int | None = None,
+    params: str | Path | None = "params.yaml",
+    split: Split = "test",
 ) -> TestSet:
-    """The BFCL test split from the trajectories under `data_dir` (FileNotFoundError when there are none)."""
-    trajectories = _bfcl_split(data_dir, "test", params)
+    """The BFCL test (or dev) split from the trajectories under `data_dir` (FileNotFoundError when there are none)."""
+    trajectories = _bfcl_split(data_dir, split, params)
     if not trajectories:
-        raise FileNotFoundError(f"no BFCL test-split trajectories under {data_dir} (run `umi data import bfcl` first)")
-    return TestSet(BFCL_TEST, select(trajectories, limit), str(data_dir), len(trajectories))
+        raise FileNotFoundError(f"no BFCL {split}-split trajectories under {data_dir} (run `umi data import bfcl` first)")
+    return TestSet(BFCL_SETS[split], select(trajectories, limit), str(data_dir), len(trajectories))
 
 
 def load_toolbench_ood(path: str | Path, limit: int | None = None) -> TestSet:
@@ -179,10 +184,13 @@ def load_toolbench_ood(path: str | Path, limit: int | None = None) -> TestSet:
 
 
 def live_entries(
-    data_dir: str | Path = "data", limit: int | None = None, params: str | Path | None = "params.yaml"
+    data_dir: str | Path = "data",
+    limit: int | None = None,
+    params: str | Path | None = "params.yaml",
+    split: Split = "test",
 ) -> tuple[list[LiveEntry], int]:
     """The held-out multi_turn_base entries (after `limit`, in entry-id order) and how many there are in all."""
-    trajectories = [t for t in _bfcl_split(data_dir, "test", params) if t.meta.get("category") == "multi_turn_base"]
+    trajectories = [t for t in _bfcl_split(data_dir, split, params) if t.meta.get("category") == "multi_turn_base"]
     trajectories.sort(key=lambda t: _entry_number(str(t.meta.get("entry_id", t.id))))
     chosen = trajectories if limit is None else trajectories[: max(limit, 0)]
     return [LiveEntry.from_trajectory(t) for t in chosen], len(trajectories)

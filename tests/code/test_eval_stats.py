@@ -1,0 +1,135 @@
+"""The evaluation's statistics against hand computations: baselines, cluster-bootstrap intervals, paired p-values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from umi.eval import evidence
+from umi.eval.baselines import RULE_ALWAYS_CALLER, RULE_LAST_TURN, rule_records
+from umi.eval.stats import Clusters, interval, normal_halfwidth, paired
+from umi.schema import Step, ToolSpec, Trajectory
+
+
+def traj(tid: str, n_calls: int) -> Trajectory:
+    """user, then n_calls x (planner caller, caller, observation), then planner conclusion, conclusion."""
+    steps = [Step(role="user", content="do it")]
+    for k in range(n_calls):
+        steps += [Step(role="assistant", content=f"call {k}", decision="caller"),
+                  Step(role="caller", tool_name="f", arguments_text='{"x": 1}'),
+                  Step(role="observation", content="ok")]  # fmt: skip
+    steps += [Step(role="assistant", content="done", decision="conclusion"), Step(role="conclusion", content="fine")]
+    return Trajectory(id=tid, source="test", instruction="do it", tools=[ToolSpec(name="f", description="f")], steps=steps)
+
+
+def test_rule_baselines_on_known_trajectories():
+    # one call: steps = [call after user, finish after observation]; two calls: [call, call after obs, finish]
+    trajs = [traj("a", 1), traj("b", 2)]
+    last, m_last = rule_records(trajs, RULE_LAST_TURN)
+    always, m_always = rule_records(trajs, RULE_ALWAYS_CALLER)
+    assert [r["predicted"]["plan"] for r in last] == ["call", "finish", "call", "finish", "finish"]
+    assert [r["score"]["plan_correct"] for r in last] == [True, True, True, False, True]
+    assert m_last.plan_acc == pytest.approx(80.0) and m_last.steps == 5
+    assert m_always.plan_acc == pytest.approx(60.0)  # 3 call steps of 5
+    assert m_last.act_em == 0.0 and m_last.arg_f1 == 0.0  # a plan rule names no tool
+
+
+def test_interval_of_two_clusters_is_the_exhaustive_bootstrap():
+    # clusters 0 and 1: resamples {0,0}, {0,1}, {1,0}, {1,1} -> means 0, .5, .5, 1 -> the 2.5/97.5 percentiles are 0, 100
+    iv = interval(Clusters(("a", "b"), (0.0, 1.0), (1.0, 1.0)))
+    assert iv.value == 50.0 and iv.ci_low == 0.0 and iv.ci_high == 100.0 and iv.n == 2 and iv.clusters == 2
+
+
+def test_interval_matches_the_normal_approximation_for_many_clusters():
+    n, p = 400, 0.7
+    values = [1.0] * int(n * p) + [0.0] * (n - int(n * p))
+    iv = interval(Clusters.from_items([(f"t{k}", v) for k, v in enumerate(values)]), resamples=4000)
+    half = normal_halfwidth(p, n)  # 4.49 points
+    assert iv.value == pytest.approx(70.0)
+    assert iv.ci_low == pytest.approx(70.0 - half, abs=0.8) and iv.ci_high == pytest.approx(70.0 + half, abs=0.8)
+
+
+def test_interval_resamples_trajectories_not_steps():
+    # 20 trajectories of 10 steps each, all-right or all-wrong: the steps are not independent, so the interval must be
+    # as wide as for 20 items (normal approx +-21.9 points at p=.5), not as for 200 (+-6.9).
+    items = [(f"t{k}", float(k % 2)) for k in range(20) for _ in range(10)]
+    iv = interval(Clusters.from_items(items))
+    assert iv.n == 200 and iv.clusters == 20
+    assert iv.ci_high - iv.ci_low > 2 * normal_halfwidth(0.5, 20) * 0.8
+
+
+def test_paired_p_value_is_the_exact_sign_flip_probability():
+    # A is right on 3 clusters where B is wrong, equal elsewhere: 2 of the 2**3 sign patterns are as extreme -> p=0.25
+    a = Clusters(("1", "2", "3", "4"), (1.0, 1.0, 1.0, 1.0), (1.0, 1.0, 1.0, 1.0))
+    b = Clusters(("1", "2", "3", "4"), (0.0, 0.0, 0.0, 1.0), (1.0, 1.0, 1.0, 1.0))
+    result = paired(a, b)
+    assert result.difference == pytest.approx(75.0)
+    assert result.p_value == pytest.approx(0.25) and result.exact
+    assert result.n == 4 and result.clusters == 4
+
+
+def test_paired_one_step_better_is_not_significant():
+    # 27 steps over 6 trajectories; the candidate wins one step: a +3.7-point difference, interval contains 0
+    ids = [f"t{k}" for k in range(6)]
+    den = (5.0, 5.0, 5.0, 4.0, 4.0, 4.0)
+    b = Clusters(tuple(ids), (3.0, 2.0, 4.0, 2.0, 3.0, 2.0), den)
+    a = Clusters(tuple(ids), (4.0, 2.0, 4.0, 2.0, 3.0, 2.0), den)
+    result = paired(a, b)
+    assert result.difference == pytest.approx(100 / 27)
+    assert result.ci_low <= 0 <= result.ci_high and not result.significant_gain
+    assert result.p_value == pytest.approx(1.0)  # one cluster differs: both sign patterns are as extreme
+
+
+def test_paired_large_consistent_gain_is_significant():
+    ids = tuple(f"t{k}" for k in range(60))
+    a = Clusters(ids, tuple(1.0 for _ in ids), tuple(1.0 for _ in ids))
+    b = Clusters(ids, tuple(float(k % 3 == 0) for k in range(60)), tuple(1.0 for _ in ids))
+    result = paired(a, b, resamples=3000)
+    assert result.significant_gain and not result.exact
+    # 40 clusters differ, all in A's favour: the Monte Carlo p is at its floor 1/(1+resamples)
+    assert result.p_value == pytest.approx(1 / 3001)
+
+
+def test_paired_refuses_different_items():
+    a = Clusters(("1",), (1.0,), (2.0,))
+    b = Clusters(("1",), (1.0,), (1.0,))
+    with pytest.raises(ValueError, match="same items"):
+        paired(a, b)
+
+
+def test_mean_of_metrics_difference_is_the_mean_of_differences():
+    ids = ("1", "2")
+    plan_a, plan_b = Clusters(ids, (2.0, 1.0), (2.0, 2.0)), Clusters(ids, (1.0, 1.0), (2.0, 2.0))  # 75 vs 50
+    em_a, em_b = Clusters(ids, (1.0, 0.0), (1.0, 1.0)), Clusters(ids, (1.0, 1.0), (1.0, 1.0))  # 50 vs 100
+    result = paired([plan_a, em_a], [plan_b, em_b])
+    assert result.difference == pytest.approx(((75 - 50) + (50 - 100)) / 2)
+
+
+def test_evidence_from_records_groups_steps_by_trajectory_and_category():
+    records = [
+        {"id": "x/1#1", "score": {"plan_correct": True, "action_correct": True, "hallucinated": False,
+                                  "arg_f1": 1.0, "rouge_l": None}},
+        {"id": "x/1#4", "score": {"plan_correct": False, "action_correct": None, "hallucinated": False,
+                                  "arg_f1": None, "rouge_l": 0.5}},
+        {"id": "x/2#1", "score": {"plan_correct": True, "action_correct": False, "hallucinated": True,
+                                  "arg_f1": 0.0, "rouge_l": None}},
+    ]  # fmt: skip
+    items = evidence.static_items(records, {"x/1": "simple", "x/2": "multiple"})
+    s = evidence.summary(items, "trajectories")
+    assert s["n"] == {"items": 3, "trajectories": 2}
+    assert s["intervals"]["plan_acc"]["value"] == pytest.approx(200 / 3)
+    assert s["intervals"]["act_em"]["n"] == 2 and s["intervals"]["rouge_l"]["n"] == 1
+    cats = evidence.by_category(items, "trajectories")
+    assert cats["simple"]["intervals"]["plan_acc"]["value"] == 50.0
+    assert cats["multiple"]["n"] == {"items": 1, "trajectories": 1}
+
+
+def test_live_evidence_counts_entries_and_turns():
+    records = [{"id": "e1", "passed": True, "bfcl_checker": {"valid": True}, "turns": 2, "turns_passed": 2},
+               {"id": "e2", "passed": False, "bfcl_checker": {"valid": False}, "turns": 3, "turns_passed": 1}]  # fmt: skip
+    s = evidence.summary(evidence.live_items(records), "entries")
+    assert s["n"]["entries"] == 2
+    assert s["intervals"]["pass_rate"]["value"] == 50.0
+    assert s["intervals"]["turn_pass_rate"]["value"] == pytest.approx(60.0)
+    assert math.isclose(s["intervals"]["bfcl_checker_pass_rate"]["value"], 50.0)

@@ -1,0 +1,106 @@
+"""Trivial agents every report shows beside the trained ones, so a number can be read against what no learning gets.
+
+- `rule: last turn` (static): "after the user's turn: caller; after an observation: conclusion". It sees only
+  the role of the previous step, predicts a plan and nothing else (no tool, no arguments, no answer).
+- `rule: always caller` (static): every step `caller`, the plan an untrained planner that echoes the instruction
+  is read as.
+- `no call` (static and live): an agent whose planner always concludes and whose summarizer writes a fixed answer;
+  it never calls a tool. Live, it passes the turns that only read, so it is the floor of the live metrics.
+
+The rules are scored on the gold steps directly (they need no model); `no call` runs through the same static and live
+code as every other agent, over fixed-output backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from umi.agent.backend import Generation, GenerationRequest
+from umi.eval.metrics import PlanLabel, Prediction, StaticMetrics, StaticStep, aggregate, gold_steps, score_step
+from umi.schema import RecordError, Trajectory
+
+__all__ = ["RULES", "RULE_LAST_TURN", "RULE_ALWAYS_CALLER", "NO_CALL", "BASELINES", "rule_records", "no_call_backends"]
+
+RULE_LAST_TURN = "rule: last turn"
+RULE_ALWAYS_CALLER = "rule: always caller"
+NO_CALL = "no call"
+BASELINES = (RULE_LAST_TURN, RULE_ALWAYS_CALLER, NO_CALL)
+NO_CALL_ANSWER = "I cannot help with that."
+
+
+def _last_turn(previous_role: str | None) -> PlanLabel:
+    return "finish" if previous_role == "observation" else "call"
+
+
+def _always_caller(previous_role: str | None) -> PlanLabel:
+    return "call"
+
+
+# name -> (role of the step before the scored one -> predicted plan)
+RULES: dict[str, Callable[[str | None], PlanLabel]] = {RULE_LAST_TURN: _last_turn, RULE_ALWAYS_CALLER: _always_caller}
+
+
+def rule_records(trajectories: Sequence[Trajectory], rule: str) -> tuple[list[dict], StaticMetrics]:
+    """Per-step records (the shape of umi.eval.static's) of a plan rule on the gold steps of `trajectories`, and
+    the metrics over them."""
+    predict = RULES[rule]
+    records, scores = [], []
+    for traj in trajectories:
+        try:
+            golds: list[StaticStep] = gold_steps(traj)
+        except RecordError:
+            continue  # the static runner rejects the same trajectories, with their reason
+        for gold in golds:
+            previous = traj.steps[gold.step_index - 1].role if gold.step_index > 0 else None
+            plan = predict(previous)
+            score = score_step(gold.with_prediction(Prediction(plan=plan)))
+            scores.append(score)
+            records.append(
+                {
+                    "id": gold.id,
+                    "predicted": {"plan": plan},
+                    "score": {
+                        "plan_correct": score.plan_correct,
+                        "action_correct": score.action_correct,
+                        "hallucinated": score.hallucinated,
+                        "arg_f1": score.arg_f1,
+                        "rouge_l": score.rouge_l,
+                    },
+                }
+            )
+    return records, aggregate(scores)
+
+
+@dataclass
+class FixedOutputBackend:
+    """Writes the same text for every prompt (a baseline agent's role; no model)."""
+
+    text: str
+
+    def _one(self) -> Generation:
+        return Generation(
+            text=self.text, token_ids=(), stop_reason="eos", prompt_tokens=0, prefill_tokens=0, reused_tokens=0,
+            new_tokens=0, dropped_turns=0, prefill_seconds=0.0, seconds=0.0,
+        )  # fmt: skip
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        return self._one()
+
+    def generate_batch(self, requests: Sequence[GenerationRequest], batch_size: int = 8) -> list[Generation]:
+        return [self._one() for _ in requests]
+
+    def prompt_ids(self, request: GenerationRequest) -> tuple[list[int], int]:
+        return [], 0
+
+    def reset(self) -> None:
+        pass
+
+
+def no_call_backends() -> dict[str, FixedOutputBackend]:
+    """The `no call` agent's roles: the planner concludes at once, the summarizer gives a fixed answer."""
+    return {
+        "planner": FixedOutputBackend(" Next: conclusion."),
+        "caller": FixedOutputBackend(""),
+        "summarizer": FixedOutputBackend(NO_CALL_ANSWER),
+    }
