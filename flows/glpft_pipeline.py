@@ -12,6 +12,7 @@ each stage and the evaluation are its children. A re-run with unchanged data, co
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -63,11 +64,12 @@ def _stage_result(state) -> dict:
 
 
 def eval_options(profile: str, static: bool, live: bool, settings: str | None, limit: int | None,
-                 live_limit: int | None, toolbench_ood: bool) -> dict:  # fmt: skip
-    """The evaluation's settings: the eval profile defaults to `full` for the paper profile, else `cpu`."""
+                 live_limit: int | None, toolbench_ood: bool, selection: tuple[str, ...]) -> dict:  # fmt: skip
+    """The evaluation's settings: the eval profile defaults to `full` for the paper profile, else `cpu`. `selection`:
+    the agents also evaluated on the dev split, where promotion decides."""
     return {"static": static, "live": live, "settings": settings or ("full" if profile == "paper" else "cpu"),
             "limit": limit, "live_limit": live_limit, "toolbench_ood": toolbench_ood,
-            "doc_style": doc_style()}  # fmt: skip
+            "doc_style": doc_style(), "selection": list(selection)}  # fmt: skip
 
 
 @flow(name="glpft_pipeline", log_prints=True)
@@ -101,7 +103,7 @@ def glpft_pipeline(
     paper's one-stage ablation, in `one_stage_runs_dir`) and evaluate them. local_concurrency: local stages trained
     at once (default: one per GPU, on CPU one per 8 cores, at least 1). eval_settings: umi.eval profile (cpu, full;
     default full for the paper profile, else cpu); eval_limit / live_limit: static trajectories per test set / live
-    entries. toolbench_ood: also score the ToolBench out-of-domain set when its fixture is there. promote: apply the
+    entries. toolbench_ood: also score the ToolBench out-of-domain set (its fixture must be there; False switches it off). promote: apply the
     promotion rule (umi.promotion) to the new models.
     """
     logger = get_run_logger()
@@ -155,7 +157,7 @@ def glpft_pipeline(
         report = None
         if evaluate_static or evaluate_live:
             options = eval_options(profile, evaluate_static, evaluate_live, eval_settings, eval_limit, live_limit,
-                                   toolbench_ood)  # fmt: skip
+                                   toolbench_ood, ("alpha-umi", "single-llm", "champion"))  # fmt: skip
             key = evaluation_key(agents, options, data_dir)
             out = str(Path(eval_dir) / f"pipeline-{key[:12]}")
             state = evaluation_task(results_dir, out)(agents, out, key, options, data_dir, parent_run_id=parent.run_id,
@@ -175,7 +177,8 @@ def glpft_pipeline(
         )  # fmt: skip
         champion_eval = evals.get("champion") if "champion" in evals else (alpha if same_as_candidate else None)
         decision = promote_models(registered, alpha, champion_eval, promote)
-        parent.set_tags({"umi.promoted": decision["promote"], "umi.promotion_reason": decision["reason"],
+        parent.set_tags({"umi.promoted": decision["promote"], "umi.promotion_reason": decision["reason"][:5000],
+                         "umi.promotion_evidence": json.dumps(decision.get("evidence") or {}, default=str)[:5000],
                          **{f"umi.version.{r}": v for r, v in registered.items()}})  # fmt: skip
         minutes = (time.perf_counter() - started) / 60
         publish(key=ARTIFACT_KEY, title=f"GLPFT pipeline ({profile})", parent=parent, stages=stages, report=report,

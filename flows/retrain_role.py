@@ -88,7 +88,7 @@ def retrain_role(
             agents = [agent_spec("candidate", "multi", **{**roles, role: stage["checkpoint"]}),
                       agent_spec("champion", "multi", **roles)]  # fmt: skip
             options = eval_options(profile, evaluate_static, evaluate_live, eval_settings, eval_limit, live_limit,
-                                   toolbench_ood)  # fmt: skip
+                                   toolbench_ood, ("candidate", "champion"))  # fmt: skip
             key = evaluation_key(agents, options, data_dir)
             out = str(Path(eval_dir) / f"retrain-{role}-{key[:12]}")
             state = evaluation_task(results_dir, out)(agents, out, key, options, data_dir, parent_run_id=parent.run_id,
@@ -105,7 +105,8 @@ def retrain_role(
             decision = {"promote": False, "reason": "no evaluation: a role is only promoted on measured improvement",
                         "moved": {}}  # fmt: skip
         logger.info("retrain %s: %s", role, decision["reason"])
-        parent.set_tags({"umi.promoted": decision["promote"], "umi.promotion_reason": decision["reason"],
+        parent.set_tags({"umi.promoted": decision["promote"], "umi.promotion_reason": decision["reason"][:5000],
+                         "umi.promotion_evidence": json.dumps(decision.get("evidence") or {}, default=str)[:5000],
                          f"umi.version.{role}": registered[role]})  # fmt: skip
         minutes = (time.perf_counter() - started) / 60
         publish(key=f"retrain-{role}", title=f"Retrain {role} ({profile})", parent=parent, stages={role: stage},

@@ -307,7 +307,8 @@ def promote_models(versions: Mapping[str, str], candidate: dict | None, champion
 
     if not enabled:
         d = decide(candidate, champion, has_champion=True)
-        return {"promote": False, "reason": "promotion switched off", "moved": {}, "rule_said": d.reason}
+        return {"promote": False, "reason": "promotion switched off", "moved": {}, "rule_said": d.reason,
+                "evidence": d.evidence}  # fmt: skip
     decision, moved = promote_if_better(versions, candidate, champion)
     get_run_logger().info("promotion: %s (%s)", "promoted" if decision.promote else "not promoted", decision.reason)
     return {**decision.to_dict(), "moved": {r: list(m) for r, m in moved.items()}}
@@ -358,7 +359,8 @@ def evaluate_agents(
     report = evaluate(specs, out_dir=out_dir, static=options["static"], live=options["live"], data_dir=data_dir,
                       toolbench_ood=ood, limit=options.get("limit"), live_limit=options.get("live_limit"),
                       doc_style=options.get("doc_style", "compact"), settings=options.get("settings"),
-                      tracking=True, experiment=experiment, parent_run_id=parent_run_id)  # fmt: skip
+                      selection=options.get("selection", ()), tracking=True, experiment=experiment,
+                      parent_run_id=parent_run_id)  # fmt: skip
     return {**report.to_dict(), "table": report.table_markdown()}
 
 

@@ -38,15 +38,20 @@ def _check_roles(roles: list[str] | None) -> list[str]:
 
 def _evaluation_summary(version) -> str:
     from umi.model_registry import version_evaluation
-    from umi.promotion import scores
+    from umi.promotion import headline
 
     evaluation = version_evaluation(version)
-    if not evaluation:
+    found = headline(evaluation)
+    if found is None:
         return "-"
-    s = scores(evaluation)
-    live = "-" if s.live is None else f"{s.live:.3g}"
-    static = "-" if s.static_mean is None else f"{s.static_mean:.3g}"
-    return f"pass {live} / static {static}"
+    test_set, metric, section = found
+    if metric in section:
+        value = section[metric]
+    else:  # the static headline is the mean of the three (umi.eval.evidence.HEADLINE_STATIC)
+        values = [section.get(m) for m in ("plan_acc", "act_em", "arg_f1")]
+        value = sum(values) / 3 if all(isinstance(v, (int, float)) for v in values) else None
+    shown = "-" if value is None else f"{value:.3g}"
+    return f"{test_set} {metric} {shown} (n={section.get('entries') or section.get('steps')})"
 
 
 @models_app.command("list")

@@ -1,17 +1,21 @@
 """When a newly trained agent replaces the champion, and how the `champion` alias moves (and moves back).
 
-The rule (`decide`), on evaluations of the candidate and of the current champion run in the same evaluation (same
-test data, same limits, same decoding):
+The rule (`decide`) reads the candidate's evaluation on the **dev split** (umi.eval: `bfcl-dev` static, `live_dev`
+rollouts; the test split only reports, so repeated retrains never select on it), where every agent is compared,
+paired on the same items, with the champion, the single LLM and the baselines (umi.eval.evidence):
 
-1. A metric the rule needs is missing (no live evaluation, no static result on the BFCL test split, a metric that
-   is undefined, e.g. Act. EM on a sample with no tool call): **no promotion**. A missing number never counts as a
-   win.
-2. No champion yet: the candidate is promoted (its metrics must still be present, rule 1).
-3. Primary metric, the **live pass rate** on the BFCL multi-turn test entries (the share of entries whose final
-   tool state matches the gold run's): higher -> promoted; lower -> not promoted.
-4. Equal pass rates (common on a few dozen entries): the **mean of static Plan ACC, Act EM and Arg F1** on the BFCL
-   test split decides: promoted only when it is higher by at least `static_margin` (1 percentage point by default),
-   so noise in the third decimal does not flip the champion back and forth.
+1. The headline metric is bfcl_eval's multi-turn checker pass rate on the dev entries when the live evaluation ran
+   there, else the mean of static Plan ACC, Act. EM and Arg. F1 on `bfcl-dev`.
+2. A champion exists: the candidate is promoted only when the lower bound of the 95% interval of its paired
+   difference with the champion on the headline is above zero, and no other metric's interval says it got worse
+   (upper bound below zero; for Hallu., lower is better, the lower bound above zero).
+3. No champion yet: the candidate must beat, that way, the single LLM (with no metric significantly worse) and every
+   baseline on the headline (the plan rules when the headline is static, the no-call agent when it is live).
+4. A comparison the rule needs is missing (no dev evaluation, no single LLM in it, a paired section without the
+   headline): **no promotion**. A missing number never counts as a win.
+
+The evidence (for each reference: n, difference, interval, p-value) is returned in `Decision.evidence` and recorded on
+the candidate versions and the MLflow run by the flows.
 
 The pipeline promotes the four GLPFT models together (planner, caller and summarizer make the agent; the global
 model is the one they were fine-tuned from, and the start of a later `retrain_role`); `retrain_role` promotes its
@@ -23,6 +27,7 @@ promotion (all four after a pipeline, one after a retrain) or the roles named.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Iterable, Mapping
@@ -36,102 +41,144 @@ TAG_PROMOTED_FROM = "umi.promoted_from"
 TAG_PROMOTED_AT = "umi.promoted_at"
 TAG_PROMOTION_ID = "umi.promotion_id"
 TAG_PROMOTION_REASON = "umi.promotion_reason"
+TAG_PROMOTION_EVIDENCE = "umi.promotion_evidence"
 TAG_ROLLED_BACK_AT = "umi.rolled_back_at"
 
-BFCL_TEST = "bfcl-test"  # the static test split the rule reads (umi.eval.testsets.BFCL_TEST)
+BFCL_DEV = "bfcl-dev"  # the static split the rule reads (umi.eval.testsets.BFCL_DEV)
+LIVE_DEV = "live_dev"  # the live rollouts on dev entries (umi.eval.run)
+BASELINES = ("rule: last turn", "rule: always caller", "no call")  # umi.eval.baselines.BASELINES
+STATIC_BASELINES = BASELINES[:2]
+LIVE_BASELINES = BASELINES[2:]
 
 
 @dataclass(frozen=True)
 class PromotionRule:
-    live_metric: str = "pass_rate"
-    static_test_set: str = BFCL_TEST
-    static_metrics: tuple[str, ...] = ("plan_acc", "act_em", "arg_f1")
-    static_margin: float = 1.0  # in the metrics' unit: percentage points
+    static_test_set: str = BFCL_DEV
+    live_test_set: str = LIVE_DEV
+    live_metric: str = "bfcl_checker_pass_rate"
+    static_headline: str = "mean_static"  # umi.eval.evidence: the mean of Plan ACC, Act. EM and Arg. F1
+    champion: str = "champion"
+    single_llm: str = "single-llm"
+    lower_is_better: tuple[str, ...] = ("hallu",)
 
 
 DEFAULT_RULE = PromotionRule()
 
 
 @dataclass
-class Scores:
-    """The numbers the rule compares for one agent; `missing` names what was not there."""
-
-    live: float | None
-    static_mean: float | None
-    static: dict[str, float | None] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)
-
-
-@dataclass
 class Decision:
     promote: bool
     reason: str
-    candidate: Scores | None = None
-    champion: Scores | None = None
+    headline: str | None = None  # "<test set>.<metric>"
+    evidence: dict[str, dict] = field(default_factory=dict)  # reference -> paired entry on the headline (+ n)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def scores(evaluation: Mapping[str, Any] | None, rule: PromotionRule = DEFAULT_RULE) -> Scores:
-    """The rule's numbers from one agent's evaluation: `{"static": {test_set: {metric: value}}, "live": {...}}`."""
+def headline(evaluation: Mapping[str, Any] | None, rule: PromotionRule = DEFAULT_RULE) -> tuple[str, str, dict] | None:
+    """(test set, metric, its section) the rule decides on: live on dev when it ran there with the checker, else
+    static on dev; None when neither is there."""
     evaluation = evaluation or {}
-    missing: list[str] = []
-    live_section = evaluation.get("live")
-    live = _number(live_section.get(rule.live_metric)) if isinstance(live_section, Mapping) else None
-    if live is None:
-        missing.append(f"live {rule.live_metric}")
-    static_section = (evaluation.get("static") or {}).get(rule.static_test_set)
-    static: dict[str, float | None] = {}
-    for metric in rule.static_metrics:
-        static[metric] = _number(static_section.get(metric)) if isinstance(static_section, Mapping) else None
-        if static[metric] is None:
-            missing.append(f"static {metric} on {rule.static_test_set}")
-    values = [v for v in static.values() if v is not None]
-    static_mean = sum(values) / len(values) if len(values) == len(rule.static_metrics) else None
-    return Scores(live=live, static_mean=static_mean, static=static, missing=missing)
+    live = evaluation.get(rule.live_test_set)
+    if isinstance(live, Mapping) and live.get("entries") and _finite(live.get(rule.live_metric)):
+        return rule.live_test_set, rule.live_metric, dict(live)
+    static = (evaluation.get("static") or {}).get(rule.static_test_set)
+    if isinstance(static, Mapping) and static.get("steps"):
+        return rule.static_test_set, rule.static_headline, dict(static)
+    return None
+
+
+def _worse(paired: Mapping[str, Any], rule: PromotionRule) -> list[str]:
+    """Metrics whose interval says the candidate got worse."""
+    out = []
+    for metric, entry in paired.items():
+        if not isinstance(entry, Mapping):
+            continue
+        low, high = entry.get("ci_low"), entry.get("ci_high")
+        if metric in rule.lower_is_better:
+            if _finite(low) and low > 0:
+                out.append(metric)
+        elif _finite(high) and high < 0:
+            out.append(metric)
+    return out
+
+
+def _fmt(entry: Mapping[str, Any]) -> str:
+    return (f"{entry['difference']:+.2f} [{entry['ci_low']:+.2f}, {entry['ci_high']:+.2f}], "
+            f"p={entry['p_value']:.3g}, n={entry.get('n')}")  # fmt: skip
 
 
 def decide(
     candidate: Mapping[str, Any] | None,
-    champion: Mapping[str, Any] | None,
+    champion: Mapping[str, Any] | None = None,
     *,
     has_champion: bool,
     rule: PromotionRule = DEFAULT_RULE,
 ) -> Decision:
-    """Apply the rule of this module's docstring. `champion`: the champion agent's evaluation from the same
-    evaluation run (None when it could not be evaluated); `has_champion`: whether a champion exists at all."""
-    cand = scores(candidate, rule)
-    if cand.missing:
-        return Decision(False, f"candidate lacks {', '.join(cand.missing)}", cand)
-    if not has_champion:
-        return Decision(True, "no champion yet", cand)
-    champ = scores(champion, rule)
-    if champ.missing:
-        return Decision(False, f"champion's evaluation lacks {', '.join(champ.missing)}: cannot compare", cand, champ)
-    assert cand.live is not None and champ.live is not None
-    assert cand.static_mean is not None and champ.static_mean is not None
-    if not math.isclose(cand.live, champ.live, abs_tol=1e-9):
-        better = cand.live > champ.live
-        verb = "higher" if better else "lower"
-        return Decision(better, f"live {rule.live_metric} {verb}: {cand.live:.4g} vs {champ.live:.4g}", cand, champ)
-    gain = cand.static_mean - champ.static_mean
-    if gain >= rule.static_margin:
-        return Decision(True, f"live {rule.live_metric} equal ({cand.live:.4g}); static mean higher by {gain:.3g} "
-                              f"(>= {rule.static_margin:g}): {cand.static_mean:.4g} vs {champ.static_mean:.4g}",
-                        cand, champ)  # fmt: skip
-    return Decision(False, f"live {rule.live_metric} equal ({cand.live:.4g}); static mean {cand.static_mean:.4g} vs "
-                           f"{champ.static_mean:.4g} (needs +{rule.static_margin:g})", cand, champ)  # fmt: skip
+    """Apply the rule of this module's docstring to the candidate's evaluation (its `paired` sections hold the
+    comparisons with the champion, the single LLM and the baselines). `champion`: the champion's own evaluation,
+    kept for the record (the paired sections already hold what the rule needs); `has_champion`: whether a champion
+    exists at all."""
+    found = headline(candidate, rule)
+    if found is None:
+        return Decision(False, f"candidate has no evaluation on the dev split ({rule.static_test_set} / "
+                               f"{rule.live_test_set}): promotion decides on dev only")  # fmt: skip
+    test_set, metric, section = found
+    name = f"{test_set}.{metric}"
+    paired = section.get("paired") or {}
+    if has_champion:
+        must_beat, no_worse = [rule.champion], [rule.champion]
+    else:
+        baselines = LIVE_BASELINES if test_set == rule.live_test_set else STATIC_BASELINES
+        must_beat, no_worse = [rule.single_llm, *baselines], [rule.single_llm]
+    evidence: dict[str, dict] = {}
+    for ref in must_beat:
+        entry = (paired.get(ref) or {}).get(metric)
+        if not isinstance(entry, Mapping) or not all(_finite(entry.get(k)) for k in ("difference", "ci_low",
+                                                                                     "ci_high", "p_value")):  # fmt: skip
+            return Decision(False, f"no paired comparison with {ref} on {name}: cannot decide", name, evidence)
+        evidence[ref] = {k: entry.get(k) for k in ("difference", "ci_low", "ci_high", "p_value", "n", "clusters")}
+    for ref in must_beat:
+        entry = evidence[ref]
+        if not entry["ci_low"] > 0:
+            return Decision(False, f"not better than {ref} on {name} beyond noise: {_fmt(entry)} (the interval's "
+                                   "lower bound must be above 0)", name, evidence)  # fmt: skip
+    for ref in no_worse:
+        worse = _worse(paired.get(ref) or {}, rule)
+        other = {} if test_set == rule.live_test_set else (candidate or {}).get(rule.live_test_set) or {}
+        worse += [f"live {m}" for m in _worse((other.get("paired") or {}).get(ref) or {}, rule)]
+        if worse:
+            return Decision(False, f"better than {ref} on {name}, but significantly worse on {', '.join(worse)}",
+                            name, evidence)  # fmt: skip
+    what = "the champion" if has_champion else "the single LLM and the baselines"
+    return Decision(True, f"beats {what} on {name}: " + "; ".join(f"vs {r} {_fmt(e)}" for r, e in evidence.items()),
+                    name, evidence)  # fmt: skip
+
+
+def evidence_tag(decision: Decision) -> str:
+    """The decision as a compact JSON tag value (MLflow caps tag values; 5000 characters kept)."""
+    data = {"promote": decision.promote, "headline": decision.headline, "evidence": decision.evidence}
+    return json.dumps(data, separators=(",", ":"), default=str)[:5000]
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def record_decision(versions: Mapping[str, str | int], decision: Decision) -> None:
+    """Write the decision and its evidence on the candidate versions (promoted or not)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for role, version in versions.items():
+        name = registry.MODEL_NAMES[role]
+        client.set_model_version_tag(name, str(version), TAG_PROMOTION_EVIDENCE, evidence_tag(decision))
+        client.set_model_version_tag(name, str(version), "umi.promotion_decision", decision.reason[:5000])
 
 
 def promote(versions: Mapping[str, str | int], *, reason: str = "manual") -> dict[str, tuple[str | None, str]]:
@@ -223,7 +270,8 @@ def promote_if_better(
         raise ValueError(f"unknown role(s) {unknown}; one of {list(registry.ROLES)}")
     current = {role: registry.champion_version(role) for role in versions}
     if all(v is not None and str(v.version) == str(versions[r]) for r, v in current.items()):
-        return Decision(False, "the candidate versions are already the champions", scores(candidate, rule)), {}
+        return Decision(False, "the candidate versions are already the champions"), {}
     decision = decide(candidate, champion, has_champion=any(v is not None for v in current.values()), rule=rule)
+    record_decision(versions, decision)
     moved = promote(versions, reason=decision.reason) if decision.promote else {}
     return decision, moved

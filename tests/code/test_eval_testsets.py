@@ -100,7 +100,7 @@ def test_table_is_shaped_like_table_1():
                                  "live": {"entries": 2, "available": 17}})  # fmt: skip
     lines = md.splitlines()
     assert lines[0] == ("| agent | BFCL test Plan ACC | BFCL test Act. EM | BFCL test Hallu. | BFCL test Arg. F1 | "
-                        "BFCL test R-L | live pass | BFCL checker |")  # fmt: skip
+                        "BFCL test R-L | live BFCL checker | live state |")  # fmt: skip
     assert lines[2] == "| backbone | 10.00 | 0.00 | 50.00 | 0.00 | – | 0.00 | 0.00 |"
     assert lines[3] == "| alpha-umi | 80.00 | 60.00 | 0.00 | 55.50 | 30.25 | 50.00 | 50.00 |"
     assert "3 trajectories of 140, 7 scored steps" in md

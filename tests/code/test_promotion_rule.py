@@ -1,75 +1,107 @@
-"""The promotion rule (umi.promotion.decide) on evaluation dicts in the shape umi.eval reports."""
+"""The promotion rule (umi.promotion.decide) on evaluations whose paired sections come from umi.eval.evidence."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
-from umi.promotion import DEFAULT_RULE, PromotionRule, decide, scores
+from umi.eval import evidence
+from umi.promotion import decide, headline
 
 
-def evaluation(pass_rate=None, plan_acc=None, act_em=None, arg_f1=None, test_set="bfcl-test", live=True):
-    static = {test_set: {"plan_acc": plan_acc, "act_em": act_em, "hallu": 1.0, "arg_f1": arg_f1, "rouge_l": 30.0,
-                         "steps": 40}}  # fmt: skip
-    return {"static": static, "live": {"pass_rate": pass_rate, "entries": 10} if live else None}
+def step_records(correct: list[list[bool]], prefix: str = "t") -> list[dict]:
+    """Static records: trajectory k has one call step per entry of correct[k]; right = right plan, tool and args."""
+    out = []
+    for k, steps in enumerate(correct):
+        for i, ok in enumerate(steps):
+            out.append({"id": f"{prefix}{k}#{i}", "score": {"plan_correct": ok, "action_correct": ok,
+                                                             "hallucinated": False, "arg_f1": float(ok),
+                                                             "rouge_l": None}})  # fmt: skip
+    return out
 
 
-GOOD = evaluation(0.4, 60.0, 40.0, 50.0)
+def candidate_eval(candidate: list[dict], references: dict[str, list[dict]], test_set: str = "bfcl-dev") -> dict:
+    """The candidate's evaluation as umi.eval.run builds it: summary + paired sections against each reference."""
+    items = evidence.static_items(candidate)
+    section = {"steps": len(candidate), **evidence.summary(items, "trajectories"), "paired": {}}
+    for ref, recs in references.items():
+        section["paired"][ref] = evidence.compare(items, evidence.static_items(recs), static=True)
+    return {"static": {test_set: section}, "live": None}
 
 
-def test_no_champion_promotes_a_fully_evaluated_candidate():
-    d = decide(GOOD, None, has_champion=False)
-    assert d.promote and d.reason == "no champion yet"
-    assert d.candidate.static_mean == pytest.approx(50.0)
+# 6 trajectories, 27 call steps: the cpu sample's size
+BASE = [[True, False, True, True, False], [True, True, False, False, True], [True, True, True, False, True],
+        [False, True, True, False], [True, False, True, True], [True, True, False, False]]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "candidate, missing",
-    [
-        (evaluation(None, 60.0, 40.0, 50.0), "live pass_rate"),
-        (evaluation(0.4, 60.0, 40.0, 50.0, live=False), "live pass_rate"),
-        (evaluation(0.4, 60.0, None, 50.0), "static act_em on bfcl-test"),
-        (evaluation(0.4, 60.0, 40.0, 50.0, test_set="toolbench-ood"), "static plan_acc on bfcl-test"),
-        (evaluation(0.4, 60.0, 40.0, math.nan), "static arg_f1 on bfcl-test"),
-        ({}, "live pass_rate"),
-        (None, "live pass_rate"),
-    ],
-)
-def test_missing_metrics_never_promote_even_without_a_champion(candidate, missing):
-    d = decide(candidate, None, has_champion=False)
-    assert not d.promote and missing in d.reason
+def flipped(grid: list[list[bool]], cells: list[tuple[int, int]]) -> list[list[bool]]:
+    out = [list(row) for row in grid]
+    for k, i in cells:
+        out[k][i] = True
+    return out
 
 
-def test_a_champion_that_could_not_be_evaluated_blocks_promotion():
-    d = decide(GOOD, None, has_champion=True)
-    assert not d.promote and "champion's evaluation lacks" in d.reason
-    d = decide(GOOD, evaluation(0.1, 10.0, None, 10.0), has_champion=True)
-    assert not d.promote and "act_em" in d.reason
+def test_a_candidate_better_by_one_step_is_not_promoted():
+    champion = step_records(BASE)
+    one_better = step_records(flipped(BASE, [(0, 1)]))
+    d = decide(candidate_eval(one_better, {"champion": champion}), has_champion=True)
+    assert not d.promote and "beyond noise" in d.reason
+    ev = d.evidence["champion"]
+    assert ev["difference"] == pytest.approx(100 / 27) and ev["ci_low"] <= 0 and ev["n"] == 27
 
 
-def test_live_pass_rate_decides_first_whatever_the_static_metrics():
-    better_live_worse_static = evaluation(0.5, 10.0, 10.0, 10.0)
-    assert decide(better_live_worse_static, GOOD, has_champion=True).promote
-    worse_live_better_static = evaluation(0.3, 99.0, 99.0, 99.0)
-    d = decide(worse_live_better_static, GOOD, has_champion=True)
-    assert not d.promote and "lower" in d.reason
+def test_a_candidate_better_everywhere_is_promoted_with_its_evidence():
+    n = 60
+    champion = step_records([[k % 2 == 0, False] for k in range(n)])
+    better = step_records([[True, k % 3 != 0] for k in range(n)])
+    d = decide(candidate_eval(better, {"champion": champion}), has_champion=True)
+    assert d.promote, d.reason
+    ev = d.evidence["champion"]
+    assert ev["ci_low"] > 0 and ev["p_value"] < 0.01 and ev["clusters"] == n
+    assert d.headline == "bfcl-dev.mean_static"
 
 
-def test_equal_pass_rates_fall_back_to_the_static_mean_with_a_margin():
-    margin = DEFAULT_RULE.static_margin
-    just_enough = evaluation(0.4, 60.0 + 3 * margin, 40.0, 50.0)  # mean +margin
-    not_enough = evaluation(0.4, 60.0 + 3 * margin * 0.9, 40.0, 50.0)  # mean +0.9 margin
-    worse = evaluation(0.4, 59.0, 40.0, 50.0)
-    assert decide(just_enough, GOOD, has_champion=True).promote
-    assert not decide(not_enough, GOOD, has_champion=True).promote
-    assert not decide(worse, GOOD, has_champion=True).promote
-    assert not decide(GOOD, GOOD, has_champion=True).promote  # the same agent again is no improvement
+def test_better_on_the_headline_but_worse_elsewhere_is_not_promoted():
+    n = 60
+    champion = step_records([[True, False] for _ in range(n)])
+    cand = step_records([[True, True] for _ in range(n)])
+    ev = candidate_eval(cand, {"champion": champion})
+    hallu = {"difference": 20.0, "ci_low": 10.0, "ci_high": 30.0, "p_value": 0.001, "n": 120}  # more hallucination
+    ev["static"]["bfcl-dev"]["paired"]["champion"]["hallu"] = hallu
+    d = decide(ev, has_champion=True)
+    assert not d.promote and "significantly worse on hallu" in d.reason
 
 
-def test_the_rule_is_configurable():
-    rule = PromotionRule(static_test_set="toolbench-ood", static_metrics=("plan_acc",), static_margin=0.0)
-    cand = evaluation(0.4, 61.0, None, None, test_set="toolbench-ood")
-    champ = evaluation(0.4, 60.0, None, None, test_set="toolbench-ood")
-    assert scores(cand, rule).missing == []
-    assert decide(cand, champ, has_champion=True, rule=rule).promote
+def test_no_champion_needs_the_single_llm_and_the_baselines_beaten():
+    n = 60
+    weak = step_records([[False, k % 2 == 0] for k in range(n)])
+    strong = step_records([[True, True] for _ in range(n)])
+    refs = {"single-llm": weak, "rule: last turn": weak, "rule: always caller": weak}
+    assert decide(candidate_eval(strong, refs), has_champion=False).promote
+    # tied with the single LLM: not promoted, however far above the rules
+    refs_tied = {**refs, "single-llm": strong}
+    d = decide(candidate_eval(strong, refs_tied), has_champion=False)
+    assert not d.promote and "single-llm" in d.reason
+    # a baseline missing from the evaluation: no decision
+    d = decide(candidate_eval(strong, {"single-llm": weak}), has_champion=False)
+    assert not d.promote and "no paired comparison with rule: last turn" in d.reason
+
+
+def test_decisions_read_the_dev_split_only():
+    n = 60
+    champion = step_records([[False, False] for _ in range(n)])
+    better = step_records([[True, True] for _ in range(n)])
+    on_test = candidate_eval(better, {"champion": champion}, test_set="bfcl-test")
+    d = decide(on_test, has_champion=True)
+    assert not d.promote and "no evaluation on the dev split" in d.reason
+    assert headline(on_test) is None
+
+
+def test_live_checker_on_dev_is_the_headline_when_it_ran():
+    live = {"entries": 60, "bfcl_checker_pass_rate": 50.0,
+            "paired": {"champion": {"bfcl_checker_pass_rate": {"difference": 5.0, "ci_low": -3.0, "ci_high": 13.0,
+                                                               "p_value": 0.3, "n": 60, "clusters": 60}}}}  # fmt: skip
+    n = 60
+    ev = candidate_eval(step_records([[True, True]] * n), {"champion": step_records([[False, False]] * n)})
+    ev["live_dev"] = live
+    d = decide(ev, has_champion=True)  # static says better, the live headline does not: not promoted
+    assert d.headline == "live_dev.bfcl_checker_pass_rate" and not d.promote

@@ -10,9 +10,17 @@ from umi import model_registry as registry
 from umi.promotion import TAG_PROMOTED_FROM, latest_promotion_roles, promote, promote_if_better, rollback
 
 
-def evaluation(pass_rate, plan_acc=50.0, act_em=50.0, arg_f1=50.0):
-    return {"static": {"bfcl-test": {"plan_acc": plan_acc, "act_em": act_em, "arg_f1": arg_f1}},
-            "live": {"pass_rate": pass_rate}}  # fmt: skip
+REFERENCES = ("champion", "single-llm", "rule: last turn", "rule: always caller")
+
+
+def evaluation(ci_low, plan_acc=50.0, act_em=50.0, arg_f1=50.0):
+    """A candidate's dev evaluation whose paired difference with every reference has this interval lower bound
+    (umi.eval.evidence's shape; the rule itself is tested on real paired statistics in tests/code)."""
+    entry = {"difference": ci_low + 5.0, "ci_low": ci_low, "ci_high": ci_low + 10.0,
+             "p_value": 0.01 if ci_low > 0 else 0.4, "n": 40, "clusters": 10}  # fmt: skip
+    section = {"steps": 40, "plan_acc": plan_acc, "act_em": act_em, "arg_f1": arg_f1,
+               "paired": {r: {"mean_static": entry} for r in REFERENCES}}  # fmt: skip
+    return {"static": {"bfcl-dev": section}, "live": None}
 
 
 def champions() -> dict[str, str | None]:
@@ -31,29 +39,30 @@ def register_generation(tiny_backbone, tmp_path, generation: int, roles=registry
 def test_better_agents_are_promoted_worse_ones_not_and_rollback_walks_back(store, tiny_backbone, tmp_path):  # noqa: F811
     first = register_generation(tiny_backbone, tmp_path, 1)
     decision, moved = promote_if_better(first, evaluation(0.2), None)
-    assert decision.promote and decision.reason == "no champion yet"
+    assert decision.promote and decision.reason.startswith("beats the single LLM and the baselines")
     assert champions() == first and moved == {r: (None, v) for r, v in first.items()}
 
     worse = register_generation(tiny_backbone, tmp_path, 2)
-    decision, moved = promote_if_better(worse, evaluation(0.1), evaluation(0.2))
+    decision, moved = promote_if_better(worse, evaluation(-4.0), None)
     assert not decision.promote and moved == {} and champions() == first  # nothing moved
 
     better = register_generation(tiny_backbone, tmp_path, 3)
-    decision, moved = promote_if_better(better, evaluation(0.3), evaluation(0.2))
+    decision, moved = promote_if_better(better, evaluation(0.3), None)
     assert decision.promote and champions() == better
     for role in registry.ROLES:
         champion = registry.champion_version(role)
         assert champion.tags[TAG_PROMOTED_FROM] == first[role]
-        assert "live pass_rate higher" in champion.tags["umi.promotion_reason"]
+        assert "beats the champion on bfcl-dev.mean_static" in champion.tags["umi.promotion_reason"]
+        assert '"ci_low":0.3' in champion.tags["umi.promotion_evidence"]
         assert str(registry.alias_version(role, registry.PREVIOUS_CHAMPION).version) == first[role]
 
     # the same candidates again: already champions, nothing to decide
-    decision, moved = promote_if_better(better, evaluation(0.3), evaluation(0.3))
+    decision, moved = promote_if_better(better, evaluation(0.3), None)
     assert not decision.promote and "already the champions" in decision.reason and moved == {}
 
-    # retrain_role-like: only the caller, with an equal pass rate and a static mean 2 points higher
+    # retrain_role-like: only the caller, better than the champion beyond noise
     caller = register_generation(tiny_backbone, tmp_path, 4, roles=("caller",))
-    decision, moved = promote_if_better(caller, evaluation(0.3, 52.0, 52.0, 52.0), evaluation(0.3))
+    decision, moved = promote_if_better(caller, evaluation(1.0), None)
     assert decision.promote and list(moved) == ["caller"]
     assert champions() == {**better, **caller}
     assert latest_promotion_roles() == ["caller"]
@@ -87,7 +96,7 @@ def test_umi_models_list_promote_rollback(store, tiny_backbone, tmp_path):  # no
     assert result.exit_code == 0, result.output
     planner_rows = [line for line in result.output.splitlines() if "planner" in line and "champion" in line]
     assert len(planner_rows) == 2  # champion and previous-champion
-    assert "pass 0.25 / static 20" in result.output  # the caller's evaluation, summarised
+    assert "bfcl-dev mean_static 20 (n=40)" in result.output  # the caller's evaluation, summarised
     assert "not registered" in result.output  # global and summarizer
 
     result = runner.invoke(app, ["models", "rollback"])
