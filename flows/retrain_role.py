@@ -10,6 +10,7 @@ Publishes the Prefect artifact `retrain-<role>` with the evaluation table and li
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 

@@ -228,6 +228,9 @@ def run_cmd(
     live_limit: Annotated[
         Optional[int], typer.Option(help="Live entries (default: the eval profile's).", min=1)
     ] = None,
+    toolbench_ood: Annotated[
+        bool, typer.Option(help="Score the ToolBench out-of-domain set (its fixture must be there; see the README).")
+    ] = True,
 ) -> None:
     """The main job: import the embedded data, run the Prefect flow glpft_pipeline (datasets, backbone, GLPFT
     training, evaluation, registration, promotion), build the agent Bento; then print where to look."""
@@ -242,7 +245,8 @@ def run_cmd(
     from flows.glpft_pipeline import glpft_pipeline
 
     result = glpft_pipeline(profile=profile, one_stage_ablation=one_stage_ablation, local_concurrency=local_concurrency,
-                            promote=promote, eval_limit=eval_limit, live_limit=live_limit)  # fmt: skip
+                            promote=promote, eval_limit=eval_limit, live_limit=live_limit,
+                            toolbench_ood=toolbench_ood)  # fmt: skip
     built, bento_failed, no_bento = False, False, ""
     if bento and Path("bentofile.yaml").is_file():
         from umi.model_registry import champion_version

@@ -12,7 +12,8 @@ Deliberate differences from the reference code, all in the prompt side (targets 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 from umi.schema import Decision, Step, ToolSpec
@@ -22,6 +23,42 @@ OBSERVATION_LIMIT = 1024  # characters; as the reference's real-time inference
 DESCRIPTION_LIMIT = 256  # characters of a tool description in the reference doc rendering
 
 DocStyle = Literal["reference", "compact"]
+# Bumped whenever a template, the history rendering or a target format above changes: a checkpoint trained on one
+# version is never prompted with another.
+PROMPT_VERSION = "alpha-umi-1"
+PROMPT_FORMAT_KEY = "prompt_format"  # where a stage manifest (umi.train.stages) and the dataset layout record it
+
+
+def prompt_format(doc_style: str, observation_limit: int | None) -> dict:
+    """What a model's prompts looked like in training: stored with every checkpoint, read back at inference."""
+    return {"doc_style": doc_style, "observation_limit": observation_limit, "prompt_version": PROMPT_VERSION}
+
+
+def checkpoint_prompt_format(model_dir: str | Path) -> dict | None:
+    """The prompt format recorded in a checkpoint's stage manifest; None for a checkpoint umi did not train (an
+    imported backbone)."""
+    manifest = Path(model_dir) / "umi_stage.json"
+    if not manifest.is_file():
+        return None
+    return json.loads(manifest.read_text(encoding="utf-8")).get(PROMPT_FORMAT_KEY)
+
+
+def agreed_prompt_format(checkpoints: Mapping[str, str | Path], default: dict) -> dict:
+    """The one prompt format of an agent's role checkpoints (`default`, the current dataset layout's, for roles
+    that record none). Roles that disagree, or a recorded prompt version other than this code's, raise ValueError
+    naming them: a model would be prompted in a form it never saw."""
+    found = {role: checkpoint_prompt_format(path) for role, path in checkpoints.items()}
+    recorded = {role: f for role, f in found.items() if f is not None}
+    formats = {json.dumps(f, sort_keys=True) for f in recorded.values()}
+    if len(formats) > 1:
+        shown = "; ".join(f"{role}: {f}" for role, f in recorded.items())
+        raise ValueError(f"the role checkpoints were trained with different prompt formats ({shown}): retrain them "
+                         "on one dataset layout")  # fmt: skip
+    chosen = next(iter(recorded.values())) if recorded else default
+    if chosen.get("prompt_version") != PROMPT_VERSION:
+        raise ValueError(f"checkpoints trained with prompt version {chosen.get('prompt_version')!r}; this umi "
+                         f"renders {PROMPT_VERSION!r}")  # fmt: skip
+    return chosen
 
 # --- the paper's prompts (appendix; "assess" is the paper's own typo, kept so released checkpoints stay compatible)
 PLANNER_PROMPT = (

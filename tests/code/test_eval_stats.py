@@ -126,8 +126,8 @@ def test_evidence_from_records_groups_steps_by_trajectory_and_category():
 
 
 def test_live_evidence_counts_entries_and_turns():
-    records = [{"id": "e1", "passed": True, "bfcl_checker": {"valid": True}, "turns": 2, "turns_passed": 2},
-               {"id": "e2", "passed": False, "bfcl_checker": {"valid": False}, "turns": 3, "turns_passed": 1}]  # fmt: skip
+    records = [{"entry_id": "e1", "passed": True, "bfcl_checker": {"valid": True}, "turns": 2, "turns_passed": 2},
+               {"entry_id": "e2", "passed": False, "bfcl_checker": {"valid": False}, "turns": 3, "turns_passed": 1}]  # fmt: skip
     s = evidence.summary(evidence.live_items(records), "entries")
     assert s["n"]["entries"] == 2
     assert s["intervals"]["pass_rate"]["value"] == 50.0

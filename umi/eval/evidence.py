@@ -63,7 +63,7 @@ def live_items(records: Sequence[Mapping]) -> list[dict]:
     """Items per entry: one for the entry's pass and checker verdict, one per turn for the turn pass rate."""
     items = []
     for r in records:
-        entry = str(r["id"])
+        entry = str(r.get("entry_id", r.get("id")))
         checker = r.get("bfcl_checker")
         items.append(
             {

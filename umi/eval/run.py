@@ -26,6 +26,7 @@ from umi.eval.agents import AgentSpec, loaded_backends, resolve_dtype
 from umi.eval.report import table_markdown, write_chart
 from umi.eval.settings import PROFILES, EvalSettings
 from umi.eval.testsets import BFCL_DEV, TestSet, live_entries, load_bfcl_test, load_toolbench_ood
+from umi import prompts
 from umi.prompts import DocStyle
 
 __all__ = ["EvalReport", "evaluate", "DEFAULT_TOOLBENCH_OOD", "REFERENCES", "SINGLE_LLM", "CHAMPION"]
@@ -239,7 +240,8 @@ def evaluate(
     limit / ood_limit / live_limit: trajectories of the BFCL test split / of the ToolBench set / live entries (None:
     the settings' value, else all). A `limit` given without `ood_limit` sizes both static test sets.
     max_steps: planner turns per user turn in live rollouts (None: the settings' value).
-    doc_style: the tool-doc rendering the models were trained with (params.yaml's reorganize.doc_style).
+    doc_style: the tool-doc rendering for checkpoints that record none (an imported backbone); a trained checkpoint's
+    own prompt format (umi.prompts.checkpoint_prompt_format) wins, and an agent whose roles disagree is skipped.
     settings: an EvalSettings or a profile name ("cpu", "full"); generation caps, batch size, prompt budget.
     params: params.yaml, for the split fractions the reorganisation used.
     selection: names of agents also evaluated on the dev split (static `bfcl-dev`, live `live_dev`, same limits):
@@ -301,8 +303,8 @@ def evaluate(
     skipped: dict[str, str] = {}
     bars = _Bars(progress)
 
-    def run_agent(name: str, backends: dict, with_dev: bool) -> tuple[dict, dict]:
-        result: dict[str, Any] = {"static": None, "live": None}
+    def run_agent(name: str, backends: dict, with_dev: bool, doc_style: DocStyle = doc_style) -> tuple[dict, dict]:
+        result: dict[str, Any] = {"static": None, "live": None, "doc_style": doc_style}
         recs: dict[str, dict] = {"static": {}, "live": {}}
         if static:
             result["static"] = {}
@@ -328,10 +330,16 @@ def evaluate(
             skipped[spec.name] = f"no checkpoint at {', '.join(missing)}"
             log.warning("agent %s skipped: %s", spec.name, skipped[spec.name])
             continue
+        try:  # the prompt format the checkpoints were trained with, not a default of this function's
+            agent_format = prompts.agreed_prompt_format(spec.roles, prompts.prompt_format(doc_style, None))
+        except ValueError as e:
+            skipped[spec.name] = str(e)
+            log.warning("agent %s skipped: %s", spec.name, e)
+            continue
         agent_started = time.perf_counter()
         loading = {"max_prompt_tokens": cfg.max_prompt_tokens, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
         with loaded_backends(spec, **loading) as backends:
-            result, recs = run_agent(spec.name, backends, spec.name in selected)
+            result, recs = run_agent(spec.name, backends, spec.name in selected, agent_format["doc_style"])
         result["seconds"] = round(time.perf_counter() - agent_started, 3)
         results[spec.name], records[spec.name] = result, recs
 

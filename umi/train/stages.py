@@ -26,6 +26,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from umi import prompts
 from umi.train.config import LOCAL_STAGES, STAGES, TrainConfig, load_config
 from umi.train.engine import (
     CompletionTrainer,
@@ -43,7 +44,18 @@ from umi.train.tokenize import CompletionCollator
 
 log = logging.getLogger(__name__)
 
-STAGE_MANIFEST = "umi_stage.json"
+STAGE_MANIFEST = "umi_stage.json"  # umi.prompts.checkpoint_prompt_format reads its prompt_format
+
+
+def dataset_prompt_format(datasets_dir: str | Path) -> dict | None:
+    """The prompt format the role datasets were rendered with (their layout.json, umi.data.reorganize); None, with a
+    warning, for datasets made by hand without one."""
+    layout = Path(datasets_dir) / "layout.json"
+    if not layout.is_file():
+        log.warning("%s not found: the checkpoint will not record its prompt format", layout)
+        return None
+    data = json.loads(layout.read_text(encoding="utf-8"))
+    return prompts.prompt_format(data["doc_style"], data.get("observation_limit"))
 STATE_FILE = "stage_state.json"
 DEFAULT_EXPERIMENT = "umi-train"
 
@@ -323,6 +335,7 @@ def train_stage(
             "run_id": result.run_id,
             "resumed_from": last_checkpoint,
             "too_long_ids": train.too_long_ids,
+            prompts.PROMPT_FORMAT_KEY: dataset_prompt_format(datasets_dir),
         }
         (model_dir / STAGE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if run is not None:
