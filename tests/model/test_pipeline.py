@@ -216,7 +216,9 @@ def test_pipeline_trains_evaluates_registers_promotes_then_caches_and_retrains_o
     assert stage["metrics"]["data_examples"] == 12  # 8 + 4 new caller examples
     assert retrained["versions"] == {"caller": "2"}
     assert [len(registry.list_versions(r)) for r in registry.ROLES] == [1, 1, 2, 1]
-    assert set(retrained["evaluation"]["agents"]) == {"candidate", "champion"}
+    assert set(retrained["evaluation"]["agents"]) == {"candidate", "champion", "rule: last turn", "rule: always caller",
+                                                      "no call"}  # fmt: skip
+    assert "champion" in retrained["evaluation"]["agents"]["candidate"]["static"]["bfcl-dev"]["paired"]
     decision = retrained["promotion"]
     champion_caller = str(registry.champion_version("caller").version)
     assert champion_caller == ("2" if decision["promote"] else "1"), decision

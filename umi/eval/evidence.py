@@ -32,6 +32,7 @@ STATIC_METRICS: dict[str, str] = {
     "rouge_l": "rouge_l",
     "act_em_bfcl": "action_correct_bfcl",
     "arg_f1_bfcl": "arg_f1_bfcl",
+    "ast_acc_bfcl": "ast_correct_bfcl",
 }
 LIVE_METRICS: tuple[str, ...] = ("bfcl_checker_pass_rate", "pass_rate", "turn_pass_rate")
 # the promotion rule's static headline: the mean of these (umi.promotion)
