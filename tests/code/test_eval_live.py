@@ -208,9 +208,9 @@ def test_live_runs_an_agent_that_never_calls_a_tool(entry):
     assert summary["headline_metric"] == HEADLINE_METRIC == "bfcl_checker_pass_rate"
     assert (summary["entries"], summary["passed"], summary["bfcl_checker_passed"]) == (1, 0, 0)
     assert summary["turns_passed"] == sum(reads_only)
-    assert result.items() == [{"id": entry.entry_id, "trajectory_id": entry.trajectory_id, "category": "multi_turn_base",
-                               "passed": False, "bfcl_checker_passed": False, "turns": len(entry.turns),
-                               "turns_passed": sum(reads_only)}]  # fmt: skip
+    assert result.items() == [{"id": entry.entry_id, "trajectory_id": entry.trajectory_id,
+                               "category": "multi_turn_base", "passed": False, "bfcl_checker_passed": False,
+                               "turns": len(entry.turns), "turns_passed": sum(reads_only)}]  # fmt: skip
     concluding = ScriptedBackend([("planner", "Nothing to do.\n Next: conclusion."), ("summarizer", "Done.")]
                                  * len(entry.turns))  # fmt: skip
     again = rollout_entry(AlphaUMiAgent(concluding, config=AgentConfig(doc_style="compact")), entry,

@@ -41,6 +41,9 @@ def _calls_predicted(traj: Trajectory, calls: list[tuple[str, dict]]):
     return out
 
 
+OBJECTS = {"type": "array", "items": {"type": "object"}}
+
+
 # --- single values ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("value", "acceptable", "schema", "ok"),
@@ -61,8 +64,8 @@ def _calls_predicted(traj: Trajectory, calls: list[tuple[str, dict]]):
         ({"a": "X"}, [{"a": ["x"], "b": ["", 1]}], {"type": "object"}, True),  # b may be left out
         ({"a": "X"}, [{"a": ["x"], "b": [1]}], {"type": "object"}, False),  # b may not
         ({"a": "x", "c": 1}, [{"a": ["x"]}], {"type": "object"}, False),  # c is not expected
-        ([{"a": "x"}, {"a": "y"}], [[{"a": ["x"]}, {"a": ["Y"]}]], {"type": "array", "items": {"type": "object"}}, True),
-        ([{"a": "y"}, {"a": "x"}], [[{"a": ["x"]}, {"a": ["Y"]}]], {"type": "array", "items": {"type": "object"}}, False),
+        ([{"a": "x"}, {"a": "y"}], [[{"a": ["x"]}, {"a": ["Y"]}]], OBJECTS, True),
+        ([{"a": "y"}, {"a": "x"}], [[{"a": ["x"]}, {"a": ["Y"]}]], OBJECTS, False),  # position by position
         (3, [1, 2, 3], {}, True),  # no type ("any"): plain membership
         (True, [1], {"type": "boolean"}, False),  # JSON equality: true is not 1
     ],
@@ -87,7 +90,7 @@ def test_call_score_optional_required_and_unexpected():
     assert bfcl_call_score(empty, {}) == (1.0, True)
 
 
-# --- known predictions on real entries, by hand ------------------------------------------------------------------------
+# --- known predictions on real entries, by hand -----------------------------------------------------------------------
 def test_known_predictions_against_a_hand_computation():
     scores = []
     # simple_python_8: radius [10], units ["meters", ""]: the paper's gold has units "meters"; BFCL lets it go

@@ -211,7 +211,7 @@ def _question_keys(entry: Mapping[str, Any]) -> list[str]:
     keys = []
     for turn in entry.get("question") or []:
         if isinstance(turn, list):
-            text = "\n".join(m.get("content", "") for m in turn if isinstance(m, dict) and isinstance(m.get("content"), str))
+            text = "\n".join(m["content"] for m in turn if isinstance(m, dict) and isinstance(m.get("content"), str))
             if normalise_question(text):
                 keys.append(normalise_question(text))
     return keys

@@ -337,7 +337,7 @@ def arguments_f1(gold: dict[str, Any], predicted: dict[str, Any]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-# --- BFCL-grade matching (the rules of bfcl_eval's AST checker, see the module doc) ------------------------------------
+# --- BFCL-grade matching (the rules of bfcl_eval's AST checker, see the module doc) -----------------------------------
 _PY_TYPES: dict[str, type] = {"string": str, "integer": int, "number": float, "boolean": bool, "array": list,
                               "object": dict}  # fmt: skip
 
@@ -410,7 +410,7 @@ def bfcl_value_ok(value: Any, acceptable: Sequence[Any], schema: dict[str, Any] 
                 for option in acceptable
             )  # fmt: skip
         std_value = [_std(v) for v in value]
-        return any(isinstance(option, list) and json_equal(std_value, [_std(o) for o in option]) for option in acceptable)
+        return any(isinstance(o, list) and json_equal(std_value, [_std(x) for x in o]) for o in acceptable)
     if isinstance(value, str):
         return standardize_string(value) in {standardize_string(a) for a in acceptable if isinstance(a, str)}
     return _in(value, acceptable)

@@ -23,9 +23,10 @@ class EvalSettings:
     max_prompt_tokens: the token budget of a prompt (history dropped from the left to fit, as training does; the cpu
     training profile's max_length is 1024); None: the model's own maximum context.
     max_steps: planner (or single-LLM) turns per user turn in live rollouts; a turn whose gold needs more (one per
-    gold call plus one to conclude) gets that many (umi.eval.live), so the cap never decides a failure. planner_retries: live retries of a planner
-    that wrote nothing. stop_on_failure: end a live entry at its first failed turn (it cannot pass any more; saves
-    the rest of the rollout, but the external judge then sees only the turns that ran).
+    gold call plus one to conclude) gets that many (umi.eval.live), so the cap never decides a failure.
+    planner_retries: live retries of a planner that wrote nothing. stop_on_failure: end a live entry at its first
+    failed turn (it cannot pass any more; saves the rest of the rollout, but the external judge then sees only the
+    turns that ran).
     dtype: weights at evaluation: float32, bfloat16, or auto (bfloat16 on a GPU that has it and on a CPU with native
     bf16 arithmetic, AVX512-BF16 or AMX, where it runs about twice as fast as float32; float32 elsewhere).
     limit / ood_limit / live_limit: trajectories of the BFCL test split / of the ToolBench out-of-domain set (None:
