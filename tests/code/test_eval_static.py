@@ -130,3 +130,26 @@ def test_prompts_that_do_not_fit_score_as_missing(bfcl):
 def test_backends_must_be_a_known_set(bfcl):
     with pytest.raises(ValueError, match="planner\\+caller\\+summarizer or global"):
         run_static({"planner": OracleBackend({})}, bfcl)
+
+
+def test_oracle_is_perfect_bfcl_grade_too_and_per_item(bfcl):
+    """The gold calls (first acceptable values) are acceptable to BFCL's rules; items and categories add up."""
+    backend = oracle(bfcl, {"planner", "caller", "summarizer"})
+    result = run_static({"planner": backend, "caller": backend, "summarizer": backend}, bfcl)
+    s = result.summary()
+    assert (s["act_em_bfcl"], s["arg_f1_bfcl"], s["ast_acc_bfcl"]) == (100.0, 100.0, 100.0)
+    single_turn_calls = sum(len(t.meta["possible_answer"]) for t in bfcl if "possible_answer" in t.meta)
+    assert s["bfcl_graded_steps"] == single_turn_calls > 0  # multi-turn calls keep the paper's rules
+    items = result.items()
+    assert [i["id"] for i in items] == [t.id for t in bfcl]
+    assert {i["category"] for i in items} == {"simple_python", "parallel", "irrelevance", "multi_turn_base"}
+    for name in ("plan_acc", "act_em", "arg_f1", "act_em_bfcl"):
+        total, n = sum(i["metrics"][name]["sum"] for i in items), sum(i["metrics"][name]["n"] for i in items)
+        assert 100 * total / n == pytest.approx(s[name])
+    assert sum(i["steps"] for i in items) == s["steps"]
+    by_cat = result.by_category()
+    assert by_cat["irrelevance"]["give_up_steps"] == by_cat["irrelevance"]["steps"] == 2
+    assert sum(c["steps"] for c in by_cat.values()) == s["steps"]
+    assert by_cat["multi_turn_base"]["act_em_bfcl"] is None  # no BFCL-graded step there
+    record = result.records[0]
+    assert record["category"] == "simple_python" and record["score"]["arg_f1_bfcl"] in (1.0, None)

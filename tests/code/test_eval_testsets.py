@@ -11,7 +11,7 @@ from umi.data.bfcl import import_category
 from umi.data.splits import split_of
 from umi.eval.report import metric_key, table_markdown, write_chart
 from umi.eval.settings import PROFILES, EvalSettings
-from umi.eval.testsets import live_entries, load_bfcl_test, load_toolbench_ood, select
+from umi.eval.testsets import live_entries, live_sample, load_bfcl_test, load_toolbench_ood, select
 from umi.fixtures import TOOLBENCH_OOD_TEST
 from umi.schema import Step, Trajectory, read_trajectories, write_trajectories
 
@@ -40,8 +40,12 @@ def test_bfcl_test_split_is_the_reorganisations(bfcl_dir, tmp_path):
     params.write_text("reorganize:\n  split_fractions: {train: 0.0, dev: 0.0, test: 1.0}\n")
     everything = load_bfcl_test(bfcl_dir, params=params)
     assert everything.available == 53  # every BFCL trajectory, not the toolbench one
+    every_entry, available = live_entries(bfcl_dir, params=params)
+    assert available == 3 and [e.entry_id for e in every_entry] == [f"multi_turn_base_{i}" for i in range(3)]
     entries, available = live_entries(bfcl_dir, limit=2, params=params)
-    assert available == 3 and [e.entry_id for e in entries] == ["multi_turn_base_0", "multi_turn_base_1"]
+    # a limit takes the cheapest entries a no-call agent cannot pass (umi.eval.testsets.live_sample)
+    assert available == 3 and [e.entry_id for e in entries] == ["multi_turn_base_1", "multi_turn_base_2"]
+    assert entries == live_sample(every_entry, 2)
     assert all(len(e.turns) == len(e.gold_calls) > 1 for e in entries)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from umi.data import bfcl
-from umi.data.bfcl import DEFAULT_CATEGORIES, gold_arguments, import_bfcl, import_category, trajectory_id
+from umi.data.bfcl import DEFAULT_CATEGORIES, entry_groups, gold_arguments, import_bfcl, import_category, trajectory_id
 from umi.data.synthetic import argument_values, call_rationale, mentions_argument_value, pick, tool_purpose
 from umi.schema import RecordError, Trajectory, parse_trajectory, read_trajectories, write_trajectories
 from umi.tools.bfcl import BFCLToolkit, ToolkitError, snapshot_state, state_differences, tool_specs_for
@@ -64,8 +64,10 @@ def test_every_entry_becomes_one_trajectory(imported, category):
     entries = _entries(category)
     assert len(records) == len(entries) == EXPECTED_COUNTS[category]
     assert [t.id for t in records] == [trajectory_id(category, e["id"]) for e in entries]
+    groups = entry_groups()
     for t, entry in zip(records, entries):
-        assert t.id == f"bfcl/{category}/{entry['id']}" and t.source == "bfcl" and t.group == entry["id"]
+        assert t.id == f"bfcl/{category}/{entry['id']}" and t.source == "bfcl"
+        assert t.group == groups[category, entry["id"]]  # its group of twins (tests/data/test_bfcl_split_leakage.py)
         assert t.meta["category"] == category and t.meta["entry_id"] == entry["id"]
         assert t.instruction == entry["question"][0][0]["content"].strip()  # surrounding whitespace dropped
         assert Trajectory.model_validate(t.model_dump(mode="json")) == t

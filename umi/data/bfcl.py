@@ -4,7 +4,12 @@ Files: `bfcl_eval/data/BFCL_v4_<category>.json` (one entry a line) and, for cate
 `bfcl_eval/data/possible_answer/BFCL_v4_<category>.json` (matched by entry id). `import_bfcl` streams one
 `Trajectory` per entry, or a `RecordError` naming the entry for one it cannot convert.
 
-Ids: `bfcl/<category>/<entry id>`; `group` is the BFCL entry id (the split key); `source` is "bfcl";
+Ids: `bfcl/<category>/<entry id>`; `source` is "bfcl"; `group` (the split key) names the entry's group of twins
+(`entry_groups`): entries that share a question (normalised: lower case, punctuation and spacing dropped; any user
+turn of a multi-turn scenario) or their gold answer (the calls with their required arguments' first acceptable
+values, BFCL-normalised) are one group, across categories, so BFCL's reuse of a question in `simple_python` and
+`multiple` (or a reworded question with the same answer) cannot put one copy in training and the other in the test
+split. A group is named after its first trajectory id (multi-turn scenarios first, then by id);
 `meta["category"]` and `meta["entry_id"]` say where it came from. Steps marked `synthetic=True` carry text written by
 umi.data.synthetic (BFCL has no rationales and no final answers) or a placeholder observation.
 
@@ -38,7 +43,9 @@ Tools: ToolSpec from the entries' `function` docs (multi-turn: the class docs BF
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +68,9 @@ __all__ = [
     "convert_entry",
     "gold_arguments",
     "trajectory_id",
+    "entry_groups",
+    "normalise_question",
+    "standardize_string",
     "question_file",
     "answer_file",
 ]
@@ -138,6 +148,7 @@ def import_category(category: str, data_dir: str | Path | None = None) -> Iterat
             raise FileNotFoundError(f"no BFCL possible answers for {category} at {answers_path}")
         answers, problems = _load_answers(answers_path, category)
         yield from problems
+    groups = entry_groups(root)
     for entry_id, raw in _read_lines(questions, category):
         if isinstance(raw, RecordError):
             yield raw
@@ -148,7 +159,7 @@ def import_category(category: str, data_dir: str | Path | None = None) -> Iterat
                 if entry_id not in answers:
                     raise RecordError(trajectory_id(category, entry_id), "no possible answer for this entry")
                 answer = answers[entry_id]
-            yield convert_entry(category, raw, answer)
+            yield convert_entry(category, raw, answer, group=groups.get((category, entry_id)))
         except RecordError as e:
             yield e
 
@@ -161,22 +172,140 @@ def import_bfcl(
         yield from import_category(category, data_dir)
 
 
+# --- groups of twins (the split key) --------------------------------------------------------------------------------
+def normalise_question(text: str) -> str:
+    """A question as the twin test compares it: lower case, runs of punctuation / spacing as one space."""
+    return re.sub(r"[\W_]+", " ", text.lower()).strip()
+
+
+_STANDARDIZE = re.compile(r"[ ,./\-_*^]")
+
+
+def standardize_string(text: str) -> str:
+    """A string as BFCL's AST checker compares it: without spaces and `,./-_*^`, lower case, ' as \" (so
+    "April 1, 2024" and "april 1 2024" are the same value)."""
+    return _STANDARDIZE.sub("", text).lower().replace("'", '"')
+
+
+def _gold_key(category: str, answer: Any) -> str | None:
+    """The gold answer as the twin test compares it; None when there is none (irrelevance) or it is malformed."""
+    try:
+        if category in MULTI_TURN:
+            return json.dumps([[re.sub(r"\s+", "", call) for call in turn] for turn in answer])
+        calls = []
+        for call in answer:
+            ((name, acceptable),) = call.items()
+            arguments = []
+            for param, values in acceptable.items():
+                if any(_is_omission(v) for v in values):
+                    continue  # optional: twins differ in how they list optional values
+                value = values[0]
+                arguments.append((param, standardize_string(value) if isinstance(value, str) else value))
+            calls.append(json.dumps([name, sorted(arguments, key=lambda kv: kv[0])], sort_keys=True, default=str))
+        return json.dumps(sorted(calls))
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+
+
+def _question_keys(entry: Mapping[str, Any]) -> list[str]:
+    keys = []
+    for turn in entry.get("question") or []:
+        if isinstance(turn, list):
+            text = "\n".join(m["content"] for m in turn if isinstance(m, dict) and isinstance(m.get("content"), str))
+            if normalise_question(text):
+                keys.append(normalise_question(text))
+    return keys
+
+
+def _member_order(member: tuple[str, str]) -> tuple[bool, str, tuple[str, int]]:
+    category, entry_id = member
+    head, _, tail = entry_id.rpartition("_")
+    return (category not in MULTI_TURN, category, (head, int(tail)) if tail.isdigit() else (entry_id, -1))
+
+
+def _fingerprint(root: Path) -> tuple:
+    files = []
+    for category in SUPPORTED_CATEGORIES:
+        for path in (question_file(category, root), answer_file(category, root)):
+            if path.is_file():
+                st = path.stat()
+                files.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(files)
+
+
+def entry_groups(data_dir: str | Path | None = None) -> dict[tuple[str, str], str]:
+    """(category, entry id) -> group name, over every supported category found under `data_dir`: the connected
+    components of "shares a normalised question or a gold answer" (see the module doc). Cached per file state."""
+    root = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
+    return dict(_entry_groups(str(root.resolve()), _fingerprint(root)))
+
+
+@lru_cache(maxsize=8)
+def _entry_groups(root: str, fingerprint: tuple) -> dict[tuple[str, str], str]:
+    parent: dict[Any, Any] = {}
+
+    def find(x: Any) -> Any:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: Any, b: Any) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[ra] = rb
+
+    members: list[tuple[str, str]] = []
+    for category in SUPPORTED_CATEGORIES:
+        questions = question_file(category, Path(root))
+        if not questions.is_file():
+            continue
+        answers: dict[str, Any] = {}
+        if category not in IRRELEVANCE and answer_file(category, Path(root)).is_file():
+            answers, _ = _load_answers(answer_file(category, Path(root)), category)
+        for entry_id, raw in _read_lines(questions, category):
+            if isinstance(raw, RecordError):
+                continue
+            member = (category, entry_id)
+            members.append(member)
+            find(("entry", member))
+            for key in _question_keys(raw):
+                union(("entry", member), ("question", key))
+            gold = _gold_key(category, answers[entry_id]) if entry_id in answers else None
+            if gold is not None:
+                union(("entry", member), ("gold", category in MULTI_TURN, gold))
+    components: dict[Any, list[tuple[str, str]]] = {}
+    for member in members:
+        components.setdefault(find(("entry", member)), []).append(member)
+    groups = {}
+    for component in components.values():
+        first = min(component, key=_member_order)
+        for member in component:
+            groups[member] = trajectory_id(*first)
+    return groups
+
+
 # --- conversion ------------------------------------------------------------------------------------------------------
-def convert_entry(category: str, entry: Mapping[str, Any], answer: Any = None) -> Trajectory:
-    """One BFCL entry (and its possible answer) -> Trajectory; RecordError naming the entry if it cannot be."""
+def convert_entry(category: str, entry: Mapping[str, Any], answer: Any = None, group: str | None = None) -> Trajectory:
+    """One BFCL entry (and its possible answer) -> Trajectory; RecordError naming the entry if it cannot be.
+    `group`: its group of twins (entry_groups; default: a group of its own, named after its trajectory id)."""
+    if category not in SUPPORTED_CATEGORIES:
+        raise ValueError(f"unsupported BFCL category {category!r}")
     record_id = trajectory_id(category, str(entry.get("id")))
     try:
         if category in MULTI_TURN:
-            return _multi_turn(category, entry, answer, record_id)
-        if category in SINGLE_TURN:
-            return _single_turn(category, entry, answer, record_id)
-        if category in IRRELEVANCE:
-            return _irrelevance(category, entry, record_id)
+            traj = _multi_turn(category, entry, answer, record_id)
+        elif category in SINGLE_TURN:
+            traj = _single_turn(category, entry, answer, record_id)
+        else:
+            traj = _irrelevance(category, entry, record_id)
+        traj.group = group or record_id
+        return traj
     except RecordError:
         raise
     except (ValueError, TypeError, KeyError) as e:  # pydantic's ValidationError is a ValueError
         raise RecordError(record_id, f"{type(e).__name__}: {e}") from None
-    raise ValueError(f"unsupported BFCL category {category!r}")
 
 
 def _turn_text(messages: Any, record_id: str, turn: int) -> str:
@@ -304,7 +433,6 @@ def _multi_turn(category: str, entry: Mapping[str, Any], answer: Any, record_id:
     return Trajectory(
         id=record_id,
         source=SOURCE,
-        group=entry_id,
         tools=toolkit.specs,
         instruction=requests[0],
         steps=steps,
@@ -396,7 +524,7 @@ def _single_turn(category: str, entry: Mapping[str, Any], answer: Any, record_id
     meta = _meta(category, entry)
     meta.update({"possible_answer": answer, "executed": False})
     return Trajectory(
-        id=record_id, source=SOURCE, group=entry_id, tools=tools, instruction=request, steps=steps, meta=meta
+        id=record_id, source=SOURCE, tools=tools, instruction=request, steps=steps, meta=meta
     )
 
 
@@ -412,6 +540,6 @@ def _irrelevance(category: str, entry: Mapping[str, Any], record_id: str) -> Tra
         Step(role="assistant", content=thought, decision="give up", synthetic=True),
     ]
     return Trajectory(
-        id=record_id, source=SOURCE, group=entry["id"], tools=tools, instruction=requests[0], steps=steps,
+        id=record_id, source=SOURCE, tools=tools, instruction=requests[0], steps=steps,
         meta={**_meta(category, entry), "executed": False},
     )

@@ -5,6 +5,13 @@ One entry, as the importer replays it: fresh tool instances from the entry's `in
 (the agent's own steps, not the gold ones) carried over as history. Beside it a gold toolkit runs BFCL's gold calls of
 each turn.
 
+Step cap: each user turn gets `max_steps` planner turns, or the turns its gold needs when that is more (one per
+gold call plus one to conclude: `LiveEntry.steps_needed`; BFCL's own harness allows 20 steps a turn), so every
+entry can be passed and a failure is the agent's, not the cap's. The cap of each turn is in its record.
+
+Headline: bfcl_eval's checker (`bfcl_checker_pass_rate`, the summary's `headline_metric`); our state check
+(`pass_rate`) beside it.
+
 Pass (ours): after every turn, the state of every tool instance equals the gold toolkit's state
 (umi.tools.bfcl.snapshot_state / state_differences: all public attributes, nested objects included). An entry passes
 when all its turns do. With `stop_on_failure` the rollout ends at the first failed turn (the entry cannot pass any
@@ -27,6 +34,8 @@ SDKs this project does not install).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import keyword
 import math
 import re
@@ -36,16 +45,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent
+from umi.agent.loop import AgentConfig, AgentResult, AlphaUMiAgent, SingleLLMAgent
 from umi.eval.settings import EvalSettings
 from umi.eval.testsets import LiveEntry
 from umi.prompts import DocStyle
-from umi.schema import Step
+from umi.schema import Step, Trajectory
 from umi.tools.bfcl import BFCLToolkit, state_differences
 from umi.tools.registry import Observation
 
 __all__ = [
+    "HEADLINE_METRIC",
     "LiveResult",
+    "NoCallAgent",
     "RecordingRuntime",
     "bfcl_judge",
     "build_agent",
@@ -55,6 +66,7 @@ __all__ = [
 ]
 
 EXECUTED_KINDS = (None, "tool_error")  # error kinds of calls that ran (a tool that raised did run)
+HEADLINE_METRIC = "bfcl_checker_pass_rate"
 
 
 # --- calls ------------------------------------------------------------------------------------------------------------
@@ -160,8 +172,38 @@ def build_agent(backends: dict, settings: EvalSettings, doc_style: DocStyle = "c
     return AlphaUMiAgent(backends["planner"], backends["caller"], backends["summarizer"], config=config)
 
 
+class NoCallAgent:
+    """A baseline that never calls a tool: every user turn is answered at once with a fixed text. It passes exactly
+    the turns that only read (LiveEntry.no_call_turns), which is what a live number has to beat."""
+
+    name = "no-call"
+    ANSWER = "I cannot do that with the tools I have."
+
+    def run(self, query: str, tools: Any, *, history: Sequence[Step] = (), task_id: str | None = None,
+            on_event: Any = None) -> AgentResult:  # fmt: skip
+        steps = [*history, Step(role="user", content=query),
+                 Step(role="assistant", content="No tool call is needed.", decision="conclusion"),
+                 Step(role="conclusion", content=self.ANSWER)]  # fmt: skip
+        trajectory = Trajectory(
+            id=task_id or "no-call", source=self.name, tools=list(getattr(tools, "specs", [])), instruction=query,
+            steps=steps, meta={"status": "answered", "planner_steps": 1, "totals": {"seconds": 0.0}},
+        )  # fmt: skip
+        return AgentResult(trajectory=trajectory, answer=self.ANSWER, status="answered")
+
+
+def _with_step_cap(agent, cap: int):
+    """`agent` with at least `cap` planner turns per episode (a shallow copy: backends are shared)."""
+    config = getattr(agent, "config", None)
+    if not isinstance(config, AgentConfig) or config.max_steps >= cap:
+        return agent
+    capped = copy.copy(agent)
+    capped.config = dataclasses.replace(config, max_steps=cap)
+    return capped
+
+
 def rollout_entry(agent, entry: LiveEntry, *, stop_on_failure: bool = True, judge: bool = True) -> dict[str, Any]:
-    """Roll out one entry turn after turn; check the state after each turn; ask BFCL's checker. JSON-ready record."""
+    """Roll out one entry turn after turn; check the state after each turn; ask BFCL's checker. JSON-ready record.
+    Each turn's step cap is the agent's `max_steps` or the turn's `steps_needed`, whichever is larger."""
     started = time.perf_counter()
     live = BFCLToolkit(entry.involved_classes, entry.initial_config)
     gold = BFCLToolkit(entry.involved_classes, entry.initial_config)
@@ -174,7 +216,9 @@ def rollout_entry(agent, entry: LiveEntry, *, stop_on_failure: bool = True, judg
             name, arguments = gold.parse(call)
             gold.dispatch(name, arguments, validate=False)  # as the importer: BFCL runs its gold calls unvalidated
         runtime.calls.clear()
-        result = agent.run(query, runtime, history=history, task_id=f"{entry.entry_id}#turn{t}")
+        needed = entry.steps_needed[t]
+        turn_agent = _with_step_cap(agent, needed)
+        result = turn_agent.run(query, runtime, history=history, task_id=f"{entry.entry_id}#turn{t}")
         history = list(result.trajectory.steps)
         calls_per_turn.append(runtime.executed())
         differences = state_differences(gold.snapshot(), live.snapshot())
@@ -184,6 +228,8 @@ def rollout_entry(agent, entry: LiveEntry, *, stop_on_failure: bool = True, judg
                 "passed": not differences,
                 "status": result.status,
                 "planner_steps": result.steps,
+                "step_cap": getattr(getattr(turn_agent, "config", None), "max_steps", None),
+                "steps_needed": needed,
                 "gold_calls": list(gold_calls),
                 "calls": [{"tool": n, "arguments": a, "ok": o.ok, "error_kind": o.error_kind}
                           for n, a, o in runtime.calls],  # fmt: skip
@@ -197,6 +243,9 @@ def rollout_entry(agent, entry: LiveEntry, *, stop_on_failure: bool = True, judg
     passed = len(turns) == len(entry.turns) and all(t["passed"] for t in turns)
     record: dict[str, Any] = {
         "entry_id": entry.entry_id,
+        "id": entry.entry_id,
+        "trajectory_id": entry.trajectory_id,
+        "category": entry.category,
         "passed": passed,
         "turns_run": len(turns),
         "turns": len(entry.turns),
@@ -211,12 +260,31 @@ def rollout_entry(agent, entry: LiveEntry, *, stop_on_failure: bool = True, judg
 
 @dataclass
 class LiveResult:
+    """records: one JSON-ready dict per entry (rollout_entry). `items()`: the per-entry outcomes, for intervals."""
+
     records: list[dict[str, Any]]
     seconds: float
 
+    def items(self) -> list[dict[str, Any]]:
+        """Per entry: id (the BFCL entry id), trajectory_id, category; passed (our state check), bfcl_checker_passed
+        (None when not judged), turns, turns_passed. Resample these (whole entries) for an interval."""
+        return [
+            {
+                "id": r["entry_id"],
+                "trajectory_id": r.get("trajectory_id"),
+                "category": r.get("category", "multi_turn_base"),
+                "passed": bool(r["passed"]),
+                "bfcl_checker_passed": bool(r["bfcl_checker"]["valid"]) if "bfcl_checker" in r else None,
+                "turns": r["turns"],
+                "turns_passed": r["turns_passed"],
+            }
+            for r in self.records
+        ]
+
     def summary(self) -> dict[str, Any]:
-        """pass_rate / bfcl_checker_pass_rate / turn_pass_rate / agreement: percentages (None with no entries);
-        entries, passed, bfcl_checker_passed, turns, turns_passed: counts; seconds, seconds_per_entry."""
+        """pass_rate (our state check) / bfcl_checker_pass_rate (the headline, `headline_metric`) / turn_pass_rate /
+        agreement: percentages (None with no entries); entries, passed, bfcl_checker_passed, turns, turns_passed:
+        counts; seconds, seconds_per_entry."""
         n = len(self.records)
         passed = sum(r["passed"] for r in self.records)
         judged = [r for r in self.records if "bfcl_checker" in r]
@@ -240,6 +308,7 @@ class LiveResult:
             "turns_passed": turns_passed,
             "seconds": round(self.seconds, 3),
             "seconds_per_entry": round(self.seconds / n, 3) if n else None,
+            "headline_metric": HEADLINE_METRIC,
         }
 
 
@@ -251,10 +320,13 @@ def run_live(
     doc_style: DocStyle = "compact",
     judge: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    agent: Any = None,
 ) -> LiveResult:
-    """Roll out every entry with the agent over `backends` (see build_agent); caches are reset between entries."""
+    """Roll out every entry with the agent over `backends` (see build_agent), or with `agent` when given (anything
+    with the agent loop's `run`, e.g. NoCallAgent; then `backends` may be empty); caches are reset between entries."""
     settings = settings or EvalSettings()
-    agent = build_agent(backends, settings, doc_style)
+    if agent is None:
+        agent = build_agent(backends, settings, doc_style)
     started = time.perf_counter()
     records = []
     if progress:

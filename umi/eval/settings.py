@@ -22,9 +22,11 @@ class EvalSettings:
     """max_new_tokens: per role (planner, caller, summarizer, global). batch_size: static prompts decoded together.
     max_prompt_tokens: the token budget of a prompt (history dropped from the left to fit, as training does; the cpu
     training profile's max_length is 1024); None: the model's own maximum context.
-    max_steps: planner (or single-LLM) turns per user turn in live rollouts. planner_retries: live retries of a planner
-    that wrote nothing. stop_on_failure: end a live entry at its first failed turn (it cannot pass any more; saves
-    the rest of the rollout, but the external judge then sees only the turns that ran).
+    max_steps: planner (or single-LLM) turns per user turn in live rollouts; a turn whose gold needs more (one per
+    gold call plus one to conclude) gets that many (umi.eval.live), so the cap never decides a failure.
+    planner_retries: live retries of a planner that wrote nothing. stop_on_failure: end a live entry at its first
+    failed turn (it cannot pass any more; saves the rest of the rollout, but the external judge then sees only the
+    turns that ran).
     dtype: weights at evaluation: float32, bfloat16, or auto (bfloat16 on a GPU that has it and on a CPU with native
     bf16 arithmetic, AVX512-BF16 or AMX, where it runs about twice as fast as float32; float32 elsewhere).
     limit / ood_limit / live_limit: trajectories of the BFCL test split / of the ToolBench out-of-domain set (None:
@@ -67,8 +69,10 @@ class EvalSettings:
 
 
 # cpu: four agents in about 8-10 minutes on 2 cores (one trajectory of each BFCL category, 2 ToolBench trajectories,
-# one live entry; measured per-step costs in docs/evaluation.md). Small samples: a smoke test and a coarse ranking.
-# full: every trajectory and entry, the paper's step cap; for a GPU.
+# one live entry: the cheapest held-out entry a no-call agent cannot pass, umi.eval.testsets.live_sample; measured
+# per-step costs in docs/evaluation.md). Small samples: a smoke test and a coarse ranking.
+# full: every trajectory and every held-out live entry (71), the paper's step cap (raised per turn where the gold
+# needs more); for a GPU.
 PROFILES: dict[str, EvalSettings] = {
     "cpu": EvalSettings(limit=6, ood_limit=2, live_limit=1, max_steps=4),
     "full": EvalSettings(max_prompt_tokens=4096, max_new_tokens={"planner": 256, "caller": 128, "summarizer": 512,

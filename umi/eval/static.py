@@ -40,6 +40,8 @@ from umi.eval.metrics import (
     Prediction,
     StaticMetrics,
     StaticStep,
+    StepScore,
+    item_totals,
     gold_steps,
     prediction_from_global,
     prediction_from_roles,
@@ -59,9 +61,11 @@ _SHOWN = 2000  # characters of each raw output kept in the per-step records
 
 @dataclass
 class StaticResult:
-    """metrics: the five metrics (and counts) over `steps`. records: one dict per step (gold, prediction, raw role
-    outputs, score) for the predictions file. generations: role generations run; new_tokens: tokens they wrote;
-    too_long: prompts that did not fit; rejected: trajectories that could not be turned into gold steps."""
+    """metrics: the five metrics (and counts, and the BFCL-grade variants) over `steps`. records: one dict per step
+    (gold, prediction, raw role outputs, score) for the predictions file. scores: each step's StepScore.
+    generations: role generations run; new_tokens: tokens they wrote; too_long: prompts that did not fit; rejected:
+    trajectories that could not be turned into gold steps. `items()`: per trajectory, for intervals;
+    `by_category()`: the metrics per BFCL category (or source)."""
 
     metrics: StaticMetrics
     steps: list[StaticStep]
@@ -71,6 +75,28 @@ class StaticResult:
     new_tokens: int = 0
     too_long: int = 0
     rejected: list[dict[str, str]] = field(default_factory=list)
+    scores: list[StepScore] = field(default_factory=list)
+
+    def items(self) -> list[dict[str, Any]]:
+        """One dict per trajectory, in the order scored: id (the trajectory id), category, steps, and per metric
+        {"sum", "n"} (umi.eval.metrics.item_totals): a resample of whole trajectories gives each metric as
+        100 * sum of sums / sum of n. The BFCL variants appear when the test set has BFCL-graded steps."""
+        graded = any(sc.bfcl_graded for sc in self.scores)
+        groups: dict[str, list[StepScore]] = {}
+        for sc in self.scores:
+            groups.setdefault(sc.trajectory_id or sc.id, []).append(sc)
+        out = []
+        for tid, scores in groups.items():
+            totals = item_totals(scores, bfcl=graded)  # the same metric keys on every item of the set
+            out.append({"id": tid, "category": scores[0].category, "steps": len(scores), "metrics": totals})
+        return out
+
+    def by_category(self) -> dict[str, dict[str, Any]]:
+        """category -> StaticMetrics.to_dict() over that category's steps."""
+        groups: dict[str, list[StepScore]] = {}
+        for sc in self.scores:
+            groups.setdefault(sc.category or "?", []).append(sc)
+        return {cat: aggregate(scores).to_dict() for cat, scores in groups.items()}
 
     def summary(self) -> dict[str, Any]:
         """The report's entry for one agent on one test set: the metric fields of StaticMetrics (plan_acc, act_em,
@@ -185,7 +211,8 @@ def run_static(
         predictions = _multi(runner, backends, items)
     else:
         raise ValueError(f"backends must be planner+caller+summarizer or global, got {sorted(backends)}")
-    scored, records = [], []
+    scored: list[tuple[StaticStep, StepScore]] = []
+    records = []
     for item, prediction in zip(items, predictions):
         step = item.gold.with_prediction(prediction)
         score = score_step(step)
@@ -198,8 +225,12 @@ def run_static(
                 "predicted": {"plan": step.predicted_plan, "tool": step.predicted_tool,
                               "arguments": step.predicted_arguments, "answer": step.predicted_answer},
                 "outputs": {role: _shown(text) for role, text in item.outputs.items()},
+                "trajectory_id": step.trajectory_id,
+                "category": step.category,
                 "score": {"plan_correct": score.plan_correct, "action_correct": score.action_correct,
-                          "hallucinated": score.hallucinated, "arg_f1": score.arg_f1, "rouge_l": score.rouge_l},
+                          "hallucinated": score.hallucinated, "arg_f1": score.arg_f1, "rouge_l": score.rouge_l,
+                          "action_correct_bfcl": score.action_correct_bfcl, "arg_f1_bfcl": score.arg_f1_bfcl,
+                          "ast_correct_bfcl": score.ast_correct_bfcl},
             }  # fmt: skip
         )
     return StaticResult(
@@ -211,6 +242,7 @@ def run_static(
         new_tokens=runner.new_tokens,
         too_long=runner.too_long,
         rejected=rejected,
+        scores=[sc for _, sc in scored],
     )
 
 

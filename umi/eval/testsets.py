@@ -7,7 +7,10 @@
   ../shared/fixtures/README.md), read with umi's α-UMi importer. Records the importer rejects are reported with their
   id and reason (record 273 is one: an observation with no call before it), never a crash.
 - live entries: the `multi_turn_base` trajectories of `bfcl-test`, with what a rollout needs (classes, initial
-  config, the user turns and the gold calls per turn) from the importer's meta.
+  config, the user turns and the gold calls per turn) from the importer's meta. The split holds out at least 35% of
+  the multi-turn scenarios (umi.data.splits.MIN_TEST_SHARE: 71 of 200 with the shipped data), so the full live
+  check has enough entries for an interval. A `limit` takes the cheapest entries a no-call agent cannot pass
+  (`live_sample`), so a small sample is one an agent can pass within its step cap and a do-nothing agent cannot.
 
 `select` takes a deterministic subset for a `--limit`: round-robin over BFCL categories (so a small subset still
 covers each kind of task), evenly spaced over a file without categories.
@@ -33,6 +36,7 @@ __all__ = [
     "load_bfcl_test",
     "load_toolbench_ood",
     "live_entries",
+    "live_sample",
     "select",
 ]
 
@@ -74,6 +78,27 @@ class LiveEntry:
     initial_config: dict[str, Any]
     turns: tuple[str, ...]
     gold_calls: tuple[tuple[str, ...], ...]
+    category: str = "multi_turn_base"
+
+    @property
+    def steps_needed(self) -> tuple[int, ...]:
+        """Planner turns each user turn needs at least: one per gold call, one to conclude."""
+        return tuple(len(calls) + 1 for calls in self.gold_calls)
+
+    def no_call_turns(self) -> tuple[bool, ...]:
+        """Per turn: whether an agent that calls nothing passes our state check there (the gold calls so far left
+        every instance as it started: the turn only reads)."""
+        from umi.tools.bfcl import BFCLToolkit, state_differences
+
+        toolkit = BFCLToolkit(self.involved_classes, self.initial_config)
+        start = toolkit.snapshot()
+        out = []
+        for calls in self.gold_calls:
+            for call in calls:
+                name, arguments = toolkit.parse(call)
+                toolkit.dispatch(name, arguments, validate=False)
+            out.append(not state_differences(toolkit.snapshot(), start))
+        return tuple(out)
 
     @classmethod
     def from_trajectory(cls, traj: Trajectory) -> "LiveEntry":
@@ -91,6 +116,7 @@ class LiveEntry:
             initial_config=dict(meta.get("initial_config") or {}),
             turns=turns,
             gold_calls=tuple(tuple(turn) for turn in meta["gold_calls"]),
+            category=str(meta.get("category") or "multi_turn_base"),
         )
 
 
@@ -189,11 +215,27 @@ def live_entries(
     params: str | Path | None = "params.yaml",
     split: Split = "test",
 ) -> tuple[list[LiveEntry], int]:
-    """The held-out multi_turn_base entries (after `limit`, in entry-id order) and how many there are in all."""
+    """The held-out multi_turn_base entries of `split` in entry-id order (with `limit`: `live_sample`'s choice) and
+    how many there are in all."""
     trajectories = [t for t in _bfcl_split(data_dir, split, params) if t.meta.get("category") == "multi_turn_base"]
     trajectories.sort(key=lambda t: _entry_number(str(t.meta.get("entry_id", t.id))))
-    chosen = trajectories if limit is None else trajectories[: max(limit, 0)]
-    return [LiveEntry.from_trajectory(t) for t in chosen], len(trajectories)
+    entries = [LiveEntry.from_trajectory(t) for t in trajectories]
+    return (entries if limit is None else live_sample(entries, limit)), len(entries)
+
+
+def live_sample(entries: Sequence[LiveEntry], limit: int) -> list[LiveEntry]:
+    """A deterministic sample of `limit` entries that can be passed and are worth passing: entries a no-call agent
+    passes (every turn only reads) last, then the fewest planner turns needed in all (sum of `steps_needed`), then
+    the fewest in the largest turn, then entry id; returned in entry-id order. The cheapest entries keep a cpu run
+    affordable; every turn gets at least the steps its gold needs (umi.eval.live), so any of them can be passed."""
+    if limit < 1:
+        raise ValueError("limit must be >= 1 (or None for all)")
+
+    def cost(e: LiveEntry) -> tuple:
+        return (all(e.no_call_turns()), sum(e.steps_needed), max(e.steps_needed), _entry_number(e.entry_id))
+
+    chosen = sorted(entries, key=cost)[:limit]
+    return sorted(chosen, key=lambda e: _entry_number(e.entry_id))
 
 
 def _entry_number(entry_id: str) -> tuple[str, int]:
