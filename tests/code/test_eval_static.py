@@ -140,16 +140,16 @@ def test_oracle_is_perfect_bfcl_grade_too_and_per_item(bfcl):
     assert (s["act_em_bfcl"], s["arg_f1_bfcl"], s["ast_acc_bfcl"]) == (100.0, 100.0, 100.0)
     single_turn_calls = sum(len(t.meta["possible_answer"]) for t in bfcl if "possible_answer" in t.meta)
     assert s["bfcl_graded_steps"] == single_turn_calls > 0  # multi-turn calls keep the paper's rules
-    items = result.items()
-    assert [i["id"] for i in items] == [t.id for t in bfcl]
-    assert {i["category"] for i in items} == {"simple_python", "parallel", "irrelevance", "multi_turn_base"}
+    from umi.eval import evidence
+
+    items = evidence.static_items(result.records)  # the report's per-trajectory clusters, from the records
+    ev = evidence.summary(items, "trajectories")
+    assert ev["n"] == {"items": s["steps"], "trajectories": len(bfcl)}
     for name in ("plan_acc", "act_em", "arg_f1", "act_em_bfcl"):
-        total, n = sum(i["metrics"][name]["sum"] for i in items), sum(i["metrics"][name]["n"] for i in items)
-        assert 100 * total / n == pytest.approx(s[name])
-    assert sum(i["steps"] for i in items) == s["steps"]
-    by_cat = result.by_category()
-    assert by_cat["irrelevance"]["give_up_steps"] == by_cat["irrelevance"]["steps"] == 2
-    assert sum(c["steps"] for c in by_cat.values()) == s["steps"]
-    assert by_cat["multi_turn_base"]["act_em_bfcl"] is None  # no BFCL-graded step there
+        assert ev["intervals"][name]["value"] == pytest.approx(s[name])
+    by_cat = evidence.by_category(items, "trajectories")
+    assert set(by_cat) == {"simple_python", "parallel", "irrelevance", "multi_turn_base"}
+    assert by_cat["irrelevance"]["n"]["items"] == 2
+    assert sum(c["n"]["items"] for c in by_cat.values()) == s["steps"]
     record = result.records[0]
     assert record["category"] == "simple_python" and record["score"]["arg_f1_bfcl"] in (1.0, None)

@@ -50,9 +50,9 @@ def static_items(records: Sequence[Mapping], categories: Mapping[str, str] | Non
     """One item per scored step: `cluster` (trajectory id), `category`, and a 0-1 value (or None) per metric."""
     items = []
     for r in records:
-        cluster = str(r["id"]).rsplit("#", 1)[0]
+        cluster = str(r.get("trajectory_id") or str(r["id"]).rsplit("#", 1)[0])
         score = r.get("score") or {}
-        item = {"cluster": cluster, "category": (categories or {}).get(cluster, "all")}
+        item = {"cluster": cluster, "category": r.get("category") or (categories or {}).get(cluster, "all")}
         for metric, key in STATIC_METRICS.items():
             if key in score:
                 item[metric] = _value(score[key])

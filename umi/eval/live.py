@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from umi.agent.loop import AgentConfig, AgentResult, AlphaUMiAgent, SingleLLMAgent
+from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent
 from umi.eval.settings import EvalSettings
 from umi.eval.testsets import LiveEntry
 from umi.prompts import DocStyle
@@ -56,7 +56,6 @@ from umi.tools.registry import Observation
 __all__ = [
     "HEADLINE_METRIC",
     "LiveResult",
-    "NoCallAgent",
     "RecordingRuntime",
     "bfcl_judge",
     "build_agent",
@@ -172,25 +171,6 @@ def build_agent(backends: dict, settings: EvalSettings, doc_style: DocStyle = "c
     return AlphaUMiAgent(backends["planner"], backends["caller"], backends["summarizer"], config=config)
 
 
-class NoCallAgent:
-    """A baseline that never calls a tool: every user turn is answered at once with a fixed text. It passes exactly
-    the turns that only read (LiveEntry.no_call_turns), which is what a live number has to beat."""
-
-    name = "no-call"
-    ANSWER = "I cannot do that with the tools I have."
-
-    def run(self, query: str, tools: Any, *, history: Sequence[Step] = (), task_id: str | None = None,
-            on_event: Any = None) -> AgentResult:  # fmt: skip
-        steps = [*history, Step(role="user", content=query),
-                 Step(role="assistant", content="No tool call is needed.", decision="conclusion"),
-                 Step(role="conclusion", content=self.ANSWER)]  # fmt: skip
-        trajectory = Trajectory(
-            id=task_id or "no-call", source=self.name, tools=list(getattr(tools, "specs", [])), instruction=query,
-            steps=steps, meta={"status": "answered", "planner_steps": 1, "totals": {"seconds": 0.0}},
-        )  # fmt: skip
-        return AgentResult(trajectory=trajectory, answer=self.ANSWER, status="answered")
-
-
 def _with_step_cap(agent, cap: int):
     """`agent` with at least `cap` planner turns per episode (a shallow copy: backends are shared)."""
     config = getattr(agent, "config", None)
@@ -265,22 +245,6 @@ class LiveResult:
     records: list[dict[str, Any]]
     seconds: float
 
-    def items(self) -> list[dict[str, Any]]:
-        """Per entry: id (the BFCL entry id), trajectory_id, category; passed (our state check), bfcl_checker_passed
-        (None when not judged), turns, turns_passed. Resample these (whole entries) for an interval."""
-        return [
-            {
-                "id": r["entry_id"],
-                "trajectory_id": r.get("trajectory_id"),
-                "category": r.get("category", "multi_turn_base"),
-                "passed": bool(r["passed"]),
-                "bfcl_checker_passed": bool(r["bfcl_checker"]["valid"]) if "bfcl_checker" in r else None,
-                "turns": r["turns"],
-                "turns_passed": r["turns_passed"],
-            }
-            for r in self.records
-        ]
-
     def summary(self) -> dict[str, Any]:
         """pass_rate (our state check) / bfcl_checker_pass_rate (the headline, `headline_metric`) / turn_pass_rate /
         agreement: percentages (None with no entries); entries, passed, bfcl_checker_passed, turns, turns_passed:
@@ -320,13 +284,11 @@ def run_live(
     doc_style: DocStyle = "compact",
     judge: bool = True,
     progress: Callable[[int, int], None] | None = None,
-    agent: Any = None,
 ) -> LiveResult:
-    """Roll out every entry with the agent over `backends` (see build_agent), or with `agent` when given (anything
-    with the agent loop's `run`, e.g. NoCallAgent; then `backends` may be empty); caches are reset between entries."""
+    """Roll out every entry with the agent over `backends` (see build_agent); caches are reset between entries.
+    The no-call baseline is umi.eval.baselines.no_call_backends() here like any agent."""
     settings = settings or EvalSettings()
-    if agent is None:
-        agent = build_agent(backends, settings, doc_style)
+    agent = build_agent(backends, settings, doc_style)
     started = time.perf_counter()
     records = []
     if progress:

@@ -41,7 +41,6 @@ from umi.eval.metrics import (
     StaticMetrics,
     StaticStep,
     StepScore,
-    item_totals,
     gold_steps,
     prediction_from_global,
     prediction_from_roles,
@@ -76,27 +75,6 @@ class StaticResult:
     too_long: int = 0
     rejected: list[dict[str, str]] = field(default_factory=list)
     scores: list[StepScore] = field(default_factory=list)
-
-    def items(self) -> list[dict[str, Any]]:
-        """One dict per trajectory, in the order scored: id (the trajectory id), category, steps, and per metric
-        {"sum", "n"} (umi.eval.metrics.item_totals): a resample of whole trajectories gives each metric as
-        100 * sum of sums / sum of n. The BFCL variants appear when the test set has BFCL-graded steps."""
-        graded = any(sc.bfcl_graded for sc in self.scores)
-        groups: dict[str, list[StepScore]] = {}
-        for sc in self.scores:
-            groups.setdefault(sc.trajectory_id or sc.id, []).append(sc)
-        out = []
-        for tid, scores in groups.items():
-            totals = item_totals(scores, bfcl=graded)  # the same metric keys on every item of the set
-            out.append({"id": tid, "category": scores[0].category, "steps": len(scores), "metrics": totals})
-        return out
-
-    def by_category(self) -> dict[str, dict[str, Any]]:
-        """category -> StaticMetrics.to_dict() over that category's steps."""
-        groups: dict[str, list[StepScore]] = {}
-        for sc in self.scores:
-            groups.setdefault(sc.category or "?", []).append(sc)
-        return {cat: aggregate(scores).to_dict() for cat, scores in groups.items()}
 
     def summary(self) -> dict[str, Any]:
         """The report's entry for one agent on one test set: the metric fields of StaticMetrics (plan_acc, act_em,
