@@ -17,13 +17,16 @@ is loaded once and shared), with the token budget evaluation prompts are fitted 
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["AgentKind", "AgentSpec", "ROLES_OF", "default_agents", "load_backends", "loaded_backends", "resolve_dtype"]
+__all__ = ["AgentKind", "AgentSpec", "ROLES_OF", "default_agents", "load_backends", "loaded_backends", "resolve_dtype",
+           "training_budget"]
 
 AgentKind = Literal["multi", "single"]
 ROLES_OF: dict[str, tuple[str, ...]] = {"multi": ("planner", "caller", "summarizer"), "single": ("global",)}
@@ -195,3 +198,34 @@ def loaded_backends(spec: AgentSpec, **options) -> Iterator[dict]:
                 torch.cuda.empty_cache()
         except ImportError:  # pragma: no cover
             pass
+
+
+def _epochs(manifest: dict) -> float:
+    stage = manifest.get("stage")
+    settings = ((manifest.get("config") or {}).get("stages") or {}).get(stage) or {}
+    return float(manifest.get("metrics", {}).get("epoch") or settings.get("epochs") or 1.0)
+
+
+def training_budget(checkpoints: Mapping[str, str | Path] | AgentSpec) -> dict[str, float | int | list[str]]:
+    """What an agent's weights cost to train: example tokens seen (each stage's dataset tokens times its epochs) and
+    optimiser steps, summed over every stage in the lineage of its checkpoints (a local stage's manifest names the
+    global checkpoint it started from), each stage once. An imported backbone costs 0."""
+    from umi.train.stages import STAGE_MANIFEST
+
+    roles = checkpoints.roles if isinstance(checkpoints, AgentSpec) else checkpoints
+    seen: dict[str, dict] = {}
+    todo = [Path(p) for p in roles.values()]
+    while todo:
+        path = todo.pop()
+        key = str(path.resolve())
+        manifest_path = path / STAGE_MANIFEST
+        if key in seen or not manifest_path.is_file():
+            continue
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        seen[key] = manifest
+        if manifest.get("init_from"):
+            todo.append(Path(manifest["init_from"]))
+    tokens = sum(float(m.get("metrics", {}).get("data_tokens", 0.0)) * _epochs(m) for m in seen.values())
+    steps = sum(int(m.get("metrics", {}).get("global_step", 0)) for m in seen.values())
+    stages = sorted(str(m.get("stage")) for m in seen.values())
+    return {"tokens": int(round(tokens)), "optimizer_steps": steps, "stages": stages}

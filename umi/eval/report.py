@@ -94,9 +94,20 @@ def table_markdown(agents: Mapping[str, dict], test_sets: Mapping[str, dict] | N
     switched_off = [n for n, i in (test_sets or {}).items() if i.get("switched_off")]
     if switched_off:
         notes.append(f"- switched off by name: {', '.join(switched_off)}")
-    sections = [_intervals_section(agents), _paired_section(agents), _categories_section(agents),
-                _significance_section(agents)]  # fmt: skip
+    sections = [_training_section(agents), _intervals_section(agents), _paired_section(agents),
+                _categories_section(agents), _significance_section(agents)]  # fmt: skip
     return "\n".join(lines + notes) + "\n" + "".join(s for s in sections if s)
+
+
+def _training_section(agents: Mapping[str, dict]) -> str:
+    """What each agent's weights cost to train (umi.eval.agents.training_budget): compare agents at equal compute."""
+    rows = [(n, r["training"]) for n, r in agents.items() if r.get("training") is not None]
+    if not rows:
+        return ""
+    out = ["", "## Training compute", "", "| agent | training tokens | optimiser steps | stages |", "|---|---|---|---|"]
+    out += [f"| {n} | {t['tokens']:,} | {t['optimizer_steps']} | {', '.join(t['stages']) or '– (untrained)'} |"
+            for n, t in rows]  # fmt: skip
+    return "\n".join(out) + "\n"
 
 
 def _ci(entry: Mapping[str, Any] | None) -> str:

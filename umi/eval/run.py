@@ -22,7 +22,7 @@ from typing import Any
 
 from umi.eval import baselines as base
 from umi.eval import evidence
-from umi.eval.agents import AgentSpec, loaded_backends, resolve_dtype
+from umi.eval.agents import AgentSpec, loaded_backends, resolve_dtype, training_budget
 from umi.eval.report import table_markdown, write_chart
 from umi.eval.settings import PROFILES, EvalSettings
 from umi.eval.testsets import BFCL_DEV, TestSet, live_entries, load_bfcl_test, load_toolbench_ood
@@ -341,6 +341,7 @@ def evaluate(
         with loaded_backends(spec, **loading) as backends:
             result, recs = run_agent(spec.name, backends, spec.name in selected, agent_format["doc_style"])
         result["seconds"] = round(time.perf_counter() - agent_started, 3)
+        result["training"] = training_budget(spec)
         results[spec.name], records[spec.name] = result, recs
 
     if baselines:
