@@ -133,3 +133,26 @@ def test_live_evidence_counts_entries_and_turns():
     assert s["intervals"]["pass_rate"]["value"] == 50.0
     assert s["intervals"]["turn_pass_rate"]["value"] == pytest.approx(60.0)
     assert math.isclose(s["intervals"]["bfcl_checker_pass_rate"]["value"], 50.0)
+
+
+def test_training_budget_sums_the_stage_lineage_once(tmp_path):
+    from umi.eval.agents import AgentSpec, training_budget
+
+    def stage(name, init_from, tokens, steps, epoch=1.0):
+        d = tmp_path / name / "model"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+        manifest = {"stage": name, "init_from": str(init_from), "config": {"stages": {name: {"epochs": 1}}},
+                    "metrics": {"data_tokens": tokens, "global_step": steps, "epoch": epoch}}  # fmt: skip
+        (d / "umi_stage.json").write_text(__import__("json").dumps(manifest))
+        return d
+
+    backbone = tmp_path / "backbone"
+    backbone.mkdir()
+    glob = stage("global", backbone, 1000, 10, epoch=2.0)
+    locals_ = [stage(r, glob, t, s) for r, t, s in (("planner", 300, 3), ("caller", 200, 2), ("summarizer", 100, 1))]
+    multi = training_budget(AgentSpec.multi("a", *locals_))
+    assert multi == {"tokens": 2600, "optimizer_steps": 16, "stages": ["caller", "global", "planner", "summarizer"]}
+    assert training_budget(AgentSpec.single("s", glob))["tokens"] == 2000  # 1000 tokens x 2 epochs
+    assert training_budget(AgentSpec.multi("b", backbone, backbone, backbone)) == {
+        "tokens": 0, "optimizer_steps": 0, "stages": []}  # fmt: skip
