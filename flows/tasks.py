@@ -271,8 +271,10 @@ def training_task(results_dir: str, out_dir: str, fingerprint: str, name: str):
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def download_champions(roles: Sequence[str], dst_root: str) -> dict[str, dict | None]:
     """{role: {"path", "version", "fingerprint"} of its champion downloaded under dst_root/<role>, or None}."""
+    from umi.champions import reconcile
     from umi.model_registry import TAG_FINGERPRINT, champion_version, download_role
 
+    reconcile()  # a promotion a dead process left halfway is put back first: never evaluate a mixed champion set
     out: dict[str, dict | None] = {}
     for role in roles:
         version = champion_version(role)
@@ -301,14 +303,22 @@ def register_models(candidates: Mapping[str, Mapping[str, Any]], config: dict, e
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def promote_models(versions: Mapping[str, str], candidate: dict | None, champion: dict | None, enabled: bool) -> dict:
-    """The promotion rule of umi.promotion for these versions; {"promote", "reason", "moved", ...}."""
+def promote_models(
+    versions: Mapping[str, str],
+    candidate: dict | None,
+    champion: dict | None,
+    enabled: bool,
+    expected_champions: Mapping[str, str | None] | None = None,
+) -> dict:
+    """The promotion rule of umi.promotion for these versions; {"promote", "reason", "moved", ...}.
+    expected_champions: {role: version or None} the champion evaluation was made on (compare-and-set: when they are
+    no longer the champions, nothing moves and the task fails with umi.champions.PromotionConflict)."""
     from umi.promotion import decide, promote_if_better
 
     if not enabled:
         d = decide(candidate, champion, has_champion=True)
         return {"promote": False, "reason": "promotion switched off", "moved": {}, "rule_said": d.reason}
-    decision, moved = promote_if_better(versions, candidate, champion)
+    decision, moved = promote_if_better(versions, candidate, champion, expected_champions=expected_champions)
     get_run_logger().info("promotion: %s (%s)", "promoted" if decision.promote else "not promoted", decision.reason)
     return {**decision.to_dict(), "moved": {r: list(m) for r, m in moved.items()}}
 
