@@ -245,9 +245,10 @@ def train_stage(
                                            "parent_run_id": parent_run_id, "experiment": experiment}))  # fmt: skip
             where = f"GPU {device}" if device is not None else f"{env['OMP_NUM_THREADS']} CPU threads"
             logger.info("training %s from %s into %s (%s)", stage, init_from, out_dir, where)
-            done = subprocess.run([sys.executable, "-m", "flows.stage_worker", str(request), str(result)], env=env)
-            if done.returncode != 0:
-                raise RuntimeError(f"training stage {stage} failed (exit {done.returncode}); its output is above")
+            returncode = run_stage_process([sys.executable, "-m", "flows.stage_worker", str(request), str(result)],
+                                           env)  # fmt: skip
+            if returncode != 0:
+                raise RuntimeError(f"training stage {stage} failed (exit {returncode}); its output is above")
             out = json.loads(result.read_text())
     finally:
         pool.put(device)
@@ -255,6 +256,26 @@ def train_stage(
         logger.info("%s was already trained (same fingerprint): %s", stage, out["checkpoint"])
     logger.info("%s: train loss %s, checkpoint %s", stage, out["metrics"].get("train_loss"), out["checkpoint"])
     return out
+
+
+def run_stage_process(command: Sequence[str], env: Mapping[str, str], stop_timeout_s: float = 30.0) -> int:
+    """Run a stage worker and wait for it; it never outlives this flow. The worker asks the kernel for SIGTERM when
+    this process dies (flows.stage_worker.die_with_parent, told this pid); when the wait here ends any other way
+    (the task cancelled, an exception, Ctrl-C in this thread), it is sent SIGTERM, then SIGKILL after
+    `stop_timeout_s`. It stays in this process group, so a terminal's Ctrl-C reaches it too."""
+    from flows.stage_worker import PARENT_PID_ENV
+
+    proc = subprocess.Popen(list(command), env={**env, PARENT_PID_ENV: str(os.getpid())})
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def training_task(results_dir: str, out_dir: str, fingerprint: str, name: str):
