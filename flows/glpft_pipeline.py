@@ -176,7 +176,8 @@ def glpft_pipeline(
             {**{r: alpha for r in LOCAL_STAGES}, "global": {**(alpha or {}), "single_llm": evals.get("single-llm")}},
         )  # fmt: skip
         champion_eval = evals.get("champion") if "champion" in evals else (alpha if same_as_candidate else None)
-        decision = promote_models(registered, alpha, champion_eval, promote)
+        decided_on = {r: (c["version"] if c else None) for r, c in champions.items()}  # compare-and-set
+        decision = promote_models(registered, alpha, champion_eval, promote, decided_on)
         parent.set_tags({"umi.promoted": decision["promote"], "umi.promotion_reason": decision["reason"][:5000],
                          "umi.promotion_evidence": json.dumps(decision.get("evidence") or {}, default=str)[:5000],
                          **{f"umi.version.{r}": v for r, v in registered.items()}})  # fmt: skip

@@ -101,7 +101,8 @@ def retrain_role(
             cand = report["agents"].get("candidate")
             register_models({role: {"checkpoint": stage["checkpoint"], "data_version": versions.get(role),
                                     "run_id": stage.get("run_id")}}, _config(profile), {role: cand})  # fmt: skip
-            decision = promote_models(registered, cand, report["agents"].get("champion"), promote)
+            decision = promote_models(registered, cand, report["agents"].get("champion"), promote,
+                                      {r: c["version"] for r, c in champions.items()})  # compare-and-set
         else:
             decision = {"promote": False, "reason": "no evaluation: a role is only promoted on measured improvement",
                         "moved": {}}  # fmt: skip

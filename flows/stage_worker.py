@@ -13,17 +13,58 @@ task, which Prefect can retry, instead of the whole flow. The price is the impor
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
+
+PARENT_PID_ENV = "UMI_STAGE_PARENT_PID"  # set by flows.tasks: the flow process this worker must not outlive
+LOCK_FILE = ".stage.lock"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to send SIGTERM when the flow process that started this one dies (kill -9 included), and
+    turn SIGTERM into SystemExit so the stage closes its MLflow run as FAILED on the way out. Linux only; elsewhere
+    the flow's own cleanup (flows.tasks.run_stage_process) is what stops it."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    expected = os.environ.get(PARENT_PID_ENV)
+    if expected and os.getppid() != int(expected):  # the flow died before the prctl above took effect
+        sys.exit(128 + signal.SIGTERM)
+
+
+def lock_stage_folder(out_dir: str | Path):
+    """An exclusive lock on the stage folder for this process's life: a second worker on the same folder (a stale
+    one left by a killed flow, or a concurrent run) fails at once instead of training into the same checkpoints."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    handle = open(Path(out_dir) / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        raise RuntimeError(f"stage folder {out_dir} is in use by {holder}") from None
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle  # keep it open: the lock lasts as long as the file stays open
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m flows.stage_worker REQUEST.json RESULT.json", file=sys.stderr)
         return 2
+    die_with_parent()
     request = json.loads(Path(argv[0]).read_text())
+    lock = lock_stage_folder(request["out_dir"])  # noqa: F841  (held until exit)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from umi.train.stages import train_stage
 
@@ -38,7 +79,9 @@ def main(argv: list[str]) -> int:
         experiment=request.get("experiment", "umi-train"),
         parent_run_id=request.get("parent_run_id"),
     )
-    Path(argv[1]).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    from umi.atomic import write_json
+
+    write_json(argv[1], result.to_json())
     return 0
 
 

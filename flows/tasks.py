@@ -245,9 +245,10 @@ def train_stage(
                                            "parent_run_id": parent_run_id, "experiment": experiment}))  # fmt: skip
             where = f"GPU {device}" if device is not None else f"{env['OMP_NUM_THREADS']} CPU threads"
             logger.info("training %s from %s into %s (%s)", stage, init_from, out_dir, where)
-            done = subprocess.run([sys.executable, "-m", "flows.stage_worker", str(request), str(result)], env=env)
-            if done.returncode != 0:
-                raise RuntimeError(f"training stage {stage} failed (exit {done.returncode}); its output is above")
+            returncode = run_stage_process([sys.executable, "-m", "flows.stage_worker", str(request), str(result)],
+                                           env)  # fmt: skip
+            if returncode != 0:
+                raise RuntimeError(f"training stage {stage} failed (exit {returncode}); its output is above")
             out = json.loads(result.read_text())
     finally:
         pool.put(device)
@@ -255,6 +256,26 @@ def train_stage(
         logger.info("%s was already trained (same fingerprint): %s", stage, out["checkpoint"])
     logger.info("%s: train loss %s, checkpoint %s", stage, out["metrics"].get("train_loss"), out["checkpoint"])
     return out
+
+
+def run_stage_process(command: Sequence[str], env: Mapping[str, str], stop_timeout_s: float = 30.0) -> int:
+    """Run a stage worker and wait for it; it never outlives this flow. The worker asks the kernel for SIGTERM when
+    this process dies (flows.stage_worker.die_with_parent, told this pid); when the wait here ends any other way
+    (the task cancelled, an exception, Ctrl-C in this thread), it is sent SIGTERM, then SIGKILL after
+    `stop_timeout_s`. It stays in this process group, so a terminal's Ctrl-C reaches it too."""
+    from flows.stage_worker import PARENT_PID_ENV
+
+    proc = subprocess.Popen(list(command), env={**env, PARENT_PID_ENV: str(os.getpid())})
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def training_task(results_dir: str, out_dir: str, fingerprint: str, name: str):
@@ -271,8 +292,10 @@ def training_task(results_dir: str, out_dir: str, fingerprint: str, name: str):
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def download_champions(roles: Sequence[str], dst_root: str) -> dict[str, dict | None]:
     """{role: {"path", "version", "fingerprint"} of its champion downloaded under dst_root/<role>, or None}."""
+    from umi.champions import reconcile
     from umi.model_registry import TAG_FINGERPRINT, champion_version, download_role
 
+    reconcile()  # a promotion a dead process left halfway is put back first: never evaluate a mixed champion set
     out: dict[str, dict | None] = {}
     for role in roles:
         version = champion_version(role)
@@ -301,15 +324,23 @@ def register_models(candidates: Mapping[str, Mapping[str, Any]], config: dict, e
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def promote_models(versions: Mapping[str, str], candidate: dict | None, champion: dict | None, enabled: bool) -> dict:
-    """The promotion rule of umi.promotion for these versions; {"promote", "reason", "moved", ...}."""
+def promote_models(
+    versions: Mapping[str, str],
+    candidate: dict | None,
+    champion: dict | None,
+    enabled: bool,
+    expected_champions: Mapping[str, str | None] | None = None,
+) -> dict:
+    """The promotion rule of umi.promotion for these versions; {"promote", "reason", "moved", ...}.
+    expected_champions: {role: version or None} the champion evaluation was made on (compare-and-set: when they are
+    no longer the champions, nothing moves and the task fails with umi.champions.PromotionConflict)."""
     from umi.promotion import decide, promote_if_better
 
     if not enabled:
         d = decide(candidate, champion, has_champion=True)
         return {"promote": False, "reason": "promotion switched off", "moved": {}, "rule_said": d.reason,
                 "evidence": d.evidence}  # fmt: skip
-    decision, moved = promote_if_better(versions, candidate, champion)
+    decision, moved = promote_if_better(versions, candidate, champion, expected_champions=expected_champions)
     get_run_logger().info("promotion: %s (%s)", "promoted" if decision.promote else "not promoted", decision.reason)
     return {**decision.to_dict(), "moved": {r: list(m) for r, m in moved.items()}}
 

@@ -27,21 +27,24 @@ MaxRejects = Annotated[
 
 
 def _report_import(stats) -> None:
-    console.print(f"[green]{stats.written}[/] trajectories -> {stats.path}", highlight=False)
+    console.print(f"[green]{stats.written}[/] trajectories -> {stats.path}  ({stats.summary()})", highlight=False)
     for err in stats.rejected[:20]:
         label = "[yellow]excluded by its source[/]" if err.excluded else "[red]rejected[/]"
         console.print(f"  {label} {err.record_id}: {err.reason}", highlight=False)
     if len(stats.rejected) > 20:
-        console.print(f"  ... {len(stats.rejected) - 20} more in {stats.path}.rejects.jsonl")
+        console.print(f"  ... {len(stats.rejected) - 20} more in {stats.rejects_path}")
 
 
 def _write(records, out: Path, max_reject_share: float) -> None:
+    """Write one import; exit status 1 when its reject share is over `max_reject_share` (the files are written)."""
     from umi.data.importing import TooManyRejects, write_import
 
     try:
         _report_import(write_import(records, out, max_reject_share))
     except TooManyRejects as e:
-        console.print(f"[red]{e}[/]")
+        if e.stats is not None:
+            _report_import(e.stats)
+        console.print(f"[red]{e}[/]", highlight=False)
         raise typer.Exit(1)
 
 

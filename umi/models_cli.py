@@ -80,10 +80,15 @@ def list_cmd(
 @models_app.command("promote")
 def promote_cmd(
     assignments: Annotated[list[str], typer.Argument(help="ROLE=VERSION pairs, e.g. caller=3 planner=3.")],
+    reason: Annotated[str, typer.Option(help="Why, recorded on the promoted versions (umi.promotion_reason).")] = "",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Make these versions the champions by hand (no evaluation rule; the previous champion is kept for rollback)."""
+    """Make these versions the champions by hand (no evaluation rule; the previous champion is kept for rollback).
+    All roles move or none; asks first unless --yes."""
     _tracking(tracking_uri)
+    from umi.champions import PromotionConflict, current_champions
+    from umi.model_registry import get_version
     from umi.promotion import promote
 
     versions: dict[str, str] = {}
@@ -95,14 +100,29 @@ def promote_cmd(
         versions[role.strip()] = version.strip()
     _check_roles(list(versions))
     try:
-        moved = promote(versions, reason="manual: umi models promote")
+        for r, v in versions.items():
+            get_version(r, v)
     except LookupError as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1)
-    if not moved:
+    before = current_champions(versions)
+    changes = {r: v for r, v in versions.items() if before[r] != v}
+    if not changes:
         console.print("nothing to do: those versions are already the champions")
-    for r, (before, after) in moved.items():
-        console.print(f"{r}: champion {before or '-'} -> {after}", highlight=False)
+        return
+    for r, v in changes.items():
+        console.print(f"  {r}: champion {before[r] or '-'} -> {v}", highlight=False)
+    if not yes and not typer.confirm("Move these champions (what the deployed agent serves)?", default=False):
+        console.print("nothing moved")
+        raise typer.Exit(1)
+    try:
+        moved = promote(versions, reason="manual: umi models promote" + (f": {reason}" if reason else ""),
+                        expected_champions=before)  # fmt: skip
+    except (LookupError, PromotionConflict) as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1)
+    for r, (was, now) in moved.items():
+        console.print(f"{r}: champion {was or '-'} -> {now}", highlight=False)
 
 
 @models_app.command("rollback")
@@ -114,11 +134,12 @@ def rollback_cmd(
 ) -> None:
     """Move `champion` back to the version each champion was promoted from."""
     _tracking(tracking_uri)
+    from umi.champions import PromotionConflict
     from umi.promotion import rollback
 
     try:
         moved = rollback(_check_roles(role) if role else None)
-    except LookupError as e:
+    except (LookupError, PromotionConflict) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1)
     for r, (demoted, restored) in moved.items():

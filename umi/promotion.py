@@ -181,31 +181,43 @@ def record_decision(versions: Mapping[str, str | int], decision: Decision) -> No
         client.set_model_version_tag(name, str(version), "umi.promotion_decision", decision.reason[:5000])
 
 
-def promote(versions: Mapping[str, str | int], *, reason: str = "manual") -> dict[str, tuple[str | None, str]]:
-    """Move `champion` of each role to the given version, keeping history (see the module docstring).
-    Returns {role: (previous champion version or None, new version)}. Roles already on that version are left as
-    they are."""
-    from mlflow import MlflowClient
+def promote(
+    versions: Mapping[str, str | int],
+    *,
+    reason: str = "manual",
+    expected_champions: Mapping[str, str | int | None] | None = None,
+) -> dict[str, tuple[str | None, str]]:
+    """Move `champion` of each role to the given version, all roles or none (umi.champions), keeping history (see
+    the module docstring). Returns {role: (previous champion version or None, new version)}. Roles already on that
+    version are left as they are.
 
-    client = MlflowClient()
+    expected_champions: {role: version or None}, the champions the decision was made on; when the registry's differ,
+    nothing moves (umi.champions.PromotionConflict)."""
+    from umi.champions import AliasMove, move_aliases, reconcile
+
     for role, version in versions.items():
         registry.get_version(role, version)  # every version exists before anything moves
+    reconcile()
     promotion_id, when = uuid.uuid4().hex[:12], _now()
+    moves: list[AliasMove] = []
+    tags: dict[tuple[str, str], dict[str, str]] = {}
     moved: dict[str, tuple[str | None, str]] = {}
     for role, version in versions.items():
         version = str(version)
         current = registry.champion_version(role)
         if current is not None and str(current.version) == version:
             continue
-        name = registry.MODEL_NAMES[role]
         previous = str(current.version) if current is not None else None
-        for key, value in {TAG_PROMOTED_FROM: previous or "", TAG_PROMOTED_AT: when,
-                           TAG_PROMOTION_ID: promotion_id, TAG_PROMOTION_REASON: reason[:5000]}.items():  # fmt: skip
-            client.set_model_version_tag(name, version, key, value)
-        registry.set_alias(role, version, registry.CHAMPION)
+        tags[(role, version)] = {TAG_PROMOTED_FROM: previous or "", TAG_PROMOTED_AT: when,
+                                 TAG_PROMOTION_ID: promotion_id, TAG_PROMOTION_REASON: reason[:5000]}  # fmt: skip
+        moves.append(AliasMove(role, registry.CHAMPION, previous, version))
         if previous is not None:
-            registry.set_alias(role, previous, registry.PREVIOUS_CHAMPION)
+            before = registry.alias_version(role, registry.PREVIOUS_CHAMPION)
+            moves.append(AliasMove(role, registry.PREVIOUS_CHAMPION, str(before.version) if before else None, previous))
         moved[role] = (previous, version)
+    if moves:  # nothing to move, nothing to compare-and-set
+        move_aliases(moves, kind="promote", reason=reason, move_id=promotion_id,
+                     expected_champions=expected_champions, version_tags=tags)  # fmt: skip
     return moved
 
 
@@ -225,9 +237,11 @@ def latest_promotion_roles() -> list[str]:
 def rollback(roles: Iterable[str] | None = None) -> dict[str, tuple[str, str]]:
     """Move `champion` back to the version it was promoted from, for `roles` (default: those of the latest
     promotion). Returns {role: (demoted version, restored version)}. Raises LookupError, before moving anything,
-    when a role has no champion or its champion has nothing to go back to."""
-    from mlflow import MlflowClient
+    when a role has no champion or its champion has nothing to go back to. All the roles move back or none
+    (umi.champions), and only from the champions read here (compare-and-set)."""
+    from umi.champions import AliasMove, move_aliases, reconcile
 
+    reconcile()
     roles = list(roles) if roles is not None else latest_promotion_roles()
     if not roles:
         raise LookupError("no promoted champion to roll back")
@@ -242,17 +256,16 @@ def rollback(roles: Iterable[str] | None = None) -> dict[str, tuple[str, str]]:
                               "nothing to roll back to")  # fmt: skip
         registry.get_version(role, previous)
         plan[role] = (str(champion.version), previous)
-    client = MlflowClient()
     when = _now()
+    moves: list[AliasMove] = []
     for role, (demoted, restored) in plan.items():
-        name = registry.MODEL_NAMES[role]
-        client.set_model_version_tag(name, demoted, TAG_ROLLED_BACK_AT, when)
-        registry.set_alias(role, restored, registry.CHAMPION)
-        before = registry.get_version(role, restored).tags.get(TAG_PROMOTED_FROM)
-        if before:
-            registry.set_alias(role, before, registry.PREVIOUS_CHAMPION)
-        else:
-            registry.delete_alias(role, registry.PREVIOUS_CHAMPION)
+        moves.append(AliasMove(role, registry.CHAMPION, demoted, restored))
+        before = registry.get_version(role, restored).tags.get(TAG_PROMOTED_FROM) or None
+        previous_now = registry.alias_version(role, registry.PREVIOUS_CHAMPION)
+        moves.append(AliasMove(role, registry.PREVIOUS_CHAMPION,
+                               str(previous_now.version) if previous_now else None, before))  # fmt: skip
+    move_aliases(moves, kind="rollback", reason=f"rollback of {', '.join(plan)}",
+                 version_tags={(role, demoted): {TAG_ROLLED_BACK_AT: when} for role, (demoted, _) in plan.items()})
     return plan
 
 
@@ -262,16 +275,25 @@ def promote_if_better(
     champion: Mapping[str, Any] | None,
     *,
     rule: PromotionRule = DEFAULT_RULE,
+    expected_champions: Mapping[str, str | int | None] | None = None,
 ) -> tuple[Decision, dict[str, tuple[str | None, str]]]:
     """decide() for the candidate versions against the current champions of the same roles, then promote() them
-    when the rule says so. `has_champion` is whether any of these roles has a champion now."""
+    when the rule says so. `has_champion` is whether any of these roles has a champion now.
+
+    expected_champions: {role: version or None}, the champions `champion` (the evaluation) was measured on; they
+    must still be the champions for anything to move (default: the champions read here)."""
+    from umi.champions import reconcile
+
     unknown = [r for r in versions if r not in registry.MODEL_NAMES]
     if unknown:
         raise ValueError(f"unknown role(s) {unknown}; one of {list(registry.ROLES)}")
+    reconcile()  # a promotion left halfway by a dead process is put back before the champions are read
     current = {role: registry.champion_version(role) for role in versions}
     if all(v is not None and str(v.version) == str(versions[r]) for r, v in current.items()):
         return Decision(False, "the candidate versions are already the champions"), {}
     decision = decide(candidate, champion, has_champion=any(v is not None for v in current.values()), rule=rule)
     record_decision(versions, decision)
-    moved = promote(versions, reason=decision.reason) if decision.promote else {}
+    if expected_champions is None:
+        expected_champions = {r: (str(v.version) if v is not None else None) for r, v in current.items()}
+    moved = promote(versions, reason=decision.reason, expected_champions=expected_champions) if decision.promote else {}
     return decision, moved

@@ -86,10 +86,10 @@ def test_umi_models_list_promote_rollback(store, tiny_backbone, tmp_path):  # no
     registry.register_role_model("caller", make_checkpoint(tiny_backbone, tmp_path / "c", "fp-c"),
                                  evaluation=evaluation(0.25, 10.0, 20.0, 30.0))  # fmt: skip
 
-    result = runner.invoke(app, ["models", "promote", f"planner={first['planner']}"])
+    result = runner.invoke(app, ["models", "promote", f"planner={first['planner']}", "--yes"])
     assert result.exit_code == 0, result.output
     assert champions()["planner"] == first["planner"]
-    result = runner.invoke(app, ["models", "promote", f"planner={second['planner']}"])
+    result = runner.invoke(app, ["models", "promote", f"planner={second['planner']}", "--yes"])
     assert result.exit_code == 0 and f"planner: champion {first['planner']} -> {second['planner']}" in result.output
 
     result = runner.invoke(app, ["models", "list"], env={"COLUMNS": "200"})

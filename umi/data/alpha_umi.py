@@ -19,11 +19,14 @@ Ids: `alpha-umi:<file stem>:<index>:<first 8 hex of sha256 of the record>`, stab
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from umi.data.importing import MAX_RECORD_CHARS, UnreadableRecord, iter_jsonl, json_problem
 
 from umi.data.toolbench import clean, parse_arguments, problem, query_group, steps_from_messages
 from umi.schema import RecordError, Step, ToolSpec, Trajectory
@@ -38,60 +41,118 @@ class TruncatedJSON(ValueError):
     pass
 
 
-def iter_json_records(path: str | Path, chunk_size: int = 1 << 20) -> Iterator[tuple[int, Any]]:
+class _ValueScan:
+    """Finds where a JSON value ends by counting brackets outside strings, across as many pieces of text as it takes.
+    Used to step over an element the decoder refused (too deep, a huge integer, too big) without holding it."""
+
+    def __init__(self) -> None:
+        self.depth, self.in_string, self.escaped = 0, False, False
+
+    def end(self, buf: str, pos: int) -> int | None:
+        """The index of the separator after the value, or None if `buf` ends first (feed the next piece)."""
+        for i in range(pos, len(buf)):
+            c = buf[i]
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif c == "\\":
+                    self.escaped = True
+                elif c == '"':
+                    self.in_string = False
+            elif c == '"':
+                self.in_string = True
+            elif c in "[{":
+                self.depth += 1
+            elif c in "]}":
+                if self.depth == 0:
+                    return i
+                self.depth -= 1
+            elif self.depth == 0 and c in ", \t\r\n":
+                return i
+        return None
+
+
+def iter_json_records(
+    path: str | Path, chunk_size: int = 1 << 20, max_chars: int = MAX_RECORD_CHARS
+) -> Iterator[tuple[int, Any]]:
     """Yield (index, record) from a JSON array file without loading the whole array, or from a JSONL file.
 
-    Raises TruncatedJSON(index) naming the element where the text stops being valid JSON; nothing after that point can
-    be trusted, so reading stops there.
+    A record that is not JSON we accept (nested too deeply, an integer over Python's digit limit, over `max_chars`)
+    comes as an UnreadableRecord in place of the record, and reading goes on. In JSONL every line stands alone, so an
+    invalid line is one such record. In an array, invalid JSON raises TruncatedJSON(index) naming the element where
+    the text stops being valid: nothing after that point can be trusted, so reading stops there.
     """
+    with Path(path).open("rb") as raw:
+        head = raw.read(4096)
+        raw.seek(0)
+        if not head.lstrip().startswith(b"["):
+            yield from ((i, record) for i, (_, record) in enumerate(iter_jsonl(raw, max_chars)))
+            return
+        yield from _iter_array(io.TextIOWrapper(raw, encoding="utf-8"), chunk_size, max_chars)
+
+
+def _iter_array(f: IO[str], chunk_size: int, max_chars: int) -> Iterator[tuple[int, Any]]:
     decoder = json.JSONDecoder()
-    with Path(path).open(encoding="utf-8") as f:
-        buf = f.read(chunk_size)
-        pos = len(buf) - len(buf.lstrip())
-        if pos < len(buf) and buf[pos] == "[":
-            pos += 1
-            in_array = True
-        else:
-            in_array = False
-        index = 0
-        eof = False
-        want = chunk_size
+    buf = f.read(chunk_size)
+    pos = len(buf) - len(buf.lstrip()) + 1  # past the "["
+    index = 0
+    eof = False
+    want = chunk_size
+
+    def refill(keep_from: int, size: int) -> None:
+        nonlocal buf, pos, eof
+        more = f.read(size)
+        eof = not more
+        buf, pos = buf[keep_from:] + more, 0
+
+    while True:
+        # skip separators
         while True:
-            # skip separators
-            while True:
-                while pos < len(buf) and buf[pos] in " \t\r\n" + ("," if in_array else ""):
-                    pos += 1
-                if pos < len(buf) or eof:
-                    break
-                more = f.read(want)
-                eof = not more
-                buf, pos = buf[pos:] + more, 0
-            if pos >= len(buf):
-                if in_array:
-                    raise TruncatedJSON(f"element {index}: the array is not closed (file cut short?)")
-                return
-            if in_array and buf[pos] == "]":
-                return
-            try:
-                record, end = decoder.raw_decode(buf, pos)
-            except json.JSONDecodeError as e:
-                if eof:
-                    raise TruncatedJSON(
-                        f"element {index}: invalid JSON ({e.msg} at char {e.pos - pos} of the element)"
-                    ) from None
-                more = f.read(want)
+            while pos < len(buf) and buf[pos] in " \t\r\n,":
+                pos += 1
+            if pos < len(buf) or eof:
+                break
+            refill(pos, want)
+        if pos >= len(buf):
+            raise TruncatedJSON(f"element {index}: the array is not closed (file cut short?)")
+        if buf[pos] == "]":
+            return
+        problem_text: str | None = None
+        try:
+            record, end = decoder.raw_decode(buf, pos)
+        except json.JSONDecodeError as e:
+            if eof:
+                raise TruncatedJSON(
+                    f"element {index}: invalid JSON ({e.msg} at char {e.pos - pos} of the element)"
+                ) from None
+            if len(buf) - pos <= max_chars:
+                refill(pos, want)
                 want *= 2  # an element bigger than the buffer: read more, doubling, until it parses
-                eof = not more
-                buf, pos = buf[pos:] + more, 0
                 continue
-            want = chunk_size
-            yield index, record
+            problem_text = f"record too large (> {max_chars:,} characters)"
+        except (ValueError, RecursionError) as e:  # a huge integer; nesting deeper than the decoder recurses
+            problem_text = json_problem(e)
+        if problem_text is not None:
+            # step over the element without parsing it, holding at most one chunk of it at a time
+            scan, start = _ValueScan(), pos
+            while (end := scan.end(buf, start)) is None:
+                if eof:
+                    raise TruncatedJSON(f"element {index}: the array is not closed (file cut short?)")
+                refill(len(buf), chunk_size)  # the scanned part is dropped
+                start = 0
+            yield index, UnreadableRecord(f"element {index}: {problem_text}")
             index += 1
             pos = end
-            if len(buf) - pos < chunk_size // 2 and not eof:
-                more = f.read(chunk_size)
-                eof = not more
-                buf, pos = buf[pos:] + more, 0
+            want = chunk_size
+            continue
+        want = chunk_size
+        if end - pos > max_chars:  # parsed within one buffer, but over the cap all the same
+            record = UnreadableRecord(f"element {index}: record too large ({end - pos:,} > {max_chars:,} characters)")
+        yield index, record
+        index += 1
+        pos = end
+        if len(buf) - pos < chunk_size // 2 and not eof:
+            refill(pos, chunk_size)
 
 
 # --- tools ----------------------------------------------------------------------------------------------------------
@@ -254,18 +315,28 @@ def convert_record(record: Any, record_id: str) -> Trajectory:
         raise RecordError(record_id, problem(e)) from None
 
 
-def import_alpha_umi(path: str | Path) -> Iterator[Trajectory | RecordError]:
-    """Stream trajectories (or RecordErrors) from a stage-1 or stage-2 file (JSON array or JSONL)."""
+def import_alpha_umi(path: str | Path, max_chars: int = MAX_RECORD_CHARS) -> Iterator[Trajectory | RecordError]:
+    """Stream trajectories (or RecordErrors) from a stage-1 or stage-2 file (JSON array or JSONL): one item per
+    record read. A record that could not be parsed has the id `alpha-umi:<file stem>:<index>` (no digest)."""
     path = Path(path)
     name = path.stem
     index = -1
     try:
-        for index, record in iter_json_records(path):
-            record_id = record_id_for(name, index, record)
+        for index, record in iter_json_records(path, max_chars=max_chars):
+            if isinstance(record, UnreadableRecord):
+                yield RecordError(f"{SOURCE}:{name}:{index}", str(record))
+                continue
+            try:
+                record_id = record_id_for(name, index, record)
+            except (ValueError, RecursionError) as e:  # parsed, yet too deep to serialize again
+                yield RecordError(f"{SOURCE}:{name}:{index}", json_problem(e))
+                continue
             try:
                 yield convert_record(record, record_id)
             except RecordError as e:
                 yield e
+            except RecursionError:  # deep, but within what the decoder takes: the converters recurse as well
+                yield RecordError(record_id, json_problem(RecursionError()))
     except TruncatedJSON as e:
         yield RecordError(f"{SOURCE}:{name}:{index + 1}", str(e))
     except UnicodeDecodeError as e:

@@ -53,6 +53,7 @@ from bfcl_eval.constants.category_mapping import VERSION_PREFIX
 from bfcl_eval.constants.eval_config import PROMPT_PATH
 
 from umi.data import synthetic
+from umi.data.importing import UnreadableRecord, iter_jsonl
 from umi.schema import RecordError, Step, ToolSpec, Trajectory
 from umi.tools.bfcl import BFCLToolkit, ToolkitError, tool_spec_from_bfcl
 from umi.tools.calls import ToolCallError, to_json_value
@@ -99,15 +100,11 @@ def answer_file(category: str, data_dir: Path = DEFAULT_DATA_DIR) -> Path:
 # --- reading ---------------------------------------------------------------------------------------------------------
 def _read_lines(path: Path, category: str) -> Iterator[tuple[str, dict[str, Any] | RecordError]]:
     """(record id, parsed entry or RecordError) per non-empty line; the id is the entry's when it has one."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with path.open("rb") as f:
+        for lineno, raw in iter_jsonl(f):
             where = f"{SOURCE}/{category}/{path.name}:{lineno}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, RecordError(where, f"invalid JSON: {e}")
+            if isinstance(raw, UnreadableRecord):
+                yield where, RecordError(where, str(raw).removeprefix(f"line {lineno}: "))
                 continue
             if not isinstance(raw, dict):
                 yield where, RecordError(where, "an entry must be a JSON object")
@@ -304,7 +301,7 @@ def convert_entry(category: str, entry: Mapping[str, Any], answer: Any = None, g
         return traj
     except RecordError:
         raise
-    except (ValueError, TypeError, KeyError) as e:  # pydantic's ValidationError is a ValueError
+    except (ValueError, TypeError, KeyError, RecursionError) as e:  # pydantic's ValidationError is a ValueError
         raise RecordError(record_id, f"{type(e).__name__}: {e}") from None
 
 

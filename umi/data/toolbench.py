@@ -32,6 +32,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from umi.data.importing import MAX_RECORD_CHARS, UnreadableRecord, json_problem, parse_json
 from umi.schema import RecordError, Step, ToolSpec, Trajectory
 
 SOURCE = "toolbench"
@@ -359,22 +360,25 @@ def record_id_for(file: Path) -> str:
     return f"{SOURCE}:{file.parent.name}/{file.stem}"
 
 
-def import_toolbench(paths: str | Path | Iterable[str | Path]) -> Iterator[Trajectory | RecordError]:
+def import_toolbench(
+    paths: str | Path | Iterable[str | Path], max_chars: int = MAX_RECORD_CHARS
+) -> Iterator[Trajectory | RecordError]:
     """Stream trajectories (or RecordErrors) from answer files or folders, one file at a time."""
     roots = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     for root in roots:
         for file in answer_files(root):
             record_id = record_id_for(file)
             try:
-                with file.open(encoding="utf-8") as f:
-                    record = json.load(f)
-            except json.JSONDecodeError as e:
-                yield RecordError(record_id, f"invalid JSON: {e}")
-                continue
-            except UnicodeDecodeError as e:
-                yield RecordError(record_id, f"not UTF-8 text: {e}")
+                size = file.stat().st_size
+                if size > max_chars:  # refused before reading: one hostile file must not take the memory
+                    raise UnreadableRecord(f"record too large ({size:,} bytes > {max_chars:,})")
+                record = parse_json(file.read_bytes(), max_chars)
+            except UnreadableRecord as e:
+                yield RecordError(record_id, str(e))
                 continue
             try:
                 yield convert_answer(record, record_id)
             except RecordError as e:
                 yield e
+            except RecursionError as e:  # deep, but within what the decoder takes: the converters recurse as well
+                yield RecordError(record_id, json_problem(e))

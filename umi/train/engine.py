@@ -275,8 +275,74 @@ def completion_loss(model, inputs: dict, num_items_in_batch=None):
     return loss_sum / normaliser, outputs
 
 
+CHECKPOINT_COMPLETE = "umi_checkpoint_complete.json"  # written last into a Trainer checkpoint: it is whole
+
+
+def _fsync_tree(folder: str | Path) -> None:
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+
+
+def checkpoint_is_complete(folder: str | Path, meta: dict | None = None) -> bool:
+    """Whether a Trainer checkpoint carries its completeness marker (and, if given, the same `meta` in it)."""
+    try:
+        marker = json.loads((Path(folder) / CHECKPOINT_COMPLETE).read_text())
+    except (OSError, ValueError):
+        return False
+    return meta is None or all(marker.get(k) == v for k, v in meta.items())
+
+
+def last_complete_checkpoint(checkpoints_dir: str | Path, meta: dict | None = None, *, clean: bool = False) -> str | None:
+    """The newest `checkpoint-<step>` with its completeness marker (matching `meta`); a checkpoint without one
+    (killed or out of disk during its save) never counts. clean: remove those that do not count (the main process,
+    before resuming, so the Trainer's rotation and a later save of the same step never meet them)."""
+    folder = Path(checkpoints_dir)
+    if not folder.is_dir():
+        return None
+    found: list[tuple[int, Path]] = []
+    for path in folder.glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if not (path.is_dir() and step.isdigit()):
+            continue
+        if checkpoint_is_complete(path, meta):
+            found.append((int(step), path))
+        else:
+            log.warning("%s is incomplete (no %s): not resumed from", path, CHECKPOINT_COMPLETE)
+            if clean:
+                import shutil
+
+                shutil.rmtree(path, ignore_errors=True)
+    return str(max(found)[1]) if found else None
+
+
 class CompletionTrainer(Trainer):
-    """transformers' Trainer with `completion_loss`: the LM head runs on target positions only."""
+    """transformers' Trainer with `completion_loss`: the LM head runs on target positions only; every checkpoint
+    it saves is fsynced and then marked complete (`CHECKPOINT_COMPLETE`, holding `checkpoint_meta`), and the
+    older ones are rotated out only after that, so a kill during a save leaves the previous checkpoint to resume."""
+
+    checkpoint_meta: dict = {}
+
+    def _save_checkpoint(self, model, trial):
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        from umi.atomic import write_json
+
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # no rotation before this checkpoint is complete
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        run_dir = self._get_output_dir(trial=trial)
+        folder = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self.accelerator.wait_for_everyone()  # every rank's shards are written
+        if self.args.should_save:
+            _fsync_tree(folder)
+            write_json(folder / CHECKPOINT_COMPLETE, {"step": self.state.global_step, **self.checkpoint_meta})
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)  # fmt: skip
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = completion_loss(model, inputs, num_items_in_batch)

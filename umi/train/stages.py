@@ -7,10 +7,15 @@ Plain Python entry points for the CLI and the Prefect flows:
 
 Layout of one stage directory (`out_dir`):
 
-    checkpoints/checkpoint-<step>/   Trainer checkpoints (weights or adapter + optimiser + RNG): what a resume reads
+    checkpoints/checkpoint-<step>/   Trainer checkpoints (weights or adapter + optimiser + RNG): what a resume reads;
+                                     one counts only with its completeness marker (umi_checkpoint_complete.json,
+                                     written last, naming the stage fingerprint)
     model/                           the final plain checkpoint (safetensors + tokenizer), LoRA merged in
     model/umi_stage.json             provenance: stage, start weights, data version, config, metrics, MLflow run
     stage_state.json                 fingerprint of (config, start weights, data) and the MLflow run id
+
+State and manifest are written atomically (umi.atomic). A damaged stage_state.json is reported and treated as
+missing: the stage resumes from its last complete checkpoint of the same fingerprint, or starts over.
 
 Calling train_stage again on the same directory: a finished stage with the same fingerprint is returned as is; an
 interrupted one resumes from its last checkpoint (and keeps logging into the same MLflow run); a different
@@ -27,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from umi import prompts
+from umi.atomic import write_json
 from umi.train.config import LOCAL_STAGES, STAGES, TrainConfig, load_config
 from umi.train.engine import (
     CompletionTrainer,
@@ -34,6 +40,7 @@ from umi.train.engine import (
     dataset_stats,
     encode_role_dataset,
     has_gpu,
+    last_complete_checkpoint,
     role_dataset_path,
     training_arguments,
     use_bf16,
@@ -75,6 +82,32 @@ class StageResult:
         d = asdict(self)
         d["checkpoint"], d["init_from"] = str(self.checkpoint), str(self.init_from)
         return d
+
+
+def read_json_or_none(path: Path) -> dict | None:
+    """A JSON object file, or None when it is missing or unreadable (truncated, not JSON, not an object): reported,
+    never fatal, so a damaged state file cannot fail a stage on every retry."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.error("%s is unreadable (%s): ignored", path, e)
+        return None
+    if not isinstance(value, dict):
+        log.error("%s is not a JSON object: ignored", path)
+        return None
+    return value
+
+
+def read_state(state_path: Path) -> dict:
+    """The stage state, or {} when missing or damaged: the stage then resumes from its last complete checkpoint of
+    the same fingerprint (the checkpoint's marker names it), or starts over."""
+    state = read_json_or_none(state_path)
+    if state is None and state_path.exists():
+        log.error("%s: state lost; resuming from the last complete checkpoint of this configuration, if any",
+                  state_path.parent)  # fmt: skip
+    return state or {}
 
 
 def _sha256_file(path: Path) -> str:
@@ -194,7 +227,6 @@ def train_stage(
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; one of {list(STAGES)}")
@@ -217,16 +249,18 @@ def train_stage(
     fingerprint, fingerprint_src = stage_fingerprint(stage, config, datasets_dir, init_from, data_version)
     state_path = out_dir / STATE_FILE
     with args.main_process_first(local=False, desc="stage state"):  # rank 0 cleans up before the others look
-        state = json.loads(state_path.read_text()) if state_path.exists() else {}
-        if state.get("fingerprint") != fingerprint and state:
+        state = read_state(state_path)
+        if state and state.get("fingerprint") != fingerprint:
             log.warning("%s: config, data or start weights changed since the last run; training afresh", out_dir)
             if is_main:
                 shutil.rmtree(checkpoints_dir, ignore_errors=True)
                 shutil.rmtree(model_dir, ignore_errors=True)
             state = {}
-        last_checkpoint = get_last_checkpoint(str(checkpoints_dir)) if resume and checkpoints_dir.is_dir() else None
-    if state.get("complete") and (model_dir / STAGE_MANIFEST).exists():
-        manifest = json.loads((model_dir / STAGE_MANIFEST).read_text())
+        # only a checkpoint marked complete, and by a run of this very fingerprint, is resumed from
+        last_checkpoint = (last_complete_checkpoint(checkpoints_dir, {"fingerprint": fingerprint}, clean=is_main)
+                           if resume else None)  # fmt: skip
+    manifest = read_json_or_none(model_dir / STAGE_MANIFEST) if state.get("complete") else None
+    if manifest is not None and manifest.get("fingerprint") == fingerprint and "metrics" in manifest:
         log.info("stage %s already complete in %s", stage, model_dir)
         return StageResult(stage, model_dir, manifest["metrics"], init_from, manifest.get("run_id"),
                            None, manifest.get("too_long_ids", []), skipped=True)  # fmt: skip
@@ -266,14 +300,14 @@ def train_stage(
 
         run = _start_mlflow_run(state.get("run_id") if last_checkpoint else None, experiment,
                                 f"{stage}-{config.profile}", parent_run_id)  # fmt: skip
-        if not last_checkpoint:  # params are immutable in MLflow: log them once per run
+        if not (last_checkpoint and state.get("run_id")):  # params are immutable in MLflow: log them once per run
             mlflow.log_params({**_flat_params(config, stage), "init_from": str(init_from),
                                "data_version": data_version or "unknown", "dataset_sha256": fingerprint_src["data_sha256"]})  # fmt: skip
             mlflow.set_tags({"umi.stage": stage, "umi.profile": config.profile,
                              "umi.data_version": data_version or "unknown"})  # fmt: skip
     if is_main:
         state = {"fingerprint": fingerprint, "complete": False, "run_id": run.info.run_id if run else None}
-        state_path.write_text(json.dumps(state, indent=2) + "\n")
+        write_json(state_path, state)
 
     collator = _CountingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if has_gpu() else None)
     all_callbacks = list(callbacks or [])
@@ -288,6 +322,7 @@ def train_stage(
         processing_class=tokenizer,
         callbacks=all_callbacks,
     )
+    trainer.checkpoint_meta = {"fingerprint": fingerprint}
     try:
         output = trainer.train(resume_from_checkpoint=last_checkpoint)
     except BaseException:
@@ -337,7 +372,7 @@ def train_stage(
             "too_long_ids": train.too_long_ids,
             prompts.PROMPT_FORMAT_KEY: dataset_prompt_format(datasets_dir),
         }
-        (model_dir / STAGE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_json(model_dir / STAGE_MANIFEST, manifest)
         if run is not None:
             import mlflow
 
@@ -350,7 +385,7 @@ def train_stage(
                 mlflow.log_artifact(str(model_dir / STAGE_MANIFEST), artifact_path="model")
             mlflow.end_run()
         state["complete"] = True
-        state_path.write_text(json.dumps(state, indent=2) + "\n")
+        write_json(state_path, state)  # last: a stage counts as done only once its model and manifest are written
         if not config.keep_checkpoints:
             shutil.rmtree(checkpoints_dir, ignore_errors=True)  # optimizer states: 3x the model, resume-only
         shutil.rmtree(cache_dir, ignore_errors=True)
