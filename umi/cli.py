@@ -243,6 +243,8 @@ def run_cmd(
     started = time.perf_counter()
     uri = _default_tracking()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from the temporary server
+    # the temporary server's default 20 s to start is not always enough on a busy 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not skip_import:
         import_bfcl_cmd(out=DEFAULT_DATA / "bfcl", category=None, max_reject_share=0.0)
     from flows.glpft_pipeline import glpft_pipeline

@@ -68,10 +68,22 @@ def test_evaluate_end_to_end(tiny_backbone, data_dir, eval_store, tmp_path):
         settings=SMALL, params=data_dir / "params.yaml", parent_run_id=parent.info.run_id, progress=False,
     )  # fmt: skip
 
-    assert set(report.agents) == {"alpha-umi", "single-llm"}
+    assert set(report.agents) == {"alpha-umi", "single-llm", "rule: last turn", "rule: always caller", "no call"}
     assert "one-stage" in report.skipped and "missing" in report.skipped["one-stage"]
     sets = ["bfcl-test", "toolbench-ood"] if ood else ["bfcl-test"]
-    for name, result in report.agents.items():
+    for s in sets:  # what eval.json must carry per agent and test set: n, intervals, categories, paired
+        entry = report.agents["alpha-umi"]["static"][s]
+        assert entry["n"]["items"] == entry["steps"] and entry["n"]["trajectories"] >= 1
+        iv = entry["intervals"]["plan_acc"]
+        assert iv["ci_low"] <= iv["value"] <= iv["ci_high"]
+        assert entry["categories"] and all("intervals" in c for c in entry["categories"].values())
+        pair = entry["paired"]["single-llm"]["plan_acc"]
+        assert {"difference", "ci_low", "ci_high", "p_value"} <= set(pair) and 0 <= pair["p_value"] <= 1
+        assert "rule: last turn" in entry["paired"]
+        assert report.agents["rule: last turn"]["static"][s]["plan_acc"] is not None
+    assert report.agents["no call"]["live"]["entries"] == 1
+    assert report.agents["alpha-umi"]["training"] == {"tokens": 0, "optimizer_steps": 0, "stages": []}
+    for name, result in ((n, r) for n, r in report.agents.items() if not r.get("baseline")):
         assert list(result["static"]) == sets
         for s in sets:
             metrics = result["static"][s]
