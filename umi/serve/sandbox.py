@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 __all__ = ["SandboxBusy", "SandboxError", "SandboxLimits", "SandboxedRuntime", "ToolSandbox"]
 
 POLL_S = 0.05  # how often a waiting call looks at its deadline and its client
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 60.0  # an interpreter starting, its imports done
+OPEN_MIN_S = 5.0  # building a toolkit gets at least this long, however short a call's wall-time limit
 
 
 class SandboxError(Exception):
@@ -352,10 +353,12 @@ class SandboxedRuntime:
         worker = self._sandbox._take(self._deadline)
         self._worker = worker
         try:
-            specs = worker.request(("open", self._factory, self._config), START_TIMEOUT_S, self._deadline)
+            specs = worker.request(("open", self._factory, self._config), max(self._sandbox.limits.wall_s, OPEN_MIN_S),
+                                   self._deadline)  # fmt: skip
         except _Stopped as e:
             self._drop_worker()
-            raise SandboxError(f"the toolkit could not be built: {e.reason}") from None
+            why = "it did not finish in time" if e.reason == "timeout" else e.reason
+            raise SandboxError(f"the toolkit could not be built: {why}") from None
         except SandboxError:
             self._drop_worker()
             raise
@@ -450,6 +453,13 @@ def _child_main() -> None:
             os._exit(0)
         kind = message[0]
         try:
+            if kind in ("open", "call"):
+                _reset_globals()
+                used = resource.getrusage(resource.RUSAGE_SELF)
+                soft = int(used.ru_utime + used.ru_stime + spec["cpu_s"]) + 1
+                if cpu_hard != resource.RLIM_INFINITY:
+                    soft = min(soft, cpu_hard)
+                resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
             if kind == "open":
                 _, factory, config = message
                 runtime = factory(config)
@@ -460,12 +470,6 @@ def _child_main() -> None:
                 _, name, arguments = message
                 if runtime is None:
                     raise RuntimeError("no toolkit is open")
-                _reset_globals()
-                used = resource.getrusage(resource.RUSAGE_SELF)
-                soft = int(used.ru_utime + used.ru_stime + spec["cpu_s"]) + 1
-                if cpu_hard != resource.RLIM_INFINITY:
-                    soft = min(soft, cpu_hard)
-                resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
                 obs = runtime.dispatch(name, arguments)
                 text = str(getattr(obs, "text", obs))
                 out.send(("ok", (bool(getattr(obs, "ok", True)), text, str(getattr(obs, "tool_name", name)),
