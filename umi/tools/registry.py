@@ -407,6 +407,8 @@ class ToolRegistry:
         outcome = self._call(tool, arguments)
         if not outcome.done:
             return Observation.failure(name, "timeout", f"Error: {name} did not finish within {self.timeout_s:g} s")
+        if isinstance(outcome.error, MemoryError):  # its message is empty; the sandbox's memory limit raises it
+            return Observation.failure(name, "tool_error", "Error during execution: the tool ran out of memory")
         if outcome.error is not None:
             return Observation.failure(name, "tool_error", f"Error during execution: {outcome.error}")
         try:
