@@ -45,6 +45,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from umi.agent.backend import TooLong
@@ -235,6 +236,30 @@ def _tool_registry(specs: list[ToolSpec], schema_limits: SchemaLimits):
         return client_tool_registry(specs)
     except ValueError as e:
         raise ApiError(400, f"invalid tools: {e}", param="tools", code="invalid_tool_schema") from None
+
+
+class _Fallback(Route):
+    """The last route: every path no other route has is a 404 (or a 405 where another route has the path) in
+    OpenAI's shape. Needed because BentoML mounts this app passively (only paths one of its routes matches reach it)
+    and answers the rest with a plain-text 404 of its own. BentoML's own pages behind the mount are left to it."""
+
+    BENTOML_PAGES = ("/", "/docs.json")
+    BENTOML_PREFIXES = ("/static_content/", "/assets/")
+
+    def __init__(self, routes: list) -> None:
+        super().__init__("/{path:path}", self._answer, include_in_schema=False)
+        self._routes = routes
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.BENTOML_PAGES or path.startswith(self.BENTOML_PREFIXES):
+            return Match.NONE, {}
+        return Match.FULL, {}
+
+    async def _answer(self, request: Request) -> JSONResponse:
+        if any(r is not self and r.matches(request.scope)[0] == Match.PARTIAL for r in self._routes):
+            raise StarletteHTTPException(405)
+        raise StarletteHTTPException(404)
 
 
 # --- the app ----------------------------------------------------------------------------------------------------------
@@ -579,4 +604,5 @@ def create_app(
 
         return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    app.router.routes.append(_Fallback(app.router.routes))
     return app
