@@ -6,7 +6,6 @@ SIGTERM ends every process of the service within 10 s while a tool is computing.
 from __future__ import annotations
 
 import http.server
-import json
 import os
 import signal
 import subprocess
@@ -144,6 +143,7 @@ def run_cases(url: str, listener_url: str) -> list[str]:
     """Every case once, /health polled meanwhile; the problems found (empty: all well)."""
     problems: list[str] = []
     slow_health: list[float] = []
+    health_times: list[float] = []
     stop = threading.Event()
 
     def poll_health() -> None:
@@ -152,6 +152,7 @@ def run_cases(url: str, listener_url: str) -> list[str]:
                 started = time.monotonic()
                 r = h.get(f"{url}/health")
                 took = time.monotonic() - started
+                health_times.append(took)
                 if r.status_code != 200 or took > 0.1:
                     slow_health.append(took)
                 time.sleep(0.05)
@@ -178,6 +179,8 @@ def run_cases(url: str, listener_url: str) -> list[str]:
     finally:
         stop.set()
         poller.join()
+    print(f"/health: n={len(health_times)}, max {max(health_times) * 1000:.1f} ms, "
+          f"median {sorted(health_times)[len(health_times) // 2] * 1000:.1f} ms")
     if slow_health:
         problems.append(f"/health over 100 ms (or not 200) {len(slow_health)} times, worst {max(slow_health):.3f} s")
     return problems
@@ -199,6 +202,7 @@ def test_hostile_requests_get_their_4xx_and_leave_the_service_as_it_was(service,
     time.sleep(1)
     after = counts(proc)
     assert after == before, f"(processes, threads) before {before}, after {after}"
+    print(f"(processes, threads) before and after a round of {len(cases(listener_url))} cases: {before}")
     assert seen == [], f"the listener was asked for {seen}"
     assert "Traceback" not in log_path.read_text()
 
@@ -218,4 +222,5 @@ def test_sigterm_ends_every_process_within_10_s_while_a_tool_computes(service):
         alive = [f"{p.pid} {p.name()}" for p in members if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert time.monotonic() - sent < 10, f"still running 10 s after SIGTERM: {alive}"
         time.sleep(0.1)
+    print(f"every process ({len(members)}) gone {time.monotonic() - sent:.1f} s after SIGTERM")
     proc.wait(timeout=5)
