@@ -1,6 +1,7 @@
 """Safe call parsing: BFCL-style Python call strings (ast only, never eval) and the α-UMi `Action:` format."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,34 @@ def test_calls_module_has_no_eval():
     source = (Path(__file__).resolve().parents[2] / "umi" / "tools" / "calls.py").read_text()
     assert "eval(" not in source.replace("literal_eval(", "").replace("mode=\"eval\"", "")
     assert "exec(" not in source
+
+
+# --- JSON from strangers ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("[" * 100_000, "nests deeper than 64 levels"),
+        ("[" * 70 + "]" * 70, "nests deeper than 64 levels"),
+        ('{"a": ' + "9" * 5000 + "}", "an integer of 5000 digits (at most 300 are accepted)"),
+        ('{"a": -' + "9" * 301 + "}", "an integer of 301 digits"),
+        ('{"a": 1e999}', "the number 1e999 is out of range"),
+        ('{"a": -1E400}', "out of range"),
+        ('{"a": NaN}', "NaN is not a JSON number"),
+        ('{"a": -Infinity}', "-Infinity is not a JSON number"),
+        ("{not json", "not valid JSON"),
+        (b"\xff\xfe{", "not"),
+    ],
+)  # fmt: skip
+def test_untrusted_json_is_refused_saying_why(text, problem):
+    from umi.tools.calls import JSONProblem, loads_untrusted_json
+
+    with pytest.raises(JSONProblem, match=re.escape(problem)):
+        loads_untrusted_json(text)
+
+
+def test_untrusted_json_that_is_fine_loads_as_json_would():
+    from umi.tools.calls import loads_untrusted_json
+
+    text = json.dumps({"a": [1, 2.5, -3e10, "x", None, True], "b": {"c": 10**299}, "d": [[[[]]]]})
+    assert loads_untrusted_json(text) == json.loads(text)
+    assert loads_untrusted_json("[" * 10 + "]" * 10, max_depth=10) == json.loads("[" * 10 + "]" * 10)

@@ -1,6 +1,7 @@
 """The tool registry: schemas bound to callables; every failure comes back as an observation, never an exception."""
 
 import json
+import re
 import threading
 
 import pytest
@@ -187,3 +188,116 @@ def test_validation_can_be_skipped_but_not_the_signature(registry):
     obs = registry.dispatch("greet", {"name": 3}, validate=False)
     assert obs.ok and registry.calls == [3]
     assert registry.dispatch("greet", {"nom": "x"}, validate=False).error_kind == "invalid_arguments"
+
+
+# --- schemas from strangers: local references only, no regular expressions, caps ------------------------------------
+@pytest.fixture
+def listener():
+    """A local HTTP listener that records every request it sees (nothing may reach it)."""
+    import http.server
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"type": "string"}')
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_remote_or_file_reference_is_refused_at_registration(listener, tmp_path):
+    url, seen = listener
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"type": "string", "description": "TOP SECRET"}')
+    for ref in (f"{url}/s.json", secret.as_uri(), "s.json", "//127.0.0.1/x"):
+        schema = {"type": "object", "properties": {"a": {"$ref": ref}}}
+        with pytest.raises(ValueError, match="only references inside the schema") as e:
+            ToolRegistry().register({"name": "f", "parameters": schema}, lambda a=None: a)
+        assert "TOP SECRET" not in str(e.value)
+    assert seen == []
+
+
+def test_no_validator_ever_retrieves_a_reference(listener):
+    """The backstop under the registration check: references resolve through a registry that refuses every URI, so
+    even a schema that got past the check (a base URI set by $id) makes no request; the call is just invalid."""
+    from umi.tools.registry import _validator
+
+    url, seen = listener
+    for schema in ({"$ref": f"{url}/s.json"}, {"$id": f"{url}/root/", "properties": {"a": {"$ref": "other.json"}}},
+                   {"$id": f"{url}/root/", "properties": {"a": {"$ref": "#/$defs/none"}}}):  # fmt: skip
+        validator = _validator(json.dumps(schema))
+        with pytest.raises(Exception, match="Unresolvable|NoSuchResource|PointerToNowhere"):
+            list(validator.iter_errors({"a": "x"}))
+    assert seen == []
+
+
+def test_check_arguments_never_raises_whatever_the_schema_or_arguments():
+    registry = ToolRegistry(timeout_s=None)
+    registry.register({"name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": "#/$defs/gone"}}}},
+                      lambda a=None: a)  # fmt: skip
+    registry.register({"name": "g", "parameters": {"type": "object", "properties": {"a": {"$ref": "#"}}}},
+                      lambda a=None: a)  # fmt: skip
+    why = registry.check_arguments("f", {"a": 1})
+    assert why is not None and "could not be checked against the schema" in why
+    deep: dict = {}
+    for _ in range(5000):
+        deep = {"a": deep}
+    assert "could not be checked" in registry.check_arguments("g", deep)
+    obs = registry.dispatch("f", {"a": 1})
+    assert not obs.ok and obs.error_kind == "invalid_arguments"
+
+
+@pytest.mark.parametrize(
+    "schema, problem",
+    [
+        ({"properties": {"a": {"$ref": "https://x.org/s"}}}, "parameters.properties.a.$ref = 'https://x.org/s': only "),
+        ({"items": [{"$dynamicRef": "file:///x"}]}, "only references inside the schema"),
+        ({"enum": [{"$ref": "http://x"}], "$ref": "#/enum/0"}, "only references inside"),  # a pointer into data
+        ({"properties": {"a": {"pattern": "^(a+)+$"}}}, "parameters.properties.a.pattern: regular expressions"),
+        ({"x-hidden": {"pattern": "a"}, "$ref": "#/x-hidden"}, "regular expressions ('pattern')"),
+        ({"patternProperties": {"a*": {}}}, "('patternProperties')"),
+        ({"propertyNames": {"format": "regex"}}, "'format: regex'"),
+        ({"description": "x" * 20_000}, "bytes of JSON, over this service's limit of 16000"),
+        ({"enum": [0] * 2_500}, "over 2000 values"),
+        ({"not": {"not": {"not": {"not": {"not": {"not": {"not": {"not": {"not": {}}}}}}}}}}, "nested over 8 levels"),
+    ],
+)  # fmt: skip
+def test_untrusted_schemas_are_refused_saying_what_and_where(schema, problem):
+    from umi.tools.registry import SchemaLimits, UnsafeSchema, check_untrusted_schema
+
+    limits = SchemaLimits(max_depth=8) if "levels" in problem else SchemaLimits()
+    with pytest.raises(UnsafeSchema, match=re.escape(problem)):
+        check_untrusted_schema(schema, limits)
+
+
+def test_untrusted_schemas_that_only_look_like_it_pass():
+    from umi.tools.registry import check_untrusted_schema
+
+    check_untrusted_schema({"type": "object", "properties": {"pattern": {"type": "string"}, "$ref": {"type": "string"},
+                                                              "format": {"type": "string"},
+                                                              "patternProperties": {"type": "object"}},
+                            "required": ["pattern", "$ref"], "$defs": {"s": {"type": "string"}},
+                            "anyOf": [{"$ref": "#/$defs/s"}, {"$ref": "#"}]})  # fmt: skip
+    check_untrusted_schema(json_schema_from_bfcl(BFCL_STYLE))
+
+
+def test_bounds_are_checked_but_not_shown():
+    registry = ToolRegistry(timeout_s=None)
+    spec = {"name": "power", "parameters": {"type": "object", "properties": {"e": {"type": "integer"}}}}
+    registry.register(spec, lambda e: 2**e, bounds={"properties": {"e": {"maximum": 100}}})
+    assert registry.specs[0].parameters == spec["parameters"]  # what the model reads is unchanged
+    assert registry.dispatch("power", {"e": 10}).text == "1024"
+    obs = registry.dispatch("power", {"e": 10**9})
+    assert obs.error_kind == "invalid_arguments" and "greater than the maximum of 100" in obs.text

@@ -62,7 +62,7 @@ def make_settings(**overrides) -> ServeSettings:
 
 
 def make_toolkits(settings: ServeSettings) -> ToolkitRegistry:
-    registry = default_toolkits(settings.tool_timeout_s)
+    registry = default_toolkits(settings.tool_timeout_s, limits=settings.sandbox_limits())
     registry.register("weather", weather_toolkit)
     return registry
 

@@ -28,3 +28,31 @@ def weather_toolkit(config):
     registry.register(WEATHER, lambda city: {"city": city, "temperature": len(city) * 3, "unit": unit})
     registry.register(SLOW, lambda seconds=0: time.sleep(seconds) or "done")
     return registry
+
+SPIN = ToolSpec(name="spin", description="Computes for ever",
+                parameters={"type": "object", "properties": {"seconds": {"type": "number"}}})  # fmt: skip
+HOG = ToolSpec(name="hog", description="Allocates memory",
+               parameters={"type": "object", "properties": {"mb": {"type": "integer"}}})  # fmt: skip
+
+
+def _spin(seconds: float = 3600) -> str:
+    end = time.process_time() + seconds
+    while time.process_time() < end:  # CPU, not sleep: only a CPU-time limit or a kill stops it
+        pass
+    return "spun"
+
+
+def _hog(mb: int = 100_000) -> str:
+    blocks = [bytearray(1024 * 1024) for _ in range(mb)]
+    return f"held {len(blocks)} MB"
+
+
+def hostile_toolkit(config):
+    """Tools that misbehave, and a factory that does when asked: {"spin_s": seconds} burns CPU while being built."""
+    if config.get("spin_s"):
+        _spin(float(config["spin_s"]))
+    registry = ToolRegistry(timeout_s=None)
+    registry.register(SPIN, _spin)
+    registry.register(HOG, _hog)
+    registry.register(WEATHER, lambda city: {"city": city, "temperature": len(city) * 3, "unit": "C"})
+    return registry

@@ -136,6 +136,7 @@ def test_a_request_past_its_time_limit_is_a_504_and_frees_the_model():
 
     app, backend = rule_app(sluggish)
     with TestClient(app) as c:
+        app.state.toolkits.sandbox.warm(wait=True)  # the tool worker started, so the 0.5 s are the models'
         r = run(c, toolkit="weather", timeout_s=0.5)
         assert "time limit of 0.5 s" in error_of(r, 504)
         assert len(backend.requests) == 2  # stopped at the next generation, not after the whole episode

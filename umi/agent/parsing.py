@@ -34,6 +34,7 @@ agent's own `Action / Action Input` parser, and the two should become one.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -170,8 +171,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-# strict=False: raw control characters inside strings are accepted; parse_constant: NaN / Infinity are refused
-_DECODER = json.JSONDecoder(strict=False, parse_constant=_reject_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: no double holds it, and JSON cannot carry the inf it would become
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+# strict=False: raw control characters inside strings are accepted; parse_constant / parse_float: NaN, Infinity and
+# numbers out of a double's range (1e999) are refused
+_DECODER = json.JSONDecoder(strict=False, parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def _turn(text: str) -> str:

@@ -9,11 +9,19 @@
 
 The BentoML service (umi.serve.service) mounts this app; tests run it in-process with any engine.
 
-Errors are JSON in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with a 4xx status saying whose
-fault it is: 400 for a request that cannot be served as sent (malformed JSON, missing or wrong fields, unknown toolkit,
-invalid tool schemas, limits exceeded, a conversation in the wrong order), 404 for an unknown model, 413 for a body
-over the size limit, 503 while the models load, 504 past the request's time limit. What the models write is never a
-server error: a turn whose output cannot be used comes back as text saying so.
+Errors are JSON in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, FastAPI's and Starlette's own
+included, with a 4xx status saying whose fault it is: 400 for a request that cannot be served as sent (malformed JSON,
+JSON nested too deeply, an integer with too many digits, a non-finite number, missing or wrong fields, unknown
+toolkit, invalid or unsafe tool schemas, limits exceeded, a conversation in the wrong order), 401 without the API key
+(when one is set), 404 for an unknown model or path, 405 for a wrong method, 413 for a body over the size limit, 503
+while the models load or every tool worker is busy, 504 past the request's time limit. What the models write is never
+a server error: a turn whose output cannot be used comes back as text saying so.
+
+Hostile input: nothing a request sends is worked on in the event loop. The body is parsed and checked (size, nesting,
+numbers) in a worker thread before FastAPI sees it; validation, tool-schema checks and the models run in worker
+threads; server-side tools run in worker processes (umi.serve.sandbox). Client tool schemas may refer only inside
+themselves and carry no regular expressions (umi.tools.registry.check_untrusted_schema). A client that goes away
+stops its request at the next generation or tool-call check, streaming or not.
 
 With tool schemas and no server-side implementation, /agent cannot run the tools: it stops at the first call and
 returns it as `pending_tool_call` (status `tool_call_pending`), as the chat endpoint returns `tool_calls`. A client
@@ -23,9 +31,11 @@ that wants to run tools itself and continue should use the chat endpoint, whose 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import uuid
+from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
@@ -34,6 +44,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from umi.agent.backend import TooLong
@@ -51,8 +63,11 @@ from umi.serve.openai_compat import (
     new_call_id,
     tool_specs,
 )
+from umi.serve.sandbox import SandboxBusy
 from umi.serve.settings import ServeSettings
 from umi.serve.toolkits import ToolkitError, ToolkitRegistry, default_toolkits
+from umi.tools.calls import JSONProblem, loads_untrusted_json
+from umi.tools.registry import SchemaLimits, UnsafeSchema, check_untrusted_schema
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +75,8 @@ __all__ = ["AgentRequest", "ApiError", "create_app", "GIVE_UP_TEXT"]
 
 GIVE_UP_TEXT = "I could not complete this request with the tools available."
 TURN_STATUS = {"call": "tool_call_pending", "answer": "answered", "give_up": "gave_up", "failed": "failed"}
+OPEN_PATHS = ("/health",)  # answered without the API key: orchestrators probe them (BentoML's /livez, /readyz too)
+DISCONNECT_POLL_S = 0.25
 
 
 class ApiError(Exception):
@@ -91,22 +108,46 @@ class AgentRequest(BaseModel):
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------------
-class BodyLimit:
-    """Refuses request bodies over `max_bytes` with a 413, whether or not a Content-Length says so up front."""
+def json_body_problem(body: bytes, max_depth: int) -> str | None:
+    """What is wrong with a JSON request body (umi.tools.calls.loads_untrusted_json), or None."""
+    try:
+        loads_untrusted_json(body, max_depth)
+    except JSONProblem as e:
+        return f"the request body is not acceptable: {e}"
+    return None
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+
+class RequestGuard:
+    """Before FastAPI sees a request: the API key (when set), the body's size (413, whether or not a Content-Length
+    says so up front), and a JSON body's shape (`json_body_problem`, a 400), checked in a worker thread."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_json_depth: int = 64, api_key: str | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.max_json_depth = max_json_depth
+        self.api_key = api_key.encode() if api_key else None
 
     def _too_large(self, size: str) -> JSONResponse:
         return ApiError(413, f"the request body is {size}, over this service's limit of {self.max_bytes} bytes",
                         code="body_too_large").response()  # fmt: skip
+
+    def _authorised(self, headers: dict[bytes, bytes], path: str) -> bool:
+        if self.api_key is None or path in OPEN_PATHS:
+            return True
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        if not self._authorised(headers, scope.get("path", "")):
+            response = ApiError(401, "a valid API key is needed: send 'Authorization: Bearer <key>'",
+                                type="authentication_error", code="invalid_api_key").response()  # fmt: skip
+            response.headers["WWW-Authenticate"] = "Bearer"
+            await response(scope, receive, send)
+            return
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._too_large(f"{int(declared)} bytes")(scope, receive, send)
@@ -125,6 +166,12 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        content_type = headers.get(b"content-type", b"").lower()
+        if body.strip() and (not content_type or b"json" in content_type):
+            problem = await run_in_threadpool(json_body_problem, body, self.max_json_depth)
+            if problem is not None:
+                await ApiError(400, problem, code="invalid_json").response()(scope, receive, send)
+                return
         sent = False
 
         async def replay() -> Message:
@@ -178,11 +225,41 @@ def _parse_tools(raw: list[dict[str, Any]], limit: int) -> list[ToolSpec]:
     return specs
 
 
-def _tool_registry(specs: list[ToolSpec]):
+def _tool_registry(specs: list[ToolSpec], schema_limits: SchemaLimits):
+    """The validator of a request's tool schemas; a 400 saying what is wrong if one is invalid or unsafe."""
+    for i, spec in enumerate(specs):
+        try:
+            check_untrusted_schema(spec.parameters, schema_limits, f"tool {spec.name!r}: parameters")
+        except UnsafeSchema as e:
+            raise ApiError(400, f"invalid tools: {e}", param=f"tools.{i}", code="unsafe_tool_schema") from None
     try:
         return client_tool_registry(specs)
     except ValueError as e:
         raise ApiError(400, f"invalid tools: {e}", param="tools", code="invalid_tool_schema") from None
+
+
+class _Fallback(Route):
+    """The last route: every path no other route has is a 404 (or a 405 where another route has the path) in
+    OpenAI's shape. Needed because BentoML mounts this app passively (only paths one of its routes matches reach it)
+    and answers the rest with a plain-text 404 of its own. BentoML's own pages behind the mount are left to it."""
+
+    BENTOML_PAGES = ("/", "/docs.json")
+    BENTOML_PREFIXES = ("/static_content/", "/assets/")
+
+    def __init__(self, routes: list) -> None:
+        super().__init__("/{path:path}", self._answer, include_in_schema=False)
+        self._routes = routes
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.BENTOML_PAGES or path.startswith(self.BENTOML_PREFIXES):
+            return Match.NONE, {}
+        return Match.FULL, {}
+
+    async def _answer(self, request: Request) -> JSONResponse:
+        if any(r is not self and r.matches(request.scope)[0] == Match.PARTIAL for r in self._routes):
+            raise StarletteHTTPException(405)
+        raise StarletteHTTPException(404)
 
 
 # --- the app ----------------------------------------------------------------------------------------------------------
@@ -192,9 +269,22 @@ def create_app(
     toolkits: ToolkitRegistry | None = None,
 ) -> FastAPI:
     """The API over `engine` (or a callable giving it, None while the models load)."""
-    toolkits = toolkits if toolkits is not None else default_toolkits(settings.tool_timeout_s, settings.toolkits)
-    app = FastAPI(title="umi α-UMi agent", version="1", description=__doc__.split("\n\n")[0])
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    toolkits = toolkits if toolkits is not None else default_toolkits(settings.tool_timeout_s, settings.toolkits,
+                                                                      settings.sandbox_limits())  # fmt: skip
+    schema_limits = settings.schema_limits()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        toolkits.sandbox.warm()  # a spare tool worker, imports done, before the first episode asks for one
+        try:
+            yield
+        finally:
+            toolkits.close()  # every tool worker, whatever it is doing
+
+    app = FastAPI(title="umi α-UMi agent", version="1", description=__doc__.split("\n\n")[0], lifespan=lifespan)
+    api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+    app.add_middleware(RequestGuard, max_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth,
+                       api_key=api_key)  # fmt: skip
     app.state.settings = settings
     app.state.toolkits = toolkits
     streams: set[asyncio.Task] = set()
@@ -209,6 +299,20 @@ def create_app(
         message, param = _validation_message(list(exc.errors()))
         return ApiError(400, message, param=param).response()
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.url.path} does not take {request.method}"
+        else:
+            message = str(exc.detail)
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        response = ApiError(exc.status_code, message, type=kind, code=f"http_{exc.status_code}").response()
+        for key, value in (exc.headers or {}).items():
+            response.headers[key] = value
+        return response
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # a bug of ours, still answered as JSON
         log.exception("unhandled error", exc_info=exc)
@@ -220,10 +324,18 @@ def create_app(
             raise ApiError(503, "the models are still loading", type="service_unavailable", code="not_ready")
         return current
 
-    async def in_thread(fn: Callable[[], Any]) -> Any:
-        """Run blocking model work off the event loop; turn its known failures into API errors."""
+    async def in_thread(fn: Callable[[], Any], request: Request | None = None, deadline: Deadline | None = None) -> Any:
+        """Run blocking work off the event loop; turn its known failures into API errors. With `request` and
+        `deadline`: a client that goes away cancels the deadline, which stops the work at its next check."""
+        work = asyncio.ensure_future(run_in_threadpool(fn))
         try:
-            return await run_in_threadpool(fn)
+            if request is not None and deadline is not None:
+                while not work.done():
+                    await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+                    if not work.done() and not deadline.cancelled and await request.is_disconnected():
+                        log.info("client went away: stopping its request")
+                        deadline.cancel()
+            return await work
         except RequestTimeout as e:
             raise ApiError(504, str(e), type="timeout", code="request_timeout") from None
         except RequestCancelled as e:
@@ -231,6 +343,8 @@ def create_app(
         except TooLong as e:
             raise ApiError(400, f"the conversation does not fit the model's context even with its history dropped: "
                                 f"{e}", code="context_length_exceeded") from None  # fmt: skip
+        except SandboxBusy as e:
+            raise ApiError(503, f"{e}; try again shortly", type="service_unavailable", code="tools_busy") from None
 
     def deadline_for(requested: float | None) -> Deadline:
         limit = settings.request_timeout_s
@@ -282,14 +396,21 @@ def create_app(
                 problems = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
                 raise ApiError(400, f"history: {problems}", param="history") from None
         plan: dict[str, Any] = {"max_steps": max_steps, "tokens": current.token_limits(req.max_new_tokens)}
+        deadline = deadline_for(req.timeout_s)
         if req.tools is not None:
             plan["specs"] = _parse_tools(req.tools, settings.max_tools)
-            plan["validator"] = _tool_registry(plan["specs"])
-        return current, deadline_for(req.timeout_s), plan
+            plan["validator"] = _tool_registry(plan["specs"], schema_limits)
+        else:  # the episode's tool worker; a config the toolkit refuses is a 400 here, before any model work
+            plan["runtime"] = make_runtime(req, deadline)
+        return current, deadline, plan
 
-    def make_runtime(req: AgentRequest):
+    def release(plan: dict[str, Any] | None) -> None:
+        if plan is not None and plan.get("runtime") is not None:
+            plan["runtime"].close()
+
+    def make_runtime(req: AgentRequest, deadline: Deadline):
         try:
-            return toolkits.create(req.toolkit, req.toolkit_config)  # type: ignore[arg-type]
+            return toolkits.create(req.toolkit, req.toolkit_config, deadline=deadline)  # type: ignore[arg-type]
         except ToolkitError as e:
             raise ApiError(400, str(e), param="toolkit_config", code="invalid_toolkit_config") from None
 
@@ -319,10 +440,12 @@ def create_app(
                     on_event: Callable[[AgentEvent], None] | None = None) -> dict[str, Any]:  # fmt: skip
         task_id = f"agent-{uuid.uuid4().hex[:12]}"
         if req.toolkit is not None:
-            runtime = make_runtime(req)
-            result = current.run_agent(req.query, runtime, deadline=deadline, max_steps=plan["max_steps"],
-                                       max_new_tokens=plan["tokens"], history=req.history, task_id=task_id,
-                                       on_event=on_event)  # fmt: skip
+            try:
+                result = current.run_agent(req.query, plan["runtime"], deadline=deadline, max_steps=plan["max_steps"],
+                                           max_new_tokens=plan["tokens"], history=req.history, task_id=task_id,
+                                           on_event=on_event)  # fmt: skip
+            finally:
+                release(plan)
             return episode_response(result, current)
         steps = [*req.history, Step(role="user", content=req.query)]
         turn = current.next_turn(steps, plan["specs"], deadline=deadline, validator=plan["validator"],
@@ -339,15 +462,17 @@ def create_app(
         return turn_response(req, turn, plan["specs"], task_id, current)
 
     @app.post("/agent")
-    async def agent(req: AgentRequest) -> JSONResponse:
-        current, deadline, plan = prepare(req)
-        return JSONResponse(await in_thread(lambda: run_request(req, current, deadline, plan)))
+    async def agent(req: AgentRequest, request: Request) -> JSONResponse:
+        current, deadline, plan = await in_thread(lambda: prepare(req))
+        try:
+            body = await in_thread(lambda: run_request(req, current, deadline, plan), request, deadline)
+        finally:
+            release(plan)
+        return await in_thread(lambda: JSONResponse(body))  # rendering a long trajectory is work too
 
     @app.post("/agent/stream")
     async def agent_stream(req: AgentRequest) -> StreamingResponse:
-        current, deadline, plan = prepare(req)
-        if req.toolkit is not None:
-            make_runtime(req)  # a config the toolkit refuses is a 400 before the stream starts, not an event in it
+        current, deadline, plan = await in_thread(lambda: prepare(req))
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue()
 
@@ -365,6 +490,7 @@ def create_app(
                 log.exception("agent stream failed")
                 put(("error", {"error": {"message": f"internal error: {type(e).__name__}", "type": "server_error"}}))
             finally:
+                release(plan)
                 put(None)
 
         task = asyncio.create_task(work())
@@ -403,8 +529,8 @@ def create_app(
                            param="model", code="model_not_found")  # fmt: skip
         return JSONResponse(model_card(current))
 
-    @app.post("/v1/chat/completions")
-    async def chat(req: ChatCompletionRequest):
+    def chat_plan(req: ChatCompletionRequest) -> dict[str, Any]:
+        """Everything a chat request is checked for, before any model work (in a worker thread)."""
         current = ready()
         if req.model != settings.model_name:
             raise ApiError(404, f"the model {req.model!r} does not exist (this service serves {settings.model_name!r})",
@@ -417,7 +543,7 @@ def create_app(
         specs = tool_specs(req.tools)
         if len(specs) > settings.max_tools:
             raise ApiError(400, f"{len(specs)} tools, over this service's limit of {settings.max_tools}", param="tools")
-        validator = _tool_registry(specs)
+        validator = _tool_registry(specs, schema_limits)
         choice = req.choice()
         if choice not in ("none", "auto", "required") and choice not in validator:
             raise ApiError(400, f"tool_choice names {choice!r}, which is not in 'tools'", param="tool_choice")
@@ -437,11 +563,19 @@ def create_app(
             raise ApiError(400, str(e), param=e.param) from None
         if sum(len(s.content) for s in steps if s.role == "user") > settings.max_query_chars * 4:
             raise ApiError(400, "the user messages are too long for this service", param="messages")
+        return {"engine": current, "steps": steps, "specs": specs, "validator": validator, "choice": choice,
+                "tokens": requested}  # fmt: skip
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatCompletionRequest, request: Request):
+        plan = await in_thread(lambda: chat_plan(req))
+        current = plan["engine"]
         deadline = deadline_for(None)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         turn: TurnResult = await in_thread(lambda: current.next_turn(
-            steps, specs, deadline=deadline, tool_choice=choice, validator=validator, max_new_tokens=requested,
-            temperature=req.temperature or 0.0, seed=req.seed or 0, record_id=completion_id))  # fmt: skip
+            plan["steps"], plan["specs"], deadline=deadline, tool_choice=plan["choice"], validator=plan["validator"],
+            max_new_tokens=plan["tokens"], temperature=req.temperature or 0.0, seed=req.seed or 0,
+            record_id=completion_id), request, deadline)  # fmt: skip
         message: dict[str, Any] = {"role": "assistant", "content": None}
         if turn.kind == "call":
             assert turn.call is not None
@@ -470,4 +604,5 @@ def create_app(
 
         return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    app.router.routes.append(_Fallback(app.router.routes))
     return app

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,6 +23,8 @@ SERVE_REQUIREMENTS = Path("umi/serve/requirements.txt")
 # installed in the image by umi/serve/container_setup.sh instead: bfcl-eval without its dependencies (it pins numpy
 # 1.26 and ~30 API SDKs), DeepSpeed not at all (training only, and a source build)
 NOT_IN_IMAGE = ("bfcl_eval", "bfcl-eval", "deepspeed")
+
+STOP_GRACE_S = 8.0  # after SIGTERM / SIGINT, what BentoML gets to stop cleanly before every process is killed
 
 RoleDir = Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Checkpoint directory.")]
 
@@ -119,4 +123,48 @@ def serve_cmd(
             raise typer.Exit(1)
         env.update({f"UMI_SERVE_{r.upper()}_DIR": str(p.resolve()) for r, p in dirs.items()})  # type: ignore[union-attr]
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
-    raise typer.Exit(subprocess.call(cmd, env=env))
+    raise typer.Exit(run_until_stopped(cmd, env))
+
+
+def run_until_stopped(cmd: list[str], env: dict[str, str], grace_s: float = STOP_GRACE_S) -> int:
+    """Run the server; on SIGTERM or SIGINT pass the signal on, and kill whatever of its process tree is still there
+    `grace_s` later (BentoML's workers and their tool workers included, whatever session they are in), so the
+    service is gone within grace_s + a moment of the signal."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)  # a group of its own: signalled by us, not the tty
+    stopping: list[float] = []
+    tree: list[psutil.Process] = []
+
+    def forward(signum: int, _frame) -> None:
+        if not stopping:
+            stopping.append(time.monotonic())
+            try:  # the tree now, before its members are reparented as they exit
+                tree.extend(psutil.Process(proc.pid).children(recursive=True))
+            except psutil.NoSuchProcess:
+                pass
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if stopping and time.monotonic() - stopping[0] > grace_s:
+                    console.print(f"[yellow]the server did not stop within {grace_s:g} s: killing it[/]")
+                    proc.kill()
+        if stopping:
+            for p in tree:  # anything of the tree that outlived the server
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+        return rc
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -16,15 +16,15 @@ it is the planner's turn. Every violation is a `MessageError` naming the message
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from umi.schema import Step, ToolSpec
+from umi.tools.calls import JSONProblem, loads_untrusted_json
 
 __all__ = [
     "ChatCompletionRequest",
@@ -39,6 +39,14 @@ __all__ = [
 ]
 
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+MAX_ARGUMENTS_DEPTH = 32
+INT64 = 2**63
+
+
+def _tool_name(value: str) -> str:
+    if not TOOL_NAME.match(value):
+        raise ValueError(f"tool name {value!r} must be 1-64 letters, digits, '_', '-' or '.'")
+    return value
 
 
 class MessageError(ValueError):
@@ -69,9 +77,7 @@ class FunctionDef(_Loose):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not TOOL_NAME.match(value):
-            raise ValueError(f"tool name {value!r} must be 1-64 letters, digits, '_', '-' or '.'")
-        return value
+        return _tool_name(value)
 
 
 class FunctionTool(_Loose):
@@ -82,6 +88,11 @@ class FunctionTool(_Loose):
 class CalledFunction(_Loose):
     name: str
     arguments: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _tool_name(value)
 
 
 class ToolCallOut(_Loose):
@@ -139,7 +150,7 @@ class ChatCompletionRequest(_Loose):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-INT64, lt=INT64, description="a 64-bit integer, as OpenAI's")
     n: int | None = Field(None, ge=1)
 
     def choice(self) -> str:
@@ -166,9 +177,10 @@ def tool_specs(tools: list[FunctionTool] | None) -> list[ToolSpec]:
 
 def _arguments(call: ToolCallOut, index: int) -> dict[str, Any]:
     try:
-        value = json.loads(call.function.arguments) if call.function.arguments.strip() else {}
-    except json.JSONDecodeError as e:
-        raise MessageError(f"messages[{index}]: the arguments of tool call {call.id!r} are not valid JSON: {e}",
+        text = call.function.arguments
+        value = loads_untrusted_json(text, MAX_ARGUMENTS_DEPTH) if text.strip() else {}
+    except JSONProblem as e:
+        raise MessageError(f"messages[{index}]: the arguments of tool call {call.id!r} are not acceptable: {e}",
                            f"messages.{index}.tool_calls") from None  # fmt: skip
     if not isinstance(value, dict):
         raise MessageError(f"messages[{index}]: the arguments of tool call {call.id!r} must be a JSON object",
@@ -178,6 +190,14 @@ def _arguments(call: ToolCallOut, index: int) -> dict[str, Any]:
 
 def messages_to_steps(messages: list[Any]) -> list[Step]:
     """The α-UMi steps of a conversation (see the module doc); MessageError if it cannot be one."""
+    try:
+        return _messages_to_steps(messages)
+    except ValidationError as e:  # a step the messages describe cannot be (the model checks what the wire format lets by)
+        problems = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors()[:4])
+        raise MessageError(f"messages: {problems}", "messages") from None
+
+
+def _messages_to_steps(messages: list[Any]) -> list[Step]:
     steps: list[Step] = []
     system: list[str] = []
     i = 0

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from umi.prompts import DocStyle
@@ -58,9 +58,20 @@ class ServeSettings(BaseSettings):
     caller_tokens: int = Field(256, gt=0)
     summarizer_tokens: int = Field(512, gt=0)
     planner_retries: int = Field(2, ge=0, le=5)
+    max_json_depth: int = Field(64, ge=4, le=500, description="how deeply a request body's JSON may nest")
+    # --- client tool schemas (umi.tools.registry.check_untrusted_schema)
+    max_schema_bytes: int = Field(16_000, gt=0, description="one tool's parameter schema, as JSON text")
+    max_schema_depth: int = Field(16, ge=2, le=200)
+    max_schema_nodes: int = Field(2_000, gt=0, description="objects, arrays and values in one tool's schema")
     # --- time limits
     request_timeout_s: float = Field(120.0, gt=0, description="wall time of one request, waiting for a model included")
     tool_timeout_s: float = Field(10.0, gt=0, description="wall time of one server-side tool call")
+    # --- the tool sandbox (umi.serve.sandbox): each episode's server-side tools in a worker process of their own
+    tool_cpu_s: float | None = Field(None, gt=0, description="CPU time of one tool call (default: tool_timeout_s)")
+    tool_memory_mb: int = Field(2048, ge=256, description="a tool worker's address space")
+    max_tool_workers: int = Field(8, ge=1, le=256, description="episodes with server-side tools at once")
+    # --- access: every endpoint but the health checks wants `Authorization: Bearer <key>` when this is set
+    api_key: SecretStr | None = Field(None, description="UMI_SERVE_API_KEY; unset: no key needed (local use)")
     # --- user toolkits: "name=module:factory" entries, comma-separated
     toolkits: str = ""
 
@@ -70,6 +81,11 @@ class ServeSettings(BaseSettings):
         if value is not None and not value.is_dir():
             raise ValueError(f"{value} is not a directory")
         return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _no_empty_key(cls, value):
+        return None if value is None or (isinstance(value, str) and not value.strip()) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServeSettings":
@@ -95,6 +111,17 @@ class ServeSettings(BaseSettings):
         if self.planner_dir is None:
             return None
         return {r: getattr(self, f"{r}_dir") for r in ROLES}
+
+    def sandbox_limits(self):
+        from umi.serve.sandbox import SandboxLimits
+
+        return SandboxLimits(wall_s=self.tool_timeout_s, cpu_s=self.tool_cpu_s or self.tool_timeout_s,
+                             memory_mb=self.tool_memory_mb, max_workers=self.max_tool_workers)  # fmt: skip
+
+    def schema_limits(self):
+        from umi.tools.registry import SchemaLimits
+
+        return SchemaLimits(self.max_schema_bytes, self.max_schema_depth, self.max_schema_nodes)
 
     def role_tokens(self) -> dict[str, int]:
         return {r: getattr(self, f"{r}_tokens") for r in ROLES}

@@ -11,28 +11,29 @@ Built in: `bfcl`, BFCL's executable tool classes, `{"classes": ["GorillaFileSyst
 Your own Python tools: write a factory, e.g. in `mytools.py`
 
     def weather(config):
-        registry = ToolRegistry(timeout_s=5)
+        registry = ToolRegistry(timeout_s=None)  # the service's sandbox stops a call past its limits
         registry.register({"name": "get_weather", "parameters": {...}}, get_weather)
         return registry
 
 and start the service with `UMI_SERVE_TOOLKITS="weather=mytools:weather"` (comma-separated entries), or call
-`ToolkitRegistry.register` when embedding the app. Every call of a non-BFCL toolkit runs under the service's tool time
-limit as well, whatever the runtime does itself.
+`ToolkitRegistry.register` when embedding the app. A factory must be importable (a module-level function or class):
+every episode's toolkit is built, and every call runs, in a worker process of its own with the service's CPU-time,
+memory and wall-time limits (umi.serve.sandbox), whatever the runtime does itself.
 """
 
 from __future__ import annotations
 
 import importlib
-import threading
+import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from umi.agent.loop import ToolRuntime
-from umi.schema import ToolSpec
-from umi.tools.registry import Observation
+from umi.serve.backends import Deadline
+from umi.serve.sandbox import SandboxedRuntime, SandboxError, SandboxLimits, ToolSandbox
 
-__all__ = ["Toolkit", "ToolkitError", "ToolkitRegistry", "default_toolkits", "TimedRuntime"]
+__all__ = ["BFCLFactory", "Toolkit", "ToolkitError", "ToolkitRegistry", "default_toolkits"]
 
 ToolkitFactory = Callable[[Mapping[str, Any]], ToolRuntime]
 
@@ -46,54 +47,28 @@ class Toolkit:
     name: str
     factory: ToolkitFactory
     description: str = ""
-    timed: bool = True  # wrap dispatch in the service's tool time limit (BFCL's toolkit applies it itself)
-
-
-class TimedRuntime:
-    """A runtime whose every dispatch returns within `timeout_s` (a call past it is reported as a timeout and left
-    running in a daemon thread, as umi.tools.registry does: Python threads cannot be killed)."""
-
-    def __init__(self, runtime: ToolRuntime, timeout_s: float):
-        self.runtime = runtime
-        self.timeout_s = timeout_s
-
-    @property
-    def specs(self) -> list[ToolSpec]:
-        return self.runtime.specs
-
-    def dispatch(self, name: str, arguments: dict[str, Any]) -> Any:
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["value"] = self.runtime.dispatch(name, arguments)
-            except BaseException as e:  # noqa: BLE001 -- reported as the observation
-                box["error"] = e
-
-        worker = threading.Thread(target=run, name=f"tool:{name}", daemon=True)
-        worker.start()
-        worker.join(self.timeout_s)
-        if worker.is_alive():
-            return Observation.failure(name, "timeout", f"Error: {name} did not finish within {self.timeout_s:g} s")
-        if "error" in box:
-            e = box["error"]
-            return Observation.failure(name, "tool_error", f"Error during execution: {type(e).__name__}: {e}")
-        return box["value"]
 
 
 class ToolkitRegistry:
-    def __init__(self, tool_timeout_s: float = 10.0):
+    def __init__(self, tool_timeout_s: float = 10.0, limits: SandboxLimits | None = None):
         self.tool_timeout_s = tool_timeout_s
+        self.sandbox = ToolSandbox(limits or SandboxLimits(wall_s=tool_timeout_s, cpu_s=tool_timeout_s))
         self._toolkits: dict[str, Toolkit] = {}
 
-    def register(self, name: str, factory: ToolkitFactory, description: str = "", *, timed: bool = True) -> None:
+    def register(self, name: str, factory: ToolkitFactory, description: str = "") -> None:
         if not name or not isinstance(name, str):
             raise ValueError("a toolkit needs a name")
         if name in self._toolkits:
             raise ValueError(f"a toolkit named {name!r} is already registered")
         if not callable(factory):
             raise ValueError(f"toolkit {name!r}: {factory!r} is not callable")
-        self._toolkits[name] = Toolkit(name, factory, description or (factory.__doc__ or "").strip(), timed)
+        try:
+            pickle.dumps(factory)
+        except Exception as e:  # noqa: BLE001 -- a lambda, a closure, a bound method of a local object
+            raise ValueError(f"toolkit {name!r}: the factory must be importable by a worker process (a module-level "
+                             f"function or class): {e}") from None  # fmt: skip
+        doc = description or (getattr(factory, "__doc__", None) or "").strip()
+        self._toolkits[name] = Toolkit(name, factory, doc)
 
     def __contains__(self, name: object) -> bool:
         return name in self._toolkits
@@ -105,19 +80,21 @@ class ToolkitRegistry:
     def describe(self) -> list[dict[str, str]]:
         return [{"name": t.name, "description": t.description.split("\n\n")[0]} for t in self._toolkits.values()]
 
-    def create(self, name: str, config: Mapping[str, Any] | None = None) -> ToolRuntime:
-        """A fresh runtime of toolkit `name`; ToolkitError (naming the toolkit) if it is unknown or refuses `config`."""
+    def create(self, name: str, config: Mapping[str, Any] | None = None, *,
+               deadline: Deadline | None = None) -> SandboxedRuntime:  # fmt: skip
+        """A fresh runtime of toolkit `name` in a worker process of its own (close it when the episode ends);
+        ToolkitError (naming the toolkit) if it is unknown or refuses `config`; SandboxBusy if no worker is free."""
         toolkit = self._toolkits.get(name)
         if toolkit is None:
             known = ", ".join(self._toolkits) or "none"
             raise ToolkitError(f"unknown toolkit {name!r} (registered: {known})")
         try:
-            runtime = toolkit.factory(dict(config or {}))
-        except (ToolkitError, ValueError, TypeError, KeyError) as e:
+            return self.sandbox.open(toolkit.factory, dict(config or {}), deadline=deadline)
+        except SandboxError as e:
             raise ToolkitError(f"toolkit {name!r}: {e}") from None
-        if not hasattr(runtime, "specs") or not callable(getattr(runtime, "dispatch", None)):
-            raise ToolkitError(f"toolkit {name!r}: its factory returned {type(runtime).__name__}, not a tool runtime")
-        return TimedRuntime(runtime, self.tool_timeout_s) if toolkit.timed else runtime
+
+    def close(self) -> None:
+        self.sandbox.close()
 
     def load_entries(self, entries: str) -> None:
         """Register toolkits from `name=module:factory` entries (comma-separated), as UMI_SERVE_TOOLKITS gives them."""
@@ -136,10 +113,12 @@ class ToolkitRegistry:
             self.register(name.strip(), factory)
 
 
-def _bfcl_factory(timeout_s: float) -> ToolkitFactory:
-    def bfcl(config: Mapping[str, Any]) -> ToolRuntime:
-        """BFCL's executable tool classes (file system, trading, travel, ...): {"classes": [...], "initial_config":
-        {...}, "long_context": false}."""
+@dataclass(frozen=True)
+class BFCLFactory:
+    """BFCL's executable tool classes (file system, trading, travel, ...): {"classes": [...], "initial_config":
+    {...}, "long_context": false}."""
+
+    def __call__(self, config: Mapping[str, Any]) -> ToolRuntime:
         from umi.tools.bfcl import SUPPORTED_CLASSES, BFCLToolkit
 
         unknown = set(config) - {"classes", "initial_config", "long_context"}
@@ -151,14 +130,14 @@ def _bfcl_factory(timeout_s: float) -> ToolkitFactory:
         long_context = config.get("long_context", False)
         if not isinstance(long_context, bool):
             raise ToolkitError("'long_context' must be true or false")
-        return BFCLToolkit(classes, config.get("initial_config") or {}, long_context=long_context, timeout_s=timeout_s)
+        # no thread timeout inside the worker: its process is the unit the sandbox stops
+        return BFCLToolkit(classes, config.get("initial_config") or {}, long_context=long_context, timeout_s=None)
 
-    return bfcl
 
-
-def default_toolkits(tool_timeout_s: float = 10.0, entries: str = "") -> ToolkitRegistry:
+def default_toolkits(tool_timeout_s: float = 10.0, entries: str = "", limits: SandboxLimits | None = None
+                     ) -> ToolkitRegistry:  # fmt: skip
     """The built-in toolkits plus the `name=module:factory` entries given."""
-    registry = ToolkitRegistry(tool_timeout_s)
-    registry.register("bfcl", _bfcl_factory(tool_timeout_s), timed=False)
+    registry = ToolkitRegistry(tool_timeout_s, limits)
+    registry.register("bfcl", BFCLFactory())
     registry.load_entries(entries)
     return registry

@@ -40,6 +40,7 @@ from umi.tools.calls import PythonCall, ToolCallError, parse_python_call
 from umi.tools.registry import DEFAULT_TIMEOUT_S, Observation, ToolRegistry, json_schema_from_bfcl
 
 __all__ = [
+    "ARGUMENT_BOUNDS",
     "SUPPORTED_CLASSES",
     "ToolkitError",
     "BFCLToolkit",
@@ -60,6 +61,28 @@ SUPPORTED_CLASSES: tuple[str, ...] = (
     "TravelAPI",
     "VehicleControlAPI",
 )
+
+
+# What a call may ask of the tools that compute (checked with the schema, not shown to the model): BFCL's own tests stay
+# far inside these; a stranger's `power(10, 10**9)` or `logarithm(precision=10**7)` would compute for minutes.
+_NUMBER_CAP = {"type": "number", "minimum": -1e100, "maximum": 1e100}
+ARGUMENT_BOUNDS: dict[tuple[str, str], dict[str, Any]] = {
+    ("MathAPI", "power"): {"properties": {"base": _NUMBER_CAP,
+                                          "exponent": {"type": "number", "minimum": -1000, "maximum": 1000}}},
+    ("MathAPI", "logarithm"): {"properties": {"precision": {"type": "integer", "minimum": 1, "maximum": 1000}}},
+    ("MathAPI", "square_root"): {"properties": {"number": _NUMBER_CAP,
+                                                "precision": {"type": "integer", "minimum": 1, "maximum": 1000}}},
+    ("MathAPI", "round_number"): {"properties": {"decimal_places": {"type": "integer", "minimum": -400,
+                                                                    "maximum": 400}}},
+}  # fmt: skip
+MPMATH_DEFAULT_DPS = 15
+
+
+def _reset_numeric_state() -> None:
+    """MathAPI.logarithm sets mpmath's precision for the whole process: every call starts from the default again."""
+    import mpmath
+
+    mpmath.mp.dps = MPMATH_DEFAULT_DPS
 
 
 class ToolkitError(ValueError):
@@ -169,19 +192,22 @@ class BFCLToolkit:
             method = getattr(self.instances[owner[spec.name]], spec.name, None)
             if method is None or not callable(method):
                 raise ToolkitError(f"{owner[spec.name]} documents {spec.name!r} but has no such method")
-            self.registry.register(spec, method)
+            self.registry.register(spec, method, bounds=ARGUMENT_BOUNDS.get((owner[spec.name], spec.name)))
 
     @property
     def specs(self) -> list[ToolSpec]:
         return self.registry.specs
 
     def dispatch(self, name: str, arguments: Mapping[str, Any] | None = None, *, validate: bool = True) -> Observation:
+        _reset_numeric_state()
         return self.registry.dispatch(name, arguments, validate=validate)
 
     def dispatch_call(self, call: PythonCall) -> Observation:
+        _reset_numeric_state()
         return self.registry.dispatch_call(call)
 
     def execute(self, call_text: str) -> Observation:
+        _reset_numeric_state()
         return self.registry.dispatch_text(call_text)
 
     def bind(self, call: PythonCall) -> dict[str, Any]:

@@ -13,6 +13,13 @@ Schemas: BFCL writes Python-ish types (`dict`, `float`, `tuple`, `any`, ...). `j
 JSON Schema (`object`, `number`, `array`, no constraint) and leaves every other key as it is; registration applies it,
 so a BFCL doc and a JSON Schema can both be registered. Tuple values are validated as arrays.
 
+Schemas from strangers (`check_untrusted_schema`, applied by the service to client tool schemas): only local `#...`
+references, no regular expressions (`pattern`, `patternProperties`, `format: regex`: Python's `re` backtracks, and a
+client pattern like `^(a+)+$` runs for minutes), and caps on size, depth and node count. Every validator resolves
+references through a registry that refuses every retrieval, so no schema -- trusted or not -- makes this process read
+a file or a URL; a reference it cannot resolve, like anything else validation raises, is reported as invalid
+arguments, never as an exception.
+
 Timeouts: a Python thread cannot be killed. A call past its timeout is reported (error_kind "timeout") and left
 running in a daemon thread; a stateful toolkit's state is not to be trusted after that.
 """
@@ -29,8 +36,9 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-from jsonschema.exceptions import best_match
+from jsonschema.exceptions import SchemaError, best_match
+from referencing import Registry
+from referencing.exceptions import NoSuchResource
 
 from umi.schema import ToolSpec
 from umi.tools.calls import PythonCall, ToolCallError, parse_python_call, to_json_value
@@ -43,6 +51,9 @@ __all__ = [
     "json_schema_from_bfcl",
     "result_text",
     "DEFAULT_TIMEOUT_S",
+    "SchemaLimits",
+    "UnsafeSchema",
+    "check_untrusted_schema",
 ]
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -149,13 +160,82 @@ class RegisteredTool:
     signature: inspect.Signature | None
 
 
+# --- schemas from strangers ------------------------------------------------------------------------------------------
+class UnsafeSchema(ValueError):
+    """A schema this process will not evaluate: a non-local reference, a regular expression, or over a cap."""
+
+
+@dataclass(frozen=True)
+class SchemaLimits:
+    """Caps on one tool's parameter schema. ToolBench's largest real schema is ~2 KB, 6 levels deep."""
+
+    max_bytes: int = 16_000  # its JSON text
+    max_depth: int = 16  # nested objects / arrays
+    max_nodes: int = 2_000  # objects, arrays and values in all
+
+
+def _refuse_retrieval(uri: str):
+    # referencing calls this for any URI not in the registry: a remote or file $ref, a $schema / $id elsewhere
+    raise NoSuchResource(ref=uri)
+
+
+_OWN_SCHEMAS = SchemaLimits(max_bytes=10**9, max_depth=900, max_nodes=10**9)  # registered: still only local refs
+_LOCAL_ONLY = Registry(retrieve=_refuse_retrieval)  # type: ignore[call-arg]
+_REF_KEYS = ("$ref", "$dynamicRef")
+_NAME_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")  # keys there are names
+
+
+def check_untrusted_schema(schema: Any, limits: SchemaLimits = SchemaLimits(), where: str = "parameters", *,
+                           allow_regex: bool = False) -> None:  # fmt: skip
+    """UnsafeSchema (saying what and where) unless `schema` keeps to `limits`, refers only inside itself (`#...`) and
+    has no regular expression (unless `allow_regex`, for schemas of our own). The walk covers the whole tree, not only schema positions: a `#/...` pointer can make
+    any part of the document a schema."""
+    try:
+        size = len(json.dumps(schema))
+    except (TypeError, ValueError, RecursionError) as e:
+        raise UnsafeSchema(f"{where} is not JSON: {e}") from None
+    if size > limits.max_bytes:
+        raise UnsafeSchema(f"{where} is {size} bytes of JSON, over this service's limit of {limits.max_bytes}")
+    nodes = 0
+    stack: list[tuple[Any, str, int, bool]] = [(schema, where, 1, False)]
+    while stack:
+        value, path, depth, names = stack.pop()
+        nodes += 1
+        if nodes > limits.max_nodes:
+            raise UnsafeSchema(f"{where} has over {limits.max_nodes} values, this service's limit")
+        if isinstance(value, list):
+            if depth > limits.max_depth:
+                raise UnsafeSchema(f"{where} is nested over {limits.max_depth} levels deep (at {path})")
+            stack.extend((v, f"{path}[{i}]", depth + 1, False) for i, v in enumerate(value))
+        elif isinstance(value, dict):
+            if depth > limits.max_depth:
+                raise UnsafeSchema(f"{where} is nested over {limits.max_depth} levels deep (at {path})")
+            for key, item in value.items():
+                here = f"{path}.{key}"
+                if not names:
+                    if key in _REF_KEYS and isinstance(item, str) and not item.startswith("#"):
+                        raise UnsafeSchema(f"{here} = {item[:100]!r}: only references inside the schema ('#...') "
+                                           "are allowed")  # fmt: skip
+                    if allow_regex:
+                        pass
+                    elif key == "pattern" and isinstance(item, str):
+                        raise UnsafeSchema(f"{here}: regular expressions ('pattern') are not supported by this "
+                                           "service")  # fmt: skip
+                    if key == "patternProperties" and isinstance(item, dict):
+                        raise UnsafeSchema(f"{here}: regular expressions ('patternProperties') are not supported by "
+                                           "this service")  # fmt: skip
+                    if key == "format" and item == "regex":
+                        raise UnsafeSchema(f"{here}: 'format: regex' is not supported by this service")
+                stack.append((item, here, depth + 1, not names and key in _NAME_MAPS and isinstance(item, dict)))
+
+
 @lru_cache(maxsize=4096)
 def _validator(schema_json: str) -> Draft202012Validator:
     """Checked, compiled validators by schema text: checking a schema costs far more than using it, and a BFCL toolkit
-    registers the same ~30 schemas for every episode."""
+    registers the same ~30 schemas for every episode. References resolve inside the schema only (`_LOCAL_ONLY`)."""
     schema = json.loads(schema_json)
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return Draft202012Validator(schema, registry=_LOCAL_ONLY)
 
 
 def _signature(function: Callable[..., Any]) -> inspect.Signature | None:
@@ -184,8 +264,12 @@ class ToolRegistry:
         self._tools: dict[str, RegisteredTool] = {}
 
     # --- registration ---
-    def register(self, spec: ToolSpec | Mapping[str, Any], function: Callable[..., Any]) -> RegisteredTool:
-        """Bind a schema to a callable. Raises ValueError for a duplicate name or a schema that is not valid."""
+    def register(self, spec: ToolSpec | Mapping[str, Any], function: Callable[..., Any], *,
+                 bounds: Mapping[str, Any] | None = None) -> RegisteredTool:  # fmt: skip
+        """Bind a schema to a callable. Raises ValueError for a duplicate name or a schema that is not valid.
+
+        `bounds`: a JSON Schema the arguments must also meet, checked but not shown to the model (the spec stays as
+        it is, so prompts do not change): what the tool can afford to compute, like MathAPI's largest exponent."""
         if not isinstance(spec, ToolSpec):
             spec = ToolSpec.model_validate(
                 {k: spec[k] for k in ("name", "description", "parameters") if k in spec}
@@ -196,10 +280,17 @@ class ToolRegistry:
             raise ValueError(f"a tool named {spec.name!r} is already registered")
         schema = json_schema_from_bfcl(spec.parameters) if spec.parameters else {}
         schema.setdefault("type", "object")
+        if bounds:
+            schema = {"allOf": [schema, dict(bounds)]}
         try:
+            check_untrusted_schema(schema, _OWN_SCHEMAS, f"tool {spec.name!r}: parameters", allow_regex=True)
             validator = _validator(json.dumps(schema, sort_keys=True))
+        except UnsafeSchema:
+            raise
         except SchemaError as e:
             raise ValueError(f"tool {spec.name!r}: parameters are not a valid JSON Schema: {e.message}") from None
+        except RecursionError:
+            raise ValueError(f"tool {spec.name!r}: parameters are nested too deeply") from None
         except (TypeError, ValueError) as e:  # values JSON cannot hold (a Python object as a default)
             raise ValueError(f"tool {spec.name!r}: parameters are not JSON: {e}") from None
         tool = RegisteredTool(spec, function, validator, _signature(function))
@@ -254,7 +345,10 @@ class ToolRegistry:
         return named
 
     def _validation_error(self, tool: RegisteredTool, arguments: Mapping[str, Any]) -> str | None:
-        error = best_match(tool.validator.iter_errors(to_json_value(dict(arguments))))
+        try:
+            error = best_match(tool.validator.iter_errors(to_json_value(dict(arguments))))
+        except Exception as e:  # noqa: BLE001 -- an unresolvable $ref, absurd nesting: the call is what is invalid
+            return f"the arguments could not be checked against the schema ({type(e).__name__}: {str(e)[:200]})"
         if error is None:
             return None
         where = "/".join(str(p) for p in error.absolute_path)
@@ -313,6 +407,8 @@ class ToolRegistry:
         outcome = self._call(tool, arguments)
         if not outcome.done:
             return Observation.failure(name, "timeout", f"Error: {name} did not finish within {self.timeout_s:g} s")
+        if isinstance(outcome.error, MemoryError):  # its message is empty; the sandbox's memory limit raises it
+            return Observation.failure(name, "tool_error", "Error during execution: the tool ran out of memory")
         if outcome.error is not None:
             return Observation.failure(name, "tool_error", f"Error during execution: {outcome.error}")
         try:
