@@ -39,7 +39,9 @@ from flows.tasks import (
     stage_fingerprint,
     training_task,
 )
-from umi.train.config import LOCAL_STAGES
+from umi.train.config import CONTROL_STAGE, LOCAL_STAGES, dataset_role
+
+SINGLE_MATCHED = "single-matched"  # the compute-matched single-LLM control (umi.eval.run.REFERENCES)
 
 ARTIFACT_KEY = "glpft-pipeline"
 
@@ -83,6 +85,7 @@ def glpft_pipeline(
     runs_dir: str = "artifacts/runs",
     one_stage_ablation: bool = False,
     one_stage_runs_dir: str = "artifacts/runs-one-stage",
+    compute_matched_control: bool = True,
     local_concurrency: int | None = None,
     evaluate_static: bool = True,
     evaluate_live: bool = True,
@@ -100,7 +103,9 @@ def glpft_pipeline(
 
     profile: training profile (cpu, paper, tiny or a YAML path). dvc_stage: the DVC stage that builds `datasets_dir`
     (None: use the folder as it is). one_stage_ablation: also train the locals straight from the backbone (the
-    paper's one-stage ablation, in `one_stage_runs_dir`) and evaluate them. local_concurrency: local stages trained
+    paper's one-stage ablation, in `one_stage_runs_dir`) and evaluate them. compute_matched_control: also train the
+    single-LLM control with the total token budget of the GLPFT stages (the global model trained on for the local
+    stages' tokens, umi.train.config.CONTROL_STAGE) and evaluate it as `single-matched`. local_concurrency: local stages trained
     at once (default: one per GPU, on CPU one per 8 cores, at least 1). eval_settings: umi.eval profile (cpu, full;
     default full for the paper profile, else cpu); eval_limit / live_limit: static trajectories per test set / live
     entries. toolbench_ood: also score the ToolBench out-of-domain set (its fixture must be there; False switches it off). promote: apply the
@@ -128,11 +133,14 @@ def glpft_pipeline(
 
         # The local stages (and the ablation's) at most `slots` at a time, each in its own process on its own slot.
         jobs = [(s, s, Path(runs_dir) / s, global_model) for s in LOCAL_STAGES]
+        if compute_matched_control:  # the global model trained on for the locals' tokens: the fair single LLM
+            jobs.append((CONTROL_STAGE, SINGLE_MATCHED, Path(runs_dir) / SINGLE_MATCHED, global_model))
         if one_stage_ablation:
             jobs += [(s, f"one-stage-{s}", Path(one_stage_runs_dir) / s, backbone) for s in LOCAL_STAGES]
         logger.info("training %d local stage(s), %d at a time", len(jobs), slots)
         with ThreadPoolTaskRunner(max_workers=slots) as runner:
-            futures = {name: _train(stage, name, out_dir=out, init_from=init, data_version=versions.get(stage),
+            futures = {name: _train(stage, name, out_dir=out, init_from=init,
+                                    data_version=versions.get(dataset_role(stage)),
                                     slots=slots, runner=runner, **common)
                        for stage, name, out, init in jobs}  # fmt: skip
             for name, future in futures.items():
@@ -144,6 +152,8 @@ def glpft_pipeline(
         agents = [agent_spec("backbone", "multi", planner=backbone, caller=backbone, summarizer=backbone),
                   agent_spec("single-llm", "single", model=global_model),
                   agent_spec("alpha-umi", "multi", **candidate)]  # fmt: skip
+        if compute_matched_control:
+            agents.append(agent_spec(SINGLE_MATCHED, "single", model=stages[SINGLE_MATCHED]["checkpoint"]))
         if one_stage_ablation:
             agents.append(agent_spec("one-stage", "multi", **{r: stages[f"one-stage-{r}"]["checkpoint"]
                                                                for r in LOCAL_STAGES}))  # fmt: skip

@@ -220,6 +220,9 @@ def run_cmd(
     profile: Annotated[str, typer.Option(help="Training profile for the pipeline.")] = "cpu",
     skip_import: Annotated[bool, typer.Option(help="Use data/ as it is.")] = False,
     one_stage_ablation: Annotated[bool, typer.Option(help="Also train and evaluate the one-stage ablation.")] = False,
+    compute_matched_control: Annotated[
+        bool, typer.Option(help="Also train and evaluate the single LLM with the GLPFT stages' token budget.")
+    ] = True,
     local_concurrency: Annotated[
         Optional[int], typer.Option(help="Local stages trained at once (default: what the machine holds).", min=1)
     ] = None,
@@ -250,6 +253,7 @@ def run_cmd(
     from flows.glpft_pipeline import glpft_pipeline
 
     result = glpft_pipeline(profile=profile, one_stage_ablation=one_stage_ablation, local_concurrency=local_concurrency,
+                            compute_matched_control=compute_matched_control,
                             promote=promote, eval_limit=eval_limit, live_limit=live_limit,
                             toolbench_ood=toolbench_ood)  # fmt: skip
     built, bento_failed, no_bento = False, False, ""

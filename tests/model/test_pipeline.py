@@ -143,7 +143,9 @@ def test_pipeline_trains_evaluates_registers_promotes_then_caches_and_retrains_o
 
     # --- first run: everything is trained, four versions registered and promoted (no champion before) ---
     first = _pipeline(tiny_backbone, local_concurrency=3)  # the three local stages at once, in three processes
-    assert set(first["stages"]) == {"global", "planner", "caller", "summarizer"}
+    assert set(first["stages"]) == {"global", "planner", "caller", "summarizer", "single-matched"}
+    control = first["stages"]["single-matched"]  # the compute-matched control: global trained on for the locals' steps
+    assert control["init_from"] == first["stages"]["global"]["checkpoint"] and control["metrics"]["global_step"] == 6
     assert not any(s["cached"] or s["skipped"] for s in first["stages"].values())
     tasks = _task_runs(first["flow_run"]["id"])
     local = [tasks[f"train-{r}"] for r in ("planner", "caller", "summarizer")]
@@ -168,7 +170,8 @@ def test_pipeline_trains_evaluates_registers_promotes_then_caches_and_retrains_o
         assert first["stages"][role]["init_from"] == first["stages"]["global"]["checkpoint"]
 
     report = first["evaluation"]
-    assert set(report["agents"]) == {"backbone", "single-llm", "alpha-umi", "rule: last turn", "rule: always caller",
+    assert set(report["agents"]) == {"backbone", "single-llm", "single-matched", "alpha-umi", "rule: last turn",
+                                     "rule: always caller",
                                      "no call"}  # no champion to compare with yet  # fmt: skip
     alpha = report["agents"]["alpha-umi"]
     assert alpha["live"]["entries"] == 1 and alpha["live_dev"]["entries"] >= 1
@@ -181,7 +184,7 @@ def test_pipeline_trains_evaluates_registers_promotes_then_caches_and_retrains_o
     assert parent.info.run_id == first["mlflow_run_id"] and parent.info.status == "FINISHED"
     children = _runs(**{"mlflow.parentRunId": parent.info.run_id})
     assert sorted(r.data.tags.get("umi.stage", r.data.tags.get("umi.kind")) for r in children) == [
-        "caller", "evaluation", "global", "planner", "summarizer"]  # fmt: skip
+        "caller", "evaluation", "global", "global-matched", "planner", "summarizer"]  # fmt: skip
     stage_run = next(r for r in children if r.data.tags.get("umi.stage") == "caller")
     assert [m.step for m in mlflow.MlflowClient().get_metric_history(stage_run.info.run_id, "loss")] == [1, 2]
     parent_files = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "evaluation")}

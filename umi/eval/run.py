@@ -44,8 +44,9 @@ def _default_ood() -> Path:
 # `--no-toolbench-ood`): a configured test set that is missing is an error, never a silently shorter report.
 DEFAULT_TOOLBENCH_OOD: Path = _default_ood()
 SINGLE_LLM = "single-llm"
+SINGLE_MATCHED = "single-matched"  # the single LLM trained with the GLPFT stages' total token budget
 CHAMPION = "champion"
-REFERENCES: tuple[str, ...] = (SINGLE_LLM, CHAMPION)  # every agent is compared, paired, against these and the baselines
+REFERENCES: tuple[str, ...] = (SINGLE_LLM, SINGLE_MATCHED, CHAMPION)  # every agent is compared, paired, against these and the baselines
 
 
 @dataclass

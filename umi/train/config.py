@@ -17,6 +17,15 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 DEEPSPEED_DIR = Path(__file__).with_name("deepspeed")
 STAGES: tuple[str, ...] = ("global", "planner", "caller", "summarizer")
 LOCAL_STAGES: tuple[str, ...] = STAGES[1:]
+# The compute-matched single-LLM control (the evaluation's fair baseline for α-UMi): the global model trained on, on
+# the global dataset, for the tokens the three local stages spend. Not a profile entry: derived from one.
+CONTROL_STAGE = "global-matched"
+TRAINABLE_STAGES: tuple[str, ...] = (*STAGES, CONTROL_STAGE)
+
+
+def dataset_role(stage: str) -> str:
+    """The role dataset a stage trains on (the control trains on the global one)."""
+    return "global" if stage == CONTROL_STAGE else stage
 
 
 class StageSettings(BaseModel):
@@ -82,6 +91,24 @@ class TrainConfig(BaseModel):
         if self.lora is not None and self.deepspeed is not None:
             raise ValueError("LoRA with DeepSpeed is not supported here: pick one (lora for CPU, deepspeed for GPUs)")
         return self
+
+    def stage_settings(self, stage: str) -> StageSettings:
+        """A stage's settings; for CONTROL_STAGE the global stage's, with the budget of the three local stages
+        together: their max_tokens summed when all three are token-budgeted (their optimiser steps, or examples,
+        summed when all are budgeted that way), else the local epochs (the three role datasets together hold about the global dataset's
+        tokens, so an epoch of each is about an epoch of global)."""
+        if stage != CONTROL_STAGE:
+            return self.stages[stage]
+        base, local = self.stages["global"], [self.stages[s] for s in LOCAL_STAGES]
+        if all(s.max_tokens for s in local):
+            return base.model_copy(update={"max_tokens": sum(s.max_tokens for s in local), "max_examples": None,
+                                           "max_steps": None, "epochs": max(s.epochs for s in local)})  # fmt: skip
+        if all(s.max_steps for s in local):
+            return base.model_copy(update={"max_steps": sum(s.max_steps for s in local)})
+        if all(s.max_examples for s in local):
+            return base.model_copy(update={"max_examples": sum(s.max_examples for s in local), "max_tokens": None,
+                                           "max_steps": None, "epochs": max(s.epochs for s in local)})  # fmt: skip
+        return base.model_copy(update={"epochs": max(s.epochs for s in local), "max_steps": None})
 
     def gradient_accumulation(self, world_size: int) -> int:
         per_step = self.per_device_batch_size * world_size

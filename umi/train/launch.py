@@ -16,13 +16,13 @@ import logging
 import os
 import sys
 
-from umi.train.config import STAGES, load_config
+from umi.train.config import TRAINABLE_STAGES, load_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m umi.train.launch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--stage", required=True, choices=STAGES)
+    p.add_argument("--stage", required=True, choices=TRAINABLE_STAGES)
     p.add_argument("--profile", default="paper", help="profile name (paper, cpu, tiny) or a YAML file")
     p.add_argument("--datasets", required=True, help="directory holding <role>/train.jsonl")
     p.add_argument("--out", required=True, help="the stage directory (checkpoints/, model/)")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from umi import prompts
 from umi.atomic import write_json
-from umi.train.config import LOCAL_STAGES, STAGES, TrainConfig, load_config
+from umi.train.config import CONTROL_STAGE, LOCAL_STAGES, STAGES, TRAINABLE_STAGES, TrainConfig, dataset_role, load_config
 from umi.train.engine import (
     CompletionTrainer,
     MlflowStageCallback,
@@ -142,7 +142,7 @@ def stage_fingerprint(
         "config": config.model_dump(mode="json"),
         "stage": stage,
         "init": weights_fingerprint(init_from) if init_from.exists() else f"ref:{init_from}",
-        "data_sha256": _sha256_file(role_dataset_path(datasets_dir, stage, "train")),
+        "data_sha256": _sha256_file(role_dataset_path(datasets_dir, dataset_role(stage), "train")),
         "data_version": data_version,
     }
     return hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest(), src
@@ -169,7 +169,7 @@ def _start_mlflow_run(previous_run_id: str | None, experiment: str, run_name: st
 
 
 def _flat_params(config: TrainConfig, stage: str) -> dict[str, str]:
-    s = config.stages[stage]
+    s = config.stage_settings(stage)
     params = {
         "profile": config.profile,
         "stage": stage,
@@ -228,18 +228,18 @@ def train_stage(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; one of {list(STAGES)}")
+    if stage not in TRAINABLE_STAGES:
+        raise ValueError(f"unknown stage {stage!r}; one of {list(TRAINABLE_STAGES)}")
     if isinstance(config, str):
         config = load_config(config)
-    settings = config.stages[stage]
+    settings = config.stage_settings(stage)
     out_dir, init_from = Path(out_dir), Path(init_from)
     checkpoints_dir, model_dir = out_dir / "checkpoints", out_dir / "model"
-    train_path = role_dataset_path(datasets_dir, stage, "train")
+    train_path = role_dataset_path(datasets_dir, dataset_role(stage), "train")
     if not train_path.exists():
         raise FileNotFoundError(f"role dataset {train_path} not found (run the data reorganisation first)")
 
-    eval_path = role_dataset_path(datasets_dir, stage, "dev")
+    eval_path = role_dataset_path(datasets_dir, dataset_role(stage), "dev")
     eval_enabled = settings.eval_examples > 0 and eval_path.exists()
     # TrainingArguments first: with ZeRO-3 it makes from_pretrained below load the weights already partitioned.
     args = training_arguments(config, settings, checkpoints_dir, eval_enabled=eval_enabled)
@@ -270,11 +270,13 @@ def train_stage(
         tokenizer.pad_token = tokenizer.eos_token
     cache_dir = out_dir / "cache"  # datasets' Arrow copies of the role data; removed when the stage is done
     with args.main_process_first(local=False, desc="encoding"):  # rank 0 builds the cache, the others reuse it
-        train = encode_role_dataset(train_path, stage, tokenizer, config.max_length,
+        # the control draws its subset with another seed: more of the global data, not the global stage's again
+        subset_seed = config.seed + (1 if stage == CONTROL_STAGE else 0)
+        train = encode_role_dataset(train_path, dataset_role(stage), tokenizer, config.max_length,
                                     max_examples=settings.max_examples, max_tokens=settings.max_tokens,
-                                    seed=config.seed, workers=config.tokenize_workers, cache_dir=cache_dir)  # fmt: skip
+                                    seed=subset_seed, workers=config.tokenize_workers, cache_dir=cache_dir)  # fmt: skip
         evaluation = (
-            encode_role_dataset(eval_path, stage, tokenizer, config.max_length, max_examples=settings.eval_examples,
+            encode_role_dataset(eval_path, dataset_role(stage), tokenizer, config.max_length, max_examples=settings.eval_examples,
                                 seed=config.seed, cache_dir=cache_dir)  # fmt: skip
             if eval_enabled
             else None
