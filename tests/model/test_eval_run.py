@@ -115,7 +115,12 @@ def test_evaluate_end_to_end(tiny_backbone, data_dir, eval_store, tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     metrics = run.data.metrics
-    for name in report.agents:
+    from umi.eval.report import metric_key
+
+    assert metric_key("rule: last turn", "bfcl-test", "plan_acc") in metrics  # baselines too, names made safe
+    assert "alpha-umi.bfcl-test.vs.single-llm.plan_acc.p_value" in metrics
+    assert "alpha-umi.bfcl-test.plan_acc.ci_low" in metrics
+    for name in (n for n, r in report.agents.items() if not r.get("baseline")):
         static = report.agents[name]["static"]["bfcl-test"]
         assert metrics[f"{name}.bfcl-test.plan_acc"] == pytest.approx(static["plan_acc"])
         assert metrics[f"{name}.live.pass_rate"] == report.agents[name]["live"]["pass_rate"]
