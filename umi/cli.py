@@ -270,7 +270,10 @@ def run_cmd(
             except typer.Exit:  # the pipeline's results stand; say where they are, then fail
                 bento_failed = True
         else:
-            no_bento = "no champion in the registry yet (see the promotion line)"
+            stages = result.get("stages", {})
+            dirs = " ".join(f"--{r} {stages[r]['checkpoint']}" for r in ("planner", "caller", "summarizer") if r in stages)
+            no_bento = (f"no champion in the registry yet (see the promotion line); to serve this run's unpromoted "
+                        f"candidates anyway: umi deploy build {dirs}")  # fmt: skip
     elif bento:
         no_bento = "no bentofile.yaml here"
     minutes = (time.perf_counter() - started) / 60
