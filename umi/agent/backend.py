@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -46,6 +46,7 @@ __all__ = [
     "StopReason",
     "TooLong",
     "TransformersBackend",
+    "load_backends",
 ]
 
 StopReason = Literal["eos", "stop_string", "max_new_tokens"]
@@ -212,6 +213,7 @@ class TransformersBackend:
         context_length: int | None = None,
         max_cache_slots: int = 3,
         min_shared_tokens: int = 16,
+        adapter: str | None = None,
     ):
         import torch
 
@@ -233,6 +235,7 @@ class TransformersBackend:
         self.eos_ids = frozenset(eos_ids)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
+        self.adapter = adapter  # the LoRA adapter of `model` (a peft model) this backend generates with
         self.stats = BackendStats()
         self._slots: list[_Slot] = []
         self._clock = 0
@@ -241,15 +244,11 @@ class TransformersBackend:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, *, dtype=None, device: str | None = None, **kwargs
+        cls, path: str | Path, *, dtype: str = "auto", device: str | None = None, **kwargs
     ) -> "TransformersBackend":
-        """A backend over a checkpoint directory (an imported backbone or a trained role)."""
-        from umi.train.backbone import load_backbone
-
-        model, tokenizer = load_backbone(path, dtype=dtype)
-        if device is not None:
-            model = model.to(device)
-        return cls(model, tokenizer, **kwargs)
+        """A backend over a checkpoint directory (an imported backbone or a trained role), loaded by the inference
+        rule (umi.inference: device and dtype)."""
+        return load_backends({"model": path}, dtype=dtype, device=device, **kwargs)["model"]
 
     # --- public ---------------------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -340,11 +339,16 @@ class TransformersBackend:
         probs = torch.softmax(logits.float().cpu() / request.temperature, dim=-1)
         return int(torch.multinomial(probs, 1, generator=generator).item())
 
+    def _use_adapter(self) -> None:
+        if self.adapter is not None:
+            self.model.set_adapter(self.adapter)
+
     def _generate(self, request: GenerationRequest) -> Generation:
         from transformers import DynamicCache
 
         torch = self._torch
         started = time.perf_counter()
+        self._use_adapter()
         decoder = self._decoder(request)
         ids, dropped = self.prompt_ids(request)
         if not ids:
@@ -400,6 +404,7 @@ class TransformersBackend:
 
         torch = self._torch
         started = time.perf_counter()
+        self._use_adapter()
         decoders = [self._decoder(r) for r in requests]
         longest = max(len(ids) for ids, _ in fitted)
         device = self.model.device
@@ -455,3 +460,42 @@ class TransformersBackend:
             self.stats.add(g)
             results.append(g)
         return results
+
+
+def load_backends(
+    dirs: Mapping[str, str | Path],
+    *,
+    base_dir: str | Path | None = None,
+    device: str | None = None,
+    dtype: str = "auto",
+    max_prompt_tokens: int | None = None,
+    max_new_tokens: Mapping[str, int] | None = None,
+    **backend_options,
+) -> dict[str, TransformersBackend]:
+    """{role: TransformersBackend} for {role: checkpoint or LoRA adapter directory}, loaded by umi.inference's rule
+    (the one loader of evaluation, chat and serving).
+
+    Roles over the same weights and adapter share one backend (one model in every role also shares its KV caches
+    between them); each adapter role gets its own backend over the shared base, since its keys differ.
+    max_prompt_tokens: the token budget prompts are fitted to (history dropped from the left, as training does). A
+    backend's context is that plus the largest `max_new_tokens` of the roles it plays, so every role's prompt gets at
+    least max_prompt_tokens. None: the model's own maximum context. backend_options go to TransformersBackend."""
+    from umi.inference import load_role_models
+
+    loaded = load_role_models(dirs, base_dir=base_dir, device=device, dtype=dtype)
+    caps = dict(max_new_tokens or {})
+    fixed_context = backend_options.pop("context_length", None)
+    groups: dict[tuple[int, str | None], list[str]] = {}
+    for role, item in loaded.items():
+        groups.setdefault((id(item.model), item.adapter), []).append(role)
+    out: dict[str, TransformersBackend] = {}
+    for roles in groups.values():
+        item = loaded[roles[0]]
+        context = fixed_context
+        if max_prompt_tokens is not None:
+            context = max_prompt_tokens + max((int(caps.get(r, 0)) for r in roles), default=0)
+        backend = TransformersBackend(item.model, item.tokenizer, context_length=context, adapter=item.adapter,
+                                      **backend_options)  # fmt: skip
+        for role in roles:
+            out[role] = backend
+    return out
