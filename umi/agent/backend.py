@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -194,6 +194,22 @@ class _Decoder:
         return text if cut < 0 else text[:cut]
 
 
+@dataclass
+class _Row:
+    """One request of a batched decode (generate_many)."""
+
+    index: int
+    request: GenerationRequest
+    ids: list[int]
+    dropped_turns: int
+    reused: int
+    decoder: _Decoder
+    generator: object
+    token: int  # the last token chosen, fed to the model at the next step
+    kv: list  # per layer (keys, values) of the prompt, until the batch's cache is built
+    prefill_seconds: float
+
+
 class TransformersBackend:
     """Greedy generation with a transformers causal LM, with per-prefix KV-cache reuse (see the module doc).
 
@@ -221,7 +237,8 @@ class TransformersBackend:
             raise ValueError("max_cache_slots must be >= 1")
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.reuse_cache = reuse_cache and _prefix_croppable(model)
+        self.plain_cache = _prefix_croppable(model)  # full-attention layers only: crop and left-pad exactly
+        self.reuse_cache = reuse_cache and self.plain_cache
         if reuse_cache and not self.reuse_cache:
             log.warning("%s has sliding-window or other non-prefix cache layers: KV-cache reuse is off, every prompt "
                         "is recomputed", type(model).__name__)  # fmt: skip
@@ -294,6 +311,21 @@ class TransformersBackend:
                 for i, g in zip(chunk, self._generate_padded([requests[i] for i in chunk], [fitted[i] for i in chunk])):
                     out[i] = g
             return out  # type: ignore[return-value]
+
+    def generate_many(
+        self, requests: Sequence[GenerationRequest], *, dropped: Callable[[int], bool] | None = None
+    ) -> list[Generation | Exception | None]:
+        """Concurrent requests (the service's micro-batches, umi.serve.batching) decoded as one batch.
+
+        Each prompt is prefilled on its own, with the KV-cache reuse `generate` does (so a prompt costs what it costs
+        alone and its first token is the one `generate` gives), then all decode together: their caches left-padded to
+        one length, an attention mask over the padding, positions counting real tokens only. A request leaves the
+        batch as soon as it stops (EOS, a stop string, its own max_new_tokens); temperature and seed are per request.
+        `dropped(i)`, checked before each step, takes request i out (its deadline passed, its client left): its result
+        is None. A request that cannot run (too long, empty) gets its exception as result; the others go on.
+        One request runs exactly as `generate` runs it."""
+        with self._lock:
+            return self._generate_many(list(requests), dropped or (lambda _: False))
 
     # --- internals ------------------------------------------------------------------------------------------------
     def _decoder(self, request: GenerationRequest) -> _Decoder:
@@ -396,6 +428,129 @@ class TransformersBackend:
         )
         self.stats.add(generation)
         return generation
+
+    def _generate_many(
+        self, requests: list[GenerationRequest], dropped: Callable[[int], bool]
+    ) -> list[Generation | Exception | None]:
+        from transformers import DynamicCache
+
+        results: list[Generation | Exception | None] = [None] * len(requests)
+        if len(requests) == 1 or not self.plain_cache:
+            # alone, or a cache that cannot be padded (sliding windows): one at a time, each exactly as `generate`
+            for i, request in enumerate(requests):
+                if not dropped(i):
+                    try:
+                        results[i] = self._generate(request)
+                    except (TooLong, ValueError) as e:
+                        results[i] = e
+            return results
+        torch = self._torch
+        started = time.perf_counter()
+        self._use_adapter()
+        device = self.model.device
+        live: list[_Row] = []
+        for i, request in enumerate(requests):
+            if dropped(i):
+                continue
+            try:
+                decoder = self._decoder(request)
+                ids, dropped_turns = self.prompt_ids(request)
+                if not ids:
+                    raise ValueError(f"record {request.record_id}: empty prompt")
+            except (TooLong, ValueError) as e:
+                results[i] = e
+                continue
+            row_started = time.perf_counter()
+            if self.reuse_cache:
+                slot, reused = self._take_slot(ids)
+                cache = slot.cache
+            else:
+                slot, reused, cache = None, 0, DynamicCache(config=self.model.config)
+            generator = None
+            if request.temperature > 0:
+                generator = torch.Generator(device="cpu").manual_seed(request.seed)
+            try:
+                with torch.inference_mode():
+                    suffix = torch.tensor([ids[reused:]], dtype=torch.long, device=device)
+                    out = self.model(input_ids=suffix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    token = self._next_token(out.logits[0, -1], request, generator)
+            except BaseException:
+                if slot is not None:
+                    self._slots.remove(slot)
+                raise
+            if slot is not None:
+                slot.ids = list(ids)  # the slot keeps the prompt; the generated tokens stay in the batch's cache
+            # the layers' tensors are replaced, never written in place, when a later prompt crops this slot
+            kv = [(layer.keys, layer.values) for layer in cache.layers]
+            row = _Row(i, request, ids, dropped_turns, reused, decoder, generator, token, kv,
+                       time.perf_counter() - row_started)  # fmt: skip
+            if decoder.push(token, self.tokenizer):
+                results[i] = self._row_generation(row, started)
+            else:
+                live.append(row)
+        if not live:
+            return results
+        longest = max(len(r.ids) for r in live)
+        cache = DynamicCache(config=self.model.config)
+        for layer_index, layer in enumerate(cache.layers):
+            pad = [longest - len(r.ids) for r in live]
+            keys = torch.cat([torch.nn.functional.pad(r.kv[layer_index][0], (0, 0, p, 0)) for r, p in zip(live, pad)])
+            values = torch.cat([torch.nn.functional.pad(r.kv[layer_index][1], (0, 0, p, 0)) for r, p in zip(live, pad)])
+            layer.update(keys, values)
+        for r in live:
+            r.kv = []
+        mask = torch.tensor([[0] * (longest - len(r.ids)) + [1] * len(r.ids) for r in live], device=device)
+        positions = torch.tensor([len(r.ids) for r in live], device=device)
+        with torch.inference_mode():
+            while live:
+                keep = [b for b, r in enumerate(live) if not dropped(r.index)]
+                if len(keep) < len(live):
+                    live, mask, positions = self._select_rows(cache, live, mask, positions, keep)
+                    if not live:
+                        break
+                mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=-1)
+                out = self.model(
+                    input_ids=torch.tensor([[r.token] for r in live], dtype=torch.long, device=device),
+                    attention_mask=mask,
+                    position_ids=positions[:, None],
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                positions = positions + 1
+                keep = []
+                for b, r in enumerate(live):
+                    r.token = self._next_token(out.logits[b, -1], r.request, r.generator)
+                    if r.decoder.push(r.token, self.tokenizer):
+                        results[r.index] = self._row_generation(r, started)
+                    else:
+                        keep.append(b)
+                if len(keep) < len(live):
+                    live, mask, positions = self._select_rows(cache, live, mask, positions, keep)
+        return results
+
+    def _select_rows(self, cache, live: list["_Row"], mask, positions, keep: list[int]):
+        """Keep only rows `keep` of the batch (the others stopped or were dropped)."""
+        if not keep:
+            return [], mask[:0], positions[:0]
+        index = self._torch.tensor(keep, device=mask.device)
+        cache.batch_select_indices(index)
+        return [live[b] for b in keep], mask[index], positions[index]
+
+    def _row_generation(self, row: "_Row", started: float) -> Generation:
+        g = Generation(
+            text=row.decoder.text(self.tokenizer),
+            token_ids=tuple(row.decoder.ids),
+            stop_reason=row.decoder.stop_reason or "max_new_tokens",
+            prompt_tokens=len(row.ids),
+            prefill_tokens=len(row.ids) - row.reused,
+            reused_tokens=row.reused,
+            new_tokens=len(row.decoder.ids),
+            dropped_turns=row.dropped_turns,
+            prefill_seconds=row.prefill_seconds,
+            seconds=time.perf_counter() - started,
+        )
+        self.stats.add(g)
+        return g
 
     def _generate_padded(
         self, requests: Sequence[GenerationRequest], fitted: Sequence[tuple[list[int], int]]

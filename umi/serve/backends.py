@@ -13,6 +13,9 @@ waits for the lock no longer than its own deadline allows (`Deadline`), and chec
 generation: a request past its time ends at the next generation with `RequestTimeout` instead of holding the model.
 One generation is bounded by its max_new_tokens.
 
+Batching (`max_batch` > 1): a `MicroBatcher` per model takes the place of queuing on the lock: concurrent
+generations run as one batch (umi.serve.batching), with the same deadline rules.
+
 Device and dtype follow umi.inference's rule (bf16 where the device computes it natively), as evaluation's do.
 """
 
@@ -28,10 +31,12 @@ from typing import Any
 
 from umi.agent.backend import Backend, Generation, GenerationRequest, TransformersBackend, load_backends
 from umi.inference import ADAPTER_CONFIG, is_adapter_dir
+from umi.serve.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ADAPTER_CONFIG",
     "Deadline",
     "RequestCancelled",
     "RequestTimeout",
@@ -80,6 +85,7 @@ class SharedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     peft: Any = None
     source: str = ""
+    batcher: MicroBatcher | None = None  # set when concurrent generations on this model run as batches
 
 
 class RoleBackend:
@@ -91,6 +97,8 @@ class RoleBackend:
         self.adapter = adapter
 
     def generate(self, request: GenerationRequest, deadline: Deadline | None = None) -> Generation:
+        if self.shared.batcher is not None:
+            return self.shared.batcher.submit(self.backend, request, deadline)
         wait = -1 if deadline is None else max(deadline.remaining, 0.0)
         if deadline is not None:
             deadline.check(f"the {request.record_id} generation")
@@ -131,9 +139,12 @@ def load_role_backends(
     device: str | None = None,
     dtype: str = "auto",
     backend_options: Mapping[str, Any] | None = None,
+    max_batch: int = 1,
+    batch_wait_s: float = 0.005,
 ) -> dict[str, RoleBackend]:
     """{role: RoleBackend} for {role: checkpoint or adapter directory}, by the loader evaluation and chat use
-    (umi.agent.backend.load_backends, umi.inference's device and dtype rule). See the module doc for what is shared."""
+    (umi.agent.backend.load_backends, umi.inference's device and dtype rule). See the module doc for what is shared.
+    max_batch > 1: concurrent generations on one model run as batches of up to that many (umi.serve.batching)."""
     backends = load_backends(dirs, base_dir=base_dir, device=device, dtype=dtype, **dict(backend_options or {}))
     shared: dict[int, SharedModel] = {}
     wrapped: dict[int, RoleBackend] = {}
@@ -144,6 +155,8 @@ def load_role_backends(
                 peft=backend.model if backend.adapter is not None else None,
                 source=str(getattr(backend.model, "name_or_path", "")),
             ))  # fmt: skip
+            if max_batch > 1 and model.batcher is None:
+                model.batcher = MicroBatcher(model.lock, max_batch, batch_wait_s, name=Path(model.source).name)
             wrapped[id(backend)] = RoleBackend(backend, model, adapter=backend.adapter)
         out[role] = wrapped[id(backend)]
     return out

@@ -71,7 +71,8 @@ class UmiAgent:
         self.engine = None
         dirs, base_dir, info = self._model_dirs()
         backends = load_role_backends(dirs, base_dir=base_dir, device=SETTINGS.device, dtype=SETTINGS.dtype,
-                                      backend_options={"max_cache_slots": SETTINGS.cache_slots})  # fmt: skip
+                                      backend_options={"max_cache_slots": SETTINGS.cache_slots},
+                                      max_batch=SETTINGS.max_batch, batch_wait_s=SETTINGS.batch_wait_ms / 1000)  # fmt: skip
         self.engine = AgentEngine(backends, SETTINGS, models=info)
         log.info("umi agent ready: %s", {role: i.get("tag") or i.get("path") for role, i in info.items()})
 
