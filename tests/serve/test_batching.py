@@ -183,3 +183,23 @@ def test_concurrent_service_requests_with_batching_give_the_serial_results(tiny_
             t.join()
     assert got == serial
     assert backends["planner"].shared.batcher.stats.largest > 1
+
+
+def test_requests_joining_a_running_batch_get_their_results(sharp_model):
+    """Continuous batching: requests taken between decode steps (longer and shorter prompts than the running rows)
+    give what they give alone, as do the rows they joined."""
+    reqs = requests(ignore_eos=True, stop_strings=())
+    expected = [fp32_backend(sharp_model).generate(r).token_ids for r in reqs]
+    calls = {"n": 0}
+    arrivals = {0: [0, 1], 3: [2], 5: [3, 4]}  # call number -> request indices arriving then
+
+    def take(room: int):
+        arriving = arrivals.get(calls["n"], [])
+        calls["n"] += 1
+        assert len(arriving) <= room
+        return [(i, reqs[i]) for i in arriving]
+
+    got: dict = {}
+    fp32_backend(sharp_model).decode_together(take, got.__setitem__, lambda _: False, max_rows=8)
+    assert calls["n"] > 5  # every arrival was taken
+    assert [got[i].token_ids for i in range(len(reqs))] == expected

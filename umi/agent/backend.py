@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from umi.prompts import TURN_END
 from umi.train.tokenize import TooLong, encode_prompt, fit_prompt
@@ -198,7 +198,7 @@ class _Decoder:
 class _Row:
     """One request of a batched decode (generate_many)."""
 
-    index: int
+    key: Any
     request: GenerationRequest
     ids: list[int]
     dropped_turns: int
@@ -206,8 +206,20 @@ class _Row:
     decoder: _Decoder
     generator: object
     token: int  # the last token chosen, fed to the model at the next step
-    kv: list  # per layer (keys, values) of the prompt, until the batch's cache is built
+    kv: list  # per layer (keys, values) of the prompt, until the row joins the batch's cache
+    started: float
     prefill_seconds: float
+
+
+def _prepend(items: list, take: Callable[[int], Sequence]) -> Callable[[int], Sequence]:
+    """`take` that first gives `items` (already taken from the source)."""
+
+    def again(room: int) -> Sequence:
+        first = items[:room]
+        del items[:room]
+        return [*first, *(take(room - len(first)) if room > len(first) else ())]
+
+    return again
 
 
 class TransformersBackend:
@@ -315,19 +327,48 @@ class TransformersBackend:
     def generate_many(
         self, requests: Sequence[GenerationRequest], *, dropped: Callable[[int], bool] | None = None
     ) -> list[Generation | Exception | None]:
-        """Concurrent requests (the service's micro-batches, umi.serve.batching) decoded as one batch.
+        """Requests decoded as one batch (see `decode_together`); results in the order of `requests`. `dropped(i)`,
+        checked before each step, takes request i out: its result is None. A request that cannot run (too long,
+        empty) gets its exception as result; the others go on."""
+        requests = list(requests)
+        results: list[Generation | Exception | None] = [None] * len(requests)
+        pending = list(enumerate(requests))
+
+        def take(room: int) -> list[tuple[int, GenerationRequest]]:
+            batch = pending[:room]
+            del pending[:room]
+            return batch
+
+        def finish(i: int, result: Generation | Exception | None) -> None:
+            results[i] = result
+
+        self.decode_together(take, finish, dropped or (lambda _: False), max_rows=max(len(requests), 1))
+        return results
+
+    def decode_together(
+        self,
+        take: Callable[[int], Sequence[tuple[Any, GenerationRequest]]],
+        finish: Callable[[Any, Generation | Exception | None], None],
+        dropped: Callable[[Any], bool],
+        *,
+        max_rows: int = 8,
+    ) -> None:
+        """Continuous batching: decode requests together, taking new ones in between steps.
+
+        `take(room)` gives up to `room` (key, request) pairs to add now (called before the first step and between
+        steps; empty: none waiting); `finish(key, result)` gets each request's Generation the moment it stops (its
+        exception if it cannot run, None if it was dropped); `dropped(key)`, checked before each step, takes a request
+        out (its deadline passed, its client left). Returns when no request is running and `take` gives none.
 
         Each prompt is prefilled on its own, with the KV-cache reuse `generate` does (so a prompt costs what it costs
-        alone and its first token is the one `generate` gives), then all decode together: their caches left-padded to
-        one length, an attention mask over the padding, positions counting real tokens only. A request leaves the
-        batch as soon as it stops (EOS, a stop string, its own max_new_tokens); temperature and seed are per request.
-        `dropped(i)`, checked before each step, takes request i out (its deadline passed, its client left): its result
-        is None. A request that cannot run (too long, empty) gets its exception as result; the others go on.
-        One request runs exactly as `generate` runs it."""
+        alone and its first token is the one `generate` gives), then joins the running batch: caches left-padded to
+        one length, an attention mask over the padding, positions counting real tokens only. A request leaves as soon
+        as it stops (EOS, a stop string, its own max_new_tokens); temperature and seed are per request. Models whose
+        cache cannot be padded (sliding-window layers) run the requests one at a time through `generate`'s path."""
         with self._lock:
-            return self._generate_many(list(requests), dropped or (lambda _: False))
+            self._decode_together(take, finish, dropped, max_rows)
 
-    # --- internals ------------------------------------------------------------------------------------------------
+        # --- internals ------------------------------------------------------------------------------------------------
     def _decoder(self, request: GenerationRequest) -> _Decoder:
         if request.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
@@ -429,85 +470,112 @@ class TransformersBackend:
         self.stats.add(generation)
         return generation
 
-    def _generate_many(
-        self, requests: list[GenerationRequest], dropped: Callable[[int], bool]
-    ) -> list[Generation | Exception | None]:
+    def _prefill_row(self, key: Any, request: GenerationRequest) -> "_Row | Exception":
+        """A request's prompt through the model on its own (with cache reuse) and its first token."""
         from transformers import DynamicCache
 
-        results: list[Generation | Exception | None] = [None] * len(requests)
-        if len(requests) == 1 or not self.plain_cache:
-            # alone, or a cache that cannot be padded (sliding windows): one at a time, each exactly as `generate`
-            for i, request in enumerate(requests):
-                if not dropped(i):
-                    try:
-                        results[i] = self._generate(request)
-                    except (TooLong, ValueError) as e:
-                        results[i] = e
-            return results
         torch = self._torch
         started = time.perf_counter()
+        try:
+            decoder = self._decoder(request)
+            ids, dropped_turns = self.prompt_ids(request)
+            if not ids:
+                raise ValueError(f"record {request.record_id}: empty prompt")
+        except (TooLong, ValueError) as e:
+            return e
+        if self.reuse_cache:
+            slot, reused = self._take_slot(ids)
+            cache = slot.cache
+        else:
+            slot, reused, cache = None, 0, DynamicCache(config=self.model.config)
+        generator = None
+        if request.temperature > 0:
+            generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        try:
+            with torch.inference_mode():
+                suffix = torch.tensor([ids[reused:]], dtype=torch.long, device=self.model.device)
+                out = self.model(input_ids=suffix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                token = self._next_token(out.logits[0, -1], request, generator)
+        except BaseException:
+            if slot is not None:
+                self._slots.remove(slot)
+            raise
+        if slot is not None:
+            slot.ids = list(ids)  # the slot keeps the prompt; the generated tokens stay in the batch's cache
+        # the layers' tensors are replaced, never written in place, when a later prompt crops this slot
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        row = _Row(key, request, ids, dropped_turns, reused, decoder, generator, token, kv, started=started,
+                   prefill_seconds=time.perf_counter() - started)  # fmt: skip
+        decoder.push(token, self.tokenizer)
+        return row
+
+    def _decode_together(self, take, finish, dropped, max_rows: int) -> None:
+        torch = self._torch
+        pad = torch.nn.functional.pad
         self._use_adapter()
+        if not self.plain_cache:
+            # a cache that cannot be padded (sliding windows): one at a time, each exactly as `generate`
+            while batch := take(1):
+                for key, request in batch:
+                    if dropped(key):
+                        finish(key, None)
+                        continue
+                    try:
+                        finish(key, self._generate(request))
+                    except (TooLong, ValueError) as e:
+                        finish(key, e)
+            return
+        from transformers import DynamicCache
+
         device = self.model.device
         live: list[_Row] = []
-        for i, request in enumerate(requests):
-            if dropped(i):
-                continue
-            try:
-                decoder = self._decoder(request)
-                ids, dropped_turns = self.prompt_ids(request)
-                if not ids:
-                    raise ValueError(f"record {request.record_id}: empty prompt")
-            except (TooLong, ValueError) as e:
-                results[i] = e
-                continue
-            row_started = time.perf_counter()
-            if self.reuse_cache:
-                slot, reused = self._take_slot(ids)
-                cache = slot.cache
-            else:
-                slot, reused, cache = None, 0, DynamicCache(config=self.model.config)
-            generator = None
-            if request.temperature > 0:
-                generator = torch.Generator(device="cpu").manual_seed(request.seed)
-            try:
-                with torch.inference_mode():
-                    suffix = torch.tensor([ids[reused:]], dtype=torch.long, device=device)
-                    out = self.model(input_ids=suffix, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                    token = self._next_token(out.logits[0, -1], request, generator)
-            except BaseException:
-                if slot is not None:
-                    self._slots.remove(slot)
-                raise
-            if slot is not None:
-                slot.ids = list(ids)  # the slot keeps the prompt; the generated tokens stay in the batch's cache
-            # the layers' tensors are replaced, never written in place, when a later prompt crops this slot
-            kv = [(layer.keys, layer.values) for layer in cache.layers]
-            row = _Row(i, request, ids, dropped_turns, reused, decoder, generator, token, kv,
-                       time.perf_counter() - row_started)  # fmt: skip
-            if decoder.push(token, self.tokenizer):
-                results[i] = self._row_generation(row, started)
-            else:
-                live.append(row)
-        if not live:
-            return results
-        longest = max(len(r.ids) for r in live)
-        cache = DynamicCache(config=self.model.config)
-        for layer_index, layer in enumerate(cache.layers):
-            pad = [longest - len(r.ids) for r in live]
-            keys = torch.cat([torch.nn.functional.pad(r.kv[layer_index][0], (0, 0, p, 0)) for r, p in zip(live, pad)])
-            values = torch.cat([torch.nn.functional.pad(r.kv[layer_index][1], (0, 0, p, 0)) for r, p in zip(live, pad)])
-            layer.update(keys, values)
-        for r in live:
-            r.kv = []
-        mask = torch.tensor([[0] * (longest - len(r.ids)) + [1] * len(r.ids) for r in live], device=device)
-        positions = torch.tensor([len(r.ids) for r in live], device=device)
+        cache = mask = positions = None
         with torch.inference_mode():
-            while live:
-                keep = [b for b, r in enumerate(live) if not dropped(r.index)]
+            while True:
+                # new requests join between steps; the dropped leave
+                for key, request in take(max_rows - len(live)) if len(live) < max_rows else ():
+                    row = None if dropped(key) else self._prefill_row(key, request)
+                    if not isinstance(row, _Row):
+                        finish(key, row)
+                        continue
+                    if row.decoder.stop_reason is not None:  # done at its first token
+                        finish(key, self._row_generation(row))
+                        continue
+                    n = len(row.ids)
+                    if not live:
+                        cache = DynamicCache(config=self.model.config)
+                        for layer, (k, v) in zip(cache.layers, row.kv):
+                            layer.update(k, v)
+                        mask = torch.ones((1, n), dtype=torch.long, device=device)
+                        positions = torch.tensor([n], device=device)
+                    else:
+                        held = mask.shape[1]
+                        grow = max(n - held, 0)
+                        for layer, (k, v) in zip(cache.layers, row.kv):
+                            keys, values = layer.keys, layer.values
+                            if grow:
+                                keys, values = pad(keys, (0, 0, grow, 0)), pad(values, (0, 0, grow, 0))
+                            left = held + grow - n
+                            layer.keys = torch.cat([keys, pad(k, (0, 0, left, 0))])
+                            layer.values = torch.cat([values, pad(v, (0, 0, left, 0))])
+                        if grow:
+                            mask = pad(mask, (grow, 0))
+                        row_mask = torch.tensor([[0] * (held + grow - n) + [1] * n], dtype=mask.dtype, device=device)
+                        mask = torch.cat([mask, row_mask])
+                        positions = torch.cat([positions, torch.tensor([n], device=device)])
+                    row.kv = []
+                    live.append(row)
+                keep = [b for b, r in enumerate(live) if not dropped(r.key)]
+                for b in sorted(set(range(len(live))) - set(keep)):
+                    finish(live[b].key, None)
                 if len(keep) < len(live):
                     live, mask, positions = self._select_rows(cache, live, mask, positions, keep)
-                    if not live:
-                        break
+                if not live:
+                    if take_more := take(max_rows):  # arrived while the last rows finished: start again with them
+                        pending = list(take_more)
+                        take = _prepend(pending, take)
+                        continue
+                    return
                 mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=-1)
                 out = self.model(
                     input_ids=torch.tensor([[r.token] for r in live], dtype=torch.long, device=device),
@@ -521,22 +589,28 @@ class TransformersBackend:
                 for b, r in enumerate(live):
                     r.token = self._next_token(out.logits[b, -1], r.request, r.generator)
                     if r.decoder.push(r.token, self.tokenizer):
-                        results[r.index] = self._row_generation(r, started)
+                        finish(r.key, self._row_generation(r))
                     else:
                         keep.append(b)
                 if len(keep) < len(live):
                     live, mask, positions = self._select_rows(cache, live, mask, positions, keep)
-        return results
 
     def _select_rows(self, cache, live: list["_Row"], mask, positions, keep: list[int]):
-        """Keep only rows `keep` of the batch (the others stopped or were dropped)."""
+        """Keep only rows `keep` of the batch (the others stopped or were dropped), and drop the padding columns no
+        remaining row needs."""
         if not keep:
             return [], mask[:0], positions[:0]
         index = self._torch.tensor(keep, device=mask.device)
         cache.batch_select_indices(index)
-        return [live[b] for b in keep], mask[index], positions[index]
+        mask = mask[index]
+        unused = int(mask.argmax(dim=1).min())  # leading columns that are padding in every remaining row
+        if unused:
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+            mask = mask[:, unused:]
+        return [live[b] for b in keep], mask, positions[index]
 
-    def _row_generation(self, row: "_Row", started: float) -> Generation:
+    def _row_generation(self, row: "_Row") -> Generation:
         g = Generation(
             text=row.decoder.text(self.tokenizer),
             token_ids=tuple(row.decoder.ids),
@@ -547,7 +621,7 @@ class TransformersBackend:
             new_tokens=len(row.decoder.ids),
             dropped_turns=row.dropped_turns,
             prefill_seconds=row.prefill_seconds,
-            seconds=time.perf_counter() - started,
+            seconds=time.perf_counter() - row.started,
         )
         self.stats.add(g)
         return g

@@ -4,9 +4,12 @@ Requests run in worker threads, each an α-UMi episode or turn that needs one ge
 they queue on the model's lock and the model decodes one sequence at a time, which on a CPU leaves most of its
 arithmetic unused (decoding is memory-bound: 8 sequences cost little more per step than one). With batching, a
 request's generation is put in the model's queue; one worker thread per model takes what is queued (after waiting
-`wait_s` for company when the queue holds a single generation), up to `max_batch` generations of one role backend,
-and runs them through `TransformersBackend.generate_many`: each prompt prefilled with its KV-cache reuse, then one
-batched decode, left-padded, each request with its own max_new_tokens, stop strings, temperature and seed.
+`wait_s` for company when the queue holds a single generation) and decodes it with
+`TransformersBackend.decode_together`: continuous batching, up to `max_batch` sequences of one role backend at a time;
+a generation queued while the batch runs joins it at the next step (so an episode's next generation does not wait for
+the whole batch), and one that stops leaves it at once. Each prompt is prefilled with its KV-cache reuse, then
+decoded in the left-padded batch with its own max_new_tokens, stop strings, temperature and seed. Another backend's
+generations (a LoRA role on the same base) wait until the running batch drains.
 
 Deadlines: a request waits no longer than its deadline; a request whose deadline passes (or whose client went away)
 while queued is never run, and one whose deadline passes during the batch is dropped from it at the next decode step
@@ -35,7 +38,7 @@ log = logging.getLogger(__name__)
 __all__ = ["MicroBatcher", "BatchStats"]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
     backend: Any
     request: "GenerationRequest"
@@ -51,9 +54,9 @@ class _Item:
 
 @dataclass
 class BatchStats:
-    batches: int = 0
+    batches: int = 0  # decode sessions: one runs while generations keep joining it
     generations: int = 0
-    largest: int = 0
+    largest: int = 0  # the most generations decoding at once
     dropped: int = 0
 
 
@@ -71,6 +74,7 @@ class MicroBatcher:
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._running = False  # a batch is decoding (new generations of its backend join it)
         self._thread = threading.Thread(target=self._work, name=f"umi-batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -106,7 +110,8 @@ class MicroBatcher:
             self._cond.notify_all()
 
     # --- the worker -------------------------------------------------------------------------------------------------
-    def _take(self) -> list[_Item] | None:
+    def _first(self) -> list[_Item] | None:
+        """Block until generations are queued; then those of the head's backend (up to max_batch), None when closed."""
         with self._cond:
             while not self._queue and not self._closed:
                 self._cond.wait()
@@ -116,40 +121,64 @@ class MicroBatcher:
                 until = time.monotonic() + self.wait_s
                 while len(self._queue) < self.max_batch and (left := until - time.monotonic()) > 0:
                     self._cond.wait(left)
-            head = self._queue[0].backend
-            batch, rest = [], deque()
+            return self._more(self._queue[0].backend, self.max_batch)  # the condition's lock is reentrant
+
+    def _more(self, backend: Any, room: int) -> list[_Item]:
+        """Up to `room` queued generations of `backend` (dropping the expired). None once another backend waits, so a
+        running batch drains and the other adapter gets the model."""
+        with self._cond:
+            taken, rest = [], deque()
             while self._queue:
                 item = self._queue.popleft()
                 if item.gone():
                     self.stats.dropped += 1
                     item.done.set()  # result None: the waiter raises its timeout
-                elif item.backend is head and len(batch) < self.max_batch:
-                    batch.append(item)
+                elif item.backend is backend and len(taken) < room:
+                    taken.append(item)
                 else:
-                    rest.append(item)  # another role's adapter, or beyond max_batch: the next batch
+                    rest.append(item)
             self._queue.extendleft(reversed(rest))
-            return batch
+            if any(item.backend is not backend for item in rest) and self._running:
+                self._queue.extendleft(reversed(taken))  # keep their order; they go after the other backend's turn
+                return []
+            return taken
 
     def _work(self) -> None:
         while True:
-            batch = self._take()
-            if batch is None:
+            first = self._first()
+            if first is None:
                 return
-            if not batch:
+            if not first:
                 continue
-            try:
-                with self.lock:
-                    results = batch[0].backend.generate_many(
-                        [item.request for item in batch], dropped=lambda i: batch[i].gone()
-                    )
-            except BaseException as e:  # a failure of the forward pass: every request of the batch gets it
-                log.exception("a batch of %d generations failed", len(batch))
-                results = [e] * len(batch)
-            self.stats.batches += 1
-            self.stats.generations += len(batch)
-            self.stats.largest = max(self.stats.largest, len(batch))
-            for item, result in zip(batch, results):
+            backend = first[0].backend
+            pending = list(first)
+            running: set[_Item] = set()  # taken into the batch, not finished yet
+            self._running = True
+
+            def take(room: int) -> list[tuple[_Item, Any]]:
+                nonlocal pending
+                items, pending = pending[:room], pending[room:]
+                if len(items) < room:
+                    items += self._more(backend, room - len(items))
+                self.stats.generations += len(items)
+                running.update(items)
+                self.stats.largest = max(self.stats.largest, len(running))
+                return [(item, item.request) for item in items]
+
+            def finish(item: _Item, result: Any) -> None:
+                running.discard(item)
                 if result is None:
                     self.stats.dropped += 1
                 item.result = result
                 item.done.set()
+
+            self.stats.batches += 1
+            try:
+                with self.lock:
+                    backend.decode_together(take, finish, lambda item: item.gone(), max_rows=self.max_batch)
+            except BaseException as e:  # a failure of the forward pass: every request in the batch gets it
+                log.exception("a batch of generations failed")
+                for item in [*pending, *running]:
+                    finish(item, e)
+            finally:
+                self._running = False
