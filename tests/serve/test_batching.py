@@ -203,3 +203,24 @@ def test_requests_joining_a_running_batch_get_their_results(sharp_model):
     fp32_backend(sharp_model).decode_together(take, got.__setitem__, lambda _: False, max_rows=8)
     assert calls["n"] > 5  # every arrival was taken
     assert [got[i].token_ids for i in range(len(reqs))] == expected
+
+
+@pytest.mark.slow
+def test_the_compare_benchmark_runs_both_modes(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "compare.json"
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "service_load.py"), "--serve", "tiny", "--compare",
+                           "--clients", "2", "--requests-per-client", "1", "--max-new-tokens", "4", "--json", str(out)],
+                          cwd=repo, capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["off"]["max_batch"] == 1 and figures["on"]["max_batch"] == 8
+    for mode in ("off", "on"):
+        assert figures[mode]["errors"] == 0 and figures[mode]["requests"] == 2
+    last = done.stdout.strip().splitlines()[-1]
+    assert last == f"batching speed-up: {figures['speedup']:.2f}x"
