@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         for label, max_batch in runs:
             proc = None
             if model is not None:
-                proc, url, log_path = start_server(model, args.max_new_tokens, Path(tmp), max_batch, args.request_timeout)
+                proc, url, log_path = start_server(model, args.max_new_tokens, Path(tmp), max_batch,
+                                                   args.request_timeout)  # fmt: skip
             else:
                 url = args.url.rstrip("/")
             try:
