@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from umi.train.backbone import load_backbone, make_tiny_backbone
+    from umi.inference import load_role_models
+    from umi.train.backbone import make_tiny_backbone
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -201,13 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         path = args.model or BACKBONE
         model_name = str(path)
-    model, tokenizer = load_backbone(path)
-    model.eval()
+    loaded = load_role_models({"model": path})["model"]  # the device and dtype evaluation and serving use
+    model, tokenizer = loaded.model, loaded.tokenizer
     # the tiny tokenizer needs ~3x the tokens of a real one: give it room so that no history turn is dropped
     context = args.context_length or int(model.config.max_position_embeddings) * (4 if tiny else 1)
     scripts = load_scripts(args.tasks, args.calls)
     device = next(model.parameters()).device
     print(f"model: {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, {device}, "
+          f"{str(loaded.dtype).removeprefix('torch.')}, "
           f"{torch.get_num_threads()} threads); context {context}; {len(scripts)} task(s), {args.calls} tool calls "
           f"each")  # fmt: skip
     # warm-up: first calls pay for lazy initialisation

@@ -28,10 +28,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from umi.prompts import TURN_END
 from umi.train.tokenize import TooLong, encode_prompt, fit_prompt
@@ -46,6 +46,7 @@ __all__ = [
     "StopReason",
     "TooLong",
     "TransformersBackend",
+    "load_backends",
 ]
 
 StopReason = Literal["eos", "stop_string", "max_new_tokens"]
@@ -193,6 +194,34 @@ class _Decoder:
         return text if cut < 0 else text[:cut]
 
 
+@dataclass
+class _Row:
+    """One request of a batched decode (generate_many)."""
+
+    key: Any
+    request: GenerationRequest
+    ids: list[int]
+    dropped_turns: int
+    reused: int
+    decoder: _Decoder
+    generator: object
+    token: int  # the last token chosen, fed to the model at the next step
+    kv: list  # per layer (keys, values) of the prompt, until the row joins the batch's cache
+    started: float
+    prefill_seconds: float
+
+
+def _prepend(items: list, take: Callable[[int], Sequence]) -> Callable[[int], Sequence]:
+    """`take` that first gives `items` (already taken from the source)."""
+
+    def again(room: int) -> Sequence:
+        first = items[:room]
+        del items[:room]
+        return [*first, *(take(room - len(first)) if room > len(first) else ())]
+
+    return again
+
+
 class TransformersBackend:
     """Greedy generation with a transformers causal LM, with per-prefix KV-cache reuse (see the module doc).
 
@@ -212,6 +241,7 @@ class TransformersBackend:
         context_length: int | None = None,
         max_cache_slots: int = 3,
         min_shared_tokens: int = 16,
+        adapter: str | None = None,
     ):
         import torch
 
@@ -219,7 +249,8 @@ class TransformersBackend:
             raise ValueError("max_cache_slots must be >= 1")
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.reuse_cache = reuse_cache and _prefix_croppable(model)
+        self.plain_cache = _prefix_croppable(model)  # full-attention layers only: crop and left-pad exactly
+        self.reuse_cache = reuse_cache and self.plain_cache
         if reuse_cache and not self.reuse_cache:
             log.warning("%s has sliding-window or other non-prefix cache layers: KV-cache reuse is off, every prompt "
                         "is recomputed", type(model).__name__)  # fmt: skip
@@ -233,6 +264,7 @@ class TransformersBackend:
         self.eos_ids = frozenset(eos_ids)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
+        self.adapter = adapter  # the LoRA adapter of `model` (a peft model) this backend generates with
         self.stats = BackendStats()
         self._slots: list[_Slot] = []
         self._clock = 0
@@ -241,15 +273,11 @@ class TransformersBackend:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, *, dtype=None, device: str | None = None, **kwargs
+        cls, path: str | Path, *, dtype: str = "auto", device: str | None = None, **kwargs
     ) -> "TransformersBackend":
-        """A backend over a checkpoint directory (an imported backbone or a trained role)."""
-        from umi.train.backbone import load_backbone
-
-        model, tokenizer = load_backbone(path, dtype=dtype)
-        if device is not None:
-            model = model.to(device)
-        return cls(model, tokenizer, **kwargs)
+        """A backend over a checkpoint directory (an imported backbone or a trained role), loaded by the inference
+        rule (umi.inference: device and dtype)."""
+        return load_backends({"model": path}, dtype=dtype, device=device, **kwargs)["model"]
 
     # --- public ---------------------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -296,7 +324,51 @@ class TransformersBackend:
                     out[i] = g
             return out  # type: ignore[return-value]
 
-    # --- internals ------------------------------------------------------------------------------------------------
+    def generate_many(
+        self, requests: Sequence[GenerationRequest], *, dropped: Callable[[int], bool] | None = None
+    ) -> list[Generation | Exception | None]:
+        """Requests decoded as one batch (see `decode_together`); results in the order of `requests`. `dropped(i)`,
+        checked before each step, takes request i out: its result is None. A request that cannot run (too long,
+        empty) gets its exception as result; the others go on."""
+        requests = list(requests)
+        results: list[Generation | Exception | None] = [None] * len(requests)
+        pending = list(enumerate(requests))
+
+        def take(room: int) -> list[tuple[int, GenerationRequest]]:
+            batch = pending[:room]
+            del pending[:room]
+            return batch
+
+        def finish(i: int, result: Generation | Exception | None) -> None:
+            results[i] = result
+
+        self.decode_together(take, finish, dropped or (lambda _: False), max_rows=max(len(requests), 1))
+        return results
+
+    def decode_together(
+        self,
+        take: Callable[[int], Sequence[tuple[Any, GenerationRequest]]],
+        finish: Callable[[Any, Generation | Exception | None], None],
+        dropped: Callable[[Any], bool],
+        *,
+        max_rows: int = 8,
+    ) -> None:
+        """Continuous batching: decode requests together, taking new ones in between steps.
+
+        `take(room)` gives up to `room` (key, request) pairs to add now (called before the first step and between
+        steps; empty: none waiting); `finish(key, result)` gets each request's Generation the moment it stops (its
+        exception if it cannot run, None if it was dropped); `dropped(key)`, checked before each step, takes a request
+        out (its deadline passed, its client left). Returns when no request is running and `take` gives none.
+
+        Each prompt is prefilled on its own, with the KV-cache reuse `generate` does (so a prompt costs what it costs
+        alone and its first token is the one `generate` gives), then joins the running batch: caches left-padded to
+        one length, an attention mask over the padding, positions counting real tokens only. A request leaves as soon
+        as it stops (EOS, a stop string, its own max_new_tokens); temperature and seed are per request. Models whose
+        cache cannot be padded (sliding-window layers) run the requests one at a time through `generate`'s path."""
+        with self._lock:
+            self._decode_together(take, finish, dropped, max_rows)
+
+        # --- internals ------------------------------------------------------------------------------------------------
     def _decoder(self, request: GenerationRequest) -> _Decoder:
         if request.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
@@ -340,11 +412,16 @@ class TransformersBackend:
         probs = torch.softmax(logits.float().cpu() / request.temperature, dim=-1)
         return int(torch.multinomial(probs, 1, generator=generator).item())
 
+    def _use_adapter(self) -> None:
+        if self.adapter is not None:
+            self.model.set_adapter(self.adapter)
+
     def _generate(self, request: GenerationRequest) -> Generation:
         from transformers import DynamicCache
 
         torch = self._torch
         started = time.perf_counter()
+        self._use_adapter()
         decoder = self._decoder(request)
         ids, dropped = self.prompt_ids(request)
         if not ids:
@@ -393,6 +470,162 @@ class TransformersBackend:
         self.stats.add(generation)
         return generation
 
+    def _prefill_row(self, key: Any, request: GenerationRequest) -> "_Row | Exception":
+        """A request's prompt through the model on its own (with cache reuse) and its first token."""
+        from transformers import DynamicCache
+
+        torch = self._torch
+        started = time.perf_counter()
+        try:
+            decoder = self._decoder(request)
+            ids, dropped_turns = self.prompt_ids(request)
+            if not ids:
+                raise ValueError(f"record {request.record_id}: empty prompt")
+        except (TooLong, ValueError) as e:
+            return e
+        if self.reuse_cache:
+            slot, reused = self._take_slot(ids)
+            cache = slot.cache
+        else:
+            slot, reused, cache = None, 0, DynamicCache(config=self.model.config)
+        generator = None
+        if request.temperature > 0:
+            generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        try:
+            with torch.inference_mode():
+                suffix = torch.tensor([ids[reused:]], dtype=torch.long, device=self.model.device)
+                out = self.model(input_ids=suffix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                token = self._next_token(out.logits[0, -1], request, generator)
+        except BaseException:
+            if slot is not None:
+                self._slots.remove(slot)
+            raise
+        if slot is not None:
+            slot.ids = list(ids)  # the slot keeps the prompt; the generated tokens stay in the batch's cache
+        # the layers' tensors are replaced, never written in place, when a later prompt crops this slot
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        row = _Row(key, request, ids, dropped_turns, reused, decoder, generator, token, kv, started=started,
+                   prefill_seconds=time.perf_counter() - started)  # fmt: skip
+        decoder.push(token, self.tokenizer)
+        return row
+
+    def _decode_together(self, take, finish, dropped, max_rows: int) -> None:
+        torch = self._torch
+        pad = torch.nn.functional.pad
+        self._use_adapter()
+        if not self.plain_cache:
+            # a cache that cannot be padded (sliding windows): one at a time, each exactly as `generate`
+            while batch := take(1):
+                for key, request in batch:
+                    if dropped(key):
+                        finish(key, None)
+                        continue
+                    try:
+                        finish(key, self._generate(request))
+                    except (TooLong, ValueError) as e:
+                        finish(key, e)
+            return
+        from transformers import DynamicCache
+
+        device = self.model.device
+        live: list[_Row] = []
+        cache = mask = positions = None
+        with torch.inference_mode():
+            while True:
+                # new requests join between steps; the dropped leave
+                for key, request in take(max_rows - len(live)) if len(live) < max_rows else ():
+                    row = None if dropped(key) else self._prefill_row(key, request)
+                    if not isinstance(row, _Row):
+                        finish(key, row)
+                        continue
+                    if row.decoder.stop_reason is not None:  # done at its first token
+                        finish(key, self._row_generation(row))
+                        continue
+                    n = len(row.ids)
+                    if not live:
+                        cache = DynamicCache(config=self.model.config)
+                        for layer, (k, v) in zip(cache.layers, row.kv):
+                            layer.update(k, v)
+                        mask = torch.ones((1, n), dtype=torch.long, device=device)
+                        positions = torch.tensor([n], device=device)
+                    else:
+                        held = mask.shape[1]
+                        grow = max(n - held, 0)
+                        for layer, (k, v) in zip(cache.layers, row.kv):
+                            keys, values = layer.keys, layer.values
+                            if grow:
+                                keys, values = pad(keys, (0, 0, grow, 0)), pad(values, (0, 0, grow, 0))
+                            left = held + grow - n
+                            layer.keys = torch.cat([keys, pad(k, (0, 0, left, 0))])
+                            layer.values = torch.cat([values, pad(v, (0, 0, left, 0))])
+                        if grow:
+                            mask = pad(mask, (grow, 0))
+                        row_mask = torch.tensor([[0] * (held + grow - n) + [1] * n], dtype=mask.dtype, device=device)
+                        mask = torch.cat([mask, row_mask])
+                        positions = torch.cat([positions, torch.tensor([n], device=device)])
+                    row.kv = []
+                    live.append(row)
+                keep = [b for b, r in enumerate(live) if not dropped(r.key)]
+                for b in sorted(set(range(len(live))) - set(keep)):
+                    finish(live[b].key, None)
+                if len(keep) < len(live):
+                    live, mask, positions = self._select_rows(cache, live, mask, positions, keep)
+                if not live:
+                    if take_more := take(max_rows):  # arrived while the last rows finished: start again with them
+                        pending = list(take_more)
+                        take = _prepend(pending, take)
+                        continue
+                    return
+                mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=-1)
+                out = self.model(
+                    input_ids=torch.tensor([[r.token] for r in live], dtype=torch.long, device=device),
+                    attention_mask=mask,
+                    position_ids=positions[:, None],
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                positions = positions + 1
+                keep = []
+                for b, r in enumerate(live):
+                    r.token = self._next_token(out.logits[b, -1], r.request, r.generator)
+                    if r.decoder.push(r.token, self.tokenizer):
+                        finish(r.key, self._row_generation(r))
+                    else:
+                        keep.append(b)
+                if len(keep) < len(live):
+                    live, mask, positions = self._select_rows(cache, live, mask, positions, keep)
+
+    def _select_rows(self, cache, live: list["_Row"], mask, positions, keep: list[int]):
+        """Keep only rows `keep` of the batch (the others stopped or were dropped), and drop the padding columns no
+        remaining row needs."""
+        if not keep:
+            return [], mask[:0], positions[:0]
+        index = self._torch.tensor(keep, device=mask.device)
+        cache.batch_select_indices(index)
+        mask = mask[index]
+        unused = int(mask.argmax(dim=1).min())  # leading columns that are padding in every remaining row
+        if unused:
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+            mask = mask[:, unused:]
+        return [live[b] for b in keep], mask, positions[index]
+
+    def _row_generation(self, row: "_Row") -> Generation:
+        g = Generation(
+            text=row.decoder.text(self.tokenizer),
+            token_ids=tuple(row.decoder.ids),
+            stop_reason=row.decoder.stop_reason or "max_new_tokens",
+            prompt_tokens=len(row.ids),
+            prefill_tokens=len(row.ids) - row.reused,
+            reused_tokens=row.reused,
+            new_tokens=len(row.decoder.ids),
+            dropped_turns=row.dropped_turns,
+            prefill_seconds=row.prefill_seconds,
+            seconds=time.perf_counter() - row.started,
+        )
+        self.stats.add(g)
+        return g
+
     def _generate_padded(
         self, requests: Sequence[GenerationRequest], fitted: Sequence[tuple[list[int], int]]
     ) -> list[Generation]:
@@ -400,6 +633,7 @@ class TransformersBackend:
 
         torch = self._torch
         started = time.perf_counter()
+        self._use_adapter()
         decoders = [self._decoder(r) for r in requests]
         longest = max(len(ids) for ids, _ in fitted)
         device = self.model.device
@@ -455,3 +689,42 @@ class TransformersBackend:
             self.stats.add(g)
             results.append(g)
         return results
+
+
+def load_backends(
+    dirs: Mapping[str, str | Path],
+    *,
+    base_dir: str | Path | None = None,
+    device: str | None = None,
+    dtype: str = "auto",
+    max_prompt_tokens: int | None = None,
+    max_new_tokens: Mapping[str, int] | None = None,
+    **backend_options,
+) -> dict[str, TransformersBackend]:
+    """{role: TransformersBackend} for {role: checkpoint or LoRA adapter directory}, loaded by umi.inference's rule
+    (the one loader of evaluation, chat and serving).
+
+    Roles over the same weights and adapter share one backend (one model in every role also shares its KV caches
+    between them); each adapter role gets its own backend over the shared base, since its keys differ.
+    max_prompt_tokens: the token budget prompts are fitted to (history dropped from the left, as training does). A
+    backend's context is that plus the largest `max_new_tokens` of the roles it plays, so every role's prompt gets at
+    least max_prompt_tokens. None: the model's own maximum context. backend_options go to TransformersBackend."""
+    from umi.inference import load_role_models
+
+    loaded = load_role_models(dirs, base_dir=base_dir, device=device, dtype=dtype)
+    caps = dict(max_new_tokens or {})
+    fixed_context = backend_options.pop("context_length", None)
+    groups: dict[tuple[int, str | None], list[str]] = {}
+    for role, item in loaded.items():
+        groups.setdefault((id(item.model), item.adapter), []).append(role)
+    out: dict[str, TransformersBackend] = {}
+    for roles in groups.values():
+        item = loaded[roles[0]]
+        context = fixed_context
+        if max_prompt_tokens is not None:
+            context = max_prompt_tokens + max((int(caps.get(r, 0)) for r in roles), default=0)
+        backend = TransformersBackend(item.model, item.tokenizer, context_length=context, adapter=item.adapter,
+                                      **backend_options)  # fmt: skip
+        for role in roles:
+            out[role] = backend
+    return out

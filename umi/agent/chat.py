@@ -255,12 +255,13 @@ def chat_cmd(
     doc_style: Annotated[str, typer.Option(help="Tool-doc style the models were trained with.")] = "compact",
     max_steps: Annotated[int, typer.Option(min=1, help="Planner turns per user turn.")] = 12,
     max_prompt_tokens: Annotated[int, typer.Option(min=16, help="Prompt token budget (training's max_length).")] = 1024,
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 (auto: bf16 where native).")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16 (auto: bf16 where native).")] = "auto",
 ) -> None:
     """Chat with an agent over a BFCL toolkit or your own tools; shows thought, call, observation and answer live."""
+    from umi.agent.backend import load_backends
     from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent
-    from umi.eval.agents import load_backends
     from umi.eval.settings import DEFAULT_MAX_NEW_TOKENS
+    from umi.inference import DTYPE_NAMES
 
     console = Console()
     try:
@@ -270,14 +271,15 @@ def chat_cmd(
         ask = lambda call: console.input(f"[bold]result of {escape(call)}>[/] ")  # noqa: E731
         runtime = load_runtime(toolkit, tools, initial, ask=ask)
         spec = _agent(agent, runs, backbone, model, planner, caller, summarizer)
-        if dtype not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"--dtype must be auto, float32 or bfloat16, got {dtype!r}")
+        if dtype not in DTYPE_NAMES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
     except (ValueError, FileNotFoundError, ImportError) as e:
         console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
     console.print(f"[dim]loading {spec.name}: {', '.join(sorted(set(spec.roles.values())))}[/]")
-    backends = load_backends(spec, max_prompt_tokens=max_prompt_tokens, max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
-                             dtype=dtype)
+    # the loader and dtype rule of evaluation and serving (umi.inference), so chat talks to the evaluated model
+    backends = load_backends(spec.roles, max_prompt_tokens=max_prompt_tokens, max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+                             dtype=dtype)  # fmt: skip
     caps = dict(DEFAULT_MAX_NEW_TOKENS)
     cfg = AgentConfig(max_steps=max_steps, doc_style=doc_style, max_new_tokens=caps)  # type: ignore[arg-type]
     if spec.kind == "single":

@@ -114,30 +114,12 @@ def default_agents(
     return found, skipped
 
 
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def resolve_dtype(name: str = "auto"):
-    """float32 / bfloat16 by name; auto: bfloat16 where the hardware computes in it natively (a CUDA GPU with bf16, a
-    CPU with AVX512-BF16 or AMX), else float32 (emulated bf16 would be slower than float32)."""
-    import torch
+    """The torch dtype evaluation runs in: `name` (float32, bfloat16, float16), or auto, umi.inference's rule (bf16
+    where the device computes it natively, else float32), the same as chat's and the service's."""
+    from umi.inference import inference_dtype
 
-    if name == "float32":
-        return torch.float32
-    if name == "bfloat16":
-        return torch.bfloat16
-    if name != "auto":
-        raise ValueError(f"dtype must be auto, float32 or bfloat16, got {name!r}")
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    try:  # private but long-standing helpers; a torch without them gets float32
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    except AttributeError:  # pragma: no cover
-        native = False
-    return torch.bfloat16 if native else torch.float32
+    return inference_dtype(None, name)
 
 
 def load_backends(
@@ -148,36 +130,16 @@ def load_backends(
     reuse_cache: bool = True,
     dtype: str = "auto",
 ) -> dict:
-    """role -> TransformersBackend for `spec`; one backend per distinct directory (shared by the roles it plays, so
-    one model in every role also shares its KV caches between them).
-
-    max_prompt_tokens: the token budget prompts are fitted to (history dropped from the left, as training does; the
-    training profile's max_length is the natural value). The backend's context is that plus the largest
-    `max_new_tokens` of the roles it plays, so every role's prompt gets at least max_prompt_tokens. None: the model's
-    own maximum context. dtype: see resolve_dtype."""
-    from umi.agent.backend import TransformersBackend
-    from umi.train.backbone import load_backbone
+    """role -> TransformersBackend for `spec`, by the one loader (umi.agent.backend.load_backends): one backend per
+    distinct directory, shared by the roles it plays. max_prompt_tokens / max_new_tokens: the prompt budget (see
+    there); dtype: see resolve_dtype."""
+    from umi.agent.backend import load_backends as load
 
     missing = spec.missing_checkpoints()
     if missing:
         raise FileNotFoundError(f"agent {spec.name!r}: no checkpoint at {', '.join(missing)}")
-    caps = dict(max_new_tokens or {})
-    device = _device()
-    torch_dtype = resolve_dtype(dtype)
-    roles_of_dir: dict[Path, list[str]] = {}
-    for role, path in spec.roles.items():
-        roles_of_dir.setdefault(Path(path).resolve(), []).append(role)
-    out = {}
-    for key, roles in roles_of_dir.items():
-        model, tokenizer = load_backbone(key, dtype=torch_dtype)
-        model = model.to(device)
-        context = None
-        if max_prompt_tokens is not None:
-            context = max_prompt_tokens + max((int(caps.get(r, 0)) for r in roles), default=0)
-        backend = TransformersBackend(model, tokenizer, context_length=context, reuse_cache=reuse_cache)
-        for role in roles:
-            out[role] = backend
-    return out
+    return load(spec.roles, dtype=dtype, max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens,
+                reuse_cache=reuse_cache)  # fmt: skip
 
 
 @contextmanager

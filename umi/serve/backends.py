@@ -12,11 +12,15 @@ generations on a model are serialised (a LoRA switch included) while requests ot
 waits for the lock no longer than its own deadline allows (`Deadline`), and checks the deadline before each
 generation: a request past its time ends at the next generation with `RequestTimeout` instead of holding the model.
 One generation is bounded by its max_new_tokens.
+
+Batching (`max_batch` > 1): a `MicroBatcher` per model takes the place of queuing on the lock: concurrent
+generations run as one batch (umi.serve.batching), with the same deadline rules.
+
+Device and dtype follow umi.inference's rule (bf16 where the device computes it natively), as evaluation's do.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -25,11 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from umi.agent.backend import Backend, Generation, GenerationRequest, TransformersBackend
+from umi.agent.backend import Backend, Generation, GenerationRequest, TransformersBackend, load_backends
+from umi.inference import ADAPTER_CONFIG, is_adapter_dir
+from umi.serve.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ADAPTER_CONFIG",
     "Deadline",
     "RequestCancelled",
     "RequestTimeout",
@@ -39,8 +46,6 @@ __all__ = [
     "guarded",
     "is_adapter_dir",
 ]
-
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 class RequestTimeout(Exception):
@@ -80,6 +85,7 @@ class SharedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     peft: Any = None
     source: str = ""
+    batcher: MicroBatcher | None = None  # set when concurrent generations on this model run as batches
 
 
 class RoleBackend:
@@ -91,6 +97,8 @@ class RoleBackend:
         self.adapter = adapter
 
     def generate(self, request: GenerationRequest, deadline: Deadline | None = None) -> Generation:
+        if self.shared.batcher is not None:
+            return self.shared.batcher.submit(self.backend, request, deadline)
         wait = -1 if deadline is None else max(deadline.remaining, 0.0)
         if deadline is not None:
             deadline.check(f"the {request.record_id} generation")
@@ -101,9 +109,7 @@ class RoleBackend:
         try:
             if deadline is not None:
                 deadline.check(f"the {request.record_id} generation")
-            if self.adapter is not None:
-                self.shared.peft.set_adapter(self.adapter)
-            return self.backend.generate(request)
+            return self.backend.generate(request)  # a LoRA role's backend switches its adapter in itself
         finally:
             self.shared.lock.release()
 
@@ -126,39 +132,6 @@ def guarded(backend: Backend, deadline: Deadline) -> Backend:
     return _Guarded(backend, deadline)
 
 
-def is_adapter_dir(path: Path) -> bool:
-    return (Path(path) / ADAPTER_CONFIG).is_file()
-
-
-def _torch_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, dtype)
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _adapter_base(adapter_dirs: Mapping[str, Path], base_dir: Path | None) -> Path:
-    if base_dir is not None:
-        return Path(base_dir)
-    bases = set()
-    for role, path in adapter_dirs.items():
-        config = json.loads((Path(path) / ADAPTER_CONFIG).read_text())
-        bases.add(config.get("base_model_name_or_path") or "")
-    if len(bases) != 1:
-        raise ValueError(f"the role adapters name different bases {sorted(bases)}: give the base directory explicitly")
-    base = Path(bases.pop())
-    if not base.is_dir():
-        raise ValueError(f"the adapters' base {str(base)!r} is not a local directory: give the base directory")
-    return base
-
-
 def load_role_backends(
     dirs: Mapping[str, str | Path],
     *,
@@ -166,48 +139,24 @@ def load_role_backends(
     device: str | None = None,
     dtype: str = "auto",
     backend_options: Mapping[str, Any] | None = None,
+    max_batch: int = 1,
+    batch_wait_s: float = 0.005,
 ) -> dict[str, RoleBackend]:
-    """{role: RoleBackend} for {role: checkpoint or adapter directory}. See the module doc for what is shared."""
-    from umi.train.backbone import load_backbone
-
-    device = device or _default_device()
-    torch_dtype = _torch_dtype(dtype, device)
-    options = dict(backend_options or {})
-    resolved = {role: Path(p).resolve() for role, p in dirs.items()}
-    adapters = {role: p for role, p in resolved.items() if is_adapter_dir(p)}
-    plain = {role: p for role, p in resolved.items() if role not in adapters}
+    """{role: RoleBackend} for {role: checkpoint or adapter directory}, by the loader evaluation and chat use
+    (umi.agent.backend.load_backends, umi.inference's device and dtype rule). See the module doc for what is shared.
+    max_batch > 1: concurrent generations on one model run as batches of up to that many (umi.serve.batching)."""
+    backends = load_backends(dirs, base_dir=base_dir, device=device, dtype=dtype, **dict(backend_options or {}))
+    shared: dict[int, SharedModel] = {}
+    wrapped: dict[int, RoleBackend] = {}
     out: dict[str, RoleBackend] = {}
-
-    loaded: dict[Path, RoleBackend] = {}
-    for role, path in plain.items():
-        if path not in loaded:
-            model, tokenizer = load_backbone(path, dtype=torch_dtype)
-            shared = SharedModel(source=str(path))
-            loaded[path] = RoleBackend(TransformersBackend(model.to(device), tokenizer, **options), shared)
-            log.info("loaded %s for %s", path, role)
-        out[role] = loaded[path]
-
-    if adapters:
-        from peft import PeftModel
-
-        base = _adapter_base(adapters, Path(base_dir) if base_dir else None)
-        model, tokenizer = load_backbone(base, dtype=torch_dtype)
-        names: dict[Path, str] = {}
-        peft_model = None
-        for role, path in adapters.items():
-            if path in names:
-                continue
-            names[path] = role
-            if peft_model is None:
-                peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=role)
-            else:
-                peft_model.load_adapter(str(path), adapter_name=role)
-        assert peft_model is not None
-        peft_model = peft_model.to(device).eval()
-        shared = SharedModel(peft=peft_model, source=str(base))
-        for role, path in adapters.items():
-            # each role keeps its own KV caches: the same prompt gives different keys under another adapter
-            backend = TransformersBackend(peft_model, tokenizer, **options)
-            out[role] = RoleBackend(backend, shared, adapter=names[path])
-        log.info("loaded base %s once for the adapters of %s", base, ", ".join(adapters))
+    for role, backend in backends.items():
+        if id(backend) not in wrapped:
+            model = shared.setdefault(id(backend.model), SharedModel(
+                peft=backend.model if backend.adapter is not None else None,
+                source=str(getattr(backend.model, "name_or_path", "")),
+            ))  # fmt: skip
+            if max_batch > 1 and model.batcher is None:
+                model.batcher = MicroBatcher(model.lock, max_batch, batch_wait_s, name=Path(model.source).name)
+            wrapped[id(backend)] = RoleBackend(backend, model, adapter=backend.adapter)
+        out[role] = wrapped[id(backend)]
     return out

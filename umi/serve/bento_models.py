@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from umi.serve.backends import ADAPTER_CONFIG, is_adapter_dir
+from umi.inference import ADAPTER_CONFIG, is_adapter_dir
 from umi.serve.settings import ROLES
 
 __all__ = ["RoleSource", "BASE_MODEL", "bento_model_name", "import_role_models", "sources_from_dirs",

@@ -51,7 +51,7 @@ api = create_app(SETTINGS, _current_engine)
 
 @bentoml.service(
     name="umi-agent",
-    workers=SETTINGS.workers,  # each loads the models; within one, generation is serialised per model
+    workers=SETTINGS.workers,  # each loads the models; within one, generations on a model run batched (max_batch)
     traffic={"timeout": int(SETTINGS.request_timeout_s) + 30},  # our own deadline answers first, with a 504
     labels={"project": "umi", "api": "alpha-umi-agent, openai-chat"},
 )
@@ -71,7 +71,9 @@ class UmiAgent:
         self.engine = None
         dirs, base_dir, info = self._model_dirs()
         backends = load_role_backends(dirs, base_dir=base_dir, device=SETTINGS.device, dtype=SETTINGS.dtype,
-                                      backend_options={"max_cache_slots": SETTINGS.cache_slots})  # fmt: skip
+                                      backend_options={"max_cache_slots": SETTINGS.cache_slots},
+                                      max_batch=SETTINGS.max_batch,
+                                      batch_wait_s=SETTINGS.batch_wait_ms / 1000)  # fmt: skip
         self.engine = AgentEngine(backends, SETTINGS, models=info)
         log.info("umi agent ready: %s", {role: i.get("tag") or i.get("path") for role, i in info.items()})
 

@@ -46,6 +46,9 @@ class ServeSettings(BaseSettings):
         6, ge=1, le=64, description="KV caches kept per model: concurrent conversations reuse their prefixes"
     )
     workers: int = Field(1, ge=1, le=32, description="server processes; each loads its own copy of the models")
+    max_batch: int = Field(8, ge=1, le=64, description="concurrent generations on one model run as one batch of up "
+                           "to this many (umi.serve.batching); 1: each alone")  # fmt: skip
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a lone generation waits for company")
     # --- request limits
     max_body_bytes: int = Field(1_000_000, gt=0)
     max_query_chars: int = Field(8_000, gt=0)

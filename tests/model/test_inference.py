@@ -1,0 +1,72 @@
+"""One loader and one dtype rule (umi.inference) for evaluation, `umi chat` and the service: on the same machine the
+three load a checkpoint onto the same device, in the same dtype, and give identical logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from umi import inference
+from umi.agent import backend as agent_backend
+from umi.eval.agents import AgentSpec, load_backends, resolve_dtype
+from umi.serve.backends import load_role_backends
+
+
+def _logits(backend, text: str = "user: What is the weather in Paris?</s>assistant: "):
+    ids = backend.prompt_ids(agent_backend.GenerationRequest(prompt=text, max_new_tokens=4))[0]
+    with torch.inference_mode():
+        return backend.model(input_ids=torch.tensor([ids], device=backend.model.device)).logits.float().cpu()
+
+
+def test_the_dtype_rule(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    assert inference.inference_device() == "cpu"
+    assert inference.inference_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    assert inference.inference_dtype("cpu") == torch.float32  # emulated bf16 is slower than fp32
+    assert inference.inference_dtype("cpu", "bfloat16") == torch.bfloat16  # forced
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert inference.inference_dtype("cuda:0") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert inference.inference_dtype("cuda") == torch.float32
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        inference.inference_dtype("cpu", "float8")
+
+
+@pytest.mark.parametrize("dtype", ["auto", "float32"])
+def test_eval_chat_and_serving_load_the_same_model(tiny_backbone, monkeypatch, dtype):
+    # chat's command loads through umi.agent.backend.load_backends: record what it is given and returns
+    from umi.agent import chat
+
+    seen = {}
+    real = agent_backend.load_backends
+
+    def recording(dirs, **kw):
+        seen["chat"] = real(dirs, **kw)
+        raise SystemExit(0)  # stop the command before the interactive session
+
+    monkeypatch.setattr(agent_backend, "load_backends", recording)
+    with pytest.raises(SystemExit):
+        chat.chat_cmd(toolkit="MathAPI", tools=None, config=None, agent="alpha-umi", runs=tiny_backbone,
+                      backbone=tiny_backbone, model=None, planner=tiny_backbone, caller=tiny_backbone,
+                      summarizer=tiny_backbone, doc_style="compact", max_steps=2, max_prompt_tokens=256,
+                      dtype=dtype)  # fmt: skip
+    monkeypatch.undo()
+    chat_backend = seen["chat"]["planner"]
+    eval_backend = load_backends(AgentSpec.multi("a", tiny_backbone, tiny_backbone, tiny_backbone), dtype=dtype)[
+        "planner"
+    ]
+    serve_backend = load_role_backends({r: tiny_backbone for r in ("planner", "caller", "summarizer")}, dtype=dtype)[
+        "planner"
+    ].backend
+    expected = inference.inference_dtype(inference.inference_device(), dtype)
+    assert resolve_dtype(dtype) == expected
+    for b in (chat_backend, eval_backend, serve_backend):
+        p = next(b.model.parameters())
+        assert (p.dtype, p.device.type) == (expected, inference.inference_device())
+    reference = _logits(eval_backend)
+    assert torch.equal(_logits(chat_backend), reference)
+    assert torch.equal(_logits(serve_backend), reference)
+    assert torch.equal(_logits(agent_backend.TransformersBackend.from_pretrained(tiny_backbone, dtype=dtype)),
+                       reference)  # fmt: skip

@@ -1,0 +1,158 @@
+"""Where and in what precision models run for inference, and how role checkpoints are loaded for it.
+
+One rule for evaluation, `umi chat` and the service, so the served model is the evaluated one:
+
+- device (`inference_device`): the CUDA GPU when there is one, else the CPU;
+- dtype (`inference_dtype`): bfloat16 where the device computes in it natively (a CUDA GPU with bf16; a CPU with
+  AVX512-BF16 or AMX), else float32: emulated bf16 is slower than float32, and float16 on a CPU is slower still;
+- loading (`load_role_models`): {role: checkpoint directory} to {role: LoadedRole}. A directory named for several roles
+  is loaded once and plays each of them; role directories that are LoRA adapters (an `adapter_config.json`, as peft
+  saves them) on one base load that base once, the adapters attached to it under the role's name (the backend switches
+  its adapter in before each generation, umi.agent.backend).
+
+This module imports nothing of agent, eval or serve: they all import it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "DTYPE_NAMES",
+    "DtypeName",
+    "LoadedRole",
+    "cpu_has_native_bf16",
+    "inference_device",
+    "inference_dtype",
+    "is_adapter_dir",
+    "load_role_models",
+]
+
+ADAPTER_CONFIG = "adapter_config.json"
+DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPE_NAMES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+
+
+def inference_device() -> str:
+    """cuda when a CUDA GPU is visible, else cpu."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX tiles)."""
+    import torch
+
+    try:  # private but long-standing helpers; a torch without them gets float32
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # pragma: no cover
+        return False
+
+
+def inference_dtype(device: str | None = None, name: str = "auto"):
+    """The torch dtype to run on `device` (default: inference_device()). `name` forces one (float32, bfloat16,
+    float16); auto is the rule of the module doc."""
+    import torch
+
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {name!r}")
+    if name != "auto":
+        return getattr(torch, name)
+    device = device or inference_device()
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.float32  # mps and others: float32, the one dtype every kernel has
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+@dataclass(frozen=True)
+class LoadedRole:
+    """A role's model as loaded: `model` is shared (the same object) by every role over the same weights; `adapter` is
+    the name of the role's LoRA adapter inside it (None for a plain checkpoint)."""
+
+    model: Any
+    tokenizer: Any
+    source: Path  # the checkpoint directory (the base's, for an adapter)
+    adapter: str | None
+    device: str
+    dtype: Any
+
+
+def _adapter_base(adapter_dirs: Mapping[str, Path], base_dir: Path | None) -> Path:
+    if base_dir is not None:
+        return Path(base_dir)
+    bases = {json.loads((Path(p) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
+             for p in adapter_dirs.values()}  # fmt: skip
+    if len(bases) != 1:
+        raise ValueError(f"the role adapters name different bases {sorted(bases)}: give the base directory explicitly")
+    base = Path(bases.pop())
+    if not base.is_dir():
+        raise ValueError(f"the adapters' base {str(base)!r} is not a local directory: give the base directory")
+    return base
+
+
+def load_role_models(
+    dirs: Mapping[str, str | Path],
+    *,
+    base_dir: str | Path | None = None,
+    device: str | None = None,
+    dtype: str = "auto",
+) -> dict[str, LoadedRole]:
+    """{role: LoadedRole} for {role: checkpoint or LoRA adapter directory}; see the module doc for what is shared."""
+    from umi.train.backbone import load_backbone
+
+    device = device or inference_device()
+    torch_dtype = inference_dtype(device, dtype)
+    resolved = {role: Path(p).resolve() for role, p in dirs.items()}
+    missing = sorted({str(p) for p in resolved.values() if not p.is_dir()})
+    if missing:
+        raise FileNotFoundError(f"no checkpoint directory at {', '.join(missing)}")
+    adapters = {role: p for role, p in resolved.items() if is_adapter_dir(p)}
+    out: dict[str, LoadedRole] = {}
+
+    plain: dict[Path, tuple[Any, Any]] = {}
+    for role, path in resolved.items():
+        if role in adapters:
+            continue
+        if path not in plain:
+            model, tokenizer = load_backbone(path, dtype=torch_dtype)
+            plain[path] = (model.to(device).eval(), tokenizer)
+            log.info("loaded %s (%s on %s) for %s", path, str(torch_dtype).removeprefix("torch."), device, role)
+        out[role] = LoadedRole(*plain[path], source=path, adapter=None, device=device, dtype=torch_dtype)
+
+    if adapters:
+        from peft import PeftModel
+
+        base = _adapter_base(adapters, Path(base_dir) if base_dir else None)
+        model, tokenizer = load_backbone(base, dtype=torch_dtype)
+        names: dict[Path, str] = {}
+        peft_model = None
+        for role, path in adapters.items():
+            if path in names:
+                continue
+            names[path] = role
+            if peft_model is None:
+                peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=role)
+            else:
+                peft_model.load_adapter(str(path), adapter_name=role)
+        assert peft_model is not None
+        peft_model = peft_model.to(device).eval()
+        for role, path in adapters.items():
+            out[role] = LoadedRole(peft_model, tokenizer, source=base.resolve(), adapter=names[path], device=device,
+                                   dtype=torch_dtype)  # fmt: skip
+        log.info("loaded base %s once for the adapters of %s", base, ", ".join(adapters))
+    return out
