@@ -192,3 +192,45 @@ def test_cli_static(tiny_backbone, data_dir, tmp_path, monkeypatch):
     assert "tiny" in result.output and (tmp_path / "out" / "eval.json").is_file()
     bad = CliRunner().invoke(app, ["eval", "live", "--multi", "broken=only-one-path", "--no-tracking"])
     assert bad.exit_code == 2 and "NAME=PLANNER,CALLER,SUMMARIZER" in bad.output
+
+
+def test_the_prompt_format_travels_with_the_checkpoints(tiny_backbone, role_datasets, data_dir, tmp_path):
+    """Trained on reference-style docs, then evaluated and served without naming a style: both use the style the
+    checkpoints recorded; roles trained with different styles are refused with a message that says so."""
+    from umi.prompts import checkpoint_prompt_format
+    from umi.serve.service import build_engine
+    from umi.serve.settings import ServeSettings
+    from umi.train.stages import train_glpft
+
+    datasets = tmp_path / "datasets"
+    shutil.copytree(role_datasets, datasets)
+    (datasets / "layout.json").write_text(json.dumps({"layout": "examples", "doc_style": "reference",
+                                                      "observation_limit": 1024}))  # fmt: skip
+    results = train_glpft("tiny", datasets, tmp_path / "runs", tiny_backbone, stages=("planner", "caller"),
+                          from_backbone=True, tracking=False)  # fmt: skip
+    planner, caller = (results[r].checkpoint for r in ("planner", "caller"))
+    assert checkpoint_prompt_format(planner)["doc_style"] == "reference"
+
+    # evaluation: the caller of evaluate() names "compact" (the default); the checkpoints' "reference" wins
+    spec = AgentSpec.multi("trained", planner, caller, planner)
+    report = evaluate([spec], out_dir=tmp_path / "e", live=False, toolbench_ood=None, data_dir=data_dir / "data",
+                      limit=1, settings=SMALL, params=data_dir / "params.yaml", tracking=False, progress=False,
+                      baselines=False)  # fmt: skip
+    assert report.agents["trained"]["doc_style"] == "reference"
+    # serving: the engine prompts in the trained format whatever UMI_SERVE_DOC_STYLE says
+    settings = ServeSettings(doc_style="compact", dtype="float32")
+    engine = build_engine(settings, {"planner": planner, "caller": caller, "summarizer": planner}, None, {})
+    assert engine.doc_style == "reference"
+
+    # a caller trained on compact docs beside a reference-trained planner: refused, by evaluation and by serving
+    (datasets / "layout.json").write_text(json.dumps({"layout": "examples", "doc_style": "compact",
+                                                      "observation_limit": 1024}))  # fmt: skip
+    other = train_glpft("tiny", datasets, tmp_path / "runs-compact", tiny_backbone, stages=("caller",),
+                        from_backbone=True, tracking=False)["caller"].checkpoint  # fmt: skip
+    mixed = AgentSpec.multi("mixed", planner, other, planner)
+    report = evaluate([mixed, spec], out_dir=tmp_path / "e2", live=False, toolbench_ood=None,
+                      data_dir=data_dir / "data", limit=1, settings=SMALL, params=data_dir / "params.yaml",
+                      tracking=False, progress=False, baselines=False)  # fmt: skip
+    assert "different prompt formats" in report.skipped["mixed"] and "trained" in report.agents
+    with pytest.raises(ValueError, match="different prompt formats"):
+        build_engine(settings, {"planner": planner, "caller": other, "summarizer": planner}, None, {})

@@ -252,7 +252,9 @@ def chat_cmd(
     planner: Annotated[Optional[Path], typer.Option(help="Planner checkpoint (with --caller, --summarizer).")] = None,
     caller: Annotated[Optional[Path], typer.Option(help="Caller checkpoint.")] = None,
     summarizer: Annotated[Optional[Path], typer.Option(help="Summarizer checkpoint.")] = None,
-    doc_style: Annotated[str, typer.Option(help="Tool-doc style the models were trained with.")] = "compact",
+    doc_style: Annotated[
+        str, typer.Option(help="Tool-doc style for checkpoints that record no prompt format (a trained one's wins).")
+    ] = "compact",
     max_steps: Annotated[int, typer.Option(min=1, help="Planner turns per user turn.")] = 12,
     max_prompt_tokens: Annotated[int, typer.Option(min=16, help="Prompt token budget (training's max_length).")] = 1024,
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16 (auto: bf16 where native).")] = "auto",
@@ -262,6 +264,7 @@ def chat_cmd(
     from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent
     from umi.eval.settings import DEFAULT_MAX_NEW_TOKENS
     from umi.inference import DTYPE_NAMES
+    from umi.prompts import agreed_prompt_format, prompt_format
 
     console = Console()
     try:
@@ -271,6 +274,8 @@ def chat_cmd(
         ask = lambda call: console.input(f"[bold]result of {escape(call)}>[/] ")  # noqa: E731
         runtime = load_runtime(toolkit, tools, initial, ask=ask)
         spec = _agent(agent, runs, backbone, model, planner, caller, summarizer)
+        # the prompt format the checkpoints were trained with; --doc-style only for checkpoints that record none
+        doc_style = agreed_prompt_format(spec.roles, prompt_format(doc_style, None))["doc_style"]
         if dtype not in DTYPE_NAMES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
     except (ValueError, FileNotFoundError, ImportError) as e:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from umi.inference import ADAPTER_CONFIG, is_adapter_dir
+from umi.prompts import checkpoint_prompt_format
 from umi.serve.settings import ROLES
 
 __all__ = ["RoleSource", "BASE_MODEL", "bento_model_name", "import_role_models", "sources_from_dirs",
@@ -113,16 +114,54 @@ def sources_from_registry(download_root: str | Path, alias_or_version: str | Non
     return out
 
 
-def _import(name: str, path: Path, labels: dict[str, str], metadata: dict[str, Any]):
+def store_weights_bf16(model_dir: str | Path) -> int:
+    """Rewrite the float32 tensors of `model_dir`'s safetensors files in bfloat16, in place (atomically per file):
+    half the image's weight bytes. The served model is then the bf16 rounding of the trained weights, which is what
+    evaluation runs wherever bf16 is native (umi.inference's dtype rule). Returns the number of tensors cast."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    cast = 0
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        tensors = load_file(str(f))
+        if not any(t.dtype == torch.float32 for t in tensors.values()):
+            continue
+        out = {}
+        for k, t in tensors.items():
+            if t.dtype == torch.float32:
+                out[k], cast = t.to(torch.bfloat16).contiguous(), cast + 1
+            else:
+                out[k] = t
+        tmp = f.with_name(f.name + ".tmp")
+        save_file(out, str(tmp), metadata={"format": "pt"})
+        tmp.replace(f)
+    config = Path(model_dir) / "config.json"
+    if cast and config.is_file():
+        data = json.loads(config.read_text())
+        data["torch_dtype"] = data["dtype"] = "bfloat16"
+        config.write_text(json.dumps(data, indent=2) + "\n")
+    return cast
+
+
+def _import(name: str, path: Path, labels: dict[str, str], metadata: dict[str, Any], store_bf16: bool = False):
     import bentoml
 
     with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
         shutil.copytree(path, model.path, dirs_exist_ok=True)
+        if store_bf16:
+            store_weights_bf16(model.path)
     return model
 
 
-def import_role_models(sources: Mapping[str, RoleSource], base_dir: str | Path | None = None) -> dict[str, Any]:
-    """Import every role (and the adapters' base) into the BentoML model store: {role or "base": bentoml Model}."""
+def import_role_models(
+    sources: Mapping[str, RoleSource], base_dir: str | Path | None = None, store_dtype: str = "bfloat16"
+) -> dict[str, Any]:
+    """Import every role (and the adapters' base) into the BentoML model store: {role or "base": bentoml Model}.
+    store_dtype "bfloat16" (default) stores full weights in bf16 (store_weights_bf16); "float32" keeps them as
+    trained. Every role model is labelled with the prompt format it was trained with."""
+    if store_dtype not in ("bfloat16", "float32"):
+        raise ValueError(f"store_dtype must be bfloat16 or float32, got {store_dtype!r}")
+    bf16 = store_dtype == "bfloat16"
     adapters = [r for r in ROLES if is_adapter_dir(sources[r].path)]
     if adapters and len(adapters) != len(ROLES):
         raise ValueError(f"some roles are LoRA adapters ({adapters}) and some are not: import all of one kind")
@@ -136,10 +175,15 @@ def import_role_models(sources: Mapping[str, RoleSource], base_dir: str | Path |
                 raise ValueError(f"the adapters' base {sorted(map(str, bases))} is not one local directory: give it")
             base = Path(str(bases.pop()))
         out["base"] = _import(BASE_MODEL, base, {"kind": "base", "checkpoint_sha256": checkpoint_sha256(base)},
-                              {"path": str(base.resolve())})  # fmt: skip
+                              {"path": str(base.resolve())}, store_bf16=bf16)  # fmt: skip
     for role in ROLES:
         src = sources[role]
         labels = {**src.labels, "role": role, "kind": "lora-adapter" if adapters else "checkpoint",
                   "checkpoint_sha256": checkpoint_sha256(src.path)}  # fmt: skip
-        out[role] = _import(bento_model_name(role), src.path, labels, src.metadata)
+        fmt = checkpoint_prompt_format(src.path)
+        if fmt:
+            labels["prompt_format"] = json.dumps(fmt, sort_keys=True, separators=(",", ":"))
+        labels["stored_dtype"] = "float32" if adapters or not bf16 else "bfloat16"
+        out[role] = _import(bento_model_name(role), src.path, labels, src.metadata,
+                            store_bf16=bf16 and not adapters)  # fmt: skip
     return out

@@ -94,12 +94,16 @@ class AgentEngine:
         backends: Mapping[str, Backend],
         settings: ServeSettings,
         models: Mapping[str, Mapping[str, Any]] | None = None,
+        doc_style: str | None = None,
     ):
         missing = [r for r in ROLES if r not in backends]
         if missing:
             raise ValueError(f"no backend for {missing}")
         self.backends = dict(backends)
         self.settings = settings
+        # the tool-doc style of the checkpoints' prompt format (umi.prompts.agreed_prompt_format); the setting only
+        # for checkpoints that record none
+        self.doc_style = doc_style or settings.doc_style
         self.models = {role: dict(info) for role, info in (models or {}).items()}
         self.loaded_at = time.time()
 
@@ -119,7 +123,7 @@ class AgentEngine:
             max_steps=max_steps,
             planner_retries=self.settings.planner_retries,
             retry_temperature=RETRY_TEMPERATURE,
-            doc_style=self.settings.doc_style,
+            doc_style=self.doc_style,
             max_new_tokens=tokens,
         )
 
@@ -161,7 +165,7 @@ class AgentEngine:
         """The next turn after `steps` (which end with a user message or an observation). See the module doc."""
         tokens = self.token_limits(max_new_tokens)
         validator = validator if validator is not None else client_tool_registry(tools)
-        builder = PromptBuilder(tools, self.settings.doc_style)
+        builder = PromptBuilder(tools, self.doc_style)
         generations: list[dict[str, Any]] = []
         failures: list[dict[str, Any]] = []
 
@@ -223,7 +227,7 @@ class AgentEngine:
 
         # caller, with one retry
         named = tool_choice not in ("auto", "none", "required")
-        caller_builder = PromptBuilder([t for t in tools if t.name == tool_choice], self.settings.doc_style) \
+        caller_builder = PromptBuilder([t for t in tools if t.name == tool_choice], self.doc_style) \
             if named else builder  # fmt: skip
         caller_prompt = caller_builder.caller(history, prompts.planner_target(thought, "caller"))
         problem = ""

@@ -46,6 +46,22 @@ def _store_has_adapters() -> bool:
         return False
 
 
+def build_engine(settings: ServeSettings, dirs: dict[str, Path], base_dir: Path | None, info: dict[str, dict]):
+    """The role backends over `dirs`, by the loader and dtype rule of evaluation, prompted in the format the
+    checkpoints were trained with (ValueError when the roles disagree; `settings.doc_style` only fills in for
+    checkpoints that record none)."""
+    from umi.prompts import agreed_prompt_format, prompt_format
+    from umi.serve.backends import load_role_backends
+    from umi.serve.engine import AgentEngine
+
+    trained_format = agreed_prompt_format(dirs, prompt_format(settings.doc_style, None))
+    backends = load_role_backends(dirs, base_dir=base_dir, device=settings.device, dtype=settings.dtype,
+                                  backend_options={"max_cache_slots": settings.cache_slots},
+                                  max_batch=settings.max_batch,
+                                  batch_wait_s=settings.batch_wait_ms / 1000)  # fmt: skip
+    return AgentEngine(backends, settings, models=info, doc_style=trained_format["doc_style"])
+
+
 api = create_app(SETTINGS, _current_engine)
 
 
@@ -65,16 +81,9 @@ class UmiAgent:
             base_model = bentoml.models.BentoModel(f"{BASE_MODEL}:latest")
 
     def __init__(self) -> None:
-        from umi.serve.backends import load_role_backends
-        from umi.serve.engine import AgentEngine
-
         self.engine = None
         dirs, base_dir, info = self._model_dirs()
-        backends = load_role_backends(dirs, base_dir=base_dir, device=SETTINGS.device, dtype=SETTINGS.dtype,
-                                      backend_options={"max_cache_slots": SETTINGS.cache_slots},
-                                      max_batch=SETTINGS.max_batch,
-                                      batch_wait_s=SETTINGS.batch_wait_ms / 1000)  # fmt: skip
-        self.engine = AgentEngine(backends, SETTINGS, models=info)
+        self.engine = build_engine(SETTINGS, dirs, base_dir, info)
         log.info("umi agent ready: %s", {role: i.get("tag") or i.get("path") for role, i in info.items()})
 
     def _model_dirs(self) -> tuple[dict[str, Path], Path | None, dict[str, dict[str, Any]]]:

@@ -41,7 +41,8 @@ class ServeSettings(BaseSettings):
     model_name: str = Field("umi-agent", min_length=1, description="the model id /v1/models lists and chat accepts")
     device: str | None = Field(None, description="torch device (default: cuda when present, else cpu)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    doc_style: DocStyle = Field("compact", description="tool doc rendering; must be the one the roles were trained on")
+    doc_style: DocStyle = Field("compact", description="tool doc rendering for checkpoints that record no prompt "
+                                "format (an imported backbone); a trained checkpoint's own format always wins")  # fmt: skip
     cache_slots: int = Field(
         6, ge=1, le=64, description="KV caches kept per model: concurrent conversations reuse their prefixes"
     )
