@@ -133,3 +133,29 @@ def test_the_bentoml_service_in_process(bentoml_service):
                                                  "messages": [{"role": "user", "content": "Weather in Rome?"}]})
         assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
         assert c.post("/v1/chat/completions", json={"model": "x", "messages": []}).status_code == 400
+
+
+def test_role_weights_are_stored_in_bf16_and_still_load(tiny_role_dirs, tmp_path):
+    """The Bento's copy of a full checkpoint holds bf16 weights (half the bytes); loaded by the dtype rule it gives
+    what the bf16 model gives."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from umi.serve.bento_models import store_weights_bf16
+
+    src = tiny_role_dirs["planner"]
+    dst = tmp_path / "planner"
+    shutil.copytree(src, dst)
+    before = sum(f.stat().st_size for f in dst.glob("*.safetensors"))
+    assert store_weights_bf16(dst) > 0
+    after = sum(f.stat().st_size for f in dst.glob("*.safetensors"))
+    assert after < 0.6 * before
+    assert {t.dtype for f in dst.glob("*.safetensors") for t in load_file(str(f)).values()} == {torch.bfloat16}
+    assert store_weights_bf16(dst) == 0  # already bf16: nothing to do
+    ids = torch.tensor([[1, 2, 3, 4]])
+    ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)(ids).logits
+    got = AutoModelForCausalLM.from_pretrained(dst, dtype=torch.bfloat16)(ids).logits
+    assert torch.equal(ref, got)
