@@ -66,6 +66,14 @@ class TrainConfig(BaseModel):
         default=False, description="keep the Trainer checkpoints of a finished stage (they only serve a resume)"
     )
     tokenize_workers: int | None = Field(default=None, gt=0)
+    packing: bool = Field(
+        default=True,
+        description="tree-pack each micro-batch's examples (shared docs/history computed once; same loss); "
+        "false: the per-step engine, one padded sequence per example",
+    )
+    pack_length: int | None = Field(
+        default=None, gt=8, description="tokens of one packed sequence; default per_device_batch_size x max_length"
+    )
     stages: dict[str, StageSettings]
 
     @model_validator(mode="after")
@@ -79,9 +87,15 @@ class TrainConfig(BaseModel):
                 f"global_batch_size {self.global_batch_size} is not a multiple of "
                 f"per_device_batch_size {self.per_device_batch_size}"
             )
+        if self.pack_length is not None and self.pack_length < self.max_length:
+            raise ValueError(f"pack_length {self.pack_length} < max_length {self.max_length}: an example might not fit")
         if self.lora is not None and self.deepspeed is not None:
             raise ValueError("LoRA with DeepSpeed is not supported here: pick one (lora for CPU, deepspeed for GPUs)")
         return self
+
+    def pack_budget(self) -> int:
+        """The most tokens of one packed sequence: never more than a per-step micro-batch padded to max_length."""
+        return self.pack_length or self.per_device_batch_size * self.max_length
 
     def gradient_accumulation(self, world_size: int) -> int:
         per_step = self.per_device_batch_size * world_size
