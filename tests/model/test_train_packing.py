@@ -252,16 +252,17 @@ def test_packed_equals_per_step_on_smollm2_with_real_bfcl_multi_turn_examples():
     for traj in import_category("multi_turn_base"):
         if isinstance(traj, Trajectory):
             trajectories.append(traj)
-        if len(trajectories) == 2:
+        if len(trajectories) == 1:
             break
     by_role: dict[str, list[dict]] = {r: [] for r in ROLES}
     for traj in trajectories:
         for role, ex in role_examples(traj, doc_style="compact"):
             by_role[role].append(ex)
     for role in ROLES:
-        # a few steps per role (the first of each trajectory and the longest): history shared and growing
-        records = by_role[role]
-        picked = [r for r in records if r["trajectory_id"] == trajectories[0].id][:4]
+        # three consecutive steps of one trajectory (not its first: those have no history to share)
+        records = [r for r in by_role[role] if r["trajectory_id"] == trajectories[0].id]
+        picked = records[1:4]
+        assert len(picked) >= 2, role
         stats = assert_packed_equals_per_step(model, tok, picked, max_length=4096, pack_length=16384)
         assert stats["fallbacks"] == 0, role
         assert stats["per_step_tokens"] > stats["packed_tokens"], role
