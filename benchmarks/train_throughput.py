@@ -174,6 +174,8 @@ def shared_prefix(model_dir: Path, tokenizer, args) -> dict:
         timing = time_engines(model_dir, examples, tokenizer, args)
         target = sum(ex.target_tokens for ex in examples)
         speed = {k: target / v["seconds"] for k, v in timing.items()}
+        print(f"{role}: {len(examples)} examples, per-step {timing['per-step']['seconds']:.1f} s, packed "
+              f"{timing['packed']['seconds']:.1f} s", flush=True)  # progress; the table comes at the end
         roles[role] = {
             "source": source, "trajectories": len({trajectory_of(r) for r in sample}), "examples": len(examples),
             "too_long": too_long, "history_cut": sum(1 for ex in examples if ex.encoded.dropped_turns),
