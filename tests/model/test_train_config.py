@@ -66,11 +66,17 @@ def test_stage_settings_become_trainer_arguments(tmp_path):
     assert global_args.get_warmup_steps(100) == 40 and global_args.num_train_epochs == 2
 
 
-def test_packing_is_on_by_default_in_every_profile_and_can_be_switched_off():
+def test_packing_is_on_by_default_and_one_switch_per_profile():
+    from umi.train.config import TrainConfig
+
+    assert TrainConfig.model_fields["packing"].default is True
     for name in available_profiles():
         c = load_config(name)
-        assert c.packing and c.pack_budget() >= c.max_length, name
-        assert not load_config(name, packing=False).packing
+        assert c.packing == (name != "cpu"), name  # cpu: off, measured (see cpu.yaml)
+        assert c.pack_budget() >= c.max_length, name
+        assert load_config(name, packing=not c.packing).packing != c.packing
+    bench = load_config("bench")
+    assert all(s.max_tokens is None and s.max_examples is None and s.epochs == 1 for s in bench.stages.values())
     assert load_config("tiny").pack_budget() == 2 * 256  # default: per_device_batch_size x max_length
     with pytest.raises(pydantic.ValidationError, match="pack_length"):
         load_config("tiny", pack_length=100)

@@ -119,6 +119,16 @@ def test_tree_mask_sees_only_the_root_path():
     assert mask.int().tolist() == expected
 
 
+def test_a_row_of_single_examples_keeps_the_causal_per_step_layout(tiny_backbone, multi_turn_datasets):
+    tok = AutoTokenizer.from_pretrained(str(tiny_backbone))
+    path = multi_turn_datasets / "planner" / "train.jsonl"
+    packed = encode_role_dataset_packed(path, "planner", tok, 1024, examples_per_row=1, pack_length=1024)
+    per_step = encode_role_dataset_packed(path, "planner", tok, 1024, examples_per_row=1, pack_length=1024)
+    batch = PackedCollator(tok.pad_token_id)([packed.dataset[0], packed.dataset[1]])
+    assert batch["attention_mask"].ndim == 2 and "position_ids" not in batch  # SDPA's causal path
+    assert int(batch["real_tokens"].sum()) == per_step.example_lengths[0] + per_step.example_lengths[1]
+
+
 @pytest.mark.parametrize("role", ROLES)
 def test_packed_loss_and_gradients_equal_per_step_on_the_tiny_model(tiny_backbone, multi_turn_datasets, role):
     tok = AutoTokenizer.from_pretrained(str(tiny_backbone))
