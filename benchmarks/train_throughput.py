@@ -10,6 +10,16 @@ our engine:       umi.train -- length-grouped micro-batches padded only to their
 Both train one epoch over the same encoded examples (same token sequences, same labels) from the same weights,
 with the same batch size and optimiser; the number that matters is target (supervised) tokens per second.
 
+Shared-prefix section (after the reference comparison; its last line is `shared-prefix speed-up: N.NNx`): per role,
+the same whole trajectories (drawn with probability proportional to their examples, i.e. an epoch's mix) trained
+for one pass with the same optimiser steps (--prefix-batch examples each, AdamW) by today's per-step engine
+(micro-batches of one example, never padded) and by tree packing (umi.train.packing: each step's examples in
+sequences of at most --pack-length tokens). --prefix-max-length is large enough that no per-step example loses
+history (the count is printed), so both sides see the same tokens; the losses of the two are printed side by side
+as a check. The speed-up is the mean of the roles' target-token/s ratios weighted by each role's share of the
+train split (its characters, proportional to its tokens in an epoch). --layers N keeps only the first N decoder
+layers of the model (same per-layer shapes, so the same balance of attention and matmul cost, N/L of the time).
+
 Data: artifacts/datasets/<role>/train.jsonl (or --datasets) when the reorganised datasets exist, otherwise (or with
 --fixtures) the α-UMi fixtures' reference_train_<role>.json (real ToolBench prompts, longer than BFCL's). The sample
 is --examples examples at evenly spaced length quantiles of a seeded random pool, so a few examples still follow
@@ -61,6 +71,139 @@ def load_records(role: str, datasets_dir: Path, fixtures: bool = False) -> tuple
     return fixture_records(role), str(FIXTURES / f"reference_train_{FIXTURE_NAME[role]}.json")
 
 
+def trajectory_of(record: dict) -> str:
+    return record.get("trajectory_id") or record["id"].rsplit("#", 1)[0]
+
+
+def sample_trajectories(records: list[dict], n_examples: int, seed: int) -> list[dict]:
+    """Whole trajectories until >= n_examples examples, drawn through a seeded random order of the examples (a
+    trajectory's chance is proportional to its number of examples: the mix an epoch trains on)."""
+    by_trajectory: dict[str, list[dict]] = {}
+    for r in records:
+        by_trajectory.setdefault(trajectory_of(r), []).append(r)
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    chosen: list[str] = []
+    count = 0
+    for i in order:
+        t = trajectory_of(records[i])
+        if t in chosen:
+            continue
+        chosen.append(t)
+        count += len(by_trajectory[t])
+        if count >= n_examples:
+            break
+    return [r for t in chosen for r in by_trajectory[t]]
+
+
+def load_model(model_dir: Path, layers: int | None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    if layers is not None and layers < len(model.model.layers):
+        model.model.layers = model.model.layers[:layers]
+        model.config.num_hidden_layers = layers
+    model.config.use_cache = False
+    return model.train()
+
+
+def time_engines(model_dir: Path, examples: list, tokenizer, args) -> dict:
+    """One pass over `examples` in steps of args.prefix_batch examples, per-step engine vs tree packing, each
+    with its own copy of the model and optimiser; timed from collation to the optimiser step."""
+    import torch
+
+    from umi.train.engine import completion_loss
+    from umi.train.packing import PackedCollator, pack
+    from umi.train.tokenize import CompletionCollator
+
+    steps = [examples[i : i + args.prefix_batch] for i in range(0, len(examples), args.prefix_batch)]
+    per_step_collate = CompletionCollator(tokenizer.pad_token_id)
+    packed_collate = PackedCollator(tokenizer.pad_token_id)
+    kinds = ("per-step", "packed")
+    models, optimizers = {}, {}
+    for kind in kinds:
+        torch.manual_seed(args.seed)
+        models[kind] = load_model(model_dir, args.layers)
+        optimizers[kind] = torch.optim.AdamW(models[kind].parameters(), lr=1e-5)
+    out = {k: {"seconds": 0.0, "tokens": 0, "steps": len(steps), "losses": []} for k in kinds}
+    # The engines take turns step by step, so both see the same load on a shared machine.
+    for step in steps:
+        n_targets = sum(ex.target_tokens for ex in step)
+        for kind in kinds:
+            start = time.perf_counter()
+            if kind == "per-step":
+                batches = [per_step_collate([{"input_ids": ex.encoded.input_ids, "labels": ex.encoded.labels}])
+                           for ex in step]  # fmt: skip
+            else:
+                batches = [packed_collate([{k: [v] for k, v in seq.to_row().items()}])
+                           for seq in pack(step, args.pack_length)]  # fmt: skip
+            total = 0.0
+            for batch in batches:
+                batch.pop("real_tokens", None)
+                out[kind]["tokens"] += int(batch["input_ids"].numel())
+                loss, _ = completion_loss(models[kind], batch, n_targets)
+                loss.backward()
+                total += float(loss.detach())
+            optimizers[kind].step()
+            optimizers[kind].zero_grad()
+            out[kind]["seconds"] += time.perf_counter() - start
+            out[kind]["losses"].append(total)
+    for r in out.values():
+        r["mean_step_loss"] = sum(r.pop("losses")) / len(steps)
+    return out
+
+
+def shared_prefix(model_dir: Path, tokenizer, args) -> dict:
+    from umi.train.packing import tree_example
+    from umi.train.tokenize import TooLong
+
+    roles, weights = {}, {}
+    for role in args.roles:
+        records, source = load_records(role, args.datasets, args.fixtures)
+        weights[role] = sum(len(r["prompt"]) + len(r["target"]) for r in records)
+        sample = sample_trajectories(records, args.prefix_examples, args.seed)
+        examples, too_long, cache_of = [], 0, {}
+        for r in sample:
+            cache = cache_of.setdefault(trajectory_of(r), {})
+            try:
+                examples.append(tree_example(tokenizer, r["prompt"], r["target"], r["history_span"],
+                                             args.prefix_max_length, r["id"], cache))  # fmt: skip
+            except TooLong:
+                too_long += 1
+        timing = time_engines(model_dir, examples, tokenizer, args)
+        target = sum(ex.target_tokens for ex in examples)
+        speed = {k: target / v["seconds"] for k, v in timing.items()}
+        print(f"{role}: {len(examples)} examples, per-step {timing['per-step']['seconds']:.1f} s, packed "
+              f"{timing['packed']['seconds']:.1f} s", flush=True)  # progress; the table comes at the end
+        roles[role] = {
+            "source": source, "trajectories": len({trajectory_of(r) for r in sample}), "examples": len(examples),
+            "too_long": too_long, "history_cut": sum(1 for ex in examples if ex.encoded.dropped_turns),
+            "fallbacks": sum(1 for ex in examples if ex.fallback), "target_tokens": target, **timing,
+            "target_tokens_per_second": speed, "speedup": speed["packed"] / speed["per-step"],
+        }  # fmt: skip
+    total = sum(weights.values())
+    mean = sum(weights[r] / total * roles[r]["speedup"] for r in roles)
+    return {"roles": roles, "weights": {r: weights[r] / total for r in roles}, "speedup": mean}
+
+
+def print_shared_prefix(result: dict, args) -> None:
+    print(f"shared prefix: steps of {args.prefix_batch} examples, pack length {args.pack_length}, "
+          f"max length {args.prefix_max_length}" + (f", first {args.layers} layers" if args.layers else ""))
+    print(f"{'role':<11} {'traj':>4} {'n':>4} {'cut':>3} {'fb':>3} {'target':>7} {'per-step tok':>12} {'packed tok':>10}"
+          f" {'per-step s':>10} {'packed s':>9} {'per-step t/s':>12} {'packed t/s':>10} {'loss p-s/pk':>13} {'x':>6}")
+    for role, r in result["roles"].items():
+        ps, pk = r["per-step"], r["packed"]
+        print(f"{role:<11} {r['trajectories']:>4} {r['examples']:>4} {r['history_cut']:>3} {r['fallbacks']:>3}"
+              f" {r['target_tokens']:>7} {ps['tokens']:>12} {pk['tokens']:>10} {ps['seconds']:>10.1f}"
+              f" {pk['seconds']:>9.1f} {r['target_tokens_per_second']['per-step']:>12.1f}"
+              f" {r['target_tokens_per_second']['packed']:>10.1f}"
+              f" {ps['mean_step_loss']:>6.3f}/{pk['mean_step_loss']:<6.3f} {r['speedup']:>5.2f}x")  # fmt: skip
+    print("weights (share of the train split): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in result["weights"].items()))  # fmt: skip
+    print(f"shared-prefix speed-up: {result['speedup']:.2f}x")
+
+
 class PadToMaxCollator:
     """The reference recipe's batches: every example padded to max_length."""
 
@@ -88,8 +231,7 @@ def run_engine(kind: str, model_dir: Path, dataset, tokenizer, args, workdir: Pa
     from umi.train.tokenize import CompletionCollator
 
     torch.manual_seed(args.seed)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    model.config.use_cache = False
+    model = load_model(model_dir, args.layers)
     # Same optimiser step (batch_size examples) for both. Ours runs it as micro-batches of args.micro_batch examples
     # with gradient accumulation and token-level loss normalisation over the whole step (the Trainer's
     # num_items_in_batch), so the update is the same; micro-batches of 1 are never padded, which also lets SDPA use
@@ -145,6 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch", type=int, default=1, help="our engine's micro-batch (see run_engine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--roles", nargs="+", default=list(FIXTURE_NAME), choices=list(FIXTURE_NAME),
+                        help="roles of the shared-prefix section")
+    parser.add_argument("--prefix-examples", type=int, default=16, help="examples per role (whole trajectories)")
+    parser.add_argument("--prefix-batch", type=int, default=16, help="examples per optimiser step")
+    parser.add_argument("--prefix-max-length", type=int, default=4096, help="per-step budget (no history cut)")
+    parser.add_argument("--pack-length", type=int, default=4096, help="tokens of one packed sequence")
+    parser.add_argument("--layers", type=int, default=None, help="keep only the first N decoder layers")
+    parser.add_argument("--no-reference", action="store_true", help="skip the pad-to-max reference comparison")
     args = parser.parse_args(argv)
 
     import datasets
@@ -164,61 +314,66 @@ def main(argv: list[str] | None = None) -> int:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    records, source = load_records(args.role, args.datasets, args.fixtures)
-    random.Random(args.seed).shuffle(records)
-    records = records[: args.pool]
-    encoded, too_long = [], 0
-    for rec in records:
-        try:
-            enc = encode_example(tokenizer, rec["prompt"], rec["target"], rec["history_span"], args.max_length, rec["id"])
-        except TooLong:
-            too_long += 1
-            continue
-        encoded.append({"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids)})
-    # A small sample that still has the pool's length distribution: the examples at evenly spaced length quantiles.
-    encoded.sort(key=lambda r: r["length"])
-    n = min(args.examples, len(encoded))
-    rows = [encoded[int((i + 0.5) * len(encoded) / n)] for i in range(n)]
-    random.Random(args.seed).shuffle(rows)
-    pool_mean = sum(r["length"] for r in encoded) / len(encoded)
-    dataset = datasets.Dataset.from_list(rows)
-    lengths = sorted(dataset["length"])
-    target_tokens = sum(sum(1 for x in r["labels"] if x != -100) for r in rows)
-    real_tokens = sum(lengths)
+    summary: dict = {"model": str(model_dir)}
+    if not args.no_reference:
+        records, source = load_records(args.role, args.datasets, args.fixtures)
+        random.Random(args.seed).shuffle(records)
+        records = records[: args.pool]
+        encoded, too_long = [], 0
+        for rec in records:
+            try:
+                enc = encode_example(tokenizer, rec["prompt"], rec["target"], rec["history_span"], args.max_length, rec["id"])
+            except TooLong:
+                too_long += 1
+                continue
+            encoded.append({"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids)})
+        # A small sample that still has the pool's length distribution: the examples at evenly spaced length quantiles.
+        encoded.sort(key=lambda r: r["length"])
+        n = min(args.examples, len(encoded))
+        rows = [encoded[int((i + 0.5) * len(encoded) / n)] for i in range(n)]
+        random.Random(args.seed).shuffle(rows)
+        pool_mean = sum(r["length"] for r in encoded) / len(encoded)
+        dataset = datasets.Dataset.from_list(rows)
+        lengths = sorted(dataset["length"])
+        target_tokens = sum(sum(1 for x in r["labels"] if x != -100) for r in rows)
+        real_tokens = sum(lengths)
 
-    # Activation checkpointing: the reference recipe always has it (and needs it: a batch padded to 4096 tokens
-    # does not fit in memory without). Ours follows the engine's policy (on only where a GPU is present) and is also
-    # measured with it on, for a like-for-like comparison.
-    gpu = torch.cuda.is_available()
-    runs = {"ours": ("ours", gpu), "ours+ckpt": ("ours", True), "reference": ("reference", True)}
-    if gpu:
-        del runs["ours+ckpt"]  # identical to "ours" there
-    results = {}
-    for name, (kind, checkpointing) in runs.items():
-        results[name] = run_engine(kind, Path(model_dir), dataset, tokenizer, args, workdir, checkpointing)
-        results[name]["checkpointing"] = checkpointing
-        results[name]["target_tokens_per_second"] = target_tokens / results[name]["seconds"]
-        results[name]["real_tokens_per_second"] = real_tokens / results[name]["seconds"]
-    reference_speed = results["reference"]["target_tokens_per_second"]
-    ratio = results["ours"]["target_tokens_per_second"] / reference_speed
+        # Activation checkpointing: the reference recipe always has it (and needs it: a batch padded to 4096 tokens
+        # does not fit in memory without). Ours follows the engine's policy (on only where a GPU is present) and is also
+        # measured with it on, for a like-for-like comparison.
+        gpu = torch.cuda.is_available()
+        runs = {"ours": ("ours", gpu), "ours+ckpt": ("ours", True), "reference": ("reference", True)}
+        if gpu:
+            del runs["ours+ckpt"]  # identical to "ours" there
+        results = {}
+        for name, (kind, checkpointing) in runs.items():
+            results[name] = run_engine(kind, Path(model_dir), dataset, tokenizer, args, workdir, checkpointing)
+            results[name]["checkpointing"] = checkpointing
+            results[name]["target_tokens_per_second"] = target_tokens / results[name]["seconds"]
+            results[name]["real_tokens_per_second"] = real_tokens / results[name]["seconds"]
+        reference_speed = results["reference"]["target_tokens_per_second"]
+        ratio = results["ours"]["target_tokens_per_second"] / reference_speed
 
-    print(f"data: {source} ({args.role}): {len(rows)} examples at the length quantiles of {len(encoded)} "
-          f"(mean {pool_mean:.0f} tokens; {too_long} too long for {args.max_length} left out)")
-    print(f"model: {model_dir}   batch {args.batch_size} (ours: micro-batches of {args.micro_batch})   "
-          f"max length {args.max_length}   device: {'cuda' if gpu else 'cpu'}")
-    print(f"example lengths: min {lengths[0]}  median {lengths[len(lengths) // 2]}  mean {real_tokens / len(rows):.0f}"
-          f"  max {lengths[-1]}   target tokens {target_tokens}")  # fmt: skip
-    print(f"{'engine':<10} {'ckpt':>5} {'seconds':>9} {'s/step':>8} {'target tok/s':>13} {'real tok/s':>11} {'loss':>7}")
-    for name, r in results.items():
-        print(f"{name:<10} {'on' if r['checkpointing'] else 'off':>5} {r['seconds']:>9.1f} {r['seconds_per_step']:>8.2f}"
-              f" {r['target_tokens_per_second']:>13.1f} {r['real_tokens_per_second']:>11.1f} {r['loss']:>7.3f}")  # fmt: skip
-    print(f"speed-up (target tokens/s, ours / reference): {ratio:.2f}x  (goal >= 4x)")
-    if "ours+ckpt" in results:
-        same = results["ours+ckpt"]["target_tokens_per_second"] / reference_speed
-        print(f"speed-up with activation checkpointing on in both: {same:.2f}x")
+        print(f"data: {source} ({args.role}): {len(rows)} examples at the length quantiles of {len(encoded)} "
+              f"(mean {pool_mean:.0f} tokens; {too_long} too long for {args.max_length} left out)")
+        print(f"model: {model_dir}   batch {args.batch_size} (ours: micro-batches of {args.micro_batch})   "
+              f"max length {args.max_length}   device: {'cuda' if gpu else 'cpu'}")
+        print(f"example lengths: min {lengths[0]}  median {lengths[len(lengths) // 2]}  mean {real_tokens / len(rows):.0f}"
+              f"  max {lengths[-1]}   target tokens {target_tokens}")  # fmt: skip
+        print(f"{'engine':<10} {'ckpt':>5} {'seconds':>9} {'s/step':>8} {'target tok/s':>13} {'real tok/s':>11} {'loss':>7}")
+        for name, r in results.items():
+            print(f"{name:<10} {'on' if r['checkpointing'] else 'off':>5} {r['seconds']:>9.1f} {r['seconds_per_step']:>8.2f}"
+                  f" {r['target_tokens_per_second']:>13.1f} {r['real_tokens_per_second']:>11.1f} {r['loss']:>7.3f}")  # fmt: skip
+        print(f"speed-up (target tokens/s, ours / reference): {ratio:.2f}x  (goal >= 4x)")
+        if "ours+ckpt" in results:
+            same = results["ours+ckpt"]["target_tokens_per_second"] / reference_speed
+            print(f"speed-up with activation checkpointing on in both: {same:.2f}x")
+        summary.update({"ratio": ratio, "examples": len(rows), "max_length": args.max_length, "data": source,
+                        "target_tokens": target_tokens, "real_tokens": real_tokens, **results})  # fmt: skip
+    prefix = shared_prefix(Path(model_dir), tokenizer, args)
+    summary["shared_prefix"] = prefix
+    print_shared_prefix(prefix, args)
     if args.json:
-        summary = {"ratio": ratio, "examples": len(rows), "max_length": args.max_length, "model": str(model_dir),
-                   "data": source, "target_tokens": target_tokens, "real_tokens": real_tokens, **results}  # fmt: skip
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     return 0
 

@@ -54,12 +54,32 @@ def test_stage_settings_become_trainer_arguments(tmp_path):
     assert args.learning_rate == 1e-5 and args.num_train_epochs == 1 and args.weight_decay == 0.01
     assert args.lr_scheduler_type == "cosine"  # a str enum
     assert args.get_warmup_steps(100) == 20  # warmup ratio 0.2 of the steps
-    assert args.per_device_train_batch_size == 6 and args.gradient_accumulation_steps == 8
+    # packed (the default): a train row is a whole micro-batch of 6 examples; evaluation stays per-step
+    assert args.per_device_train_batch_size == 1 and args.per_device_eval_batch_size == 6
+    assert args.gradient_accumulation_steps == 8
+    per_step = training_arguments(load_config("paper", deepspeed=None, packing=False), c.stages["planner"], tmp_path)
+    assert per_step.per_device_train_batch_size == 6 and per_step.gradient_accumulation_steps == 8
     assert args.train_sampling_strategy == "group_by_length" and args.length_column_name == "length"
     assert args.report_to in ([], None, "none", ["none"])
     assert load_config("paper", deepspeed=None).stages["global"].warmup_ratio == 0.4
     global_args = training_arguments(c, c.stages["global"], tmp_path)
     assert global_args.get_warmup_steps(100) == 40 and global_args.num_train_epochs == 2
+
+
+def test_packing_is_on_by_default_and_one_switch_per_profile():
+    from umi.train.config import TrainConfig
+
+    assert TrainConfig.model_fields["packing"].default is True
+    for name in available_profiles():
+        c = load_config(name)
+        assert c.packing == (name != "cpu"), name  # cpu: off, measured (see cpu.yaml)
+        assert c.pack_budget() >= c.max_length, name
+        assert load_config(name, packing=not c.packing).packing != c.packing
+    bench = load_config("bench")
+    assert all(s.max_tokens is None and s.max_examples is None and s.epochs == 1 for s in bench.stages.values())
+    assert load_config("tiny").pack_budget() == 2 * 256  # default: per_device_batch_size x max_length
+    with pytest.raises(pydantic.ValidationError, match="pack_length"):
+        load_config("tiny", pack_length=100)
 
 
 def test_precision_policy_without_a_gpu(monkeypatch):

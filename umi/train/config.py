@@ -75,6 +75,14 @@ class TrainConfig(BaseModel):
         default=False, description="keep the Trainer checkpoints of a finished stage (they only serve a resume)"
     )
     tokenize_workers: int | None = Field(default=None, gt=0)
+    packing: bool = Field(
+        default=True,
+        description="tree-pack each micro-batch's examples (shared docs/history computed once; same loss); "
+        "false: the per-step engine, one padded sequence per example",
+    )
+    pack_length: int | None = Field(
+        default=None, gt=8, description="tokens of one packed sequence; default per_device_batch_size x max_length"
+    )
     stages: dict[str, StageSettings]
 
     @model_validator(mode="after")
@@ -88,6 +96,8 @@ class TrainConfig(BaseModel):
                 f"global_batch_size {self.global_batch_size} is not a multiple of "
                 f"per_device_batch_size {self.per_device_batch_size}"
             )
+        if self.pack_length is not None and self.pack_length < self.max_length:
+            raise ValueError(f"pack_length {self.pack_length} < max_length {self.max_length}: an example might not fit")
         if self.lora is not None and self.deepspeed is not None:
             raise ValueError("LoRA with DeepSpeed is not supported here: pick one (lora for CPU, deepspeed for GPUs)")
         return self
@@ -95,8 +105,8 @@ class TrainConfig(BaseModel):
     def stage_settings(self, stage: str) -> StageSettings:
         """A stage's settings; for CONTROL_STAGE the global stage's, with the budget of the three local stages
         together: their max_tokens summed when all three are token-budgeted (their optimiser steps, or examples,
-        summed when all are budgeted that way), else the local epochs (the three role datasets together hold about the global dataset's
-        tokens, so an epoch of each is about an epoch of global)."""
+        summed when all are budgeted that way), else the local epochs (the three role datasets together hold about
+        the global dataset's tokens, so an epoch of each is about an epoch of global)."""
         if stage != CONTROL_STAGE:
             return self.stages[stage]
         base, local = self.stages["global"], [self.stages[s] for s in LOCAL_STAGES]
@@ -109,6 +119,10 @@ class TrainConfig(BaseModel):
             return base.model_copy(update={"max_examples": sum(s.max_examples for s in local), "max_tokens": None,
                                            "max_steps": None, "epochs": max(s.epochs for s in local)})  # fmt: skip
         return base.model_copy(update={"epochs": max(s.epochs for s in local), "max_steps": None})
+
+    def pack_budget(self) -> int:
+        """The most tokens of one packed sequence: never more than a per-step micro-batch padded to max_length."""
+        return self.pack_length or self.per_device_batch_size * self.max_length
 
     def gradient_accumulation(self, world_size: int) -> int:
         per_step = self.per_device_batch_size * world_size

@@ -32,20 +32,29 @@ REQUIRED_FIELDS = ("id", "prompt", "target", "history_span")
 
 @dataclass
 class EncodedDataset:
-    """A tokenised role dataset plus what was left out (ids of examples too long for the budget)."""
+    """A tokenised role dataset plus what was left out (ids of examples too long for the budget).
 
-    dataset: object  # datasets.Dataset with input_ids, labels, length
+    Per-step: one row per example (input_ids, labels, length). Packed: one row per micro-batch of
+    `per_device_batch_size` examples, its packed sequences as lists (umi.train.packing); counts are of examples.
+    """
+
+    dataset: object  # datasets.Dataset
     too_long_ids: list[str] = field(default_factory=list)
     truncated_examples: int = 0  # examples that lost history turns to the budget
     source_examples: int = 0
+    example_lengths: list[int] = field(default_factory=list)  # per-step tokens of each example kept
+    target_tokens: int = 0
+    packed_tokens: int | None = None  # tokens of the packed sequences (None: not packed)
+    fallback_examples: int = 0  # packed as their own per-step sequence (a tokenisation boundary; see packing)
 
     @property
-    def target_tokens(self) -> int:
-        return int(sum(self.dataset["target_tokens"])) if len(self.dataset) else 0
+    def examples(self) -> int:
+        return len(self.example_lengths)
 
     @property
     def tokens(self) -> int:
-        return int(sum(self.dataset["length"])) if len(self.dataset) else 0
+        """Tokens of the examples as per-step sequences (what the per-step engine would process)."""
+        return int(sum(self.example_lengths))
 
 
 def role_dataset_path(datasets_dir: str | Path, role: str, split: str) -> Path:
@@ -72,8 +81,36 @@ def _read_records(path: str, role: str, stamp: tuple = ()):
                 raise RecordError(record_id, f"missing field(s) {missing}")
             if rec.get("role", role) != role:
                 raise RecordError(record_id, f"role {rec.get('role')!r} in the {role} dataset")
-            yield {"id": record_id, "prompt": rec["prompt"], "target": rec["target"],
+            trajectory = rec.get("trajectory_id") or record_id.rsplit("#", 1)[0]
+            yield {"id": record_id, "trajectory_id": str(trajectory), "prompt": rec["prompt"], "target": rec["target"],
                    "history_span": [int(x) for x in rec["history_span"]]}  # fmt: skip
+
+
+def _load_records(path: str | Path, role: str, cache_dir: str | Path | None):
+    """The validated records of a role dataset as a datasets.Dataset (an Arrow file in datasets' cache)."""
+    import datasets
+    import datasets.exceptions
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"role dataset {path} not found (run the data reorganisation first)")
+    # Streamed into an Arrow file on disk (datasets' cache), not a Python list: memory stays flat for ToolBench-size
+    # datasets (several GB of prompts) on every rank.
+    with path.open(encoding="utf-8") as f:
+        if not any(line.strip() for line in f):
+            raise ValueError(f"{path}: no examples")
+    stat = path.stat()
+    try:
+        ds = datasets.Dataset.from_generator(
+            _read_records,
+            gen_kwargs={"path": str(path), "role": role, "stamp": (stat.st_size, stat.st_mtime_ns)},
+            cache_dir=str(cache_dir) if cache_dir else None,
+        )
+    except datasets.exceptions.DatasetGenerationError as e:
+        if isinstance(e.__cause__, RecordError):
+            raise e.__cause__ from None  # the bad record's id, not datasets' generic message
+        raise
+    return ds
 
 
 def encode_role_dataset(
@@ -99,27 +136,8 @@ def encode_role_dataset(
     returned `too_long_ids`); if none fits, that is an error.
     """
     import datasets
-    import datasets.exceptions
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"role dataset {path} not found (run the data reorganisation first)")
-    # Streamed into an Arrow file on disk (datasets' cache), not a Python list: memory stays flat for ToolBench-size
-    # datasets (several GB of prompts) on every rank.
-    with path.open(encoding="utf-8") as f:
-        if not any(line.strip() for line in f):
-            raise ValueError(f"{path}: no examples")
-    stat = path.stat()
-    try:
-        ds = datasets.Dataset.from_generator(
-            _read_records,
-            gen_kwargs={"path": str(path), "role": role, "stamp": (stat.st_size, stat.st_mtime_ns)},
-            cache_dir=str(cache_dir) if cache_dir else None,
-        )
-    except datasets.exceptions.DatasetGenerationError as e:
-        if isinstance(e.__cause__, RecordError):
-            raise e.__cause__ from None  # the bad record's id, not datasets' generic message
-        raise
+    ds = _load_records(path, role, cache_dir)
     source_examples = len(ds)
     if max_examples is not None and max_examples < len(ds):
         ds = ds.shuffle(seed=seed).select(range(max_examples))
@@ -158,7 +176,85 @@ def encode_role_dataset(
         raise ValueError(f"{path}: every example is longer than max_length={max_length} tokens even without history")
     truncated = int(sum(1 for d in ds["dropped_turns"] if d))
     ds = ds.remove_columns([c for c in ds.column_names if c not in ("input_ids", "labels", "length", "target_tokens")])
-    return EncodedDataset(ds, too_long_ids, truncated, source_examples)
+    return EncodedDataset(ds, too_long_ids, truncated, source_examples, example_lengths=list(ds["length"]),
+                          target_tokens=int(sum(ds["target_tokens"])))  # fmt: skip
+
+
+def encode_role_dataset_packed(
+    path: str | Path,
+    role: str,
+    tokenizer,
+    max_length: int,
+    *,
+    examples_per_row: int,
+    pack_length: int,
+    max_examples: int | None = None,
+    max_tokens: int | None = None,
+    seed: int = 42,
+    cache_dir: str | Path | None = None,
+) -> EncodedDataset:
+    """The role dataset as tree-packed micro-batches (umi.train.packing): one row per `examples_per_row` examples.
+
+    Every example is the per-step one (encode_example with `max_length`: same history cut, same labels). Examples
+    are taken whole trajectory by whole trajectory in a seeded random order of trajectories (each trajectory's
+    examples in file, i.e. step, order), so that a micro-batch holds the steps of one trajectory and shares their
+    docs and history. max_examples / max_tokens: the subset ends at that many examples / per-step tokens, as in
+    encode_role_dataset, but drawn by trajectory instead of by example.
+    """
+    import datasets
+
+    from umi.train.packing import pack, tree_example
+
+    ds = _load_records(path, role, cache_dir)
+    source_examples = len(ds)
+    groups: dict[str, list[int]] = {}
+    for i, trajectory in enumerate(ds["trajectory_id"]):
+        groups.setdefault(trajectory, []).append(i)
+    order = list(groups)
+    random.Random(seed).shuffle(order)
+    examples, too_long_ids, total, full = [], [], 0, False
+    for trajectory in order:
+        cache: dict = {}  # this trajectory's head and turns, tokenised once
+        for i in groups[trajectory]:
+            rec = ds[i]
+            try:
+                ex = tree_example(tokenizer, rec["prompt"], rec["target"], rec["history_span"], max_length,
+                                  rec["id"], cache)  # fmt: skip
+            except TooLong:
+                too_long_ids.append(rec["id"])
+                continue
+            if max_tokens is not None and examples and total + ex.length > max_tokens:
+                full = True
+                break
+            examples.append(ex)
+            total += ex.length
+            if max_examples is not None and len(examples) >= max_examples:
+                full = True
+                break
+        if full:
+            break
+    if too_long_ids:
+        shown = ", ".join(too_long_ids[:10]) + (" ..." if len(too_long_ids) > 10 else "")
+        log.warning("%s: %d example(s) longer than %d tokens without history, left out: %s",
+                    path, len(too_long_ids), max_length, shown)  # fmt: skip
+    if not examples:
+        raise ValueError(f"{path}: every example is longer than max_length={max_length} tokens even without history")
+    rows = []
+    for at in range(0, len(examples), examples_per_row):
+        seqs = pack(examples[at : at + examples_per_row], pack_length)
+        row = {k: [s.to_row()[k] for s in seqs] for k in seqs[0].to_row()}
+        row["length"] = sum(len(s.input_ids) for s in seqs)
+        rows.append(row)
+    return EncodedDataset(
+        datasets.Dataset.from_list(rows),
+        too_long_ids,
+        truncated_examples=sum(1 for ex in examples if ex.encoded.dropped_turns),
+        source_examples=source_examples,
+        example_lengths=[ex.length for ex in examples],
+        target_tokens=sum(ex.target_tokens for ex in examples),
+        packed_tokens=sum(r["length"] for r in rows),
+        fallback_examples=sum(1 for ex in examples if ex.fallback),
+    )
 
 
 def has_gpu() -> bool:
@@ -213,7 +309,8 @@ def training_arguments(
     return TrainingArguments(
         accelerator_config={"use_configured_state": configured_state},
         output_dir=str(checkpoints_dir),
-        per_device_train_batch_size=config.per_device_batch_size,
+        # packed: a train row is a whole micro-batch of per_device_batch_size examples; evaluation stays per-step
+        per_device_train_batch_size=1 if config.packing else config.per_device_batch_size,
         per_device_eval_batch_size=config.per_device_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation(world_size()),
         num_train_epochs=stage.epochs,
@@ -255,12 +352,16 @@ def completion_loss(model, inputs: dict, num_items_in_batch=None):
     `logits_to_keep` (a tensor of sequence positions) makes the model apply its LM head only at the positions whose
     next token is supervised in at least one row of the batch. Same loss as the full computation, up to float order.
     Returns (loss summed over target tokens / normaliser, outputs); the normaliser is `num_items_in_batch` when the
-    Trainer counted the tokens of the whole accumulated batch, else this batch's own target count.
+    Trainer counted the tokens of the whole accumulated batch, else this batch's own target count. So the loss is
+    a per-TOKEN mean over the optimiser step (every target token of the step weighs the same, a long target more
+    than a short one), packed or not. Packed batches (umi.train.packing) bring a 4D tree mask and position ids.
     """
     labels = inputs["labels"]
     next_labels = labels[:, 1:]
     keep = (next_labels != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-    outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep)
+    extra = {"position_ids": inputs["position_ids"]} if "position_ids" in inputs else {}  # packed: tree positions
+    outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep,
+                    **extra)  # fmt: skip
     logits = outputs.logits
     targets = next_labels[:, keep]
     loss_sum = torch.nn.functional.cross_entropy(
@@ -396,9 +497,9 @@ class MlflowStageCallback(TrainerCallback):
 
 
 def dataset_stats(encoded: EncodedDataset) -> dict[str, float]:
-    lengths = encoded.dataset["length"]
-    return {
-        "examples": len(encoded.dataset),
+    lengths = encoded.example_lengths
+    stats = {
+        "examples": encoded.examples,
         "examples_source": encoded.source_examples,
         "examples_too_long": len(encoded.too_long_ids),
         "examples_history_truncated": encoded.truncated_examples,
@@ -407,3 +508,8 @@ def dataset_stats(encoded: EncodedDataset) -> dict[str, float]:
         "mean_length": sum(lengths) / len(lengths),
         "max_length_seen": max(lengths),
     }
+    if encoded.packed_tokens is not None:
+        stats.update(packed_tokens=encoded.packed_tokens, packed_rows=len(encoded.dataset),
+                     examples_packing_fallback=encoded.fallback_examples,
+                     packing_token_ratio=encoded.tokens / max(encoded.packed_tokens, 1))  # fmt: skip
+    return stats

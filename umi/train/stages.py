@@ -39,6 +39,7 @@ from umi.train.engine import (
     MlflowStageCallback,
     dataset_stats,
     encode_role_dataset,
+    encode_role_dataset_packed,
     has_gpu,
     last_complete_checkpoint,
     role_dataset_path,
@@ -47,6 +48,7 @@ from umi.train.engine import (
     use_gradient_checkpointing,
     world_size,
 )
+from umi.train.packing import PackedCollator
 from umi.train.tokenize import CompletionCollator
 
 log = logging.getLogger(__name__)
@@ -183,24 +185,27 @@ def _flat_params(config: TrainConfig, stage: str) -> dict[str, str]:
         "bf16": use_bf16(config),
         "gradient_checkpointing": use_gradient_checkpointing(config),
         "deepspeed": config.deepspeed or "none",
+        "packing": config.packing,
+        "pack_length": config.pack_budget() if config.packing else "none",
         "lora": "none" if config.lora is None else json.dumps(config.lora.model_dump()),
         **{k: ("none" if v is None else v) for k, v in s.model_dump().items()},
     }
     return {k: str(v) for k, v in params.items()}
 
 
-class _CountingCollator(CompletionCollator):
+class _CountingCollator:
     """Counts the target (loss) tokens and all real tokens that pass through, for throughput metrics."""
 
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
+    def __init__(self, collate):
+        self.collate = collate
         self.target_tokens = 0
         self.tokens = 0
 
     def __call__(self, features):
-        batch = super().__call__(features)
+        batch = self.collate(features)
         self.target_tokens += int((batch["labels"] != -100).sum())
-        self.tokens += int(batch["attention_mask"].sum())
+        real = batch.pop("real_tokens", None)  # packed batches: the 4D mask does not say which tokens are padding
+        self.tokens += int(real.sum()) if real is not None else int(batch["attention_mask"].sum())
         return batch
 
 
@@ -272,12 +277,19 @@ def train_stage(
     with args.main_process_first(local=False, desc="encoding"):  # rank 0 builds the cache, the others reuse it
         # the control draws its subset with another seed: more of the global data, not the global stage's again
         subset_seed = config.seed + (1 if stage == CONTROL_STAGE else 0)
-        train = encode_role_dataset(train_path, dataset_role(stage), tokenizer, config.max_length,
-                                    max_examples=settings.max_examples, max_tokens=settings.max_tokens,
-                                    seed=subset_seed, workers=config.tokenize_workers, cache_dir=cache_dir)  # fmt: skip
+        if config.packing:
+            train = encode_role_dataset_packed(train_path, dataset_role(stage), tokenizer, config.max_length,
+                                               examples_per_row=config.per_device_batch_size,
+                                               pack_length=config.pack_budget(), max_examples=settings.max_examples,
+                                               max_tokens=settings.max_tokens, seed=subset_seed,
+                                               cache_dir=cache_dir)  # fmt: skip
+        else:
+            train = encode_role_dataset(train_path, dataset_role(stage), tokenizer, config.max_length,
+                                        max_examples=settings.max_examples, max_tokens=settings.max_tokens,
+                                        seed=subset_seed, workers=config.tokenize_workers, cache_dir=cache_dir)  # fmt: skip
         evaluation = (
-            encode_role_dataset(eval_path, dataset_role(stage), tokenizer, config.max_length, max_examples=settings.eval_examples,
-                                seed=config.seed, cache_dir=cache_dir)  # fmt: skip
+            encode_role_dataset(eval_path, dataset_role(stage), tokenizer, config.max_length,
+                                max_examples=settings.eval_examples, seed=config.seed, cache_dir=cache_dir)  # fmt: skip
             if eval_enabled
             else None
         )
@@ -290,6 +302,7 @@ def train_stage(
         if args.activation_checkpointing:
             model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
         lora = config.lora
+        torch.manual_seed(config.seed)  # LoRA's A matrices are random: the same start for the same config
         model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                  target_modules=lora.target_modules, task_type="CAUSAL_LM"))  # fmt: skip
 
@@ -311,7 +324,8 @@ def train_stage(
         state = {"fingerprint": fingerprint, "complete": False, "run_id": run.info.run_id if run else None}
         write_json(state_path, state)
 
-    collator = _CountingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if has_gpu() else None)
+    collate = PackedCollator if config.packing else CompletionCollator
+    collator = _CountingCollator(collate(tokenizer.pad_token_id, pad_to_multiple_of=8 if has_gpu() else None))
     all_callbacks = list(callbacks or [])
     if run is not None:
         all_callbacks.append(MlflowStageCallback(run.info.run_id))
