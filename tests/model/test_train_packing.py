@@ -3,9 +3,8 @@ tokenisation fallbacks are counted, and two training steps give the same weights
 
 from __future__ import annotations
 
-import tempfile
-
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
