@@ -7,8 +7,9 @@ paired on the same items, with the champion, the single LLM and the baselines (u
 1. The headline metric is bfcl_eval's multi-turn checker pass rate on the dev entries when the live evaluation ran
    there, else the mean of static Plan ACC, Act. EM and Arg. F1 on `bfcl-dev`.
 2. A champion exists: the candidate is promoted only when the lower bound of the 95% interval of its paired
-   difference with the champion on the headline is above zero, and no other metric's interval says it got worse
-   (upper bound below zero; for Hallu., lower is better, the lower bound above zero).
+   difference with the champion on the headline is above zero and its permutation p-value is below 0.05 (with a
+   handful of clusters the interval alone is too narrow), and no other metric says it got worse (interval below
+   zero with p < 0.05; for Hallu., lower is better: above zero).
 3. No champion yet: the candidate must beat, that way, the single LLM (with no metric significantly worse) and every
    baseline on the headline (the plan rules when the headline is static, the no-call agent when it is live).
 4. A comparison the rule needs is missing (no dev evaluation, no single LLM in it, a paired section without the
@@ -60,6 +61,7 @@ class PromotionRule:
     champion: str = "champion"
     single_llm: str = "single-llm"
     lower_is_better: tuple[str, ...] = ("hallu",)
+    alpha: float = 0.05  # and the permutation p-value below this (umi.eval.stats.significant)
 
 
 DEFAULT_RULE = PromotionRule()
@@ -100,6 +102,8 @@ def _worse(paired: Mapping[str, Any], rule: PromotionRule) -> list[str]:
         if not isinstance(entry, Mapping):
             continue
         low, high = entry.get("ci_low"), entry.get("ci_high")
+        if not (_finite(entry.get("p_value")) and entry["p_value"] < rule.alpha):
+            continue
         if metric in rule.lower_is_better:
             if _finite(low) and low > 0:
                 out.append(metric)
@@ -145,9 +149,9 @@ def decide(
         evidence[ref] = {k: entry.get(k) for k in ("difference", "ci_low", "ci_high", "p_value", "n", "clusters")}
     for ref in must_beat:
         entry = evidence[ref]
-        if not entry["ci_low"] > 0:
-            return Decision(False, f"not better than {ref} on {name} beyond noise: {_fmt(entry)} (the interval's "
-                                   "lower bound must be above 0)", name, evidence)  # fmt: skip
+        if not (entry["ci_low"] > 0 and entry["p_value"] < rule.alpha):
+            return Decision(False, f"not better than {ref} on {name} beyond noise: {_fmt(entry)} (needs the "
+                                   f"interval's lower bound above 0 and p < {rule.alpha:g})", name, evidence)  # fmt: skip
     for ref in no_worse:
         worse = _worse(paired.get(ref) or {}, rule)
         other = {} if test_set == rule.live_test_set else (candidate or {}).get(rule.live_test_set) or {}

@@ -156,3 +156,17 @@ def test_training_budget_sums_the_stage_lineage_once(tmp_path):
     assert training_budget(AgentSpec.single("s", glob))["tokens"] == 2000  # 1000 tokens x 2 epochs
     assert training_budget(AgentSpec.multi("b", backbone, backbone, backbone)) == {
         "tokens": 0, "optimizer_steps": 0, "stages": []}  # fmt: skip
+
+
+def test_two_agreeing_clusters_are_not_significant():
+    """Two trajectories that both favour A: the percentile interval has zero width above 0, but the exact sign-flip
+    p is 0.5, so `significant` says nothing (and neither may the report or the promotion rule)."""
+    from umi.eval.stats import significant
+
+    a = Clusters(("1", "2"), (1.0, 1.0), (2.0, 2.0))
+    b = Clusters(("1", "2"), (0.0, 0.0), (2.0, 2.0))
+    result = paired(a, b)
+    assert result.ci_low == result.ci_high == pytest.approx(50.0) and result.p_value == pytest.approx(0.5)
+    assert significant(result.to_dict()) is None and not result.significant_gain
+    big = paired(Clusters(tuple("abcdefgh"), (1.0,) * 8, (1.0,) * 8), Clusters(tuple("abcdefgh"), (0.0,) * 8, (1.0,) * 8))
+    assert big.p_value == pytest.approx(2 / 256) and significant(big.to_dict()) == "better"

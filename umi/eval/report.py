@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from umi.eval.stats import significant
+
 __all__ = ["METRIC_COLUMNS", "LIVE_COLUMNS", "table_markdown", "write_chart", "log_to_mlflow", "metric_key"]
 
 METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -231,12 +233,9 @@ def _significance_section(agents: Mapping[str, dict]) -> str:
         if entry.get("difference") is None:
             continue
         label = dict(columns).get(headline, headline)
-        if entry.get("ci_low") is not None and entry["ci_low"] > 0:
-            verdict = "better (significant: the interval is above 0)"
-        elif entry.get("ci_high") is not None and entry["ci_high"] < 0:
-            verdict = "worse (significant: the interval is below 0)"
-        else:
-            verdict = "**not significantly different** (the interval contains 0)"
+        verdict = {"better": "better (significant: interval above 0 and p < 0.05)",
+                   "worse": "worse (significant: interval below 0 and p < 0.05)"}.get(
+            significant(entry) or "", "**not significantly different** (the interval contains 0, or p >= 0.05)")  # fmt: skip
         lines.append(f"- {title}: {name} vs {ref}, {label}: {_diff(entry)}: {verdict}")
     if not lines:
         return ""

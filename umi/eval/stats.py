@@ -13,7 +13,9 @@ interval.
   with the same indices), and a two-sided p-value from a sign-flip permutation test at the cluster level (under
   "no difference" each cluster's A-B difference is as likely to have the other sign): exact when there are at most
   `EXACT_UP_TO` clusters with a difference, Monte Carlo with the (1 + hits) / (1 + resamples) estimate beyond.
-- `mean_of`: the same for the mean of several metrics (the promotion rule's static headline).
+- `paired` of several metrics: the same for their mean (the promotion rule's static headline).
+- `significant`: "better" / "worse" only when the interval excludes 0 and the p-value is below 0.05: with a handful
+  of clusters the percentile interval alone is far too narrow.
 
 Metric values are percentages (0-100), as in the report.
 """
@@ -36,11 +38,13 @@ __all__ = [
     "interval",
     "paired",
     "normal_halfwidth",
+    "significant",
     "clusters_by_metric",
 ]
 
 DEFAULT_RESAMPLES = 2000
 LEVEL = 0.95
+ALPHA = 0.05  # a difference is significant only when its interval excludes 0 and p < ALPHA (see `significant`)
 EXACT_UP_TO = 14  # 2**14 sign patterns: exact permutation p-value up to this many non-zero clusters
 _SEED = 20261201
 
@@ -108,12 +112,26 @@ class Paired:
 
     @property
     def significant_gain(self) -> bool:
-        """The interval's lower bound is above zero."""
-        return self.ci_low is not None and self.ci_low > 0
+        return significant(self.to_dict()) == "better"
 
     @property
     def significant_loss(self) -> bool:
-        return self.ci_high is not None and self.ci_high < 0
+        return significant(self.to_dict()) == "worse"
+
+
+def significant(entry: Mapping | None, alpha: float = ALPHA) -> str | None:
+    """"better" / "worse" when a paired entry's interval excludes 0 on that side AND its permutation p-value is below
+    `alpha`; else None. Both, because with few clusters the percentile interval is too narrow (2 trajectories that
+    agree give a zero-width interval) while the exact permutation test cannot go below 2 / 2**clusters."""
+    if not entry or entry.get("ci_low") is None or entry.get("p_value") is None:
+        return None
+    if entry["p_value"] >= alpha:
+        return None
+    if entry["ci_low"] > 0:
+        return "better"
+    if entry["ci_high"] < 0:
+        return "worse"
+    return None
 
 
 def _indices(n: int, resamples: int, seed: int) -> np.ndarray:
