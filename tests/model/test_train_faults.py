@@ -131,8 +131,10 @@ run_stage_process([sys.executable, "-c", child], dict(os.environ), stop_timeout_
 
 def _start_parent(tmp_path):
     pidfile = tmp_path / "child.pid"
+    # SIGINT at its default: a shell's background job (CI, nohup) starts with it ignored, and Python keeps that
     parent = subprocess.Popen([sys.executable, "-c", PARENT.format(pidfile=str(pidfile))],
-                              env=os.environ | {"PYTHONPATH": os.getcwd()})  # fmt: skip
+                              env=os.environ | {"PYTHONPATH": os.getcwd()},
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 120
     while not (pidfile.exists() and pidfile.read_text()):
         assert time.monotonic() < deadline and parent.poll() is None, "the stage worker never started"
