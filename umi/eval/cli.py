@@ -86,7 +86,8 @@ def _run(static: bool, live: bool, **options) -> None:
         console.print("[red]no agent to evaluate[/]: train one first (umi run), or give --multi / --single checkpoints")
         raise typer.Exit(1)
     try:
-        settings = PROFILES[options["profile"]].with_(batch_size=options["batch_size"], dtype=options["dtype"])
+        settings = PROFILES[options["profile"]].with_(batch_size=options["batch_size"], dtype=options["dtype"],
+                                                      max_prompt_tokens=options["max_prompt_tokens"])  # fmt: skip
     except ValueError as e:
         console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
@@ -112,6 +113,7 @@ def _run(static: bool, live: bool, **options) -> None:
         settings=settings,
         params=options["params"],
         judge=options["judge"],
+        cache=options["cache"],
         **kwargs,
     )
     from rich.markdown import Markdown
@@ -135,6 +137,8 @@ OodLimit = Annotated[Optional[int], typer.Option(min=1, help="ToolBench OOD traj
 LiveLimit = Annotated[Optional[int], typer.Option(min=1, help="Live BFCL entries (default: profile's).")]
 MaxSteps = Annotated[Optional[int], typer.Option(min=1, help="Planner turns per user turn, live (default: profile's).")]
 Dtype = Annotated[Optional[str], typer.Option(help="auto | float32 | bfloat16 (default: the profile's, auto).")]
+PromptTokens = Annotated[Optional[int], typer.Option(min=16, help="Prompt token budget (default: the profile's).")]
+Cache = Annotated[Optional[Path], typer.Option(help="Generation cache file: a stopped evaluation resumes from it.")]
 BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Static prompts decoded together.")]
 Out = Annotated[Path, typer.Option(help="Report folder.")]
 Data = Annotated[Path, typer.Option(help="Trajectories folder (the BFCL test split is taken from it).")]
@@ -162,6 +166,8 @@ def _command(static: bool, live: bool, doc: str):
         live_limit: LiveLimit = None,
         max_steps: MaxSteps = None,
         batch_size: BatchSize = None,
+        max_prompt_tokens: PromptTokens = None,
+        cache: Cache = None,
         dtype: Dtype = None,
         out: Out = Path("artifacts/eval"),
         data: Data = Path("data"),

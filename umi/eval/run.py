@@ -22,6 +22,7 @@ from typing import Any
 
 from umi.eval import baselines as base
 from umi.eval import evidence
+from umi.eval.generation_cache import GenerationCache, cached_backends
 from umi.eval.agents import AgentSpec, loaded_backends, resolve_dtype, training_budget
 from umi.eval.report import table_markdown, write_chart
 from umi.eval.settings import PROFILES, EvalSettings
@@ -232,6 +233,7 @@ def evaluate(
     selection: Sequence[str] = (),
     baselines: bool = True,
     references: Sequence[str] = REFERENCES,
+    cache: str | Path | None = None,
 ) -> EvalReport:
     """Evaluate `agents` and write the report to `out_dir`.
 
@@ -249,6 +251,8 @@ def evaluate(
     the numbers promotion decides on, so the test split only reports.
     baselines: add the trivial agents of umi.eval.baselines (plan rules, the no-call agent) to the report.
     references: agents every other agent is compared with, paired on the same items (when in the report).
+    cache: a generation cache file (umi.eval.generation_cache): finished generations are stored as they are made
+    and reused by a rerun with the same checkpoints and settings, so a stopped evaluation resumes where it was.
     tracking: log a run to MLflow experiment `experiment` (a child of `parent_run_id` when given).
     Agents whose checkpoints are missing are skipped and listed in `skipped`; the report then covers the rest.
     """
@@ -303,6 +307,8 @@ def evaluate(
     records: dict[str, dict] = {}
     skipped: dict[str, str] = {}
     bars = _Bars(progress)
+    resolved_dtype = str(resolve_dtype(cfg.dtype)).removeprefix("torch.")
+    generations = GenerationCache(cache) if cache is not None else None
 
     def run_agent(name: str, backends: dict, with_dev: bool, doc_style: DocStyle = doc_style) -> tuple[dict, dict]:
         result: dict[str, Any] = {"static": None, "live": None, "doc_style": doc_style}
@@ -340,6 +346,8 @@ def evaluate(
         agent_started = time.perf_counter()
         loading = {"max_prompt_tokens": cfg.max_prompt_tokens, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
         with loaded_backends(spec, **loading) as backends:
+            if generations is not None:
+                backends = cached_backends(backends, spec.roles, generations, resolved_dtype)
             result, recs = run_agent(spec.name, backends, spec.name in selected, agent_format["doc_style"])
         result["seconds"] = round(time.perf_counter() - agent_started, 3)
         result["training"] = training_budget(spec)
@@ -374,7 +382,9 @@ def evaluate(
         skipped=skipped,
         settings={**cfg.to_dict(), "doc_style": doc_style, "static": static, "live": live, "judge": judge,
                   "selection": selected, "references": list(references),
-                  "resolved_dtype": str(resolve_dtype(cfg.dtype)).removeprefix("torch.")},  # fmt: skip
+                  "resolved_dtype": resolved_dtype,
+                  "generation_cache": None if generations is None else {"path": str(generations.path),
+                                                                        **generations.stats.to_dict()}},  # fmt: skip
         specs={a.name: a.to_dict() for a in agents},
     )
     report.table_path.write_text(report.table_markdown(), encoding="utf-8")
