@@ -403,15 +403,10 @@ def evaluation_task(results_dir: str, out_dir: str):
 
 
 def doc_style(params: str | Path = "params.yaml") -> str:
-    """The tool-doc style the role datasets were built with (params.yaml's reorganize.doc_style)."""
-    import yaml
+    """The tool-doc style the role datasets were built with (umi.params)."""
+    from umi.params import dataset_doc_style
 
-    path = Path(params)
-    if path.exists():
-        style = ((yaml.safe_load(path.read_text()) or {}).get("reorganize") or {}).get("doc_style")
-        if style:
-            return style
-    return "compact"
+    return dataset_doc_style(params)
 
 
 def agent_spec(name: str, kind: str, **roles: str) -> dict:

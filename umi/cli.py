@@ -87,14 +87,6 @@ def import_alpha_umi_cmd(
     _write(chain.from_iterable(import_alpha_umi(p) for p in paths), out, max_reject_share)
 
 
-def _load_params(params: Path, section: str) -> dict:
-    import yaml
-
-    if not params.exists():
-        return {}
-    return (yaml.safe_load(params.read_text()) or {}).get(section, {}) or {}
-
-
 @data_app.command("reorganize")
 def reorganize_cmd(
     inputs: Annotated[list[Path], typer.Argument(help="Trajectory JSONL files or folders.")] = [DEFAULT_DATA],
@@ -110,7 +102,9 @@ def reorganize_cmd(
     """Trajectories -> the global, planner, caller and summarizer datasets."""
     from umi.data.reorganize import ReorganizeOptions, TooManyRejects, cpu_count, reorganize
 
-    settings = _load_params(params, "reorganize")
+    from umi.params import reorganize_params
+
+    settings = reorganize_params(params)
     for key, value in dict(
         doc_style=doc_style, observation_limit=observation_limit, max_reject_share=max_reject_share, workers=workers
     ).items():

@@ -25,16 +25,6 @@ def register_commands(app: typer.Typer) -> None:
     app.command("chat")(chat_cmd)
 
 
-def _doc_style(params: Path) -> str:
-    import yaml
-
-    if params.is_file():
-        section = (yaml.safe_load(params.read_text()) or {}).get("reorganize", {}) or {}
-        if section.get("doc_style"):
-            return str(section["doc_style"])
-    return "compact"
-
-
 def _specs(agents: Optional[str], multi: list[str], single: list[str], runs: Path, backbone: Path,
            one_stage_runs: Path) -> tuple[list, dict[str, str]]:  # fmt: skip
     from umi.eval.agents import AgentSpec, default_agents
@@ -68,6 +58,7 @@ def _run(static: bool, live: bool, **options) -> None:
     import os
 
     from umi.eval.run import evaluate
+    from umi.params import dataset_doc_style
     from umi.eval.settings import PROFILES
 
     console = Console()
@@ -106,7 +97,7 @@ def _run(static: bool, live: bool, **options) -> None:
         ood_limit=options["ood_limit"],
         live_limit=options["live_limit"],
         max_steps=options["max_steps"],
-        doc_style=options["doc_style"] or _doc_style(options["params"]),  # type: ignore[arg-type]
+        doc_style=options["doc_style"] or dataset_doc_style(options["params"]),  # type: ignore[arg-type]
         tracking=options["tracking"],
         experiment=options["experiment"],
         parent_run_id=options["parent_run_id"],

@@ -221,7 +221,7 @@ def evaluate(
     limit: int | None = None,
     live_limit: int | None = None,
     ood_limit: int | None = None,
-    doc_style: DocStyle = "compact",
+    doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE,
     tracking: bool = True,
     experiment: str = "umi-eval",
     parent_run_id: str | None = None,

@@ -172,7 +172,7 @@ def run_static(
     trajectories: Sequence[Trajectory],
     *,
     settings: EvalSettings | None = None,
-    doc_style: DocStyle = "compact",
+    doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE,
     progress: Progress | None = None,
 ) -> StaticResult:
     """Predict and score every gold assistant step of `trajectories`.

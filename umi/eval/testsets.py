@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from umi.data.splits import DEFAULT_FRACTIONS, Split, split_of
+from umi.data.splits import Split, split_of
 from umi.schema import RecordError, Trajectory
 
 __all__ = [
@@ -121,14 +121,10 @@ class LiveEntry:
 
 
 def split_fractions(params: str | Path | None = "params.yaml") -> dict[Split, float]:
-    """The split fractions the reorganisation used: params.yaml's `reorganize.split_fractions`, else the defaults."""
-    if params is not None and Path(params).is_file():
-        import yaml
+    """The split fractions the reorganisation used (umi.params)."""
+    from umi.params import split_fractions as from_params
 
-        section = (yaml.safe_load(Path(params).read_text()) or {}).get("reorganize", {}) or {}
-        if section.get("split_fractions"):
-            return dict(section["split_fractions"])
-    return dict(DEFAULT_FRACTIONS)
+    return from_params(params)  # type: ignore[return-value]
 
 
 def _category(traj: Trajectory) -> str:
