@@ -11,7 +11,8 @@ wrap the model in a pyfunc flavour, while everything in umi (the agent runtime, 
 
 Each version carries tags: `umi.role`, `umi.data_version` (the DVC dataset hash the stage trained on),
 `umi.config` (the training profile as JSON) and `umi.config_sha256`, `umi.fingerprint` (the stage fingerprint:
-config + start weights + data), and, once evaluated, `umi.evaluation` (JSON). Registering the same checkpoint again
+config + start weights + data), `umi.prompt_format` (the doc style, observation limit and prompt version it was
+trained on, JSON), and, once evaluated, `umi.evaluation` (JSON). Registering the same checkpoint again
 returns the existing version (tags updated), so re-running a pipeline does not pile up identical versions.
 
 Works against any MLflow tracking URI (MLFLOW_TRACKING_URI), a sqlite store with a local artifact folder included.
@@ -26,6 +27,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from umi import prompts
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -50,6 +53,7 @@ TAG_CONFIG_SHA = "umi.config_sha256"
 TAG_FINGERPRINT = "umi.fingerprint"
 TAG_EVALUATION = "umi.evaluation"
 TAG_PROFILE = "umi.profile"
+TAG_PROMPT_FORMAT = "umi.prompt_format"  # umi.prompts.prompt_format of the training data, as the checkpoint records it
 
 
 def _client():
@@ -225,6 +229,9 @@ def register_role_model(
             tags[TAG_PROFILE] = str(config["profile"])
     if evaluation is not None:
         tags[TAG_EVALUATION] = _compact_json(evaluation)
+    trained_format = manifest.get(prompts.PROMPT_FORMAT_KEY)
+    if trained_format:
+        tags[TAG_PROMPT_FORMAT] = _compact_json(trained_format)
 
     _ensure_registered_model(name, role)
     for existing in client.search_model_versions(f"name='{name}'"):
