@@ -71,37 +71,3 @@ def test_a_prompt_that_does_not_fit_is_remembered_too(tmp_path):
     with pytest.raises(TooLong, match="needs 99 tokens"):
         again.generate(GenerationRequest(prompt="long"))
     assert again.inner.asked == [] and again.cache.stats.hits == 1
-
-
-class Together(Echo):
-    """A continuous batcher: takes up to max_rows, finishes them in reverse order (rows stop when they stop)."""
-
-    def decode_together(self, take, finish, dropped, *, max_rows=8):
-        while batch := take(max_rows):
-            for key, request in reversed(batch):
-                self.asked.append(request.prompt)
-                finish(key, _generation(request.prompt.upper()))
-
-
-def test_continuous_batching_stores_each_result_as_it_finishes(tmp_path):
-    path = tmp_path / "c.sqlite"
-    requests = [GenerationRequest(prompt=p) for p in "abcde"]
-
-    def run(backend):
-        pending, got = list(enumerate(requests)), {}
-
-        def take(room):
-            batch = pending[:room]
-            del pending[:room]
-            return batch
-
-        backend.decode_together(take, got.__setitem__, lambda _: False, max_rows=2)
-        return got
-
-    first = CachedBackend(Together(), GenerationCache(path), "m")
-    assert {k: g.text for k, g in run(first).items()} == dict(enumerate("ABCDE"))
-    assert len(first.cache) == 5
-    again = CachedBackend(Together(), GenerationCache(path), "m")
-    assert {k: g.text for k, g in run(again).items()} == dict(enumerate("ABCDE"))
-    assert again.inner.asked == [] and again.cache.stats.hits == 5
-    assert again.cache.stats.cost_seconds == pytest.approx(first.cache.stats.cost_seconds)

@@ -276,33 +276,3 @@ def test_a_stopped_evaluation_resumes_from_its_generation_cache(tiny_backbone, d
     for agent in ("alpha-umi", "single-llm"):
         assert first.agents[agent]["static"]["bfcl-test"]["plan_acc"] == second.agents[agent]["static"]["bfcl-test"]["plan_acc"]
         assert first.agents[agent]["live"]["turn_pass_rate"] == second.agents[agent]["live"]["turn_pass_rate"]
-
-
-def test_continuous_batching_in_trajectory_order_scores_as_padded_batches(tiny_backbone, data_dir):
-    """Static evaluation decodes with the service's continuous batcher (KV reuse across a trajectory's steps) when
-    the backend has one: in float32 it writes exactly what left-padded batches write, with fewer prefill tokens."""
-    from umi.eval.static import run_static
-    from umi.eval.testsets import load_bfcl_test
-
-    class PaddedOnly:  # the same backend without decode_together: the padded-batch path
-        def __init__(self, inner):
-            self.inner_backend = inner
-
-        def __getattr__(self, name):
-            if name == "decode_together":
-                raise AttributeError(name)
-            return getattr(self.inner_backend, name)
-
-    tiny = str(tiny_backbone)
-    trajectories = load_bfcl_test(data_dir / "data", None, data_dir / "params.yaml").trajectories
-    settings = SMALL.with_(batch_size=3)
-    spec = AgentSpec.multi("a", tiny, tiny, tiny)
-    continuous = load_backends(spec, max_prompt_tokens=1536, max_new_tokens=settings.max_new_tokens, dtype="float32")
-    padded = load_backends(spec, max_prompt_tokens=1536, max_new_tokens=settings.max_new_tokens, dtype="float32")
-    wrapped = {role: PaddedOnly(b) for role, b in padded.items()}
-    a = run_static(continuous, trajectories, settings=settings, doc_style="compact")
-    b = run_static(wrapped, trajectories, settings=settings, doc_style="compact")
-    assert a.metrics.steps == b.metrics.steps > 3
-    assert [r["outputs"] for r in a.records] == [r["outputs"] for r in b.records]
-    assert continuous["planner"].stats.reused_tokens > 0 and padded["planner"].stats.reused_tokens == 0
-    assert continuous["planner"].stats.prefill_tokens < padded["planner"].stats.prefill_tokens

@@ -105,8 +105,8 @@ def request_key(model_key: str, request: GenerationRequest) -> str:
 
 
 class CachedBackend:
-    """A backend whose generate / generate_batch / decode_together answer from `cache` where they can; everything
-    else (prompt_ids, reset, stats, the model) is the wrapped backend's."""
+    """A backend whose generate / generate_batch answer from `cache` where they can; everything else (prompt_ids,
+    reset, stats, the model) is the wrapped backend's."""
 
     def __init__(self, inner, cache: GenerationCache, model_key: str):
         self.inner = inner
@@ -148,39 +148,6 @@ class CachedBackend:
                 self.cache.put(keys[i], g, share)
                 out[i] = g
         return out  # type: ignore[return-value]
-
-
-    def decode_together(self, take, finish, dropped, *, max_rows: int = 8) -> None:
-        """The wrapped backend's continuous batching, with cached requests finished at once and every new result
-        stored the moment it is done. A result's cost is the wall time since the previous result of this call (so
-        the costs add up to the call's wall time)."""
-        keys: dict = {}
-        last = [time.perf_counter()]
-
-        def take_uncached(room: int):
-            out = []
-            while len(out) < room:
-                batch = take(room - len(out))
-                if not batch:
-                    break
-                for key, request in batch:
-                    k = self._key(request)
-                    hit = self.cache.get(k)
-                    if hit is None:
-                        keys[key] = k
-                        out.append((key, request))
-                    else:
-                        finish(key, hit)
-            return out
-
-        def finish_and_store(key, result) -> None:
-            now = time.perf_counter()
-            if isinstance(result, (Generation, TooLong)):
-                self.cache.put(keys.pop(key), result, now - last[0])
-            last[0] = now
-            finish(key, result)
-
-        self.inner.decode_together(take_uncached, finish_and_store, dropped, max_rows=max_rows)
 
 
 def cached_backends(backends: Mapping[str, Any], roles: Mapping[str, str], cache: GenerationCache,

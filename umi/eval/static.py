@@ -10,9 +10,8 @@ paper's five metrics (umi.eval.metrics).
    the same), and scores as a missing plan.
 Single-LLM: the global model writes thought and action (or conclusion) in one generation per gold step.
 
-Every prompt of a role is known once the previous role is done, so each role is decoded in batches: continuous
-batching in trajectory order (TransformersBackend.decode_together, with KV-cache reuse of the shared docs and
-history; the service's engine) where the backend has it, else left-padded batches sorted by length. Decoding is greedy,
+Every prompt of a role is known once the previous role is done, so each role is decoded in left-padded batches
+(TransformersBackend.generate_batch), prompts sorted by length so batches carry little padding. Decoding is greedy,
 as in the paper; there are no retries (the live loop's sampled retries of an empty planner output are not part of
 a teacher-forced step). A prompt that does not fit the context even with its whole history dropped gets no
 prediction (it scores as wrong) and is counted in `too_long`.
@@ -116,12 +115,7 @@ class _Runner:
         self.too_long = 0
 
     def decode(self, backend, role: str, jobs: Sequence[tuple[_Item, RolePrompt]]) -> list[Generation | None]:
-        """Generate for every job of one role; None where the prompt does not fit.
-
-        A backend that can batch continuously (TransformersBackend.decode_together, the service's engine) gets the
-        prompts in trajectory order: consecutive steps of a trajectory share the docs and the history before them,
-        which its KV-cache reuse prefills once (about 3x fewer prefill tokens on the BFCL test split), and a row
-        that stops leaves the batch at once. Other backends get left-padded batches of prompts sorted by length."""
+        """Generate for every job of one role, batched; None where the prompt does not fit."""
         requests = [
             GenerationRequest(
                 prompt=p.prompt,
@@ -138,33 +132,12 @@ class _Runner:
                 sized.append((len(backend.prompt_ids(r)[0]), i))
             except TooLong:
                 self.too_long += 1
-        unfit = len(requests) - len(sized)
+        sized.sort()
+        order = [i for _, i in sized]
         done = 0
         if self.progress:
             self.progress(role, 0, len(requests))
         size = self.settings.batch_size
-        if _continuous(backend):
-            pending = [i for _, i in sized]  # trajectory order: jobs come step by step, trajectory by trajectory
-            pending.reverse()
-
-            def take(room: int) -> list[tuple[int, GenerationRequest]]:
-                return [(i, requests[i]) for i in (pending.pop() for _ in range(min(room, len(pending))))]
-
-            def finish(i: int, g) -> None:
-                nonlocal done
-                if isinstance(g, BaseException):
-                    raise g  # prompt_ids accepted it above: a failure here is a bug, not a long prompt
-                results[i] = g
-                self.generations += 1
-                self.new_tokens += g.new_tokens
-                done += 1
-                if self.progress:
-                    self.progress(role, done + unfit, len(requests))
-
-            backend.decode_together(take, finish, lambda _: False, max_rows=size)
-            return results
-        sized.sort()
-        order = [i for _, i in sized]
         for start in range(0, len(order), size):
             chunk = order[start : start + size]
             for i, g in zip(chunk, backend.generate_batch([requests[i] for i in chunk], batch_size=size)):
@@ -173,13 +146,8 @@ class _Runner:
                 self.new_tokens += g.new_tokens
             done += len(chunk)
             if self.progress:
-                self.progress(role, done + unfit, len(requests))
+                self.progress(role, done + (len(requests) - len(order)), len(requests))
         return results
-
-
-def _continuous(backend) -> bool:
-    """Whether `backend` (or the backend a generation cache wraps) batches continuously."""
-    return callable(getattr(getattr(backend, "inner", backend), "decode_together", None))
 
 
 def _gold_items(trajectories: Sequence[Trajectory], doc_style: DocStyle) -> tuple[list[_Item], list[dict[str, str]]]:
