@@ -1,4 +1,4 @@
-"""umi.agent.parsing: hand-written cases, the reference's own targets, and property-based fuzzing."""
+"""umi.parsing: hand-written cases, the reference's own targets, and property-based fuzzing."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from umi.agent.parsing import (
+from umi.parsing import (
     FailureKind,
     GlobalAnswer,
     GlobalCall,

@@ -46,7 +46,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from umi import prompts
 from umi.agent.backend import Backend, Generation, GenerationRequest, TooLong, TransformersBackend
-from umi.agent.parsing import (
+from umi.parsing import (
     GlobalAnswer,
     GlobalCall,
     GlobalGiveUp,

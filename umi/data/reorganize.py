@@ -48,9 +48,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from umi import prompts
-from umi.data.importing import TooManyRejects
+from umi.data.importing import TooManyRejects, validation_problem
 from umi.data.splits import DEFAULT_FRACTIONS, SPLITS, Split, split_of
-from umi.data.toolbench import problem
 from umi.prompts import DocStyle
 from umi.schema import RecordError, Trajectory
 
@@ -348,7 +347,7 @@ def parse_line(line: bytes | str, where: str) -> Trajectory:
             raise RecordError(where, f"invalid JSON: {je}") from None
         if isinstance(raw, dict) and isinstance(raw.get("id"), str) and raw["id"]:
             record_id = raw["id"]
-        raise RecordError(record_id, problem(e)) from None
+        raise RecordError(record_id, validation_problem(e)) from None
 
 
 def example_counts(traj: Trajectory) -> dict[str, int]:

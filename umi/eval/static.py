@@ -28,7 +28,7 @@ from typing import Any
 
 from umi import prompts
 from umi.agent.backend import Generation, GenerationRequest, TooLong
-from umi.agent.parsing import (
+from umi.parsing import (
     ParseFailure,
     parse_caller_output,
     parse_global_output,

@@ -32,7 +32,7 @@ from typing import Any, Literal
 from umi import prompts
 from umi.agent.backend import Backend, GenerationRequest
 from umi.agent.loop import AgentConfig, AgentEvent, AgentResult, AlphaUMiAgent, ToolRuntime
-from umi.agent.parsing import ParseFailure, ToolCall, parse_caller_output, parse_planner_output, parse_summarizer_output
+from umi.parsing import ParseFailure, ToolCall, parse_caller_output, parse_planner_output, parse_summarizer_output
 from umi.agent.roles import PromptBuilder
 from umi.schema import Decision, Step, ToolSpec
 from umi.serve.backends import Deadline, guarded
