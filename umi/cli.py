@@ -188,7 +188,7 @@ def train_cmd(
     """GLPFT: `global` first, then `planner`, `caller`, `summarizer` from the global checkpoint (or `all`)."""
     _default_tracking()
     from umi.data.versions import dataset_versions
-    from umi.train.config import LOCAL_STAGES, STAGES
+    from umi.vocabulary import LOCAL_STAGES, STAGES
     from umi.train.stages import train_glpft, train_stage
 
     versions = dataset_versions(datasets)

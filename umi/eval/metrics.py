@@ -67,6 +67,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rouge_score import rouge_scorer
 
+from umi.data.bfcl import standardize_string
 from umi.parsing import (
     GlobalAnswer,
     GlobalCall,
@@ -77,7 +78,6 @@ from umi.parsing import (
     ToolCall,
     parse_arguments,
 )
-from umi.data.bfcl import standardize_string
 from umi.schema import Decision, RecordError, Trajectory
 
 __all__ = [
