@@ -360,9 +360,9 @@ def _files_sha(paths: Sequence[Path]) -> str:
 def evaluation_key(agents: Sequence[Mapping[str, str]], options: Mapping[str, Any], data_dir: str) -> str:
     """What decides an evaluation's result: the weights of every checkpoint (stage fingerprints), the test data
     (data_dir's JSONL and params.yaml, whose split fractions pick the test split) and the options."""
-    from umi.vocabulary import checkpoint_fingerprint
+    from umi.vocabulary import checkpoint_fingerprint as weights_fingerprint
 
-    weights = {a["name"]: {role: checkpoint_fingerprint(path) for role, path in a.items() if role not in ("name", "kind")}
+    weights = {a["name"]: {role: weights_fingerprint(path) for role, path in a.items() if role not in ("name", "kind")}
                for a in agents}  # fmt: skip
     data = _files_sha(sorted(Path(data_dir).rglob("*.jsonl")) + [Path("params.yaml")])
     blob = json.dumps({"agents": list(agents), "weights": weights, "data": data, "options": options},

@@ -10,9 +10,10 @@ wrap the model in a pyfunc flavour, while everything in umi (the agent runtime, 
 `from_pretrained` from a plain directory, which is exactly what `download_role` gives back.
 
 Each version carries tags: `umi.role`, `umi.data_version` (the DVC dataset hash the stage trained on),
-`umi.config` (the training profile as JSON) and `umi.config_sha256`, `umi.fingerprint` (umi.vocabulary.checkpoint_fingerprint:
-the stage fingerprint, of config + start weights + data), and, once evaluated, `umi.evaluation` (JSON). Registering the same checkpoint again
-returns the existing version (tags updated), so re-running a pipeline does not pile up identical versions.
+`umi.config` (the training profile as JSON) and `umi.config_sha256`, `umi.fingerprint` (the stage fingerprint:
+config + start weights + data; umi.vocabulary.checkpoint_fingerprint), and, once evaluated, `umi.evaluation` (JSON).
+Registering the same checkpoint again returns the existing version (tags updated), so re-running a pipeline does not
+pile up identical versions.
 
 Works against any MLflow tracking URI (MLFLOW_TRACKING_URI), a sqlite store with a local artifact folder included.
 """

@@ -290,8 +290,13 @@ def test_workers_give_the_same_bytes(mixed_input, tmp_path, monkeypatch):
     assert len(spools) == 1 and not spools[0].exists()  # the workers' spool is cleaned up
 
 
-@pytest.mark.parametrize("options", [ReorganizeOptions(workers=2, chunk_lines=16),
-                                     ReorganizeOptions(doc_style="compact", observation_limit=300)], ids=["reference", "compact"])  # fmt: skip
+FAST_WRITER_OPTIONS = {
+    "reference-2-workers": ReorganizeOptions(workers=2, chunk_lines=16),
+    "compact-cut": ReorganizeOptions(doc_style="compact", observation_limit=300),
+}
+
+
+@pytest.mark.parametrize("options", list(FAST_WRITER_OPTIONS.values()), ids=list(FAST_WRITER_OPTIONS))
 def test_the_fast_writer_writes_the_tables_bytes(mixed_input, tmp_path, options):
     """The zero-copy writer (escaped pieces, writev, worker spools) against the plain table of umi.data.examples, on
     the real α-UMi files: every role file, byte for byte."""

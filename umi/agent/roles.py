@@ -55,7 +55,7 @@ def _fixed_tail(template: str) -> str:
     return template[template.rindex("}") + 1 :]
 
 
-_TAILS: tuple[tuple[RoleName, str], ...] = tuple((role, _fixed_tail(t)) for role, t in TEMPLATES.items())  # type: ignore[misc]
+_TAILS: tuple[tuple[RoleName, str], ...] = tuple((role, _fixed_tail(t)) for role, t in TEMPLATES.items())
 
 
 def role_of_prompt(prompt: str) -> RoleName | None:

@@ -31,8 +31,8 @@ from umi.prompts import DocStyle
 from umi.schema import RecordError, Step, ToolSpec, Trajectory
 from umi.vocabulary import RoleName
 
-__all__ = ["TEMPLATES", "RolePrompt", "ToolContext", "check_decisions", "render_prompt", "trajectory_examples",
-           "example_line"]  # fmt: skip
+__all__ = ["TEMPLATES", "HISTORY_VIEWS", "RolePrompt", "ToolContext", "check_decisions", "render_prompt",
+           "trajectory_examples", "example_line"]  # fmt: skip
 
 TEMPLATES: dict[str, str] = {
     "global": prompts.GLOBAL_PROMPT,

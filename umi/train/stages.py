@@ -63,7 +63,6 @@ from umi.vocabulary import (
 log = logging.getLogger(__name__)
 
 
-
 def dataset_prompt_format(datasets_dir: str | Path) -> dict | None:
     """The prompt format the role datasets were rendered with (their layout.json, umi.data.reorganize); None, with a
     warning, for datasets made by hand without one."""
@@ -121,11 +120,8 @@ def read_state(state_path: Path) -> dict:
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def stage_fingerprint(
