@@ -76,8 +76,11 @@ def test_the_train_stage_fingerprint_uses_it_for_the_start_weights(tmp_path):
 
 # --- the names are defined in umi.vocabulary only ---------------------------------------------------------------------
 # (not ALPHA_UMI: "alpha-umi" is also the name of a data source, umi.data.alpha_umi.SOURCE)
-SHARED_STRINGS = {v.STAGE_MANIFEST, v.DATASET_LAYOUT, v.CONTROL_STAGE, v.BFCL_TEST, v.BFCL_DEV, v.TOOLBENCH_OOD,
-                  v.LIVE_DEV, v.SINGLE_LLM, v.SINGLE_MATCHED, *v.BASELINES}  # fmt: skip
+SHARED_STRINGS = {
+    *(v.STAGE_MANIFEST, v.DATASET_LAYOUT, v.CONTROL_STAGE),
+    *(v.BFCL_TEST, v.BFCL_DEV, v.TOOLBENCH_OOD, v.LIVE_DEV),
+    *(v.SINGLE_LLM, v.SINGLE_MATCHED, *v.BASELINES),
+}
 ROLE_NAMES = set(v.ROLES)
 # Role names together that are not a list of the roles: another concept, which happens to be spelled with them.
 NOT_ROLE_LISTS = {

@@ -31,8 +31,16 @@ from umi.prompts import DocStyle
 from umi.schema import RecordError, Step, ToolSpec, Trajectory
 from umi.vocabulary import RoleName
 
-__all__ = ["TEMPLATES", "HISTORY_VIEWS", "RolePrompt", "ToolContext", "check_decisions", "render_prompt",
-           "trajectory_examples", "example_line"]  # fmt: skip
+__all__ = [
+    "TEMPLATES",
+    "HISTORY_VIEWS",
+    "RolePrompt",
+    "ToolContext",
+    "check_decisions",
+    "render_prompt",
+    "trajectory_examples",
+    "example_line",
+]
 
 TEMPLATES: dict[str, str] = {
     "global": prompts.GLOBAL_PROMPT,
@@ -41,8 +49,12 @@ TEMPLATES: dict[str, str] = {
     "summarizer": prompts.SUMMARIZER_PROMPT,
 }
 # the single LLM reads the history with an assistant step and the call or answer it led to as one turn
-HISTORY_VIEWS: dict[str, Literal["roles", "global"]] = {"global": "global", "planner": "roles", "caller": "roles",
-                                                         "summarizer": "roles"}  # fmt: skip
+HISTORY_VIEWS: dict[str, Literal["roles", "global"]] = {
+    "global": "global",
+    "planner": "roles",
+    "caller": "roles",
+    "summarizer": "roles",
+}
 
 
 @dataclass(frozen=True)
@@ -105,8 +117,9 @@ def trajectory_examples(
 
     def add(role: RoleName, i: int, history: Sequence[Step], target: str, **fields: str) -> None:
         rendered = render_prompt(role, context, history, **fields)
-        out.append({"id": f"{traj.id}#{i}", "trajectory_id": traj.id, "role": role, "prompt": rendered.prompt,
-                    "target": target, "history_span": list(rendered.history_span)})  # fmt: skip
+        span = list(rendered.history_span)
+        line = {"id": f"{traj.id}#{i}", "trajectory_id": traj.id, "role": role, "prompt": rendered.prompt}
+        out.append({**line, "target": target, "history_span": span})
 
     for i, s in enumerate(steps):
         if s.role != "assistant":
