@@ -332,7 +332,10 @@ def test_fuzz_arguments_and_summarizer(text):
 
 # round trips: parse(render(x)) == x for the canonical forms umi.prompts renders
 def _no_decision(thought: str) -> bool:
-    return "</s>" not in thought and isinstance(parse_planner_output(thought), ParseFailure)
+    """No decision in the thought at all: one with two (several_decisions) or the instruction (instruction_echo) is
+    refused by design, so it cannot round-trip."""
+    parsed = parse_planner_output(thought)
+    return "</s>" not in thought and isinstance(parsed, ParseFailure) and parsed.kind == "no_decision"
 
 
 def _no_labels(text: str) -> bool:
