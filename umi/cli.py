@@ -305,9 +305,11 @@ def run_cmd(
         raise typer.Exit(1)
 
 
-from umi.eval.cli import register_commands as _register_eval_commands  # noqa: E402 -- `umi eval ...`, `umi chat`
+from umi.agent.chat import chat_cmd  # noqa: E402 -- `umi chat`
+from umi.eval.cli import register_commands as _register_eval_commands  # noqa: E402 -- `umi eval ...`
 
 _register_eval_commands(app)
+app.command("chat")(chat_cmd)
 
 
 if __name__ == "__main__":
