@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Literal
 
 # --- roles ------------------------------------------------------------------------------------------------------------
-RoleName = Literal["planner", "caller", "summarizer", "global"]
-ROLES: tuple[str, ...] = ("global", "planner", "caller", "summarizer")  # every role a model is trained for
+RoleName = Literal["planner", "caller", "summarizer", "global"]  # for type checkers; the same names as ROLES
 AGENT_ROLES: tuple[str, ...] = ("planner", "caller", "summarizer")  # the α-UMi agent's three models
+ROLES: tuple[str, ...] = ("global", *AGENT_ROLES)  # every role a model is trained for: the single LLM's too
 
 # --- GLPFT stages -----------------------------------------------------------------------------------------------------
 STAGES: tuple[str, ...] = ROLES  # one stage per role: global first, then the three local ones from it

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import get_args
 
 from umi import vocabulary as v
 from umi.vocabulary import STAGE_MANIFEST, checkpoint_fingerprint
@@ -22,6 +23,11 @@ def _weights_dir(path: Path, payload: bytes = b"weights") -> Path:
     (path / "model.safetensors").write_bytes(payload)
     (path / "tokenizer.json").write_text("{}")
     return path
+
+
+def test_the_role_type_names_the_roles():
+    assert set(get_args(v.RoleName)) == set(v.ROLES) and len(v.ROLES) == 4
+    assert v.STAGES == v.ROLES and v.LOCAL_STAGES == v.AGENT_ROLES == v.ROLES[1:]
 
 
 def test_a_trained_checkpoint_is_identified_by_its_stage_fingerprint(tmp_path):
