@@ -360,7 +360,7 @@ def _files_sha(paths: Sequence[Path]) -> str:
 def evaluation_key(agents: Sequence[Mapping[str, str]], options: Mapping[str, Any], data_dir: str) -> str:
     """What decides an evaluation's result: the weights of every checkpoint (stage fingerprints), the test data
     (data_dir's JSONL and params.yaml, whose split fractions pick the test split) and the options."""
-    from umi.train.stages import weights_fingerprint
+    from umi.vocabulary import checkpoint_fingerprint as weights_fingerprint
 
     weights = {a["name"]: {role: weights_fingerprint(path) for role, path in a.items() if role not in ("name", "kind")}
                for a in agents}  # fmt: skip

@@ -182,7 +182,7 @@ def train_cmd(
     """GLPFT: `global` first, then `planner`, `caller`, `summarizer` from the global checkpoint (or `all`)."""
     _default_tracking()
     from umi.data.versions import dataset_versions
-    from umi.train.config import LOCAL_STAGES, STAGES
+    from umi.vocabulary import LOCAL_STAGES, STAGES
     from umi.train.stages import train_glpft, train_stage
 
     versions = dataset_versions(datasets)
@@ -299,9 +299,11 @@ def run_cmd(
         raise typer.Exit(1)
 
 
-from umi.eval.cli import register_commands as _register_eval_commands  # noqa: E402 -- `umi eval ...`, `umi chat`
+from umi.agent.chat import chat_cmd  # noqa: E402 -- `umi chat`
+from umi.eval.cli import register_commands as _register_eval_commands  # noqa: E402 -- `umi eval ...`
 
 _register_eval_commands(app)
+app.command("chat")(chat_cmd)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from umi import model_registry as registry
+from umi.vocabulary import BASELINES, BFCL_DEV, CHAMPION, LIVE_DEV, SINGLE_LLM
 
 TAG_PROMOTED_FROM = "umi.promoted_from"
 TAG_PROMOTED_AT = "umi.promoted_at"
@@ -45,10 +46,7 @@ TAG_PROMOTION_REASON = "umi.promotion_reason"
 TAG_PROMOTION_EVIDENCE = "umi.promotion_evidence"
 TAG_ROLLED_BACK_AT = "umi.rolled_back_at"
 
-BFCL_DEV = "bfcl-dev"  # the static split the rule reads (umi.eval.testsets.BFCL_DEV)
-LIVE_DEV = "live_dev"  # the live rollouts on dev entries (umi.eval.run)
-BASELINES = ("rule: last turn", "rule: always caller", "no call")  # umi.eval.baselines.BASELINES
-STATIC_BASELINES = BASELINES[:2]
+STATIC_BASELINES = BASELINES[:2]  # the rules score static steps only, the no-call agent live rollouts only
 LIVE_BASELINES = BASELINES[2:]
 
 
@@ -58,8 +56,8 @@ class PromotionRule:
     live_test_set: str = LIVE_DEV
     live_metric: str = "bfcl_checker_pass_rate"
     static_headline: str = "mean_static"  # umi.eval.evidence: the mean of Plan ACC, Act. EM and Arg. F1
-    champion: str = "champion"
-    single_llm: str = "single-llm"
+    champion: str = CHAMPION
+    single_llm: str = SINGLE_LLM
     lower_is_better: tuple[str, ...] = ("hallu",)
     alpha: float = 0.05  # and the permutation p-value below this (umi.eval.stats.significant)
 

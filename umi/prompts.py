@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from umi.schema import Decision, Step, ToolSpec
+from umi.vocabulary import STAGE_MANIFEST
 
 TURN_END = "</s>"
 OBSERVATION_LIMIT = 1024  # characters; as the reference's real-time inference
@@ -40,7 +41,7 @@ def prompt_format(doc_style: str, observation_limit: int | None) -> dict:
 def checkpoint_prompt_format(model_dir: str | Path) -> dict | None:
     """The prompt format recorded in a checkpoint's stage manifest; None for a checkpoint umi did not train (an
     imported backbone)."""
-    manifest = Path(model_dir) / "umi_stage.json"
+    manifest = Path(model_dir) / STAGE_MANIFEST
     if not manifest.is_file():
         return None
     return json.loads(manifest.read_text(encoding="utf-8")).get(PROMPT_FORMAT_KEY)

@@ -46,7 +46,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from umi import prompts
 from umi.agent.backend import Backend, Generation, GenerationRequest, TooLong, TransformersBackend
-from umi.agent.parsing import (
+from umi.agent.roles import PromptBuilder, RolePrompt
+from umi.parsing import (
     GlobalAnswer,
     GlobalCall,
     GlobalGiveUp,
@@ -57,7 +58,6 @@ from umi.agent.parsing import (
     parse_planner_output,
     parse_summarizer_output,
 )
-from umi.agent.roles import PromptBuilder, RolePrompt
 from umi.prompts import DocStyle
 from umi.schema import Step, ToolSpec, Trajectory
 

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from umi.vocabulary import AGENT_ROLES, ALPHA_UMI, SINGLE_LLM, STAGE_MANIFEST
+
 __all__ = ["AgentKind", "AgentSpec", "ROLES_OF", "default_agents", "load_backends", "loaded_backends", "resolve_dtype",
            "training_budget"]
 
 AgentKind = Literal["multi", "single"]
-ROLES_OF: dict[str, tuple[str, ...]] = {"multi": ("planner", "caller", "summarizer"), "single": ("global",)}
+ROLES_OF: dict[str, tuple[str, ...]] = {"multi": AGENT_ROLES, "single": ("global",)}
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class AgentSpec:
         if not self.name or not self.name.strip():
             raise ValueError("an agent needs a name")
         if self.kind == "multi":
-            missing = [r for r in ("planner", "caller", "summarizer") if not getattr(self, r)]
+            missing = [r for r in AGENT_ROLES if not getattr(self, r)]
             if missing:
                 raise ValueError(f"agent {self.name!r}: a multi agent needs {', '.join(missing)} checkpoint(s)")
             if self.model is not None:
@@ -57,7 +59,7 @@ class AgentSpec:
         elif self.kind == "single":
             if not self.model:
                 raise ValueError(f"agent {self.name!r}: a single agent needs a model checkpoint")
-            if any(getattr(self, r) for r in ("planner", "caller", "summarizer")):
+            if any(getattr(self, r) for r in AGENT_ROLES):
                 raise ValueError(f"agent {self.name!r}: a single agent takes model, not role checkpoints")
         else:
             raise ValueError(f"agent {self.name!r}: kind must be 'multi' or 'single', got {self.kind!r}")
@@ -97,12 +99,12 @@ def default_agents(
     runs = Path(runs)
     candidates = [
         AgentSpec.multi("backbone", backbone, backbone, backbone),
-        AgentSpec.single("single-llm", runs / "global" / "model"),
-        AgentSpec.multi("alpha-umi", *(runs / r / "model" for r in ("planner", "caller", "summarizer"))),
+        AgentSpec.single(SINGLE_LLM, runs / "global" / "model"),
+        AgentSpec.multi(ALPHA_UMI, *(runs / r / "model" for r in AGENT_ROLES)),
     ]
     if one_stage_runs is not None:
         one = Path(one_stage_runs)
-        locals_ = (one / r / "model" for r in ("planner", "caller", "summarizer"))
+        locals_ = (one / r / "model" for r in AGENT_ROLES)
         candidates.append(AgentSpec.multi("one-stage", *locals_))
     found, skipped = [], {}
     for spec in candidates:
@@ -172,8 +174,6 @@ def training_budget(checkpoints: Mapping[str, str | Path] | AgentSpec) -> dict[s
     """What an agent's weights cost to train: example tokens seen (each stage's dataset tokens times its epochs) and
     optimiser steps, summed over every stage in the lineage of its checkpoints (a local stage's manifest names the
     global checkpoint it started from), each stage once. An imported backbone costs 0."""
-    from umi.train.stages import STAGE_MANIFEST
-
     roles = checkpoints.roles if isinstance(checkpoints, AgentSpec) else checkpoints
     seen: dict[str, dict] = {}
     todo = [Path(p) for p in roles.values()]

@@ -1,4 +1,4 @@
-"""`umi eval static | live | all` and `umi chat` (registered on the main app by `register_commands`)."""
+"""`umi eval static | live | all` (registered on the main app by `register_commands`)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,8 @@ eval_app = typer.Typer(
 
 
 def register_commands(app: typer.Typer) -> None:
-    """Add `umi eval ...` and `umi chat` to the main command."""
-    from umi.agent.chat import chat_cmd
-
+    """Add `umi eval ...` to the main command."""
     app.add_typer(eval_app, name="eval")
-    app.command("chat")(chat_cmd)
 
 
 def _specs(agents: Optional[str], multi: list[str], single: list[str], runs: Path, backbone: Path,

@@ -154,7 +154,7 @@ def cached_backends(backends: Mapping[str, Any], roles: Mapping[str, str], cache
                     dtype: str) -> dict[str, CachedBackend]:  # fmt: skip
     """{role: CachedBackend} over load_backends' result; roles: role -> checkpoint directory. One wrapper per
     distinct backend, so roles sharing a model share its key (and its KV caches, as before)."""
-    from umi.model_registry import checkpoint_fingerprint
+    from umi.vocabulary import checkpoint_fingerprint
 
     wrapped: dict[int, CachedBackend] = {}
     out = {}

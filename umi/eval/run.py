@@ -26,11 +26,12 @@ from umi.eval.generation_cache import GenerationCache, cached_backends
 from umi.eval.agents import AgentSpec, loaded_backends, resolve_dtype, training_budget
 from umi.eval.report import table_markdown, write_chart
 from umi.eval.settings import PROFILES, EvalSettings
-from umi.eval.testsets import BFCL_DEV, TestSet, live_entries, load_bfcl_test, load_toolbench_ood
+from umi.eval.testsets import TestSet, live_entries, load_bfcl_test, load_toolbench_ood
 from umi import prompts
 from umi.prompts import DocStyle
+from umi.vocabulary import CHAMPION, LIVE_DEV, LIVE_TEST, SINGLE_LLM, SINGLE_MATCHED, TOOLBENCH_OOD
 
-__all__ = ["EvalReport", "evaluate", "DEFAULT_TOOLBENCH_OOD", "REFERENCES", "SINGLE_LLM", "CHAMPION"]
+__all__ = ["EvalReport", "evaluate", "DEFAULT_TOOLBENCH_OOD", "REFERENCES"]
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,6 @@ def _default_ood() -> Path:
 # The ToolBench out-of-domain set is part of every evaluation unless switched off by name (toolbench_ood=None,
 # `--no-toolbench-ood`): a configured test set that is missing is an error, never a silently shorter report.
 DEFAULT_TOOLBENCH_OOD: Path = _default_ood()
-SINGLE_LLM = "single-llm"
-SINGLE_MATCHED = "single-matched"  # the single LLM trained with the GLPFT stages' total token budget
-CHAMPION = "champion"
 REFERENCES: tuple[str, ...] = (SINGLE_LLM, SINGLE_MATCHED, CHAMPION)  # every agent is compared, paired, against these and the baselines
 
 
@@ -285,7 +283,7 @@ def evaluate(
             n_ood = cfg.ood_limit if cfg.ood_limit is not None else cfg.limit
             test_sets.append(load_toolbench_ood(toolbench_ood, n_ood))  # FileNotFoundError when it is missing
         else:
-            info["toolbench-ood"] = {"available": None, "switched_off": True}
+            info[TOOLBENCH_OOD] = {"available": None, "switched_off": True}
         if selected:
             dev_sets.append(load_bfcl_test(data_dir, cfg.limit, params, split="dev"))
         info.update({t.name: t.info() for t in (*test_sets, *dev_sets)})
@@ -296,12 +294,12 @@ def evaluate(
     live_sets: dict[str, list] = {}
     if live:
         entries, available = live_entries(data_dir, cfg.live_limit, params)
-        live_sets["live"] = entries
-        info["live"] = {"entries": len(entries), "available": available}
+        live_sets[LIVE_TEST] = entries
+        info[LIVE_TEST] = {"entries": len(entries), "available": available}
         if selected:
             dev_entries, dev_available = live_entries(data_dir, cfg.live_limit, params, split="dev")
-            live_sets["live_dev"] = dev_entries
-            info["live_dev"] = {"entries": len(dev_entries), "available": dev_available}
+            live_sets[LIVE_DEV] = dev_entries
+            info[LIVE_DEV] = {"entries": len(dev_entries), "available": dev_available}
 
     results: dict[str, dict] = {}
     records: dict[str, dict] = {}
@@ -322,7 +320,7 @@ def evaluate(
                 recs["static"][t.name] = r.records
                 _write_jsonl(details / f"static-{_file_part(name)}-{t.name}.jsonl", r.records)
         for key, entries in live_sets.items():
-            if key == "live_dev" and not with_dev:
+            if key == LIVE_DEV and not with_dev:
                 continue
             r = run_live(backends, entries, settings=cfg, doc_style=doc_style, judge=judge,
                          progress=bars.live(f"{name} {key}"))  # fmt: skip

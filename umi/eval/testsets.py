@@ -26,10 +26,9 @@ from typing import Any
 
 from umi.data.splits import Split, split_of
 from umi.schema import RecordError, Trajectory
+from umi.vocabulary import BFCL_DEV, BFCL_TEST, TOOLBENCH_OOD
 
 __all__ = [
-    "BFCL_TEST",
-    "TOOLBENCH_OOD",
     "TestSet",
     "LiveEntry",
     "split_fractions",
@@ -40,10 +39,7 @@ __all__ = [
     "select",
 ]
 
-BFCL_TEST = "bfcl-test"
-BFCL_DEV = "bfcl-dev"  # selection (promotion) reads this split; the test split only reports
-BFCL_SETS: dict[str, str] = {"test": BFCL_TEST, "dev": BFCL_DEV}
-TOOLBENCH_OOD = "toolbench-ood"
+BFCL_SETS: dict[str, str] = {"test": BFCL_TEST, "dev": BFCL_DEV}  # split -> test-set id
 
 
 @dataclass

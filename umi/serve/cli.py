@@ -49,7 +49,7 @@ def _clean_env() -> dict[str, str]:
 def _show(models: dict) -> None:
     table = Table("role", "BentoML model", "labels")
     for role, model in models.items():
-        labels = ", ".join(f"{k}={v}" for k, v in sorted(model.info.labels.items()) if k != "checkpoint_sha256")
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(model.info.labels.items()) if k != "fingerprint")
         table.add_row(role, str(model.tag), labels)
     console.print(table)
 

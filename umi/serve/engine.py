@@ -32,12 +32,13 @@ from typing import Any, Literal
 from umi import prompts
 from umi.agent.backend import Backend, GenerationRequest
 from umi.agent.loop import AgentConfig, AgentEvent, AgentResult, AlphaUMiAgent, ToolRuntime
-from umi.agent.parsing import ParseFailure, ToolCall, parse_caller_output, parse_planner_output, parse_summarizer_output
 from umi.agent.roles import PromptBuilder
+from umi.parsing import ParseFailure, ToolCall, parse_caller_output, parse_planner_output, parse_summarizer_output
 from umi.schema import Decision, Step, ToolSpec
 from umi.serve.backends import Deadline, guarded
-from umi.serve.settings import ROLES, ServeSettings
+from umi.serve.settings import ServeSettings
 from umi.tools.registry import ToolRegistry
+from umi.vocabulary import AGENT_ROLES
 
 __all__ = ["AgentEngine", "ToolChoice", "TurnResult", "client_tool_registry"]
 
@@ -96,7 +97,7 @@ class AgentEngine:
         models: Mapping[str, Mapping[str, Any]] | None = None,
         doc_style: str | None = None,
     ):
-        missing = [r for r in ROLES if r not in backends]
+        missing = [r for r in AGENT_ROLES if r not in backends]
         if missing:
             raise ValueError(f"no backend for {missing}")
         self.backends = dict(backends)
