@@ -2,8 +2,8 @@
 
 A full evaluation on a 2-core CPU takes hours: every generation it finishes is stored at once (sqlite, one committed
 row per generation), and a rerun with the same cache answers those requests from disk and computes only the rest.
-The key is everything the text depends on: the checkpoint's fingerprint (umi.model_registry.checkpoint_fingerprint:
-its training stage's, else a sha256 of its weights), the adapter, the dtype, the context length, and the request
+The key is everything the text depends on: the checkpoint's fingerprint (umi.vocabulary.checkpoint_fingerprint:
+its training stage's, else its weight files' names, sizes and times), the adapter, the dtype, the context length, and the request
 (prompt, history span, caps, stop strings, temperature and seed: sampled retries are seeded, so they are repeatable
 too). Two runs that share a cache therefore see the same texts; a resumed run batches its remaining prompts among
 themselves, which in bfloat16 can change a rare low-margin token versus an uninterrupted run (padding changes the
