@@ -267,7 +267,8 @@ def run_cmd(
         elif all(champion_version(r) is not None for r in ("planner", "caller", "summarizer")):
             no_bento = "the champions did not change in this run; to build the Bento of them: umi deploy build"
         else:
-            dirs = " ".join(f"--{r} {stages[r]['checkpoint']}" for r in ("planner", "caller", "summarizer") if r in stages)
+            roles = [r for r in ("planner", "caller", "summarizer") if r in stages]
+            dirs = " ".join(f"--{r} {stages[r]['checkpoint']}" for r in roles)
             no_bento = (f"no champion in the registry yet (see the promotion line); to serve this run's unpromoted "
                         f"candidates anyway: umi deploy build {dirs}")  # fmt: skip
     minutes = (time.perf_counter() - started) / 60
