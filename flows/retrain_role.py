@@ -3,7 +3,8 @@ tools mean a new caller, not a new planner and summarizer).
 
     role datasets (DVC stage) -> champion global checkpoint (umi-global@champion) -> fine-tune <role> from it
     -> register umi-<role> -> evaluate the agent with the new role and the two other champion roles, against the
-    champion agent, on the same data -> promote umi-<role> only when the agent improves (umi.promotion's rule)
+    champion agent, on the same data -> promote umi-<role> only when the agent improves (umi.promotion.judge)
+    -> the agent Bento of the new champions (when it was promoted)
 
 Publishes the Prefect artifact `retrain-<role>` with the evaluation table and links to the MLflow runs.
 """

@@ -108,7 +108,8 @@ def reorganize_cmd(
     workers: Annotated[Optional[int], typer.Option(help="Processes (default: the CPUs available).")] = None,
 ) -> None:
     """Trajectories -> the global, planner, caller and summarizer datasets."""
-    from umi.data.reorganize import ReorganizeOptions, TooManyRejects, cpu_count, reorganize
+    from umi.data.reorganize import ReorganizeOptions, TooManyRejects, reorganize
+    from umi.devices import cpu_count
 
     settings = _load_params(params, "reorganize")
     for key, value in dict(
