@@ -593,11 +593,3 @@ def iter_role_examples(dataset_dir: str | Path, role: str, split: str) -> Iterat
             for r, pieces in encode_examples(traj, manifest["doc_style"], manifest["observation_limit"]):
                 if r == role:
                     yield json.loads(b"".join(pieces))
-
-
-def cpu_count() -> int:
-    """CPUs this process may use (the affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1

@@ -21,7 +21,7 @@ import json
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -85,6 +85,11 @@ class AgentSpec:
 
     def to_dict(self) -> dict[str, str | None]:
         return {"name": self.name, "kind": self.kind, **self.roles}
+
+    def params(self) -> dict[str, str]:
+        """The keyword arguments that make this spec again (None left out): a task input Prefect can hash and
+        persist (the pipeline's evaluation cache key reads it)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def default_agents(

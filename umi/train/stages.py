@@ -140,6 +140,13 @@ def stage_fingerprint(
     return hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest(), src
 
 
+def stage_complete(out_dir: str | Path, fingerprint: str) -> bool:
+    """Whether `out_dir` holds the finished stage of that fingerprint (what train_stage would skip)."""
+    state = read_json_or_none(Path(out_dir) / STATE_FILE) or {}
+    manifest = read_json_or_none(Path(out_dir) / "model" / STAGE_MANIFEST) or {}
+    return bool(state.get("complete")) and state.get("fingerprint") == fingerprint == manifest.get("fingerprint")
+
+
 def _start_mlflow_run(previous_run_id: str | None, experiment: str, run_name: str, parent_run_id: str | None = None):
     """The stage's run: the interrupted run again when resuming, else a new one. When the caller (a pipeline flow)
     has a run open, or names one (`parent_run_id`, e.g. from another process), the stage's run is its child, in
