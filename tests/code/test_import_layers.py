@@ -24,13 +24,12 @@ KNOWN: set[tuple[str, str]] = {
     # wt-step (umi/agent/chat.py): chat builds its agents with umi.eval's helpers
     ("umi/agent/chat.py", "umi.eval.agents"),
     ("umi/agent/chat.py", "umi.eval.settings"),
-    # wt-flows (umi/cli.py): `umi pipeline` runs the Prefect flow
-    ("umi/cli.py", "flows.glpft_pipeline"),
     # Evaluation runs the agent: it drives the generation backends, the prompt builder and the α-UMi loop. Not
     # parsing (which moved to umi/parsing.py); these stay until it is decided whether eval gets its agents handed in
     # or the rule reads "eval may drive the agent runtime".
     ("umi/eval/agents.py", "umi.agent.backend"),
     ("umi/eval/baselines.py", "umi.agent.backend"),
+    ("umi/eval/generation_cache.py", "umi.agent.backend"),
     ("umi/eval/live.py", "umi.agent.loop"),
     ("umi/eval/static.py", "umi.agent.backend"),
     ("umi/eval/static.py", "umi.agent.roles"),

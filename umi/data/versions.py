@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from umi.vocabulary import ROLES
+
 
 def dataset_versions(datasets_dir: str | Path = "artifacts/datasets", lock_path: str | Path = "dvc.lock") -> dict[str, str]:
     """{role: version}. The version is the md5 DVC recorded for the datasets folder in dvc.lock plus a content hash
@@ -50,7 +52,7 @@ def reproduce_datasets(datasets_dir: str | Path, dvc_stage: str | None = "reorga
     if not Path(datasets_dir).is_dir():
         raise FileNotFoundError(f"role datasets folder {datasets_dir} not found (run `umi data reorganize` or dvc)")
     versions = dataset_versions(datasets_dir)
-    missing = [r for r in ("global", "planner", "caller", "summarizer") if r not in versions]
+    missing = [r for r in ROLES if r not in versions]
     if missing:
         raise FileNotFoundError(f"{datasets_dir} has no train.jsonl for {', '.join(missing)}")
     return versions, said
