@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The umi agent's production image, from a built Bento (`umi deploy build`): opt-in, never part of `make test`.
+#
+#   deploy/image.sh [BENTO_TAG]          # default umi-agent:latest; the same as `make image`
+#
+# Steps (each skipped when its result is already there; UMI_IMAGE_REBUILD_BASE=1 rebuilds the base):
+#   1. base   the Bento's base image (umi/serve/service.py IMAGE: umi-python:3.11-bookworm): Debian bookworm minbase,
+#             its Python 3.11 and uv, nothing else: no compiler, no pip. Built locally, so no image registry is needed.
+#   2. wheels every package of the Bento as a wheel, made on this host by its own pip (so from the indexes this host
+#             installs requirements.lock from: torch's CPU build included), sdists built into wheels here.
+#   3. image  `bentoml containerize`: the image's uv installs from those wheels only (no index, no source builds,
+#             served to the build on 127.0.0.1), then prints the image's size and what takes it.
+# Needs: root (debootstrap), a running Docker daemon, the project venv. Then run it (docs/serving.md):
+#   docker run --rm -p 3000:3000 -e UMI_SERVE_API_KEY=... umi-agent:<version>
+set -euo pipefail
+
+BENTO=${1:-umi-agent:latest}
+PY=${UMI_IMAGE_PYTHON:-.venv/bin/python}
+WORK=${UMI_IMAGE_WORK:-/tmp/umi-image}
+SUITE=bookworm                       # the Debian release whose Python is 3.11, the lock's (cp311 wheels)
+UV_VERSION=0.13.9                    # the uv inside the base, which installs the Bento's packages
+WHEEL_PORT=${UMI_IMAGE_WHEEL_PORT:-38917}
+
+say() { printf '\n== %s\n' "$*"; }
+die() { printf 'image.sh: %s\n' "$*" >&2; exit 1; }
+
+docker info >/dev/null 2>&1 || die "no Docker daemon answers (start one: dockerd, or systemctl start docker)"
+"$PY" -m bentoml --version >/dev/null 2>&1 || die "no BentoML in $PY (run make setup, or set UMI_IMAGE_PYTHON)"
+BENTO_PATH=$("$PY" -m bentoml get "$BENTO" -o path 2>/dev/null) || die "no Bento $BENTO (umi deploy build makes one)"
+read -r BENTO_TAG BASE_IMAGE < <("$PY" -c 'import sys, yaml; b = yaml.safe_load(open(sys.argv[1]))
+print(b["name"] + ":" + b["version"], (b.get("image") or {}).get("base_image", ""))' "$BENTO_PATH/bento.yaml")
+[ "$BASE_IMAGE" = "umi-python:3.11-bookworm" ] || die "$BENTO_TAG was built on base image '$BASE_IMAGE', not this script's"
+if grep -q build-essential "$BENTO_PATH/env/docker/Dockerfile"; then
+  die "$BENTO_TAG's Dockerfile installs build-essential: rebuild it with umi deploy build"
+fi
+
+build_base() {
+  command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)"
+  [ "$(id -u)" = 0 ] || die "debootstrap needs root"
+  local root="$WORK/rootfs"
+  rm -rf "$root" "$WORK/uv" && mkdir -p "$root" "$WORK/uv"
+  say "base: debootstrap $SUITE (minbase + python3) -> $root"
+  # UMI_IMAGE_MIRROR: a Debian mirror, where debootstrap's default is not reachable
+  debootstrap --variant=minbase --include=python3 "$SUITE" "$root" ${UMI_IMAGE_MIRROR:+"$UMI_IMAGE_MIRROR"} \
+    >"$WORK/debootstrap.log" 2>&1 || die "debootstrap failed, see $WORK/debootstrap.log"
+  say "base: uv $UV_VERSION"
+  "$PY" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: "uv==$UV_VERSION" -d "$WORK/uv"
+  "$PY" -m zipfile -e "$WORK"/uv/uv-"$UV_VERSION"-*.whl "$WORK/uv/x"
+  install -m 0755 "$WORK/uv/x/uv-$UV_VERSION.data/scripts/uv" "$root/usr/local/bin/uv"
+  # The image's uv installs wheels from the build's wheel server only: no index, and never a source build (which
+  # would want a compiler), with the base's own Python. Only uv reads this file; nothing at run time does.
+  mkdir -p "$root/etc/uv"
+  cat >"$root/etc/uv/uv.toml" <<EOF
+python-downloads = "never"
+
+[pip]
+no-index = true
+find-links = ["http://127.0.0.1:$WHEEL_PORT/"]
+no-build = true
+EOF
+  # what an image never reads: package lists and caches, docs, man pages, translations
+  rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/var/cache/debconf/*-old \
+    "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/locale/* \
+    "$root"/var/log/*.log "$root"/var/log/apt/*
+  say "base: docker import -> $BASE_IMAGE"
+  tar -C "$root" -c . | docker import \
+    --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' \
+    --message "umi: Debian $SUITE minbase, python3 $(chroot "$root" python3 -c 'import platform; print(platform.python_version())'), uv $UV_VERSION" \
+    - "$BASE_IMAGE" >/dev/null
+  rm -rf "$root"
+}
+
+if [ "${UMI_IMAGE_REBUILD_BASE:-0}" = 1 ] || ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+  build_base
+else
+  say "base: $BASE_IMAGE is there (UMI_IMAGE_REBUILD_BASE=1 rebuilds it)"
+fi
+
+WHEELS="$WORK/wheels"
+mkdir -p "$WHEELS"
+say "wheels: $BENTO_TAG's requirements -> $WHEELS"
+# the Bento's requirements, and what its setup script installs (bfcl-eval, without its dependencies)
+grep -ohE '[A-Za-z0-9_.-]+==[A-Za-z0-9_.+!-]+' "$BENTO_PATH/env/docker/setup_script" >"$WORK/setup-requirements.txt"
+"$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps --find-links "$WHEELS" -w "$WHEELS" \
+  -r "$BENTO_PATH/env/python/requirements.txt" -r "$WORK/setup-requirements.txt" >"$WORK/wheels.log" 2>&1 ||
+  die "pip wheel failed, see $WORK/wheels.log"
+echo "$(ls "$WHEELS" | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1)"
+
+say "image: bentoml containerize $BENTO_TAG"
+"$PY" -m http.server "$WHEEL_PORT" --bind 127.0.0.1 --directory "$WHEELS" >"$WORK/wheel-server.log" 2>&1 &
+SERVER=$!
+trap 'kill "$SERVER" 2>/dev/null || true' EXIT
+# host network: the build reaches the wheel server on 127.0.0.1 and nothing else needs the network.
+# DOCKER_BUILDKIT=0 where the docker CLI has no buildx plugin (the classic builder keeps its layer cache too).
+if ! docker buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=0; fi
+"$PY" -m bentoml containerize "$BENTO_TAG" --opt network=host >"$WORK/containerize.log" 2>&1 ||
+  { tail -40 "$WORK/containerize.log"; die "containerize failed, see $WORK/containerize.log"; }
+kill "$SERVER" 2>/dev/null || true
+
+IMAGE=$BENTO_TAG
+say "image: $IMAGE"
+docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' "${IMAGE%%:*}" | grep -F "$IMAGE" || true
+echo "layers (largest first):"
+docker history --no-trunc --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" | sort -h -r | head -8 | cut -c1-150
+echo "inside (MB): "
+docker run --rm --entrypoint /bin/sh "$IMAGE" -c '
+  du -sm /home/bentoml/bento/models /app/.venv /usr 2>/dev/null
+  echo "largest packages:"; du -sm /app/.venv/lib/python3.11/site-packages/* | sort -n -r | head -8
+  echo "compilers: $(command -v cc gcc g++ c++ clang 2>/dev/null | tr "\n" " ")(none if empty)"'
+echo
+echo "run it:  docker run --rm -p 3000:3000 $IMAGE"
