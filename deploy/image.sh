@@ -10,6 +10,7 @@
 #             installs requirements.lock from: torch's CPU build included), sdists built into wheels here.
 #   3. image  `bentoml containerize`: the image's uv installs from those wheels only (no index, no source builds,
 #             served to the build on 127.0.0.1), then prints the image's size and what takes it.
+#   4. check  (UMI_IMAGE_CHECK=0 skips it) runs the image on 127.0.0.1 and asks /health and one chat turn.
 # Needs: root (debootstrap), a running Docker daemon, the project venv. Then run it (docs/serving.md):
 #   docker run --rm -p 3000:3000 -e UMI_SERVE_API_KEY=... umi-agent:<version>
 set -euo pipefail
@@ -47,16 +48,20 @@ build_base() {
   "$PY" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: "uv==$UV_VERSION" -d "$WORK/uv"
   "$PY" -m zipfile -e "$WORK"/uv/uv-"$UV_VERSION"-*.whl "$WORK/uv/x"
   install -m 0755 "$WORK/uv/x/uv-$UV_VERSION.data/scripts/uv" "$root/usr/local/bin/uv"
-  # The image's uv installs wheels from the build's wheel server only: no index, and never a source build (which
-  # would want a compiler), with the base's own Python. Only uv reads this file; nothing at run time does.
+  # The image's uv installs the Bento's pins exactly as `make setup` installs requirements.lock: without resolving
+  # dependencies (no-deps: nothing floats, and the lock's few metadata conflicts, e.g. torch's setuptools>=77, stay
+  # as harmless as in the venv), from the build's wheel server only (no index), never from source (a compiler), with
+  # the base's own Python. Only uv reads this file; nothing at run time does.
   mkdir -p "$root/etc/uv"
   cat >"$root/etc/uv/uv.toml" <<EOF
 python-downloads = "never"
+no-cache = true
 
 [pip]
 no-index = true
 find-links = ["http://127.0.0.1:$WHEEL_PORT/"]
 no-build = true
+no-deps = true
 EOF
   # what an image never reads: package lists and caches, docs, man pages, translations
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/var/cache/debconf/*-old \
@@ -80,7 +85,7 @@ WHEELS="$WORK/wheels"
 mkdir -p "$WHEELS"
 say "wheels: $BENTO_TAG's requirements -> $WHEELS"
 # the Bento's requirements, and what its setup script installs (bfcl-eval, without its dependencies)
-grep -ohE '[A-Za-z0-9_.-]+==[A-Za-z0-9_.+!-]+' "$BENTO_PATH/env/docker/setup_script" >"$WORK/setup-requirements.txt"
+grep -ohE '[A-Za-z0-9_.-]+==[A-Za-z0-9_.+!-]+' "$BENTO_PATH"/env/docker/script__* >"$WORK/setup-requirements.txt"
 "$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps --find-links "$WHEELS" -w "$WHEELS" \
   -r "$BENTO_PATH/env/python/requirements.txt" -r "$WORK/setup-requirements.txt" >"$WORK/wheels.log" 2>&1 ||
   die "pip wheel failed, see $WORK/wheels.log"
@@ -107,5 +112,30 @@ docker run --rm --entrypoint /bin/sh "$IMAGE" -c '
   du -sm /home/bentoml/bento/models /app/.venv /usr 2>/dev/null
   echo "largest packages:"; du -sm /app/.venv/lib/python3.11/site-packages/* | sort -n -r | head -8
   echo "compilers: $(command -v cc gcc g++ c++ clang 2>/dev/null | tr "\n" " ")(none if empty)"'
+
+if [ "${UMI_IMAGE_CHECK:-1}" = 1 ]; then
+  # On the host's loopback only (host network, bound to 127.0.0.1): /readyz, /health and one chat turn.
+  PORT=${UMI_IMAGE_CHECK_PORT:-38000}
+  NAME="umi-image-check-$$"
+  say "check: docker run $IMAGE on 127.0.0.1:$PORT"
+  docker run -d --rm --name "$NAME" --network host -e BENTOML_HOST=127.0.0.1 -e BENTOML_PORT="$PORT" "$IMAGE" >/dev/null
+  trap 'docker stop "$NAME" >/dev/null 2>&1 || true; kill "$SERVER" 2>/dev/null || true' EXIT
+  ready=""
+  for _ in $(seq 180); do
+    curl -fs -o /dev/null -m 2 "http://127.0.0.1:$PORT/readyz" && { ready=1; break; }
+    sleep 1
+  done
+  [ -n "$ready" ] || { docker logs "$NAME" 2>&1 | tail -20; die "the container was not ready within 180 s"; }
+  curl -fs -m 10 "http://127.0.0.1:$PORT/health" | "$PY" -c 'import json, sys; h = json.load(sys.stdin)
+print("/health:", h["status"], {r: m["tag"] for r, m in h["models"].items()})'
+  curl -fs -m 120 "http://127.0.0.1:$PORT/v1/chat/completions" -H 'content-type: application/json' -d '{"model": "umi-agent",
+    "messages": [{"role": "user", "content": "What is the absolute value of -7?"}], "max_tokens": 64,
+    "tools": [{"type": "function", "function": {"name": "absolute_value", "description": "Absolute value of a number",
+      "parameters": {"type": "object", "properties": {"number": {"type": "number"}}, "required": ["number"]}}}]}' |
+    "$PY" -c 'import json, sys; m = json.load(sys.stdin)["choices"][0]["message"]
+print("chat turn:", json.dumps({"content": m.get("content"), "tool_calls": [c["function"] for c in m.get("tool_calls") or []]}))' ||
+    die "the chat request failed"
+  docker stop "$NAME" >/dev/null
+fi
 echo
-echo "run it:  docker run --rm -p 3000:3000 $IMAGE"
+echo "run it:  docker run --rm -p 3000:3000 [-e UMI_SERVE_API_KEY=...] $IMAGE"
