@@ -50,6 +50,7 @@ def test_the_image_installs_no_compiler_toolchain():
     assert image.commands == []
     assert not any(re.search(r"apt|build-essential|gcc", c) for c in image.post_commands), image.post_commands
     assert [Path(script).name for script in image.scripts] == ["container_setup.sh"]
+    assert f'"{IMAGE.base_image}"' in (REPO / "deploy/image.sh").read_text(), "deploy/image.sh builds another base"
 
 
 @pytest.mark.parametrize(
