@@ -111,7 +111,8 @@ echo "inside (MB): "
 docker run --rm --entrypoint /bin/sh "$IMAGE" -c '
   du -sm /home/bentoml/bento/models /app/.venv /usr 2>/dev/null
   echo "largest packages:"; du -sm /app/.venv/lib/python3.11/site-packages/* | sort -n -r | head -8
-  echo "compilers: $(command -v cc gcc g++ c++ clang 2>/dev/null | tr "\n" " ")(none if empty)"'
+  found=""; for tool in cc gcc g++ c++ clang ld as make; do command -v "$tool" >/dev/null && found="$found $tool"; done
+  echo "compiler toolchain:${found:- none}"'
 
 if [ "${UMI_IMAGE_CHECK:-1}" = 1 ]; then
   # On the host's loopback only (host network, bound to 127.0.0.1): /readyz, /health and one chat turn.

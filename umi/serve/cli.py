@@ -103,7 +103,7 @@ def build_cmd(
     tag = next((line.split("__tag__:", 1)[1].strip() for line in done.stdout.splitlines() if "__tag__:" in line), "")
     console.print(f"[green]built[/] {tag or done.stdout.strip()}", highlight=False)
     console.print(f"serve it:        bentoml serve {tag or 'umi-agent:latest'}", highlight=False)
-    console.print(f"containerize it: bentoml containerize {tag or 'umi-agent:latest'}", highlight=False)
+    console.print(f"containerize it: deploy/image.sh {tag or 'umi-agent:latest'}   (docs/serving.md)", highlight=False)
 
 
 @deploy_app.command("serve")
