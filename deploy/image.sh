@@ -48,6 +48,7 @@ build_base() {
   "$PY" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: "uv==$UV_VERSION" -d "$WORK/uv"
   "$PY" -m zipfile -e "$WORK"/uv/uv-"$UV_VERSION"-*.whl "$WORK/uv/x"
   install -m 0755 "$WORK/uv/x/uv-$UV_VERSION.data/scripts/uv" "$root/usr/local/bin/uv"
+  rm -rf "$WORK/uv"
   # The image's uv installs the Bento's pins exactly as `make setup` installs requirements.lock: without resolving
   # dependencies (no-deps: nothing floats, and the lock's few metadata conflicts, e.g. torch's setuptools>=77, stay
   # as harmless as in the venv), from the build's wheel server only (no index), never from source (a compiler), with
