@@ -3,7 +3,7 @@
 #
 #   deploy/image.sh [BENTO_TAG]          # default umi-agent:latest; the same as `make image`
 #
-# Steps (each skipped when its result is already there; UMI_IMAGE_REBUILD_BASE=1 rebuilds the base):
+# Steps (the base is built once, UMI_IMAGE_REBUILD_BASE=1 rebuilds it; later runs reuse the wheels and Docker's cache):
 #   1. base   the Bento's base image (umi/serve/service.py IMAGE: umi-python:3.11-bookworm): Debian bookworm minbase,
 #             its Python 3.11 and uv, nothing else: no compiler, no pip. Built locally, so no image registry is needed.
 #   2. wheels every package of the Bento as a wheel, made on this host by its own pip (so from the indexes this host
@@ -80,6 +80,8 @@ if [ "${UMI_IMAGE_REBUILD_BASE:-0}" = 1 ] || ! docker image inspect "$BASE_IMAGE
   build_base
 else
   say "base: $BASE_IMAGE is there (UMI_IMAGE_REBUILD_BASE=1 rebuilds it)"
+  docker run --rm "$BASE_IMAGE" cat /etc/uv/uv.toml | grep -qF "127.0.0.1:$WHEEL_PORT/" ||
+    die "$BASE_IMAGE expects its wheels on another port than $WHEEL_PORT: UMI_IMAGE_REBUILD_BASE=1"
 fi
 
 WHEELS="$WORK/wheels"
