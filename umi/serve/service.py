@@ -67,7 +67,7 @@ api = create_app(SETTINGS, _current_engine)
 # The container's base (`bentoml containerize`): Python 3.11 on Debian bookworm, built by deploy/image.sh. A distro that
 # BentoML knows would add that distro's build packages (build-essential, 633 MB) in front of every image, with or
 # without a base image, and nothing here compiles at run time; a distro it does not know adds none.
-IMAGE = bentoml.images.Image(base_image="umi-python:3.11-bookworm", distro="none", python_version="3.11")
+IMAGE = bentoml.images.Image(base_image="umi-python:3.11-bookworm", distro="none")  # Python: bentofile.yaml
 
 
 @bentoml.service(
