@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.umi-installed
 PROFILE ?= cpu
 
-.PHONY: setup run test test-fast lock data clean
+.PHONY: setup run test test-fast lock data clean image
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# The production image of a built Bento (opt-in, not part of test; needs root, debootstrap and a Docker daemon):
+# docs/serving.md "The container image".
+BENTO ?= umi-agent:latest
+image: setup
+	UMI_IMAGE_PYTHON=$(BIN)/python bash deploy/image.sh $(BENTO)
 
 # Re-pin: a fresh venv from pyproject.toml (+ bfcl-eval --no-deps), frozen into requirements.lock.
 lock:

@@ -35,6 +35,24 @@ def test_the_bentofile_builds_offline_from_the_service():
     assert (REPO / bentofile["docker"]["setup_script"]).is_file()
 
 
+def test_the_image_installs_no_compiler_toolchain():
+    """What `bentoml build` makes of the service's image and bentofile.yaml: our Python base image, no system packages
+    (BentoML's Debian default puts build-essential first, 633 MB that nothing runs), the setup script last."""
+    from _bentoml_sdk.images import populate_image_from_build_config
+    from bentoml._internal.bento.build_config import BentoBuildConfig
+
+    from umi.serve.service import IMAGE
+
+    with (REPO / "bentofile.yaml").open() as f:
+        config = BentoBuildConfig.from_yaml(f)
+    image = populate_image_from_build_config(IMAGE, config, str(REPO))
+    assert image.base_image == "umi-python:3.11-bookworm" and image.python_version == "3.11"
+    assert image.commands == []
+    assert not any(re.search(r"apt|build-essential|gcc", c) for c in image.post_commands), image.post_commands
+    assert [Path(script).name for script in image.scripts] == ["container_setup.sh"]
+    assert f'"{IMAGE.base_image}"' in (REPO / "deploy/image.sh").read_text(), "deploy/image.sh builds another base"
+
+
 @pytest.mark.parametrize(
     "env, problem",
     [

@@ -65,12 +65,18 @@ def build_engine(settings: ServeSettings, dirs: dict[str, Path], base_dir: Path 
 
 api = create_app(SETTINGS, _current_engine)
 
+# The container's base (`bentoml containerize`): Python 3.11 on Debian bookworm, built by deploy/image.sh. A distro that
+# BentoML knows would add that distro's build packages (build-essential, 633 MB) in front of every image, with or
+# without a base image, and nothing here compiles at run time; a distro it does not know adds none.
+IMAGE = bentoml.images.Image(base_image="umi-python:3.11-bookworm", distro="none")  # Python: bentofile.yaml
+
 
 @bentoml.service(
     name="umi-agent",
     workers=SETTINGS.workers,  # each loads the models; within one, generations on a model run batched (max_batch)
     traffic={"timeout": int(SETTINGS.request_timeout_s) + 30},  # our own deadline answers first, with a 504
     labels={"project": "umi", "api": "alpha-umi-agent, openai-chat"},
+    image=IMAGE,
 )
 @bentoml.asgi_app(api, path="/")
 class UmiAgent:
