@@ -7,6 +7,9 @@ is there) while that folder is absent; with the folder present the same error is
 
 from __future__ import annotations
 
+import http.server
+import threading
+
 import pytest
 
 from umi.fixtures import FIXTURES_DIR
@@ -33,3 +36,27 @@ def pytest_runtest_call(item):
     outcome = yield
     if _needs_fixtures(outcome.excinfo):
         outcome.force_exception(pytest.skip.Exception(REASON, _use_item_location=True))
+
+
+@pytest.fixture
+def listener():
+    """(url, seen): a local HTTP listener that records the path of every request it gets, for tests that show
+    nothing is fetched (schema `$ref`s); it answers any GET with a JSON schema, so a fetch would succeed."""
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"type": "string"}')
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()

@@ -191,32 +191,6 @@ def test_validation_can_be_skipped_but_not_the_signature(registry):
 
 
 # --- schemas from strangers: local references only, no regular expressions, caps ------------------------------------
-@pytest.fixture
-def listener():
-    """A local HTTP listener that records every request it sees (nothing may reach it)."""
-    import http.server
-
-    seen: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            seen.append(self.path)
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.end_headers()
-            self.wfile.write(b'{"type": "string"}')
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
-
-
 def test_a_remote_or_file_reference_is_refused_at_registration(listener, tmp_path):
     url, seen = listener
     secret = tmp_path / "secret.json"

@@ -5,7 +5,6 @@ SIGTERM ends every process of the service within 10 s while a tool is computing.
 
 from __future__ import annotations
 
-import http.server
 import os
 import signal
 import subprocess
@@ -23,27 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 ASK = [{"role": "user", "content": "What is the weather in Rome?"}]
 JSON = {"content-type": "application/json"}
-
-
-@pytest.fixture(scope="module")
-def listener():
-    seen: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            seen.append(self.path)
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b'{"type": "string"}')
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture(scope="module")
