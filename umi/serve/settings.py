@@ -14,12 +14,14 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from umi.generation import MAX_STEPS, SERVING, GenerationSettings
 from umi.prompts import DocStyle
 
 __all__ = ["ROLES", "ServeSettings", "HARD_MAX_STEPS"]
 
 ROLES = ("planner", "caller", "summarizer")
-HARD_MAX_STEPS = 12  # the paper's real-time inference cap on planner turns
+HARD_MAX_STEPS = MAX_STEPS  # the paper's real-time inference cap on planner turns
+_CAPS = SERVING.max_new_tokens  # the per-role defaults: umi.generation's SERVING preset
 
 
 class ServeSettings(BaseSettings):
@@ -58,10 +60,10 @@ class ServeSettings(BaseSettings):
     max_steps: int = Field(8, ge=1, le=HARD_MAX_STEPS, description="the most planner turns an /agent request may have")
     default_steps: int = Field(6, ge=1, le=HARD_MAX_STEPS)
     max_new_tokens: int = Field(512, gt=0, description="the most tokens one role generation may ask for")
-    planner_tokens: int = Field(256, gt=0)
-    caller_tokens: int = Field(256, gt=0)
-    summarizer_tokens: int = Field(512, gt=0)
-    planner_retries: int = Field(2, ge=0, le=5)
+    planner_tokens: int = Field(_CAPS["planner"], gt=0)
+    caller_tokens: int = Field(_CAPS["caller"], gt=0)
+    summarizer_tokens: int = Field(_CAPS["summarizer"], gt=0)
+    planner_retries: int = Field(SERVING.planner_retries, ge=0, le=5)
     max_json_depth: int = Field(64, ge=4, le=500, description="how deeply a request body's JSON may nest")
     # --- client tool schemas (umi.tools.registry.check_untrusted_schema)
     max_schema_bytes: int = Field(16_000, gt=0, description="one tool's parameter schema, as JSON text")
@@ -129,3 +131,10 @@ class ServeSettings(BaseSettings):
 
     def role_tokens(self) -> dict[str, int]:
         return {r: getattr(self, f"{r}_tokens") for r in ROLES}
+
+    def generation(self, max_new_tokens: dict[str, int] | None = None) -> GenerationSettings:
+        """The SERVING preset with this deployment's caps (or `max_new_tokens`, per role) and retries; `global`
+        (no role of the service) as the summarizer."""
+        caps = dict(max_new_tokens or self.role_tokens())
+        caps["global"] = caps["summarizer"]
+        return SERVING.with_(max_new_tokens=caps, planner_retries=self.planner_retries)
