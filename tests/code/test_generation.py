@@ -145,5 +145,6 @@ def test_umi_chat_runs_the_chat_preset(monkeypatch, tmp_path):
     assert [role for role, _ in requests] == ["planner"] * (CHAT.planner_retries + 1)
     assert {r.max_new_tokens for _, r in requests} == {CHAT.max_new_tokens["planner"]}
     assert [(r.temperature, r.seed) for _, r in requests] == [CHAT.sampling(a) for a in range(len(requests))]
-    assert inspect.signature(__import__("umi.agent.chat").agent.chat.chat_cmd).parameters["max_steps"].default == \
-        MAX_STEPS  # fmt: skip
+    from umi.agent.chat import chat_cmd
+
+    assert inspect.signature(chat_cmd).parameters["max_steps"].default == MAX_STEPS

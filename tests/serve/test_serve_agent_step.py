@@ -30,7 +30,8 @@ def scripted(planner_outputs: list[str]):
 def engine_over(rule, **overrides) -> tuple[AgentEngine, RuleBackend]:
     backend = RuleBackend(rule)
     settings = make_settings(**overrides)
-    return AgentEngine({r: backend for r in ("planner", "caller", "summarizer")}, settings, doc_style="compact"), backend
+    roles = {r: backend for r in ("planner", "caller", "summarizer")}
+    return AgentEngine(roles, settings, doc_style="compact"), backend
 
 
 def weather_runtime() -> ToolRegistry:
@@ -105,6 +106,6 @@ def test_a_checked_call_is_retried_sampled_and_its_problem_kept():
     callers = [r for role, r in backend.requests if role == "caller"]
     assert [(r.temperature, r.seed) for r in callers] == [(0.0, 0), (SERVING.retry_temperature, 1)]
     assert [(f["kind"], f["attempt"]) for f in step.log.failures] == [("bad_json", 0), ("bad_json", 1)]
-    unchecked = AgentStep({r: backend for r in ("planner", "caller", "summarizer")},
-                          PromptBuilder([WEATHER], "compact"), SERVING).take([Step(role="user", content="Oslo?")])  # fmt: skip
+    roles = {r: backend for r in ("planner", "caller", "summarizer")}
+    unchecked = AgentStep(roles, PromptBuilder([WEATHER], "compact"), SERVING).take([Step(role="user", content="Oslo?")])
     assert unchecked.call.kind == "bad_json" and unchecked.problem == ""  # the loop shows it to the planner instead
