@@ -107,6 +107,6 @@ def test_a_checked_call_is_retried_sampled_and_its_problem_kept():
     assert [(r.temperature, r.seed) for r in callers] == [(0.0, 0), (SERVING.retry_temperature, 1)]
     assert [(f["kind"], f["attempt"]) for f in step.log.failures] == [("bad_json", 0), ("bad_json", 1)]
     roles = {r: backend for r in ("planner", "caller", "summarizer")}
-    unchecked = AgentStep(roles, PromptBuilder([WEATHER], "compact"), SERVING)
-    unchecked = unchecked.take([Step(role="user", content="Oslo?")])
+    loop_like = AgentStep(roles, PromptBuilder([WEATHER], "compact"), SERVING)
+    unchecked = loop_like.take([Step(role="user", content="Oslo?")])
     assert unchecked.call.kind == "bad_json" and unchecked.problem == ""  # the loop shows it to the planner instead
