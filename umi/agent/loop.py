@@ -9,8 +9,11 @@
         conclusion -> the summarizer writes the final answer; done
         give up -> done, no answer
 
+Each planner turn and what follows it is one agent step (umi.agent.step.AgentStep, which the service's chat turn
+takes too); this module runs the tools between steps and keeps the episode's record.
+
 Single-LLM baseline: the global model writes the thought and the call (or `conclusion: <answer>`, or
-`conclusion: give up.`) in one generation; tools run the same way.
+`conclusion: give up.`) in one generation (the step's `global_turn`, with the same retries); tools run the same way.
 
 Model output is untrusted. Nothing here evaluates it; every way it can go wrong ends as an observation the planner
 reads on its next turn, or as a clean end of the episode:
