@@ -56,7 +56,7 @@ from umi.tools.calls import JSONProblem, loads_untrusted_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AgentRequest", "ApiError", "create_app", "GIVE_UP_TEXT"]
+__all__ = ["AgentRequest", "ApiError", "create_app", "GIVE_UP_TEXT", "install_error_handlers"]
 
 OPEN_PATHS = ("/health",)  # answered without the API key: orchestrators probe them (BentoML's /livez, /readyz too)
 
