@@ -79,12 +79,6 @@ class StepLog:
     generations: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
 
-    def usage(self) -> dict[str, int]:
-        """OpenAI's token usage of what was generated."""
-        prompt = sum(g["prompt_tokens"] for g in self.generations)
-        completion = sum(g["new_tokens"] for g in self.generations)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
 
 @dataclass
 class StepOutcome:
