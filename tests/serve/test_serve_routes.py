@@ -48,4 +48,7 @@ def test_create_app_mounts_the_three_groups():
     app, _ = rule_app()
     mounted = {(path, method) for path, methods in app.openapi()["paths"].items() for method in methods}
     assert mounted == expected
+    # BentoML finds the mounted paths (its schema, the Bento's openai_endpoint label) as route.path on app.routes
+    paths = {getattr(route, "path", None) for route in app.routes}
+    assert {path for path, _ in expected} <= paths and "/v1/chat/completions" in paths
     assert ("/agent", "post") in expected and ("/v1/models/{model_id}", "get") in expected and len(expected) == 7

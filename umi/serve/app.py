@@ -220,8 +220,11 @@ def create_app(
     app.state.settings = settings
     app.state.toolkits = toolkits
     install_error_handlers(app)
-    app.include_router(models_router(ModelServing(settings, get_engine, toolkits)))
-    app.include_router(agent_router(AgentServing(settings, get_engine, toolkits)))
-    app.include_router(chat_router(ChatServing(settings, get_engine, toolkits)))
+    for router in (models_router(ModelServing(settings, get_engine, toolkits)),
+                   agent_router(AgentServing(settings, get_engine, toolkits)),
+                   chat_router(ChatServing(settings, get_engine, toolkits))):  # fmt: skip
+        # the routes themselves, not include_router: FastAPI mounts an included router as one branch without a path,
+        # and BentoML reads each route's path from app.routes (the Bento's schema, its `openai_endpoint` label)
+        app.router.routes.extend(router.routes)
     app.router.routes.append(_Fallback(app.router.routes))
     return app
