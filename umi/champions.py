@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from umi import model_registry as registry
 
@@ -212,3 +213,19 @@ def move_aliases(
     finally:
         _ACTIVE.discard(run_id)
     return move_id
+
+
+def download_champions(roles: Iterable[str], dst_root: str | Path) -> dict[str, dict | None]:
+    """{role: {"path", "version", "fingerprint"} of its champion downloaded under dst_root/<role>, or None}. A move
+    a dead process left halfway is put back first (reconcile): never a mixed champion set."""
+    reconcile()
+    out: dict[str, dict | None] = {}
+    for role in roles:
+        version = registry.champion_version(role)
+        if version is None:
+            out[role] = None
+            continue
+        path = registry.download_role(role, Path(dst_root) / role, str(version.version))
+        out[role] = {"path": str(path), "version": str(version.version),
+                     "fingerprint": version.tags.get(registry.TAG_FINGERPRINT)}  # fmt: skip
+    return out

@@ -87,14 +87,6 @@ def import_alpha_umi_cmd(
     _write(chain.from_iterable(import_alpha_umi(p) for p in paths), out, max_reject_share)
 
 
-def _load_params(params: Path, section: str) -> dict:
-    import yaml
-
-    if not params.exists():
-        return {}
-    return (yaml.safe_load(params.read_text()) or {}).get(section, {}) or {}
-
-
 @data_app.command("reorganize")
 def reorganize_cmd(
     inputs: Annotated[list[Path], typer.Argument(help="Trajectory JSONL files or folders.")] = [DEFAULT_DATA],
@@ -108,9 +100,12 @@ def reorganize_cmd(
     workers: Annotated[Optional[int], typer.Option(help="Processes (default: the CPUs available).")] = None,
 ) -> None:
     """Trajectories -> the global, planner, caller and summarizer datasets."""
-    from umi.data.reorganize import ReorganizeOptions, TooManyRejects, cpu_count, reorganize
+    from umi.data.reorganize import ReorganizeOptions, TooManyRejects, reorganize
+    from umi.devices import cpu_count
 
-    settings = _load_params(params, "reorganize")
+    from umi.params import reorganize_params
+
+    settings = reorganize_params(params)
     for key, value in dict(
         doc_style=doc_style, observation_limit=observation_limit, max_reject_share=max_reject_share, workers=workers
     ).items():
@@ -188,7 +183,7 @@ def train_cmd(
     """GLPFT: `global` first, then `planner`, `caller`, `summarizer` from the global checkpoint (or `all`)."""
     _default_tracking()
     from umi.data.versions import dataset_versions
-    from umi.train.config import LOCAL_STAGES, STAGES
+    from umi.vocabulary import LOCAL_STAGES, STAGES
     from umi.train.stages import train_glpft, train_stage
 
     versions = dataset_versions(datasets)
@@ -227,7 +222,7 @@ def run_cmd(
         Optional[int], typer.Option(help="Local stages trained at once (default: what the machine holds).", min=1)
     ] = None,
     promote: Annotated[bool, typer.Option(help="Apply the promotion rule to the new models.")] = True,
-    bento: Annotated[bool, typer.Option(help="Build the agent Bento from the champions at the end.")] = True,
+    bento: Annotated[bool, typer.Option(help="Build the agent Bento of the champions when they change.")] = True,
     eval_limit: Annotated[
         Optional[int], typer.Option(help="Static trajectories per test set (default: the eval profile's).", min=1)
     ] = None,
@@ -239,7 +234,8 @@ def run_cmd(
     ] = True,
 ) -> None:
     """The main job: import the embedded data, run the Prefect flow glpft_pipeline (datasets, backbone, GLPFT
-    training, evaluation, registration, promotion), build the agent Bento; then print where to look."""
+    training, evaluation, registration, promotion, and the agent Bento when the champions changed); then print where
+    to look."""
     import os
     import time
 
@@ -250,32 +246,26 @@ def run_cmd(
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not skip_import:
         import_bfcl_cmd(out=DEFAULT_DATA / "bfcl", category=None, max_reject_share=0.0)
-    from flows.glpft_pipeline import glpft_pipeline
-
-    result = glpft_pipeline(profile=profile, one_stage_ablation=one_stage_ablation, local_concurrency=local_concurrency,
-                            compute_matched_control=compute_matched_control,
-                            promote=promote, eval_limit=eval_limit, live_limit=live_limit,
-                            toolbench_ood=toolbench_ood)  # fmt: skip
-    built, bento_failed, no_bento = False, False, ""
-    if bento and Path("bentofile.yaml").is_file():
+    params = dict(profile=profile, one_stage_ablation=one_stage_ablation, local_concurrency=local_concurrency,
+                  compute_matched_control=compute_matched_control, promote=promote, eval_limit=eval_limit,
+                  live_limit=live_limit, toolbench_ood=toolbench_ood, bento=bento)  # fmt: skip
+    result = _run_flow("glpft_pipeline", params)
+    built, bento_failed, no_bento = result.get("bento") or {}, False, ""
+    if built.get("error"):
+        bento_failed = True
+    elif bento and not built:
         from umi.model_registry import champion_version
-        from umi.serve.cli import build_cmd
 
-        if all(champion_version(r) is not None for r in ("planner", "caller", "summarizer")):
-            console.rule("agent Bento (the champions)")
-            try:
-                build_cmd(planner=None, caller=None, summarizer=None, base=None, alias="champion",
-                          bentofile=Path("bentofile.yaml"), build=True)  # fmt: skip
-                built = True
-            except typer.Exit:  # the pipeline's results stand; say where they are, then fail
-                bento_failed = True
+        stages = result.get("stages", {})
+        if not Path("bentofile.yaml").is_file():
+            no_bento = "no bentofile.yaml here"
+        elif all(champion_version(r) is not None for r in ("planner", "caller", "summarizer")):
+            no_bento = "the champions did not change in this run; to build the Bento of them: umi deploy build"
         else:
-            stages = result.get("stages", {})
-            dirs = " ".join(f"--{r} {stages[r]['checkpoint']}" for r in ("planner", "caller", "summarizer") if r in stages)
+            roles = [r for r in ("planner", "caller", "summarizer") if r in stages]
+            dirs = " ".join(f"--{r} {stages[r]['checkpoint']}" for r in roles)
             no_bento = (f"no champion in the registry yet (see the promotion line); to serve this run's unpromoted "
                         f"candidates anyway: umi deploy build {dirs}")  # fmt: skip
-    elif bento:
-        no_bento = "no bentofile.yaml here"
     minutes = (time.perf_counter() - started) / 60
     console.rule(f"done in {minutes:.1f} min")
     if result.get("evaluation"):
@@ -295,19 +285,48 @@ def run_cmd(
                   f"`prefect server start` -> http://127.0.0.1:4200/runs/flow-run/{run['id']}",
                   highlight=False)  # fmt: skip
     console.print("Models:  umi models list", highlight=False)
-    if built:
-        console.print("Serve:   bentoml serve umi-agent:latest", highlight=False)
+    if built.get("tag"):
+        console.print(f"Serve:   bentoml serve {built['tag']}", highlight=False)
     elif no_bento:
         console.print(f"Bento:   not built: {no_bento}", highlight=False)
     console.print("Data:    dvc status && dvc dag", highlight=False)
     if bento_failed:
-        console.print("[red]the agent Bento was not built[/] (see above); retry with `umi deploy build`")
+        console.print(f"[red]the agent Bento was not built[/] ({built['error']}); retry with `umi deploy build`")
         raise typer.Exit(1)
 
 
-from umi.eval.cli import register_commands as _register_eval_commands  # noqa: E402 -- `umi eval ...`, `umi chat`
+def _run_flow(name: str, params: dict) -> dict:
+    """Run a flow of flows/ in a child process (`python -m flows`: umi never imports flows) and return its result.
+    The terminal's Ctrl-C reaches the child too (same process group), which closes its MLflow run as FAILED and
+    stops its stage workers: this process gives it a minute to, then SIGTERM."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="umi-run-") as tmp:
+        params_file, result_file = Path(tmp) / "params.json", Path(tmp) / "result.json"
+        params_file.write_text(json.dumps(params))
+        proc = subprocess.Popen([sys.executable, "-m", "flows", name, str(params_file), str(result_file)])
+        try:
+            returncode = proc.wait()
+        except KeyboardInterrupt:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                proc.wait()
+            raise typer.Exit(130)
+        if returncode != 0:
+            console.print(f"[red]the {name} flow failed (exit {returncode}); its output is above[/]")
+            raise typer.Exit(returncode)
+        return json.loads(result_file.read_text())
+
+
+from umi.agent.chat import chat_cmd  # noqa: E402 -- `umi chat`
+from umi.eval.cli import register_commands as _register_eval_commands  # noqa: E402 -- `umi eval ...`
 
 _register_eval_commands(app)
+app.command("chat")(chat_cmd)
 
 
 if __name__ == "__main__":

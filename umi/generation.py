@@ -14,7 +14,7 @@ settings expose (an evaluation profile, a `UMI_SERVE_*` variable, a CLI option):
 Decoding (umi.agent.step): greedy first (the paper's decoding); only a retry samples, at `retry_temperature` with
 the attempt as its seed, because greedy decoding would write the same nothing again.
 
-This module imports nothing of agent, eval or serve: they all import it.
+This module imports nothing of agent, eval or serve (only umi.vocabulary): they all import it.
 """
 
 from __future__ import annotations
@@ -23,19 +23,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from umi.vocabulary import ROLES
+
 __all__ = [
     "AGENT",
     "CHAT",
     "EVALUATION",
     "EVALUATION_FULL",
-    "GENERATION_ROLES",
     "GenerationSettings",
     "MAX_STEPS",
     "PRESETS",
     "SERVING",
 ]
 
-GENERATION_ROLES = ("planner", "caller", "summarizer", "global")
 MAX_STEPS = 12  # planner (or single-LLM) turns per episode: the paper's real-time inference cap
 
 
@@ -52,7 +52,7 @@ class GenerationSettings:
     retry_temperature: float = 0.7
 
     def __post_init__(self) -> None:
-        missing = set(GENERATION_ROLES) - set(self.max_new_tokens)
+        missing = set(ROLES) - set(self.max_new_tokens)
         if missing:
             raise ValueError(f"max_new_tokens lacks {sorted(missing)}")
         if any(int(v) < 1 for v in self.max_new_tokens.values()):

@@ -11,8 +11,10 @@ wrap the model in a pyfunc flavour, while everything in umi (the agent runtime, 
 
 Each version carries tags: `umi.role`, `umi.data_version` (the DVC dataset hash the stage trained on),
 `umi.config` (the training profile as JSON) and `umi.config_sha256`, `umi.fingerprint` (the stage fingerprint:
-config + start weights + data), and, once evaluated, `umi.evaluation` (JSON). Registering the same checkpoint again
-returns the existing version (tags updated), so re-running a pipeline does not pile up identical versions.
+config + start weights + data; umi.vocabulary.checkpoint_fingerprint), `umi.prompt_format` (the doc style,
+observation limit and prompt version it was trained on, JSON), and, once evaluated, `umi.evaluation` (JSON).
+Registering the same checkpoint again returns the existing version (tags updated), so re-running a pipeline does not
+pile up identical versions.
 
 Works against any MLflow tracking URI (MLFLOW_TRACKING_URI), a sqlite store with a local artifact folder included.
 """
@@ -27,19 +29,18 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from umi import prompts
+from umi.vocabulary import CHAMPION, ROLES, STAGE_MANIFEST, checkpoint_fingerprint
+
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
 
-ROLES: tuple[str, ...] = ("global", "planner", "caller", "summarizer")
-AGENT_ROLES: tuple[str, ...] = ROLES[1:]
 MODEL_NAMES: dict[str, str] = {role: f"umi-{role}" for role in ROLES}
-CHAMPION = "champion"
 PREVIOUS_CHAMPION = "previous-champion"
 REGISTRY_EXPERIMENT = "umi-registry"  # runs created only to hold a checkpoint that no training run had logged
 ARTIFACT_PATH = "model"
-STAGE_MANIFEST = "umi_stage.json"  # written by umi.train.stages next to the weights
 DOWNLOAD_MARKER = ".umi_model_version.json"  # what download_role put in a folder, so a second call can skip
 
 # Tag keys on model versions.
@@ -50,6 +51,7 @@ TAG_CONFIG_SHA = "umi.config_sha256"
 TAG_FINGERPRINT = "umi.fingerprint"
 TAG_EVALUATION = "umi.evaluation"
 TAG_PROFILE = "umi.profile"
+TAG_PROMPT_FORMAT = "umi.prompt_format"  # umi.prompts.prompt_format of the training data, as the checkpoint records it
 
 
 def _client():
@@ -107,23 +109,6 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise FileNotFoundError(f"checkpoint {path} has no weights (*.safetensors or *.bin)")
     return path
-
-
-def checkpoint_fingerprint(checkpoint: str | Path) -> str:
-    """The training stage's fingerprint when the checkpoint carries its manifest, else a sha256 of the weight files."""
-    path = Path(checkpoint)
-    manifest = path / STAGE_MANIFEST
-    if manifest.exists():
-        fingerprint = json.loads(manifest.read_text()).get("fingerprint")
-        if fingerprint:
-            return fingerprint
-    h = hashlib.sha256()
-    for weights in sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin")):
-        h.update(weights.name.encode())
-        with weights.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def _ensure_registered_model(name: str, role: str) -> None:
@@ -225,6 +210,9 @@ def register_role_model(
             tags[TAG_PROFILE] = str(config["profile"])
     if evaluation is not None:
         tags[TAG_EVALUATION] = _compact_json(evaluation)
+    trained_format = manifest.get(prompts.PROMPT_FORMAT_KEY)
+    if trained_format:
+        tags[TAG_PROMPT_FORMAT] = _compact_json(trained_format)
 
     _ensure_registered_model(name, role)
     for existing in client.search_model_versions(f"name='{name}'"):

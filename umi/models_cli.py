@@ -27,7 +27,7 @@ def _tracking(uri: str | None) -> str:
 
 
 def _check_roles(roles: list[str] | None) -> list[str]:
-    from umi.model_registry import ROLES
+    from umi.vocabulary import ROLES
 
     unknown = [r for r in roles or [] if r not in ROLES]
     if unknown:

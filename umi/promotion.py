@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from umi import model_registry as registry
+from umi.vocabulary import BASELINES, BFCL_DEV, CHAMPION, LIVE_DEV, SINGLE_LLM
 
 TAG_PROMOTED_FROM = "umi.promoted_from"
 TAG_PROMOTED_AT = "umi.promoted_at"
@@ -45,10 +46,7 @@ TAG_PROMOTION_REASON = "umi.promotion_reason"
 TAG_PROMOTION_EVIDENCE = "umi.promotion_evidence"
 TAG_ROLLED_BACK_AT = "umi.rolled_back_at"
 
-BFCL_DEV = "bfcl-dev"  # the static split the rule reads (umi.eval.testsets.BFCL_DEV)
-LIVE_DEV = "live_dev"  # the live rollouts on dev entries (umi.eval.run)
-BASELINES = ("rule: last turn", "rule: always caller", "no call")  # umi.eval.baselines.BASELINES
-STATIC_BASELINES = BASELINES[:2]
+STATIC_BASELINES = BASELINES[:2]  # the rules score static steps only, the no-call agent live rollouts only
 LIVE_BASELINES = BASELINES[2:]
 
 
@@ -58,8 +56,8 @@ class PromotionRule:
     live_test_set: str = LIVE_DEV
     live_metric: str = "bfcl_checker_pass_rate"
     static_headline: str = "mean_static"  # umi.eval.evidence: the mean of Plan ACC, Act. EM and Arg. F1
-    champion: str = "champion"
-    single_llm: str = "single-llm"
+    champion: str = CHAMPION
+    single_llm: str = SINGLE_LLM
     lower_is_better: tuple[str, ...] = ("hallu",)
     alpha: float = 0.05  # and the permutation p-value below this (umi.eval.stats.significant)
 
@@ -301,3 +299,45 @@ def promote_if_better(
         expected_champions = {r: (str(v.version) if v is not None else None) for r, v in current.items()}
     moved = promote(versions, reason=decision.reason, expected_champions=expected_champions) if decision.promote else {}
     return decision, moved
+
+
+def champion_to_compare(champions: Mapping[str, Mapping[str, Any] | None], candidate: Mapping[str, str]) -> dict | None:
+    """{role: checkpoint} of the champion agent to evaluate beside the candidate ({role: checkpoint}); `champions`:
+    {role: {"path", "fingerprint", ...} or None}, as downloaded. None when a role has no champion, or when the
+    champions are the candidate's own checkpoints (the same fingerprints: the comparison would be with itself)."""
+    if any(c is None for c in champions.values()):
+        return None
+    if all(c["fingerprint"] == registry.checkpoint_fingerprint(candidate[r]) for r, c in champions.items()):
+        return None
+    return {r: c["path"] for r, c in champions.items()}
+
+
+def judge(
+    versions: Mapping[str, str | int],
+    evaluations: Mapping[str, Any],
+    candidate: str,
+    champions: Mapping[str, Mapping[str, Any] | None],
+    *,
+    enabled: bool = True,
+    rule: PromotionRule = DEFAULT_RULE,
+) -> dict[str, Any]:
+    """The promotion judgement of a flow run, all of it, and the move when it says so.
+
+    versions: the registered candidate versions; evaluations: the agents of the evaluation ({} when none ran),
+    `candidate` the name of the candidate agent among them (the champion agent is `rule.champion`); champions:
+    {role: {"version", ...} or None}, the champions that evaluation was measured against (compare-and-set: when they
+    are no longer the champions, nothing moves and umi.champions.PromotionConflict is raised). enabled False: the
+    rule's verdict is recorded as `rule_said` and nothing moves.
+
+    Versions that are the champions already are left as they are; otherwise promote_if_better decides (no
+    evaluation of the candidate on dev: no promotion). Returns Decision.to_dict() and "moved": {role: [from, to]}."""
+    expected = {r: (str(c["version"]) if c else None) for r, c in champions.items()}
+    if all(expected.get(r) == str(v) for r, v in versions.items()):
+        return {**Decision(False, "the candidate versions are already the champions").to_dict(), "moved": {}}
+    evaluation, champion = evaluations.get(candidate), evaluations.get(rule.champion)
+    if not enabled:
+        said = decide(evaluation, champion, has_champion=any(c is not None for c in champions.values()), rule=rule)
+        return {**Decision(False, "promotion switched off", said.headline, said.evidence).to_dict(),
+                "rule_said": said.reason, "moved": {}}  # fmt: skip
+    decision, moved = promote_if_better(versions, evaluation, champion, rule=rule, expected_champions=expected)
+    return {**decision.to_dict(), "moved": {r: list(m) for r, m in moved.items()}}

@@ -17,12 +17,16 @@ from pathlib import Path
 from typing import Literal
 
 from umi.schema import Decision, Step, ToolSpec
+from umi.vocabulary import STAGE_MANIFEST
 
 TURN_END = "</s>"
 OBSERVATION_LIMIT = 1024  # characters; as the reference's real-time inference
 DESCRIPTION_LIMIT = 256  # characters of a tool description in the reference doc rendering
 
 DocStyle = Literal["reference", "compact"]
+# The doc style of a dataset layout whose params.yaml names none (umi.params), and of checkpoints that record no
+# prompt format (an imported backbone): every other doc style comes from params.yaml or from a checkpoint.
+DEFAULT_DOC_STYLE: DocStyle = "compact"
 # Bumped whenever a template, the history rendering or a target format above changes: a checkpoint trained on one
 # version is never prompted with another.
 PROMPT_VERSION = "alpha-umi-1"
@@ -37,7 +41,7 @@ def prompt_format(doc_style: str, observation_limit: int | None) -> dict:
 def checkpoint_prompt_format(model_dir: str | Path) -> dict | None:
     """The prompt format recorded in a checkpoint's stage manifest; None for a checkpoint umi did not train (an
     imported backbone)."""
-    manifest = Path(model_dir) / "umi_stage.json"
+    manifest = Path(model_dir) / STAGE_MANIFEST
     if not manifest.is_file():
         return None
     return json.loads(manifest.read_text(encoding="utf-8")).get(PROMPT_FORMAT_KEY)

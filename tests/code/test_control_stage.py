@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from umi.train.config import CONTROL_STAGE, LOCAL_STAGES, dataset_role, load_config
+from umi.train.config import dataset_role, load_config
+from umi.vocabulary import CONTROL_STAGE, LOCAL_STAGES
 
 
 def test_control_gets_the_local_stages_token_budget_on_the_global_data():

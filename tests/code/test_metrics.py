@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from umi.agent.parsing import (
+from umi.parsing import (
     parse_caller_output,
     parse_global_output,
     parse_planner_output,

@@ -234,3 +234,45 @@ def test_the_prompt_format_travels_with_the_checkpoints(tiny_backbone, role_data
     assert "different prompt formats" in report.skipped["mixed"] and "trained" in report.agents
     with pytest.raises(ValueError, match="different prompt formats"):
         build_engine(settings, {"planner": planner, "caller": other, "summarizer": planner}, None, {})
+
+
+def test_a_stopped_evaluation_resumes_from_its_generation_cache(tiny_backbone, data_dir, tmp_path, monkeypatch):
+    """The second run over the same cache generates nothing (every request is a hit), writes the same per-step and
+    per-entry records, and still reports what the generations cost; a run that dies half way keeps what it made."""
+    from umi.agent.backend import TransformersBackend
+    from umi.eval.generation_cache import GenerationCache
+
+    tiny = str(tiny_backbone)
+    agents = [AgentSpec.multi("alpha-umi", tiny, tiny, tiny), AgentSpec.single("single-llm", tiny)]
+    common = dict(data_dir=data_dir / "data", params=data_dir / "params.yaml", settings=SMALL, tracking=False,
+                  progress=False, toolbench_ood=None, live_limit=1, baselines=False, cache=tmp_path / "gen.sqlite")  # fmt: skip
+    first = evaluate(agents, out_dir=tmp_path / "a", **common)
+    made = first.settings["generation_cache"]
+    assert made["hits"] == 0 and made["misses"] > 0 and made["cost_seconds"] > 0
+    assert 0 < len(GenerationCache(tmp_path / "gen.sqlite")) <= made["misses"]  # a repeated prompt is one row
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a cached request was generated again")
+
+    monkeypatch.setattr(TransformersBackend, "generate", no_generation)
+    monkeypatch.setattr(TransformersBackend, "generate_batch", no_generation)
+    second = evaluate(agents, out_dir=tmp_path / "b", **common)
+    again = second.settings["generation_cache"]
+    assert again["misses"] == 0 and again["hits"] == made["misses"]
+    assert again["cost_seconds"] == pytest.approx(made["cost_seconds"], rel=1e-6)
+
+    def untimed(value):  # the records without their wall times, which a rerun cannot repeat
+        if isinstance(value, dict):
+            return {k: untimed(v) for k, v in value.items() if "seconds" not in k}
+        if isinstance(value, list):
+            return [untimed(v) for v in value]
+        return value
+
+    names = sorted(p.name for p in (tmp_path / "a" / "details").iterdir())
+    assert len(names) >= 3  # static and live of both agents
+    for name in names:
+        a, b = ((tmp_path / run / "details" / name).read_text().splitlines() for run in ("a", "b"))
+        assert [untimed(json.loads(x)) for x in a] == [untimed(json.loads(x)) for x in b], name
+    for agent in ("alpha-umi", "single-llm"):
+        assert first.agents[agent]["static"]["bfcl-test"]["plan_acc"] == second.agents[agent]["static"]["bfcl-test"]["plan_acc"]
+        assert first.agents[agent]["live"]["turn_pass_rate"] == second.agents[agent]["live"]["turn_pass_rate"]

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from umi import model_registry as registry
+from umi import prompts
 
 
 def make_checkpoint(src: Path, dst: Path, fingerprint: str, *, scale: float = 1.0, **manifest) -> Path:
@@ -46,8 +47,10 @@ def test_a_training_runs_logged_checkpoint_is_registered_without_a_second_copy(s
     import mlflow
     from transformers import AutoModelForCausalLM
 
+    trained_format = prompts.prompt_format("reference", 512)
     ckpt = make_checkpoint(tiny_backbone, tmp_path / "caller-model", "fp-caller-1", scale=0.5,
-                           data_version="dvc:abc/caller:123", config={"profile": "tiny", "seed": 0})  # fmt: skip
+                           data_version="dvc:abc/caller:123", config={"profile": "tiny", "seed": 0},
+                           prompt_format=trained_format)  # fmt: skip
     client = mlflow.MlflowClient()
     run = client.create_run(registry.ensure_experiment("umi-train"))
     client.log_artifacts(run.info.run_id, str(ckpt), "model")
@@ -62,6 +65,7 @@ def test_a_training_runs_logged_checkpoint_is_registered_without_a_second_copy(s
     assert json.loads(v.tags["umi.config"]) == {"profile": "tiny", "seed": 0} and v.tags["umi.profile"] == "tiny"
     assert json.loads(v.tags["umi.evaluation"]) == {"live": {"pass_rate": 0.5}}
     assert v.tags["umi.fingerprint"] == "fp-caller-1"
+    assert json.loads(v.tags["umi.prompt_format"]) == trained_format  # what serving must prompt it with
 
     again = registry.register_role_model("caller", ckpt, evaluation={"live": {"pass_rate": 0.75}})
     assert str(again.version) == "1" and len(registry.list_versions("caller")) == 1

@@ -119,3 +119,45 @@ def test_promote_checks_every_version_before_moving_anything(store, tiny_backbon
     with pytest.raises(LookupError):
         promote({**versions, "summarizer": "7"})
     assert champions() == {r: None for r in registry.ROLES}
+
+
+def test_judge_is_the_whole_promotion_decision_of_a_flow_run(store, tiny_backbone, tmp_path):  # noqa: F811
+    from umi.champions import PromotionConflict
+    from umi.promotion import judge
+
+    none = {r: None for r in ("planner", "caller", "summarizer")}  # what download_champions found: no champion
+    first = register_generation(tiny_backbone, tmp_path, 1)
+    off = judge(first, {"alpha-umi": evaluation(0.2)}, "alpha-umi", none, enabled=False)
+    assert not off["promote"] and off["reason"] == "promotion switched off" and off["moved"] == {}
+    assert off["rule_said"].startswith("beats the single LLM and the baselines")  # what the rule would have done
+    unmeasured = judge(first, {"single-llm": evaluation(0.2)}, "alpha-umi", none)  # the candidate was not evaluated
+    assert not unmeasured["promote"] and "no evaluation on the dev split" in unmeasured["reason"]
+    assert champions() == {r: None for r in registry.ROLES}
+
+    decided = judge(first, {"alpha-umi": evaluation(0.2)}, "alpha-umi", none)
+    assert decided["promote"] and decided["moved"] == {r: [None, v] for r, v in first.items()}
+    assert champions() == first and decided["evidence"]["single-llm"]["ci_low"] == 0.2
+    downloaded = {r: {"version": v} for r, v in first.items()}
+    again = judge(first, {"alpha-umi": evaluation(0.3)}, "alpha-umi", downloaded)
+    assert not again["promote"] and "already the champions" in again["reason"] and again["moved"] == {}
+
+    # compare-and-set: the evaluation was measured when there was no champion; there is one now
+    second = register_generation(tiny_backbone, tmp_path, 2)
+    with pytest.raises(PromotionConflict):
+        judge(second, {"alpha-umi": evaluation(0.5)}, "alpha-umi", none)
+    assert champions() == first
+    caller = register_generation(tiny_backbone, tmp_path, 3, roles=("caller",))  # a retrain_role candidate
+    worse = judge(caller, {"candidate": evaluation(-4.0)}, "candidate", downloaded)
+    assert not worse["promote"] and worse["reason"].startswith("not better than champion") and champions() == first
+
+
+def test_the_champion_agent_is_compared_unless_it_is_the_candidate_itself(tiny_backbone, tmp_path):
+    from umi.promotion import champion_to_compare
+
+    roles = ("planner", "caller", "summarizer")
+    candidate = {r: str(make_checkpoint(tiny_backbone, tmp_path / r, f"fp-{r}")) for r in roles}
+    same = {r: {"path": f"champion/{r}", "fingerprint": f"fp-{r}", "version": "1"} for r in roles}
+    assert champion_to_compare(same, candidate) is None
+    older = {**same, "caller": {"path": "champion/caller", "fingerprint": "fp-older", "version": "1"}}
+    assert champion_to_compare(older, candidate) == {r: f"champion/{r}" for r in roles}
+    assert champion_to_compare({**older, "caller": None}, candidate) is None  # no full champion agent

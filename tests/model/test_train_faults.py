@@ -117,10 +117,10 @@ def _alive(pid: int) -> bool:
 
 PARENT = """
 import os, sys
-from flows.tasks import run_stage_process
+from umi.train.worker import run_stage_process
 child = (
     "import os, time\\n"
-    "from flows.stage_worker import die_with_parent\\n"
+    "from umi.train.worker import die_with_parent\\n"
     "die_with_parent()\\n"
     "open({pidfile!r}, 'w').write(str(os.getpid()))\\n"
     "time.sleep(120)\\n"
@@ -167,10 +167,10 @@ def test_a_stage_worker_dies_with_its_flow(tmp_path, how):
 
 
 def test_two_workers_never_share_a_stage_folder(tmp_path):
-    from flows.stage_worker import lock_stage_folder
+    from umi.train.worker import lock_stage_folder
 
     held = lock_stage_folder(tmp_path / "stage")
-    probe = "from flows.stage_worker import lock_stage_folder; import sys; lock_stage_folder(sys.argv[1])"
+    probe = "from umi.train.worker import lock_stage_folder; import sys; lock_stage_folder(sys.argv[1])"
     other = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "stage")], capture_output=True, text=True,
                            env=os.environ | {"PYTHONPATH": os.getcwd()})  # fmt: skip
     assert other.returncode != 0 and f"is in use by pid {os.getpid()}" in other.stderr

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from umi.train.config import load_config
 from umi.train.engine import completion_loss, encode_role_dataset
-from umi.train.stages import STAGE_MANIFEST, train_glpft, train_stage
+from umi.train.stages import STAGE_MANIFEST, STATE_FILE, stage_complete, stage_fingerprint, train_glpft, train_stage
 from umi.train.tokenize import CompletionCollator
 
 
@@ -210,6 +210,18 @@ def test_new_data_version_retrains_the_stage(tiny_backbone, role_datasets, tmp_p
     second = train_stage("summarizer", "tiny", role_datasets, tmp_path / "s", tiny_backbone, data_version="b",
                          tracking=False)  # fmt: skip
     assert not second.skipped and second.resumed_from is None
+
+
+def test_stage_complete_says_what_train_stage_would_skip(tiny_backbone, role_datasets, tmp_path):
+    out, config = tmp_path / "s", load_config("tiny")
+    fingerprint = stage_fingerprint("summarizer", config, role_datasets, tiny_backbone, "a")[0]
+    assert not stage_complete(out, fingerprint)  # nothing there yet
+    train_stage("summarizer", config, role_datasets, out, tiny_backbone, data_version="a", tracking=False)
+    assert stage_complete(out, fingerprint)
+    assert train_stage("summarizer", config, role_datasets, out, tiny_backbone, data_version="a", tracking=False).skipped
+    assert not stage_complete(out, stage_fingerprint("summarizer", config, role_datasets, tiny_backbone, "b")[0])
+    (out / STATE_FILE).write_bytes(b"\x00{")  # a damaged state file: not complete (train_stage would train again)
+    assert not stage_complete(out, fingerprint)
 
 
 def test_bad_records_are_reported_by_id(tiny_backbone, tmp_path):

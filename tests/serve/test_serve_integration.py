@@ -20,6 +20,8 @@ import pytest
 import yaml
 from serve_tools import OPENAI_WEATHER
 
+from umi.vocabulary import checkpoint_fingerprint
+
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
@@ -218,13 +220,19 @@ def test_umi_deploy_build_packages_the_registry_champions(tiny_role_dirs, tmp_pa
     assert "built umi-agent:" in done.stdout
 
     home = tmp_path / "bentoml"
+    fingerprints = {}
     for role in ("planner", "caller", "summarizer"):
         (model_yaml,) = (home / "models" / f"umi-{role}").glob("*/model.yaml")
         labels = yaml.safe_load(model_yaml.read_text())["labels"]
+        fingerprints[role] = labels["fingerprint"]
+        # the registered checkpoint's fingerprint (the one the registry tagged), not the downloaded copy's
+        assert labels["fingerprint"] == checkpoint_fingerprint(tiny_role_dirs[role])
         assert labels["source"] == "mlflow" and labels["mlflow_model"] == f"umi-{role}"
         assert labels["mlflow_version"] == "1" and labels["mlflow_alias"] == "champion" and labels["mlflow_run_id"]
         assert labels["data_version"] == f"dvc:test/{role}" and labels["kind"] == "checkpoint"
         assert (model_yaml.parent / "model.safetensors").is_file()
+    # one directory registered for two roles is one checkpoint to the service (loaded once)
+    assert fingerprints["planner"] == fingerprints["caller"] != fingerprints["summarizer"]
     (bento_yaml,) = (home / "bentos" / "umi-agent").glob("*/bento.yaml")
     bento = yaml.safe_load(bento_yaml.read_text())
     packaged = {m["tag"].split(":")[0] for s in bento["services"] for m in s["models"]}

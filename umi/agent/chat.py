@@ -226,7 +226,7 @@ class ChatSession:
 # --- the command ----------------------------------------------------------------------------------------------------
 def _agent(agent: str, runs: Path, backbone: Path, model: Optional[Path], planner: Optional[Path],
            caller: Optional[Path], summarizer: Optional[Path]):  # fmt: skip
-    from umi.agent.spec import AgentSpec, default_agents
+    from umi.inference import AgentSpec, default_agents
 
     if model is not None:
         return AgentSpec.single("single-llm", model)

@@ -49,12 +49,13 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from umi import prompts
 from umi.agent.backend import Backend, TooLong, TransformersBackend
-from umi.agent.parsing import GlobalAnswer, GlobalCall, GlobalGiveUp, ParseFailure, ToolCall
 from umi.agent.roles import PromptBuilder
 from umi.agent.step import AgentStep, Plan, StepLog, turn_text
 from umi.generation import MAX_STEPS, GenerationSettings
+from umi.parsing import GlobalAnswer, GlobalCall, GlobalGiveUp, ParseFailure, ToolCall
 from umi.prompts import DocStyle
 from umi.schema import Step, ToolSpec, Trajectory
+from umi.vocabulary import ALPHA_UMI, SINGLE_LLM
 
 __all__ = [
     "AgentConfig",
@@ -261,7 +262,7 @@ class _Episode:
 class AlphaUMiAgent:
     """The three-role agent. Pass one backend to play every role, or one per role."""
 
-    name = "alpha-umi"
+    name = ALPHA_UMI
 
     def __init__(
         self,
@@ -336,7 +337,7 @@ class AlphaUMiAgent:
 class SingleLLMAgent:
     """The single-LLM baseline: the global model writes thought and action (or conclusion) in one generation."""
 
-    name = "single-llm"
+    name = SINGLE_LLM
 
     def __init__(self, model: Backend, config: AgentConfig | None = None):
         self.model = model

@@ -1,32 +1,24 @@
 """Each role's prompt at inference, built from the episode's steps exactly as training built it.
 
-Training examples come from umi.data.reorganize: for an assistant step i the planner and the global model read the
-history of steps[:i], the caller and the summarizer the history of steps[:i + 1] (the planner's step included), and
-the caller's "thought of this step" is the planner's whole output in its canonical form (`planner_target`). The
-functions here render the same prompts from the steps the agent has so far, with the same umi.prompts templates, and
-return where the history sits in the prompt so the backend can drop turns from the left the way training does.
-tests/model/test_agent_loop.py checks them against reorganize's examples, byte for byte.
+Training examples come from the table in umi.data.examples: for an assistant step i the planner and the global model
+read the history of steps[:i], the caller and the summarizer the history of steps[:i + 1] (the planner's step
+included), and the caller's "thought of this step" is the planner's whole output in its canonical form
+(`planner_target`). PromptBuilder renders the same prompts from the steps the agent has so far, with the table's own
+`render_prompt`, and returns where the history sits in the prompt so the backend can drop turns from the left the
+way training does. tests/model/test_agent_loop.py checks them against reorganize's examples, byte for byte.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 from umi import prompts
+from umi.data.examples import TEMPLATES, RolePrompt, ToolContext, render_prompt
 from umi.prompts import DocStyle
 from umi.schema import Step, ToolSpec
+from umi.vocabulary import RoleName
 
-RoleName = Literal["planner", "caller", "summarizer", "global"]
-__all__ = ["RoleName", "RolePrompt", "PromptBuilder", "role_of_prompt"]
-
-
-@dataclass(frozen=True)
-class RolePrompt:
-    role: RoleName
-    prompt: str
-    history_span: tuple[int, int]
+__all__ = ["RolePrompt", "PromptBuilder", "role_of_prompt"]
 
 
 class PromptBuilder:
@@ -39,34 +31,23 @@ class PromptBuilder:
         observation_limit: int | None = prompts.OBSERVATION_LIMIT,
     ):
         self.tools = list(tools)
-        self.doc = prompts.render_tool_docs(self.tools, doc_style)
-        self.names = prompts.tool_names(self.tools)
-        self.observation_limit = observation_limit
-
-    def _history(self, steps: Sequence[Step], style: Literal["roles", "global"]) -> str:
-        return "".join(prompts.history_turns(steps, style, self.observation_limit))
-
-    def _build(self, role: RoleName, template: str, history: str, **fields: str) -> RolePrompt:
-        head = template.partition("{history}")[0].format(doc=self.doc, tool_names=self.names, **fields)
-        prompt = template.format(doc=self.doc, tool_names=self.names, history=history, **fields)
-        return RolePrompt(role, prompt, (len(head), len(head) + len(history)))
+        self.context = ToolContext.of(self.tools, doc_style, observation_limit)
 
     def planner(self, steps: Sequence[Step]) -> RolePrompt:
         """The planner's prompt for the next assistant step, after `steps`."""
-        return self._build("planner", prompts.PLANNER_PROMPT, self._history(steps, "roles"))
+        return render_prompt("planner", self.context, steps)
 
     def caller(self, steps: Sequence[Step], thought: str) -> RolePrompt:
         """The caller's prompt; `steps` ends with the planner's step, `thought` is its canonical output."""
-        return self._build("caller", prompts.CALLER_PROMPT, self._history(steps, "roles"), thought=thought)
+        return render_prompt("caller", self.context, steps, thought=thought)
 
     def summarizer(self, steps: Sequence[Step]) -> RolePrompt:
         """The summarizer's prompt; `steps` ends with the planner's step that decided `conclusion`."""
-        return self._build("summarizer", prompts.SUMMARIZER_PROMPT, self._history(steps, "roles"))
+        return render_prompt("summarizer", self.context, steps)
 
     def global_(self, steps: Sequence[Step]) -> RolePrompt:
         """The single-LLM prompt for the next assistant step, after `steps` (the single-LLM history view)."""
-        return self._build("global", prompts.GLOBAL_PROMPT, self._history(steps, "global"))
-
+        return render_prompt("global", self.context, steps)
 
 
 def _fixed_tail(template: str) -> str:
@@ -74,12 +55,7 @@ def _fixed_tail(template: str) -> str:
     return template[template.rindex("}") + 1 :]
 
 
-_TAILS: tuple[tuple[RoleName, str], ...] = (
-    ("planner", _fixed_tail(prompts.PLANNER_PROMPT)),
-    ("caller", _fixed_tail(prompts.CALLER_PROMPT)),
-    ("summarizer", _fixed_tail(prompts.SUMMARIZER_PROMPT)),
-    ("global", _fixed_tail(prompts.GLOBAL_PROMPT)),
-)
+_TAILS: tuple[tuple[RoleName, str], ...] = tuple((role, _fixed_tail(t)) for role, t in TEMPLATES.items())
 
 
 def role_of_prompt(prompt: str) -> RoleName | None:

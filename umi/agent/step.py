@@ -27,7 +27,9 @@ from typing import Any, Literal, TypeVar
 
 from umi import prompts
 from umi.agent.backend import Backend, Generation, GenerationRequest
-from umi.agent.parsing import (
+from umi.agent.roles import PromptBuilder, RolePrompt
+from umi.generation import GenerationSettings
+from umi.parsing import (
     GlobalOutput,
     ParseFailure,
     ToolCall,
@@ -36,8 +38,6 @@ from umi.agent.parsing import (
     parse_planner_output,
     parse_summarizer_output,
 )
-from umi.agent.roles import PromptBuilder, RolePrompt
-from umi.generation import GenerationSettings
 from umi.schema import Decision, Step
 
 __all__ = ["CALLER_RETRIES", "AgentStep", "Plan", "StepKind", "StepLog", "StepOutcome", "turn_text"]

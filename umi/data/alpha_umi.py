@@ -26,9 +26,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from umi.data.importing import MAX_RECORD_CHARS, UnreadableRecord, iter_jsonl, json_problem
+from umi.data.importing import MAX_RECORD_CHARS, UnreadableRecord, iter_jsonl, json_problem, validation_problem
 
-from umi.data.toolbench import clean, parse_arguments, problem, query_group, steps_from_messages
+from umi.data.toolbench import clean, parse_arguments, query_group, steps_from_messages
 from umi.schema import RecordError, Step, ToolSpec, Trajectory
 
 SOURCE = "alpha-umi"
@@ -189,7 +189,7 @@ def tool_from_compact(tool: Any, record_id: str, index: int) -> ToolSpec:
                 parameters=tool.get("parameters") or {"type": "object", "properties": {}},
             )
     except (ValueError, TypeError) as e:
-        raise RecordError(record_id, f"tools[{index}]: {problem(e)}") from None
+        raise RecordError(record_id, f"tools[{index}]: {validation_problem(e)}") from None
     raise RecordError(record_id, f"tools[{index}] has neither 'Name' nor 'name'")
 
 
@@ -265,7 +265,7 @@ def steps_from_conversations(conversations: Any, record_id: str) -> tuple[list[S
         if pending is not None:
             dropped["assistant_without_decision"] += 1
     except ValueError as e:
-        raise RecordError(record_id, problem(e)) from None
+        raise RecordError(record_id, validation_problem(e)) from None
     if not steps or steps[0].role != "user":
         raise RecordError(record_id, "the conversation must start with the user's query")
     return steps, dropped
@@ -312,7 +312,7 @@ def convert_record(record: Any, record_id: str) -> Trajectory:
             meta=meta,
         )
     except ValueError as e:
-        raise RecordError(record_id, problem(e)) from None
+        raise RecordError(record_id, validation_problem(e)) from None
 
 
 def import_alpha_umi(path: str | Path, max_chars: int = MAX_RECORD_CHARS) -> Iterator[Trajectory | RecordError]:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from pydantic import ValidationError
+
 from umi.atomic import PendingFile
 from umi.schema import RecordError, Trajectory
 
@@ -45,6 +47,21 @@ def json_problem(error: BaseException) -> str:
     if isinstance(error, UnicodeDecodeError):
         return f"not UTF-8 text: {error}"
     return f"unreadable JSON: {error}"  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+
+
+def validation_problem(error: Exception) -> str:
+    """A one-line reason from a pydantic ValidationError (or any other exception)."""
+    if isinstance(error, ValidationError):
+        parts = []
+        for err in error.errors():
+            loc = ".".join(map(str, err["loc"]))
+            msg = err["msg"].removeprefix("Value error, ")
+            given = err.get("input")
+            if isinstance(given, (str, int, float, bool)) and len(repr(given)) <= 60:
+                msg += f" (got {given!r})"
+            parts.append(f"{loc}: {msg}" if loc else msg)
+        return "; ".join(parts)
+    return str(error)
 
 
 def parse_json(text: str | bytes, max_chars: int = MAX_RECORD_CHARS) -> Any:

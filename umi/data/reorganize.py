@@ -1,16 +1,7 @@
 """Trajectories -> the four role datasets: global (the backbone's single-LLM view), planner, caller, summarizer.
 
-For every assistant step i of a trajectory:
-
-| role       | when                  | history                    | target                                       |
-|------------|-----------------------|----------------------------|----------------------------------------------|
-| global     | every assistant step  | steps[:i], single-LLM view | thought + Action/Action Input or conclusion  |
-| planner    | every assistant step  | steps[:i]                  | `<thought>\\n Next: caller.` (conclusion, give up) |
-| caller     | decision `caller`     | steps[:i + 1]              | `Action: <name>\\nAction Input: <arguments>`  |
-| summarizer | decision `conclusion` | steps[:i + 1]              | the final answer                             |
-
-Prompts and targets come from umi.prompts; the caller prompt's "thought of this step" is the planner's whole output
-(`planner_target`, ending in ` Next: caller.`), as the reference trains it and as the agent hands it over.
+Which step becomes which role example is the table of umi.data.examples (`trajectory_examples`); this module writes
+the same lines fast, byte for byte (tests/data/test_reorganize.py checks it on real data).
 
 Output (the role-dataset contract): `<out>/<role>/<split>.jsonl`, one example a line
 `{"id", "trajectory_id", "role", "prompt", "target", "history_span"}` (compact JSON, UTF-8), split by umi.data.splits
@@ -48,11 +39,12 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from umi import prompts
-from umi.data.importing import TooManyRejects
+from umi.data.examples import TEMPLATES, check_decisions
+from umi.data.importing import TooManyRejects, validation_problem
 from umi.data.splits import DEFAULT_FRACTIONS, SPLITS, Split, split_of
-from umi.data.toolbench import problem
 from umi.prompts import DocStyle
 from umi.schema import RecordError, Trajectory
+from umi.vocabulary import DATASET_LAYOUT, ROLES
 
 try:  # orjson escapes several times faster; the stdlib fallback gives the same bytes
     import orjson
@@ -68,12 +60,9 @@ except ImportError:  # pragma: no cover - orjson is in the lock file
         return json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8")
 
 
-ROLES: tuple[str, ...] = ("global", "planner", "caller", "summarizer")
 Layout = Literal["examples", "trajectories"]
 TRAJECTORIES = "trajectories"  # the folder of the `trajectories` layout
-MANIFEST = "layout.json"
 __all__ = [
-    "ROLES",
     "ReorganizeOptions",
     "ReorganizeStats",
     "TooManyRejects",
@@ -158,10 +147,10 @@ def _template(template: str) -> tuple[str, str]:
     return head, tail
 
 
-_PLANNER = _template(prompts.PLANNER_PROMPT)
-_CALLER = _template(prompts.CALLER_PROMPT)
-_SUMMARIZER = _template(prompts.SUMMARIZER_PROMPT)
-_GLOBAL = _template(prompts.GLOBAL_PROMPT)
+_PLANNER = _template(TEMPLATES["planner"])
+_CALLER = _template(TEMPLATES["caller"])
+_SUMMARIZER = _template(TEMPLATES["summarizer"])
+_GLOBAL = _template(TEMPLATES["global"])
 
 
 def _global_units(traj: Trajectory) -> list[tuple[int, int]]:
@@ -186,18 +175,6 @@ def _global_units(traj: Trajectory) -> list[tuple[int, int]]:
             units.append((i, i + 1))
             i += 1
     return units
-
-
-def _check_decisions(traj: Trajectory) -> None:
-    steps = traj.steps
-    for i, s in enumerate(steps):
-        if s.role != "assistant":
-            continue
-        nxt = steps[i + 1] if i + 1 < len(steps) else None
-        if s.decision == "caller" and (nxt is None or nxt.role != "caller"):
-            raise RecordError(traj.id, f"step {i}: the assistant decided 'caller' but no caller step follows")
-        if s.decision == "conclusion" and (nxt is None or nxt.role != "conclusion"):
-            raise RecordError(traj.id, f"step {i}: the assistant decided 'conclusion' but no conclusion step follows")
 
 
 class _EscapedHistory:
@@ -228,7 +205,7 @@ def encode_examples(
 
     Raises RecordError when a decision has no matching step, the trajectory has no assistant step, or its text
     cannot be written as UTF-8."""
-    _check_decisions(traj)
+    check_decisions(traj)
     steps = traj.steps
     n = len(steps)
     tid = traj.id
@@ -348,12 +325,12 @@ def parse_line(line: bytes | str, where: str) -> Trajectory:
             raise RecordError(where, f"invalid JSON: {je}") from None
         if isinstance(raw, dict) and isinstance(raw.get("id"), str) and raw["id"]:
             record_id = raw["id"]
-        raise RecordError(record_id, problem(e)) from None
+        raise RecordError(record_id, validation_problem(e)) from None
 
 
 def example_counts(traj: Trajectory) -> dict[str, int]:
     """How many examples of each role a trajectory gives (RecordError where encode_examples would reject it)."""
-    _check_decisions(traj)
+    check_decisions(traj)
     decisions = [s.decision for s in traj.steps if s.role == "assistant"]
     if not decisions:
         raise RecordError(traj.id, "no assistant steps, so no examples")
@@ -524,7 +501,7 @@ def reorganize(
         "doc_style": options.doc_style,
         "observation_limit": options.observation_limit,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (out / DATASET_LAYOUT).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     rejects_path = out / "rejects.jsonl"
     rejects = rejects_path.open("w", encoding="utf-8", newline="\n")
     spool = _spool_dir(out) if options.workers > 1 else None
@@ -602,7 +579,7 @@ def iter_role_examples(dataset_dir: str | Path, role: str, split: str) -> Iterat
     if role not in ROLES or split not in SPLITS:
         raise ValueError(f"role must be one of {ROLES} and split one of {SPLITS}")
     root = Path(dataset_dir)
-    manifest_path = root / MANIFEST
+    manifest_path = root / DATASET_LAYOUT
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {}
     if manifest.get("layout", "examples") == "examples":
         yield from read_examples(root / role / f"{split}.jsonl")
@@ -616,11 +593,3 @@ def iter_role_examples(dataset_dir: str | Path, role: str, split: str) -> Iterat
             for r, pieces in encode_examples(traj, manifest["doc_style"], manifest["observation_limit"]):
                 if r == role:
                     yield json.loads(b"".join(pieces))
-
-
-def cpu_count() -> int:
-    """CPUs this process may use (the affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1

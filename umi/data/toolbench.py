@@ -30,9 +30,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from umi.data.importing import MAX_RECORD_CHARS, UnreadableRecord, json_problem, parse_json
+from umi.data.importing import MAX_RECORD_CHARS, UnreadableRecord, json_problem, parse_json, validation_problem
 from umi.schema import RecordError, Step, ToolSpec, Trajectory
 
 SOURCE = "toolbench"
@@ -126,21 +124,6 @@ def observation_text(content: str) -> str:
                         return decoded
                 return rest  # the reference's fallback: everything after the key
     return content
-
-
-def problem(error: Exception) -> str:
-    """A one-line reason from a pydantic ValidationError (or any other exception)."""
-    if isinstance(error, ValidationError):
-        parts = []
-        for err in error.errors():
-            loc = ".".join(map(str, err["loc"]))
-            msg = err["msg"].removeprefix("Value error, ")
-            given = err.get("input")
-            if isinstance(given, (str, int, float, bool)) and len(repr(given)) <= 60:
-                msg += f" (got {given!r})"
-            parts.append(f"{loc}: {msg}" if loc else msg)
-        return "; ".join(parts)
-    return str(error)
 
 
 # --- arguments ------------------------------------------------------------------------------------------------------
@@ -253,7 +236,7 @@ def steps_from_messages(messages: list, record_id: str) -> tuple[list[Step], dic
         if pending_thought is not None:
             dropped["assistant_without_call"] += 1
     except ValueError as e:  # pydantic's ValidationError is a ValueError too
-        raise RecordError(record_id, problem(e)) from None
+        raise RecordError(record_id, validation_problem(e)) from None
     if not steps:
         raise RecordError(record_id, "no user, assistant or function messages")
     if steps[0].role != "user":
@@ -295,7 +278,7 @@ def tool_spec(function: Any, record_id: str, index: int) -> ToolSpec:
     try:
         return ToolSpec(name=function["name"], description=str(description), parameters=params)
     except ValueError as e:
-        raise RecordError(record_id, f"function[{index}]: {problem(e)}") from None
+        raise RecordError(record_id, f"function[{index}]: {validation_problem(e)}") from None
 
 
 def convert_answer(record: Any, record_id: str) -> Trajectory:
@@ -340,7 +323,7 @@ def convert_answer(record: Any, record_id: str) -> Trajectory:
             meta=meta,
         )
     except ValueError as e:
-        raise RecordError(record_id, problem(e)) from None
+        raise RecordError(record_id, validation_problem(e)) from None
 
 
 # --- files ----------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The agents an evaluation compares, and how their checkpoints are loaded.
 
 `AgentSpec` (an agent's name and checkpoint directories) and `default_agents` (the usual four from the training
-layout) live in umi.agent.spec, which `umi chat` shares; they are re-exported here.
+layout) live in umi.inference, below the agent, evaluation and the service (`umi chat` uses them too); they are
+re-exported here.
 
 `load_backends` loads one TransformersBackend per distinct checkpoint directory (a directory named for several roles
 is loaded once and shared), with the token budget evaluation prompts are fitted to.
@@ -15,7 +16,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from umi.agent.spec import ROLES_OF, AgentKind, AgentSpec, default_agents
+from umi.inference import ROLES_OF, AgentKind, AgentSpec, default_agents
+from umi.vocabulary import STAGE_MANIFEST
 
 __all__ = ["AgentKind", "AgentSpec", "ROLES_OF", "default_agents", "load_backends", "loaded_backends", "resolve_dtype",
            "training_budget"]
@@ -79,8 +81,6 @@ def training_budget(checkpoints: Mapping[str, str | Path] | AgentSpec) -> dict[s
     """What an agent's weights cost to train: example tokens seen (each stage's dataset tokens times its epochs) and
     optimiser steps, summed over every stage in the lineage of its checkpoints (a local stage's manifest names the
     global checkpoint it started from), each stage once. An imported backbone costs 0."""
-    from umi.train.stages import STAGE_MANIFEST
-
     roles = checkpoints.roles if isinstance(checkpoints, AgentSpec) else checkpoints
     seen: dict[str, dict] = {}
     todo = [Path(p) for p in roles.values()]

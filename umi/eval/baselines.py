@@ -19,13 +19,10 @@ from dataclasses import dataclass
 from umi.agent.backend import Generation, GenerationRequest
 from umi.eval.metrics import PlanLabel, Prediction, StaticMetrics, StaticStep, aggregate, gold_steps, score_step
 from umi.schema import RecordError, Trajectory
+from umi.vocabulary import BASELINES, NO_CALL, RULE_ALWAYS_CALLER, RULE_LAST_TURN
 
 __all__ = ["RULES", "RULE_LAST_TURN", "RULE_ALWAYS_CALLER", "NO_CALL", "BASELINES", "rule_records", "no_call_backends"]
 
-RULE_LAST_TURN = "rule: last turn"
-RULE_ALWAYS_CALLER = "rule: always caller"
-NO_CALL = "no call"
-BASELINES = (RULE_LAST_TURN, RULE_ALWAYS_CALLER, NO_CALL)
 NO_CALL_ANSWER = "I cannot help with that."
 
 

@@ -1,4 +1,4 @@
-"""`umi eval static | live | all` and `umi chat` (registered on the main app by `register_commands`)."""
+"""`umi eval static | live | all` (registered on the main app by `register_commands`)."""
 
 from __future__ import annotations
 
@@ -18,21 +18,8 @@ eval_app = typer.Typer(
 
 
 def register_commands(app: typer.Typer) -> None:
-    """Add `umi eval ...` and `umi chat` to the main command."""
-    from umi.agent.chat import chat_cmd
-
+    """Add `umi eval ...` to the main command."""
     app.add_typer(eval_app, name="eval")
-    app.command("chat")(chat_cmd)
-
-
-def _doc_style(params: Path) -> str:
-    import yaml
-
-    if params.is_file():
-        section = (yaml.safe_load(params.read_text()) or {}).get("reorganize", {}) or {}
-        if section.get("doc_style"):
-            return str(section["doc_style"])
-    return "compact"
 
 
 def _specs(agents: Optional[str], multi: list[str], single: list[str], runs: Path, backbone: Path,
@@ -68,6 +55,7 @@ def _run(static: bool, live: bool, **options) -> None:
     import os
 
     from umi.eval.run import evaluate
+    from umi.params import dataset_doc_style
     from umi.eval.settings import PROFILES
 
     console = Console()
@@ -86,7 +74,8 @@ def _run(static: bool, live: bool, **options) -> None:
         console.print("[red]no agent to evaluate[/]: train one first (umi run), or give --multi / --single checkpoints")
         raise typer.Exit(1)
     try:
-        settings = PROFILES[options["profile"]].with_(batch_size=options["batch_size"], dtype=options["dtype"])
+        settings = PROFILES[options["profile"]].with_(batch_size=options["batch_size"], dtype=options["dtype"],
+                                                      max_prompt_tokens=options["max_prompt_tokens"])  # fmt: skip
     except ValueError as e:
         console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
@@ -105,13 +94,14 @@ def _run(static: bool, live: bool, **options) -> None:
         ood_limit=options["ood_limit"],
         live_limit=options["live_limit"],
         max_steps=options["max_steps"],
-        doc_style=options["doc_style"] or _doc_style(options["params"]),  # type: ignore[arg-type]
+        doc_style=options["doc_style"] or dataset_doc_style(options["params"]),  # type: ignore[arg-type]
         tracking=options["tracking"],
         experiment=options["experiment"],
         parent_run_id=options["parent_run_id"],
         settings=settings,
         params=options["params"],
         judge=options["judge"],
+        cache=options["cache"],
         **kwargs,
     )
     from rich.markdown import Markdown
@@ -135,6 +125,8 @@ OodLimit = Annotated[Optional[int], typer.Option(min=1, help="ToolBench OOD traj
 LiveLimit = Annotated[Optional[int], typer.Option(min=1, help="Live BFCL entries (default: profile's).")]
 MaxSteps = Annotated[Optional[int], typer.Option(min=1, help="Planner turns per user turn, live (default: profile's).")]
 Dtype = Annotated[Optional[str], typer.Option(help="auto | float32 | bfloat16 (default: the profile's, auto).")]
+PromptTokens = Annotated[Optional[int], typer.Option(min=16, help="Prompt token budget (default: the profile's).")]
+Cache = Annotated[Optional[Path], typer.Option(help="Generation cache file: a stopped evaluation resumes from it.")]
 BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Static prompts decoded together.")]
 Out = Annotated[Path, typer.Option(help="Report folder.")]
 Data = Annotated[Path, typer.Option(help="Trajectories folder (the BFCL test split is taken from it).")]
@@ -162,6 +154,8 @@ def _command(static: bool, live: bool, doc: str):
         live_limit: LiveLimit = None,
         max_steps: MaxSteps = None,
         batch_size: BatchSize = None,
+        max_prompt_tokens: PromptTokens = None,
+        cache: Cache = None,
         dtype: Dtype = None,
         out: Out = Path("artifacts/eval"),
         data: Data = Path("data"),

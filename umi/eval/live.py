@@ -48,6 +48,7 @@ from typing import Any
 from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent
 from umi.eval.settings import EvalSettings
 from umi.eval.testsets import LiveEntry
+from umi import prompts
 from umi.prompts import DocStyle
 from umi.schema import Step, Trajectory
 from umi.tools.bfcl import BFCLToolkit, state_differences
@@ -158,7 +159,7 @@ def bfcl_judge(entry: LiveEntry, calls_per_turn: Sequence[Sequence[str]]) -> dic
 
 
 # --- rollouts ---------------------------------------------------------------------------------------------------------
-def build_agent(backends: dict, settings: EvalSettings, doc_style: DocStyle = "compact"):
+def build_agent(backends: dict, settings: EvalSettings, doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE):
     """The agent loop over loaded backends: single-LLM when there is a `global` backend, else α-UMi."""
     config = AgentConfig.from_generation(settings.generation(), max_steps=settings.max_steps, doc_style=doc_style)
     if "global" in backends:
@@ -276,7 +277,7 @@ def run_live(
     entries: Sequence[LiveEntry],
     *,
     settings: EvalSettings | None = None,
-    doc_style: DocStyle = "compact",
+    doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE,
     judge: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> LiveResult:

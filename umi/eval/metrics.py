@@ -22,7 +22,7 @@ Choices where the definition is silent (each pinned by a test in tests/code/test
 - Value equality is JSON equality: numbers by value (1 == 1.0), booleans only equal booleans (true != 1, unlike
   Python's ==), strings exactly (no strip, no case folding: `" Paris"` is another value than `"Paris"`, as in the
   reference's plain comparison), arrays in order, objects by key set and values, recursively.
-- Predicted arguments given as text are parsed as the agent would execute them (umi.agent.parsing.parse_arguments:
+- Predicted arguments given as text are parsed as the agent would execute them (umi.parsing.parse_arguments:
   first JSON value, must be an object); text that does not parse, or a non-object, scores 0. Missing predicted
   arguments with the right tool also score 0 (the reference's evaluation scripts substituted `{}`; a call without
   arguments is a malformed action to the agent, so we do not).
@@ -67,7 +67,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rouge_score import rouge_scorer
 
-from umi.agent.parsing import (
+from umi.data.bfcl import standardize_string
+from umi.parsing import (
     GlobalAnswer,
     GlobalCall,
     GlobalGiveUp,
@@ -77,7 +78,6 @@ from umi.agent.parsing import (
     ToolCall,
     parse_arguments,
 )
-from umi.data.bfcl import standardize_string
 from umi.schema import Decision, RecordError, Trajectory
 
 __all__ = [

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from umi.eval.stats import significant
+from umi.vocabulary import BFCL_DEV, BFCL_TEST, LIVE_DEV, LIVE_TEST, LIVE_TEST_SETS, TOOLBENCH_OOD
 
 __all__ = ["METRIC_COLUMNS", "LIVE_COLUMNS", "table_markdown", "write_chart", "log_to_mlflow", "metric_key"]
 
@@ -31,8 +32,8 @@ LIVE_COLUMNS: tuple[tuple[str, str], ...] = (("bfcl_checker_pass_rate", "live BF
 BFCL_GRADE_COLUMNS: tuple[tuple[str, str], ...] = (("act_em_bfcl", "Act. EM (BFCL)"), ("arg_f1_bfcl", "Arg. F1 (BFCL)"))
 PAIRED_STATIC: tuple[tuple[str, str], ...] = (("plan_acc", "Plan ACC"), ("act_em", "Act. EM"), ("arg_f1", "Arg. F1"),
                                               ("mean_static", "mean of the three"))  # fmt: skip
-TEST_SET_TITLES = {"bfcl-test": "BFCL test", "toolbench-ood": "ToolBench OOD", "bfcl-dev": "BFCL dev (selection)",
-                   "live": "live (BFCL multi-turn test)", "live_dev": "live (BFCL multi-turn dev, selection)"}
+TEST_SET_TITLES = {BFCL_TEST: "BFCL test", TOOLBENCH_OOD: "ToolBench OOD", BFCL_DEV: "BFCL dev (selection)",
+                   LIVE_TEST: "live (BFCL multi-turn test)", LIVE_DEV: "live (BFCL multi-turn dev, selection)"}
 
 
 def _fmt(value: Any) -> str:
@@ -86,7 +87,7 @@ def table_markdown(agents: Mapping[str, dict], test_sets: Mapping[str, dict] | N
             line += f"; rejected by the importer: {ids}"
         notes.append(line)
     if live:
-        info = (test_sets or {}).get("live", {})
+        info = (test_sets or {}).get(LIVE_TEST, {})
         entries = next((r["live"]["entries"] for r in agents.values() if r.get("live")), "?")
         line = f"- live: {entries} BFCL multi_turn_base test entries"
         if info.get("available") is not None:
@@ -121,7 +122,7 @@ def _ci(entry: Mapping[str, Any] | None) -> str:
 
 
 def _live_sets(agents: Mapping[str, dict]) -> list[str]:
-    return [k for k in ("live", "live_dev") if any(r.get(k) for r in agents.values())]
+    return [k for k in LIVE_TEST_SETS if any(r.get(k) for r in agents.values())]
 
 
 def _intervals_section(agents: Mapping[str, dict]) -> str:
@@ -323,7 +324,7 @@ def _metrics(agents: Mapping[str, dict]) -> dict[str, float]:
     for name, result in agents.items():
         for test_set, metrics in (result.get("static") or {}).items():
             _numbers((name, test_set), metrics, out)
-        for key in ("live", "live_dev"):
+        for key in LIVE_TEST_SETS:
             _numbers((name, key), result.get(key) or {}, out)
     return out
 

@@ -22,14 +22,16 @@ from typing import Any
 
 from umi.eval import baselines as base
 from umi.eval import evidence
+from umi.eval.generation_cache import GenerationCache, cached_backends
 from umi.eval.agents import AgentSpec, loaded_backends, resolve_dtype, training_budget
 from umi.eval.report import table_markdown, write_chart
 from umi.eval.settings import PROFILES, EvalSettings
-from umi.eval.testsets import BFCL_DEV, TestSet, live_entries, load_bfcl_test, load_toolbench_ood
+from umi.eval.testsets import TestSet, live_entries, load_bfcl_test, load_toolbench_ood
 from umi import prompts
 from umi.prompts import DocStyle
+from umi.vocabulary import CHAMPION, LIVE_DEV, LIVE_TEST, SINGLE_LLM, SINGLE_MATCHED, TOOLBENCH_OOD
 
-__all__ = ["EvalReport", "evaluate", "DEFAULT_TOOLBENCH_OOD", "REFERENCES", "SINGLE_LLM", "CHAMPION"]
+__all__ = ["EvalReport", "evaluate", "DEFAULT_TOOLBENCH_OOD", "REFERENCES"]
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,6 @@ def _default_ood() -> Path:
 # The ToolBench out-of-domain set is part of every evaluation unless switched off by name (toolbench_ood=None,
 # `--no-toolbench-ood`): a configured test set that is missing is an error, never a silently shorter report.
 DEFAULT_TOOLBENCH_OOD: Path = _default_ood()
-SINGLE_LLM = "single-llm"
-SINGLE_MATCHED = "single-matched"  # the single LLM trained with the GLPFT stages' total token budget
-CHAMPION = "champion"
 REFERENCES: tuple[str, ...] = (SINGLE_LLM, SINGLE_MATCHED, CHAMPION)  # every agent is compared, paired, against these and the baselines
 
 
@@ -220,7 +219,7 @@ def evaluate(
     limit: int | None = None,
     live_limit: int | None = None,
     ood_limit: int | None = None,
-    doc_style: DocStyle = "compact",
+    doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE,
     tracking: bool = True,
     experiment: str = "umi-eval",
     parent_run_id: str | None = None,
@@ -232,6 +231,7 @@ def evaluate(
     selection: Sequence[str] = (),
     baselines: bool = True,
     references: Sequence[str] = REFERENCES,
+    cache: str | Path | None = None,
 ) -> EvalReport:
     """Evaluate `agents` and write the report to `out_dir`.
 
@@ -249,6 +249,8 @@ def evaluate(
     the numbers promotion decides on, so the test split only reports.
     baselines: add the trivial agents of umi.eval.baselines (plan rules, the no-call agent) to the report.
     references: agents every other agent is compared with, paired on the same items (when in the report).
+    cache: a generation cache file (umi.eval.generation_cache): finished generations are stored as they are made
+    and reused by a rerun with the same checkpoints and settings, so a stopped evaluation resumes where it was.
     tracking: log a run to MLflow experiment `experiment` (a child of `parent_run_id` when given).
     Agents whose checkpoints are missing are skipped and listed in `skipped`; the report then covers the rest.
     """
@@ -281,7 +283,7 @@ def evaluate(
             n_ood = cfg.ood_limit if cfg.ood_limit is not None else cfg.limit
             test_sets.append(load_toolbench_ood(toolbench_ood, n_ood))  # FileNotFoundError when it is missing
         else:
-            info["toolbench-ood"] = {"available": None, "switched_off": True}
+            info[TOOLBENCH_OOD] = {"available": None, "switched_off": True}
         if selected:
             dev_sets.append(load_bfcl_test(data_dir, cfg.limit, params, split="dev"))
         info.update({t.name: t.info() for t in (*test_sets, *dev_sets)})
@@ -292,17 +294,19 @@ def evaluate(
     live_sets: dict[str, list] = {}
     if live:
         entries, available = live_entries(data_dir, cfg.live_limit, params)
-        live_sets["live"] = entries
-        info["live"] = {"entries": len(entries), "available": available}
+        live_sets[LIVE_TEST] = entries
+        info[LIVE_TEST] = {"entries": len(entries), "available": available}
         if selected:
             dev_entries, dev_available = live_entries(data_dir, cfg.live_limit, params, split="dev")
-            live_sets["live_dev"] = dev_entries
-            info["live_dev"] = {"entries": len(dev_entries), "available": dev_available}
+            live_sets[LIVE_DEV] = dev_entries
+            info[LIVE_DEV] = {"entries": len(dev_entries), "available": dev_available}
 
     results: dict[str, dict] = {}
     records: dict[str, dict] = {}
     skipped: dict[str, str] = {}
     bars = _Bars(progress)
+    resolved_dtype = str(resolve_dtype(cfg.dtype)).removeprefix("torch.")
+    generations = GenerationCache(cache) if cache is not None else None
 
     def run_agent(name: str, backends: dict, with_dev: bool, doc_style: DocStyle = doc_style) -> tuple[dict, dict]:
         result: dict[str, Any] = {"static": None, "live": None, "doc_style": doc_style}
@@ -316,7 +320,7 @@ def evaluate(
                 recs["static"][t.name] = r.records
                 _write_jsonl(details / f"static-{_file_part(name)}-{t.name}.jsonl", r.records)
         for key, entries in live_sets.items():
-            if key == "live_dev" and not with_dev:
+            if key == LIVE_DEV and not with_dev:
                 continue
             r = run_live(backends, entries, settings=cfg, doc_style=doc_style, judge=judge,
                          progress=bars.live(f"{name} {key}"))  # fmt: skip
@@ -340,6 +344,8 @@ def evaluate(
         agent_started = time.perf_counter()
         loading = {"max_prompt_tokens": cfg.max_prompt_tokens, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
         with loaded_backends(spec, **loading) as backends:
+            if generations is not None:
+                backends = cached_backends(backends, spec.roles, generations, resolved_dtype)
             result, recs = run_agent(spec.name, backends, spec.name in selected, agent_format["doc_style"])
         result["seconds"] = round(time.perf_counter() - agent_started, 3)
         result["training"] = training_budget(spec)
@@ -374,7 +380,9 @@ def evaluate(
         skipped=skipped,
         settings={**cfg.to_dict(), "doc_style": doc_style, "static": static, "live": live, "judge": judge,
                   "selection": selected, "references": list(references),
-                  "resolved_dtype": str(resolve_dtype(cfg.dtype)).removeprefix("torch.")},  # fmt: skip
+                  "resolved_dtype": resolved_dtype,
+                  "generation_cache": None if generations is None else {"path": str(generations.path),
+                                                                        **generations.stats.to_dict()}},  # fmt: skip
         specs={a.name: a.to_dict() for a in agents},
     )
     report.table_path.write_text(report.table_markdown(), encoding="utf-8")

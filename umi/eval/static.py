@@ -28,13 +28,6 @@ from typing import Any
 
 from umi import prompts
 from umi.agent.backend import Generation, GenerationRequest, TooLong
-from umi.agent.parsing import (
-    ParseFailure,
-    parse_caller_output,
-    parse_global_output,
-    parse_planner_output,
-    parse_summarizer_output,
-)
 from umi.agent.roles import PromptBuilder, RolePrompt
 from umi.eval.metrics import (
     Prediction,
@@ -48,8 +41,16 @@ from umi.eval.metrics import (
     score_step,
 )
 from umi.eval.settings import EvalSettings
+from umi.parsing import (
+    ParseFailure,
+    parse_caller_output,
+    parse_global_output,
+    parse_planner_output,
+    parse_summarizer_output,
+)
 from umi.prompts import DocStyle
 from umi.schema import RecordError, Step, Trajectory
+from umi.vocabulary import AGENT_ROLES
 
 __all__ = ["StaticResult", "run_static", "Progress"]
 
@@ -172,7 +173,7 @@ def run_static(
     trajectories: Sequence[Trajectory],
     *,
     settings: EvalSettings | None = None,
-    doc_style: DocStyle = "compact",
+    doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE,
     progress: Progress | None = None,
 ) -> StaticResult:
     """Predict and score every gold assistant step of `trajectories`.
@@ -185,7 +186,7 @@ def run_static(
     runner = _Runner(settings, progress)
     if "global" in backends:
         predictions = _single(runner, backends["global"], items)
-    elif {"planner", "caller", "summarizer"} <= set(backends):
+    elif set(AGENT_ROLES) <= set(backends):
         predictions = _multi(runner, backends, items)
     else:
         raise ValueError(f"backends must be planner+caller+summarizer or global, got {sorted(backends)}")

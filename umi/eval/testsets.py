@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from umi.data.splits import DEFAULT_FRACTIONS, Split, split_of
+from umi.data.splits import Split, split_of
 from umi.schema import RecordError, Trajectory
+from umi.vocabulary import BFCL_DEV, BFCL_TEST, TOOLBENCH_OOD
 
 __all__ = [
-    "BFCL_TEST",
-    "TOOLBENCH_OOD",
     "TestSet",
     "LiveEntry",
     "split_fractions",
@@ -40,10 +39,7 @@ __all__ = [
     "select",
 ]
 
-BFCL_TEST = "bfcl-test"
-BFCL_DEV = "bfcl-dev"  # selection (promotion) reads this split; the test split only reports
-BFCL_SETS: dict[str, str] = {"test": BFCL_TEST, "dev": BFCL_DEV}
-TOOLBENCH_OOD = "toolbench-ood"
+BFCL_SETS: dict[str, str] = {"test": BFCL_TEST, "dev": BFCL_DEV}  # split -> test-set id
 
 
 @dataclass
@@ -121,14 +117,10 @@ class LiveEntry:
 
 
 def split_fractions(params: str | Path | None = "params.yaml") -> dict[Split, float]:
-    """The split fractions the reorganisation used: params.yaml's `reorganize.split_fractions`, else the defaults."""
-    if params is not None and Path(params).is_file():
-        import yaml
+    """The split fractions the reorganisation used (umi.params)."""
+    from umi.params import split_fractions as from_params
 
-        section = (yaml.safe_load(Path(params).read_text()) or {}).get("reorganize", {}) or {}
-        if section.get("split_fractions"):
-            return dict(section["split_fractions"])
-    return dict(DEFAULT_FRACTIONS)
+    return from_params(params)  # type: ignore[return-value]
 
 
 def _category(traj: Trajectory) -> str:

@@ -3,7 +3,7 @@
 Each role becomes the BentoML model `umi-<role>` (planner, caller, summarizer), a copy of its checkpoint directory,
 labelled with where it came from so a running service can be traced back to its training:
 
-    role, kind (checkpoint | lora-adapter), source (mlflow | directory), checkpoint_sha256,
+    role, kind (checkpoint | lora-adapter), source (mlflow | directory), fingerprint (umi.vocabulary),
     mlflow_model, mlflow_version, mlflow_run_id (from the registry), data_version, stage (from umi_stage.json)
 
 When the roles are LoRA adapters, their base is imported once as `umi-base`.
@@ -11,7 +11,6 @@ When the roles are LoRA adapters, their base is imported once as `umi-base`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Mapping
@@ -21,13 +20,12 @@ from typing import Any
 
 from umi.inference import ADAPTER_CONFIG, is_adapter_dir
 from umi.prompts import checkpoint_prompt_format
-from umi.serve.settings import ROLES
+from umi.vocabulary import AGENT_ROLES, STAGE_MANIFEST, checkpoint_fingerprint
 
 __all__ = ["RoleSource", "BASE_MODEL", "bento_model_name", "import_role_models", "sources_from_dirs",
-           "sources_from_registry", "checkpoint_sha256"]  # fmt: skip
+           "sources_from_registry"]  # fmt: skip
 
 BASE_MODEL = "umi-base"
-STAGE_MANIFEST = "umi_stage.json"  # umi.train.stages writes it beside every final checkpoint
 
 
 def bento_model_name(role: str) -> str:
@@ -40,19 +38,6 @@ class RoleSource:
     path: Path
     labels: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def checkpoint_sha256(path: str | Path) -> str:
-    """A hash over the checkpoint's files (names and bytes), so identical role checkpoints are recognised as one."""
-    h = hashlib.sha256()
-    root = Path(path)
-    # dotfiles are bookkeeping (a download marker naming the registered model), not the checkpoint
-    for f in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        h.update(str(f.relative_to(root)).encode() + b"\0")
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def _stage_labels(path: Path) -> dict[str, str]:
@@ -73,7 +58,7 @@ def _stage_labels(path: Path) -> dict[str, str]:
 
 def sources_from_dirs(dirs: Mapping[str, str | Path]) -> dict[str, RoleSource]:
     out = {}
-    for role in ROLES:
+    for role in AGENT_ROLES:
         if role not in dirs:
             raise ValueError(f"no directory for the {role}")
         path = Path(dirs[role])
@@ -91,7 +76,7 @@ def sources_from_registry(download_root: str | Path, alias_or_version: str | Non
 
     wanted = alias_or_version or registry.CHAMPION
     out = {}
-    for role in ROLES:
+    for role in AGENT_ROLES:
         name = registry.MODEL_NAMES[role]
         try:
             version = registry.resolve(role, wanted)
@@ -110,6 +95,8 @@ def sources_from_registry(download_root: str | Path, alias_or_version: str | Non
             labels["mlflow_run_id"] = str(version.run_id)
         if tags.get(registry.TAG_DATA_VERSION):
             labels["data_version"] = tags[registry.TAG_DATA_VERSION]
+        if tags.get(registry.TAG_FINGERPRINT):  # the registered checkpoint's, not the download's (new file times)
+            labels["fingerprint"] = tags[registry.TAG_FINGERPRINT]
         out[role] = RoleSource(role, path, labels, {"mlflow_source": version.source, "mlflow_tags": tags})
     return out
 
@@ -162,24 +149,24 @@ def import_role_models(
     if store_dtype not in ("bfloat16", "float32"):
         raise ValueError(f"store_dtype must be bfloat16 or float32, got {store_dtype!r}")
     bf16 = store_dtype == "bfloat16"
-    adapters = [r for r in ROLES if is_adapter_dir(sources[r].path)]
-    if adapters and len(adapters) != len(ROLES):
+    adapters = [r for r in AGENT_ROLES if is_adapter_dir(sources[r].path)]
+    if adapters and len(adapters) != len(AGENT_ROLES):
         raise ValueError(f"some roles are LoRA adapters ({adapters}) and some are not: import all of one kind")
     out: dict[str, Any] = {}
     if adapters:
         base = Path(base_dir) if base_dir else None
         if base is None:
             bases = {json.loads((sources[r].path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-                     for r in ROLES}  # fmt: skip
+                     for r in AGENT_ROLES}  # fmt: skip
             if len(bases) != 1 or not bases or not Path(str(next(iter(bases)))).is_dir():
                 raise ValueError(f"the adapters' base {sorted(map(str, bases))} is not one local directory: give it")
             base = Path(str(bases.pop()))
-        out["base"] = _import(BASE_MODEL, base, {"kind": "base", "checkpoint_sha256": checkpoint_sha256(base)},
+        out["base"] = _import(BASE_MODEL, base, {"kind": "base", "fingerprint": checkpoint_fingerprint(base)},
                               {"path": str(base.resolve())}, store_bf16=bf16)  # fmt: skip
-    for role in ROLES:
+    for role in AGENT_ROLES:
         src = sources[role]
-        labels = {**src.labels, "role": role, "kind": "lora-adapter" if adapters else "checkpoint",
-                  "checkpoint_sha256": checkpoint_sha256(src.path)}  # fmt: skip
+        labels = {"fingerprint": checkpoint_fingerprint(src.path), **src.labels, "role": role,
+                  "kind": "lora-adapter" if adapters else "checkpoint"}  # fmt: skip
         fmt = checkpoint_prompt_format(src.path)
         if fmt:
             labels["prompt_format"] = json.dumps(fmt, sort_keys=True, separators=(",", ":"))

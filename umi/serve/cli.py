@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,41 +14,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from umi.serve.bento_build import NOT_IN_IMAGE, SERVE_REQUIREMENTS, serve_requirements  # noqa: F401  (moved there)
+
 deploy_app = typer.Typer(help="Package and serve the agent (BentoML).", no_args_is_help=True)
 console = Console()
 
 SERVICE = "umi.serve.service:UmiAgent"
-SERVE_REQUIREMENTS = Path("umi/serve/requirements.txt")
-# installed in the image by umi/serve/container_setup.sh instead: bfcl-eval without its dependencies (it pins numpy
-# 1.26 and ~30 API SDKs), DeepSpeed not at all (training only, and a source build)
-NOT_IN_IMAGE = ("bfcl_eval", "bfcl-eval", "deepspeed")
-
 STOP_GRACE_S = 8.0  # after SIGTERM / SIGINT, what BentoML gets to stop cleanly before every process is killed
 
 RoleDir = Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Checkpoint directory.")]
 
 
-def serve_requirements(lock: Path) -> str:
-    """requirements.lock less what the image installs otherwise (see NOT_IN_IMAGE)."""
-    keep = []
-    for line in lock.read_text().splitlines():
-        name = line.split("==", 1)[0].strip().lower()
-        if name and name in NOT_IN_IMAGE:
-            continue
-        keep.append(line)
-    header = "# Generated from requirements.lock by `umi deploy build` (less bfcl-eval and deepspeed): do not edit.\n"
-    return header + "\n".join(keep).strip() + "\n"
-
-
-def _clean_env() -> dict[str, str]:
-    """The environment for `bentoml build`: no model directories, so the service declares its store models."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("UMI_SERVE_")}
-
-
 def _show(models: dict) -> None:
     table = Table("role", "BentoML model", "labels")
     for role, model in models.items():
-        labels = ", ".join(f"{k}={v}" for k, v in sorted(model.info.labels.items()) if k != "checkpoint_sha256")
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(model.info.labels.items()) if k != "fingerprint")
         table.add_row(role, str(model.tag), labels)
     console.print(table)
 
@@ -66,44 +45,29 @@ def build_cmd(
 ) -> None:
     """Import the role models into the BentoML store (the registry's champions, or --planner/--caller/--summarizer
     directories) and build the Bento."""
-    from umi.serve.bento_models import import_role_models, sources_from_dirs, sources_from_registry
+    from umi.serve.bento_build import BentoBuildError, build_agent_bento
 
     dirs = {"planner": planner, "caller": caller, "summarizer": summarizer}
-    given = {r: p for r, p in dirs.items() if p is not None}
-    with tempfile.TemporaryDirectory(prefix="umi-deploy-") as tmp:
-        try:
-            if given:
-                if len(given) != 3:
-                    raise ValueError(f"give all of --planner/--caller/--summarizer or none (got {sorted(given)})")
-                sources = sources_from_dirs(given)
-            else:
-                tracking = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-                console.print(f"role models: the {alias!r} versions in the MLflow registry at {tracking}")
-                sources = sources_from_registry(tmp, alias)
-            models = import_role_models(sources, base)
-        except ValueError as e:
-            console.print(f"[red]{e}[/]")
-            raise typer.Exit(1)
-        _show(models)
-    if not build:
-        return
-    root = bentofile.resolve().parent
-    lock = root / "requirements.lock"
-    target = root / SERVE_REQUIREMENTS
-    if lock.is_file() and (not target.is_file() or target.read_text() != serve_requirements(lock)):
-        target.write_text(serve_requirements(lock))
-        console.print(f"{target} regenerated from {lock}", highlight=False)
-    cmd = [sys.executable, "-m", "bentoml", "build", "-f", str(bentofile.resolve()), str(root), "--output", "tag"]
-    console.print("$ " + " ".join(cmd), highlight=False)
-    done = subprocess.run(cmd, cwd=root, env=_clean_env(), capture_output=True, text=True)
-    if done.returncode != 0:
-        console.print(done.stdout[-4000:], done.stderr[-4000:], highlight=False)
+    if not any(dirs.values()):
+        tracking = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+        console.print(f"role models: the {alias!r} versions in the MLflow registry at {tracking}")
+    try:
+        built = build_agent_bento(bentofile, dirs=dirs, base=base, alias=alias, build=build)
+    except ValueError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1)
+    except BentoBuildError as e:
+        console.print(e.output, highlight=False)
         console.print("[red]bentoml build failed[/]")
-        raise typer.Exit(done.returncode)
-    tag = next((line.split("__tag__:", 1)[1].strip() for line in done.stdout.splitlines() if "__tag__:" in line), "")
-    console.print(f"[green]built[/] {tag or done.stdout.strip()}", highlight=False)
-    console.print(f"serve it:        bentoml serve {tag or 'umi-agent:latest'}", highlight=False)
-    console.print(f"containerize it: bentoml containerize {tag or 'umi-agent:latest'}", highlight=False)
+        raise typer.Exit(e.returncode)
+    _show(built.models)
+    for note in built.notes:
+        console.print(note, highlight=False)
+    if built.tag is None:
+        return
+    console.print(f"[green]built[/] {built.tag}", highlight=False)
+    console.print(f"serve it:        bentoml serve {built.tag or 'umi-agent:latest'}", highlight=False)
+    console.print(f"containerize it: bentoml containerize {built.tag or 'umi-agent:latest'}", highlight=False)
 
 
 @deploy_app.command("serve")

@@ -31,13 +31,14 @@ from typing import Any, Literal
 
 from umi.agent.backend import Backend
 from umi.agent.loop import AgentConfig, AgentEvent, AgentResult, AlphaUMiAgent, ToolRuntime
-from umi.agent.parsing import ParseFailure, ToolCall
 from umi.agent.roles import PromptBuilder
 from umi.agent.step import AgentStep, Plan
+from umi.parsing import ParseFailure, ToolCall
 from umi.schema import Decision, Step, ToolSpec
 from umi.serve.backends import Deadline, guarded
-from umi.serve.settings import ROLES, ServeSettings
+from umi.serve.settings import ServeSettings
 from umi.tools.registry import ToolRegistry
+from umi.vocabulary import AGENT_ROLES
 
 __all__ = ["AgentEngine", "ToolChoice", "TurnResult", "client_tool_registry"]
 
@@ -95,7 +96,7 @@ class AgentEngine:
         models: Mapping[str, Mapping[str, Any]] | None = None,
         doc_style: str | None = None,
     ):
-        missing = [r for r in ROLES if r not in backends]
+        missing = [r for r in AGENT_ROLES if r not in backends]
         if missing:
             raise ValueError(f"no backend for {missing}")
         self.backends = dict(backends)
@@ -159,7 +160,7 @@ class AgentEngine:
         named = tool_choice not in ("auto", "none", "required")  # the caller's prompt offers that one tool only
         caller_builder = PromptBuilder([t for t in tools if t.name == tool_choice], self.doc_style) if named else None
         step = AgentStep(
-            {role: guarded(self.backends[role], deadline) for role in ROLES},
+            {role: guarded(self.backends[role], deadline) for role in AGENT_ROLES},
             PromptBuilder(tools, self.doc_style),
             self.settings.generation(self.token_limits(max_new_tokens)),
             label=record_id,

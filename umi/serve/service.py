@@ -23,7 +23,8 @@ from bentoml.exceptions import BentoMLException, NotFound
 
 from umi.serve.app import create_app
 from umi.serve.bento_models import BASE_MODEL, bento_model_name
-from umi.serve.settings import ROLES, ServeSettings
+from umi.serve.settings import ServeSettings
+from umi.vocabulary import AGENT_ROLES
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +97,13 @@ class UmiAgent:
         dirs: dict[str, Path] = {}
         info: dict[str, dict[str, Any]] = {}
         by_hash: dict[str, Path] = {}
-        for role in ROLES:
+        for role in AGENT_ROLES:
             name = bento_model_name(role)
             model = bentoml.models.get(packaged.get(name, f"{name}:latest"))
             labels = dict(model.info.labels)
-            digest = labels.get("checkpoint_sha256")
+            fingerprint = labels.get("fingerprint")  # umi.vocabulary.checkpoint_fingerprint, at import
             # identical checkpoints (one model in several roles) resolve to one directory: loaded once
-            dirs[role] = by_hash.setdefault(digest, Path(model.path)) if digest else Path(model.path)
+            dirs[role] = by_hash.setdefault(fingerprint, Path(model.path)) if fingerprint else Path(model.path)
             info[role] = {"tag": str(model.tag), "labels": labels}
         base_dir = None
         if any(i["labels"].get("kind") == "lora-adapter" for i in info.values()):

@@ -16,10 +16,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from umi.generation import MAX_STEPS, SERVING, GenerationSettings
 from umi.prompts import DocStyle
+from umi.vocabulary import AGENT_ROLES
 
-__all__ = ["ROLES", "ServeSettings", "HARD_MAX_STEPS"]
+__all__ = ["ServeSettings", "HARD_MAX_STEPS"]
 
-ROLES = ("planner", "caller", "summarizer")
 HARD_MAX_STEPS = MAX_STEPS  # the paper's real-time inference cap on planner turns
 _CAPS = SERVING.max_new_tokens  # the per-role defaults: umi.generation's SERVING preset
 
@@ -100,13 +100,13 @@ class ServeSettings(BaseSettings):
                          k[len(prefix):].lower() not in type(self).model_fields)  # fmt: skip
         if unknown:
             raise ValueError(f"unknown settings in the environment: {unknown}")
-        given = [r for r in ROLES if getattr(self, f"{r}_dir") is not None]
-        if given and len(given) != len(ROLES):
-            missing = [r for r in ROLES if r not in given]
+        given = [r for r in AGENT_ROLES if getattr(self, f"{r}_dir") is not None]
+        if given and len(given) != len(AGENT_ROLES):
+            missing = [r for r in AGENT_ROLES if r not in given]
             raise ValueError(f"model directories: give all of planner/caller/summarizer or none (missing {missing})")
         if self.default_steps > self.max_steps:
             raise ValueError(f"default_steps {self.default_steps} exceeds max_steps {self.max_steps}")
-        for role in ROLES:
+        for role in AGENT_ROLES:
             if getattr(self, f"{role}_tokens") > self.max_new_tokens:
                 raise ValueError(f"{role}_tokens exceeds max_new_tokens {self.max_new_tokens}")
         return self
@@ -116,7 +116,7 @@ class ServeSettings(BaseSettings):
         """{role: checkpoint dir} when the models come from directories, None when from the BentoML store."""
         if self.planner_dir is None:
             return None
-        return {r: getattr(self, f"{r}_dir") for r in ROLES}
+        return {r: getattr(self, f"{r}_dir") for r in AGENT_ROLES}
 
     def sandbox_limits(self):
         from umi.serve.sandbox import SandboxLimits
@@ -130,7 +130,7 @@ class ServeSettings(BaseSettings):
         return SchemaLimits(self.max_schema_bytes, self.max_schema_depth, self.max_schema_nodes)
 
     def role_tokens(self) -> dict[str, int]:
-        return {r: getattr(self, f"{r}_tokens") for r in ROLES}
+        return {r: getattr(self, f"{r}_tokens") for r in AGENT_ROLES}
 
     def generation(self, max_new_tokens: dict[str, int] | None = None) -> GenerationSettings:
         """The SERVING preset with this deployment's caps (or `max_new_tokens`, per role) and retries; `global`

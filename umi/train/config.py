@@ -13,14 +13,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from umi.vocabulary import CONTROL_STAGE, LOCAL_STAGES, STAGES
+
 CONFIG_DIR = Path(__file__).with_name("configs")
 DEEPSPEED_DIR = Path(__file__).with_name("deepspeed")
-STAGES: tuple[str, ...] = ("global", "planner", "caller", "summarizer")
-LOCAL_STAGES: tuple[str, ...] = STAGES[1:]
-# The compute-matched single-LLM control (the evaluation's fair baseline for α-UMi): the global model trained on, on
-# the global dataset, for the tokens the three local stages spend. Not a profile entry: derived from one.
-CONTROL_STAGE = "global-matched"
-TRAINABLE_STAGES: tuple[str, ...] = (*STAGES, CONTROL_STAGE)
 
 
 def dataset_role(stage: str) -> str:

@@ -16,7 +16,8 @@ import logging
 import os
 import sys
 
-from umi.train.config import TRAINABLE_STAGES, load_config
+from umi.train.config import load_config
+from umi.vocabulary import TRAINABLE_STAGES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

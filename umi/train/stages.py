@@ -33,7 +33,7 @@ from pathlib import Path
 
 from umi import prompts
 from umi.atomic import write_json
-from umi.train.config import CONTROL_STAGE, LOCAL_STAGES, STAGES, TRAINABLE_STAGES, TrainConfig, dataset_role, load_config
+from umi.train.config import TrainConfig, dataset_role, load_config
 from umi.train.engine import (
     CompletionTrainer,
     MlflowStageCallback,
@@ -50,16 +50,23 @@ from umi.train.engine import (
 )
 from umi.train.packing import PackedCollator
 from umi.train.tokenize import CompletionCollator
+from umi.vocabulary import (
+    CONTROL_STAGE,
+    DATASET_LAYOUT,
+    LOCAL_STAGES,
+    STAGE_MANIFEST,
+    STAGES,
+    TRAINABLE_STAGES,
+    checkpoint_fingerprint,
+)
 
 log = logging.getLogger(__name__)
-
-STAGE_MANIFEST = "umi_stage.json"  # umi.prompts.checkpoint_prompt_format reads its prompt_format
 
 
 def dataset_prompt_format(datasets_dir: str | Path) -> dict | None:
     """The prompt format the role datasets were rendered with (their layout.json, umi.data.reorganize); None, with a
     warning, for datasets made by hand without one."""
-    layout = Path(datasets_dir) / "layout.json"
+    layout = Path(datasets_dir) / DATASET_LAYOUT
     if not layout.is_file():
         log.warning("%s not found: the checkpoint will not record its prompt format", layout)
         return None
@@ -113,25 +120,8 @@ def read_state(state_path: Path) -> dict:
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def weights_fingerprint(model_dir: str | Path) -> str:
-    """Identifies a checkpoint's weights cheaply: the stage fingerprint that wrote it, else weight file sizes+mtimes."""
-    model_dir = Path(model_dir)
-    manifest = model_dir / STAGE_MANIFEST
-    if manifest.exists():
-        return json.loads(manifest.read_text())["fingerprint"]
-    files = sorted(p for p in model_dir.glob("*") if p.suffix in (".safetensors", ".bin", ".gguf"))
-    if not files:  # a hub id: its name is all we know
-        return f"ref:{model_dir}"
-    return hashlib.sha256(
-        json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode()
-    ).hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def stage_fingerprint(
@@ -143,11 +133,18 @@ def stage_fingerprint(
     src = {
         "config": config.model_dump(mode="json"),
         "stage": stage,
-        "init": weights_fingerprint(init_from) if init_from.exists() else f"ref:{init_from}",
+        "init": checkpoint_fingerprint(init_from),
         "data_sha256": _sha256_file(role_dataset_path(datasets_dir, dataset_role(stage), "train")),
         "data_version": data_version,
     }
     return hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest(), src
+
+
+def stage_complete(out_dir: str | Path, fingerprint: str) -> bool:
+    """Whether `out_dir` holds the finished stage of that fingerprint (what train_stage would skip)."""
+    state = read_json_or_none(Path(out_dir) / STATE_FILE) or {}
+    manifest = read_json_or_none(Path(out_dir) / "model" / STAGE_MANIFEST) or {}
+    return bool(state.get("complete")) and state.get("fingerprint") == fingerprint == manifest.get("fingerprint")
 
 
 def _start_mlflow_run(previous_run_id: str | None, experiment: str, run_name: str, parent_run_id: str | None = None):

@@ -26,11 +26,13 @@ from umi.serve.openai_compat import new_call_id
 from umi.serve.routes.common import ApiError, EngineSource, Serving, in_thread, parse_tools, sse, tool_registry
 from umi.serve.settings import ServeSettings
 from umi.serve.toolkits import ToolkitError, ToolkitRegistry
+from umi.vocabulary import AGENT_ROLES
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AgentRequest", "AgentServing", "agent_router"]
 
+AgentRole = Literal[AGENT_ROLES]  # type: ignore[valid-type]  # a request may set the three role models' caps
 TURN_STATUS = {"call": "tool_call_pending", "answer": "answered", "give_up": "gave_up", "failed": "failed"}
 
 
@@ -46,7 +48,7 @@ class AgentRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     history: list[Step] = Field(default_factory=list, description="steps of earlier turns of the same conversation")
     max_steps: int | None = Field(None, ge=1, description="planner turns (default: the service's default_steps)")
-    max_new_tokens: dict[Literal["planner", "caller", "summarizer"], int] | None = None
+    max_new_tokens: dict[AgentRole, int] | None = None
     timeout_s: float | None = Field(None, gt=0, description="a time limit below the service's own")
 
 

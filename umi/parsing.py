@@ -27,8 +27,7 @@ Formats (umi.prompts renders them; `parse(render(x)) == x` for the canonical for
 Every parser first cuts the text at the first `</s>`: a turn ends there by the history format (umi.prompts.TURN_END),
 whether or not the tokenizer treats it as a special token.
 
-The caller parser here is a local one (static evaluation and the single-LLM parser use it); umi.tools.calls has the
-agent's own `Action / Action Input` parser, and the two should become one.
+umi.tools.calls.parse_action is the strict (raising) face of the caller parser: the tools read the format this way too.
 """
 
 from __future__ import annotations

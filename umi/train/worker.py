@@ -1,8 +1,8 @@
-"""Runs one GLPFT stage in a process of its own, for the flows: `python -m flows.stage_worker REQUEST.json RESULT.json`.
+"""One GLPFT stage in a process of its own, for the pipeline: `python -m umi.train.worker REQUEST.json RESULT.json`.
 
 REQUEST holds train_stage's arguments (stage, profile, datasets_dir, out_dir, init_from, data_version, experiment,
 parent_run_id); RESULT receives the StageResult as JSON. Training output (progress bars, logs) goes to the
-inherited stdout/stderr.
+inherited stdout/stderr. `train_in_worker` starts such a process on a device and waits for it.
 
 Why a process per stage rather than a thread of the flow: the Trainer, accelerate and torch keep process-wide state
 (the global RNG that `set_seed` reseeds, accelerate's shared AcceleratorState, torch's thread pool), so two stages
@@ -19,10 +19,14 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-PARENT_PID_ENV = "UMI_STAGE_PARENT_PID"  # set by flows.tasks: the flow process this worker must not outlive
+PARENT_PID_ENV = "UMI_STAGE_PARENT_PID"  # set by run_stage_process: the flow process this worker must not outlive
 LOCK_FILE = ".stage.lock"
 _PR_SET_PDEATHSIG = 1
 
@@ -30,7 +34,7 @@ _PR_SET_PDEATHSIG = 1
 def die_with_parent() -> None:
     """Ask the kernel to send SIGTERM when the flow process that started this one dies (kill -9 included), and
     turn SIGTERM into SystemExit so the stage closes its MLflow run as FAILED on the way out. Linux only; elsewhere
-    the flow's own cleanup (flows.tasks.run_stage_process) is what stops it."""
+    the flow's own cleanup (run_stage_process) is what stops it."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -58,14 +62,60 @@ def lock_stage_folder(out_dir: str | Path):
     return handle  # keep it open: the lock lasts as long as the file stays open
 
 
+def run_stage_process(command: Sequence[str], env: Mapping[str, str], stop_timeout_s: float = 30.0) -> int:
+    """Run a stage worker and wait for it; it never outlives this process. The worker asks the kernel for SIGTERM
+    when this process dies (die_with_parent, told this pid); when the wait here ends any other way (the task
+    cancelled, an exception, Ctrl-C in this thread), it is sent SIGTERM, then SIGKILL after `stop_timeout_s`. It
+    stays in this process group, so a terminal's Ctrl-C reaches it too."""
+    proc = subprocess.Popen(list(command), env={**env, PARENT_PID_ENV: str(os.getpid())})
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def train_in_worker(request: Mapping[str, Any], device: int | None, threads: int, log=None) -> dict:
+    """Train one stage (`request`: see the module docstring) in a worker process on GPU `device` (None: the CPU,
+    `threads` threads unless OMP_NUM_THREADS says otherwise); StageResult.to_json(). The worker logs to the tracking
+    store of this process, whatever set it. `log`: the logger that says where it trains (a Prefect run logger)."""
+    import mlflow
+
+    from umi.devices import env_with_venv
+
+    env = env_with_venv()
+    env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(device)
+    Path(request["out_dir"]).mkdir(parents=True, exist_ok=True)
+    where = f"GPU {device}" if device is not None else f"{env['OMP_NUM_THREADS']} CPU threads"
+    (log or logging.getLogger(__name__)).info("training %s from %s into %s (%s)", request["stage"],
+                                              request["init_from"], request["out_dir"], where)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix=f"umi-{request['stage']}-") as tmp:
+        request_file, result_file = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        request_file.write_text(json.dumps(dict(request)))
+        returncode = run_stage_process([sys.executable, "-m", "umi.train.worker", str(request_file),
+                                        str(result_file)], env)  # fmt: skip
+        if returncode != 0:
+            raise RuntimeError(f"training stage {request['stage']} failed (exit {returncode}); its output is above")
+        return json.loads(result_file.read_text())
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m flows.stage_worker REQUEST.json RESULT.json", file=sys.stderr)
+        print("usage: python -m umi.train.worker REQUEST.json RESULT.json", file=sys.stderr)
         return 2
     die_with_parent()
     request = json.loads(Path(argv[0]).read_text())
     lock = lock_stage_folder(request["out_dir"])  # noqa: F841  (held until exit)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from umi.atomic import write_json
     from umi.train.stages import train_stage
 
     result = train_stage(
@@ -79,8 +129,6 @@ def main(argv: list[str]) -> int:
         experiment=request.get("experiment", "umi-train"),
         parent_run_id=request.get("parent_run_id"),
     )
-    from umi.atomic import write_json
-
     write_json(argv[1], result.to_json())
     return 0
 

@@ -1,0 +1,73 @@
+"""The generation cache: keys, persistence across processes' instances, batches stored one by one."""
+
+from __future__ import annotations
+
+import pytest
+
+from umi.agent.backend import Generation, GenerationRequest, TooLong
+from umi.eval.generation_cache import CachedBackend, GenerationCache, request_key
+
+
+def _generation(text: str) -> Generation:
+    return Generation(text=text, token_ids=(1, 2), stop_reason="eos", prompt_tokens=3, prefill_tokens=3,
+                      reused_tokens=0, new_tokens=2, dropped_turns=0, prefill_seconds=0.1, seconds=0.2)  # fmt: skip
+
+
+class Echo:
+    """Writes the prompt back; counts what it was asked; fails on the prompt 'boom'."""
+
+    def __init__(self):
+        self.asked: list[str] = []
+        self.context_length = 64
+
+    def generate(self, request):
+        self.asked.append(request.prompt)
+        if request.prompt == "long":
+            raise TooLong("r1", 99, 64)
+        return _generation(request.prompt.upper())
+
+    def generate_batch(self, requests, batch_size=8):
+        if any(r.prompt == "boom" for r in requests):
+            raise RuntimeError("killed")
+        self.asked.extend(r.prompt for r in requests)
+        return [_generation(r.prompt.upper()) for r in requests]
+
+
+def test_keys_depend_on_inputs_not_labels():
+    a = GenerationRequest(prompt="p", record_id="x")
+    assert request_key("m", a) == request_key("m", GenerationRequest(prompt="p", record_id="y"))
+    assert request_key("m", a) != request_key("m2", a)
+    for change in (dict(prompt="q"), dict(max_new_tokens=7), dict(temperature=0.7), dict(seed=3),
+                   dict(history_span=(0, 1)), dict(stop_strings=("x",))):  # fmt: skip
+        assert request_key("m", a) != request_key("m", GenerationRequest(**{"prompt": "p", **change})), change
+
+
+def test_cached_generations_survive_the_process_and_a_failed_batch(tmp_path):
+    path = tmp_path / "c.sqlite"
+    inner = Echo()
+    backend = CachedBackend(inner, GenerationCache(path), "model-a")
+    requests = [GenerationRequest(prompt=p) for p in ("a", "b", "c", "boom")]
+    with pytest.raises(RuntimeError):
+        backend.generate_batch(requests, batch_size=2)  # the first batch is stored before the second fails
+    assert inner.asked == ["a", "b"]
+
+    resumed_inner = Echo()
+    resumed = CachedBackend(resumed_inner, GenerationCache(path), "model-a")  # a new process over the same file
+    out = resumed.generate_batch(requests[:3], batch_size=2)
+    assert [g.text for g in out] == ["A", "B", "C"] and resumed_inner.asked == ["c"]
+    assert resumed.cache.stats.hits == 2 and resumed.cache.stats.misses == 1
+    assert resumed.generate(GenerationRequest(prompt="c")).text == "C" and resumed_inner.asked == ["c"]
+    other_model = CachedBackend(Echo(), GenerationCache(path), "model-b")
+    other_model.generate(GenerationRequest(prompt="a"))
+    assert other_model.inner.asked == ["a"]  # another checkpoint never reads model-a's texts
+    assert resumed.context_length == 64  # everything else is the wrapped backend's
+
+
+def test_a_prompt_that_does_not_fit_is_remembered_too(tmp_path):
+    first = CachedBackend(Echo(), GenerationCache(tmp_path / "c.sqlite"), "m")
+    with pytest.raises(TooLong):
+        first.generate(GenerationRequest(prompt="long"))
+    again = CachedBackend(Echo(), GenerationCache(tmp_path / "c.sqlite"), "m")
+    with pytest.raises(TooLong, match="needs 99 tokens"):
+        again.generate(GenerationRequest(prompt="long"))
+    assert again.inner.asked == [] and again.cache.stats.hits == 1

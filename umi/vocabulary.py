@@ -1,0 +1,74 @@
+"""The names umi's parts share: roles, GLPFT stages, the files a stage leaves, test sets, reference agents, and the
+checkpoint fingerprint. Defined once here; data, training, evaluation, the registry and serving import them.
+
+Prompt text is not here: umi.prompts holds the formats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+# --- roles ------------------------------------------------------------------------------------------------------------
+RoleName = Literal["planner", "caller", "summarizer", "global"]  # for type checkers; the same names as ROLES
+AGENT_ROLES: tuple[str, ...] = ("planner", "caller", "summarizer")  # the α-UMi agent's three models
+ROLES: tuple[str, ...] = ("global", *AGENT_ROLES)  # every role a model is trained for: the single LLM's too
+
+# --- GLPFT stages -----------------------------------------------------------------------------------------------------
+STAGES: tuple[str, ...] = ROLES  # one stage per role: global first, then the three local ones from it
+LOCAL_STAGES: tuple[str, ...] = AGENT_ROLES
+# The compute-matched single-LLM control (the evaluation's fair baseline for α-UMi): the global model trained on, on
+# the global dataset, for the tokens the three local stages spend. Not a profile entry: derived from one.
+CONTROL_STAGE = "global-matched"
+TRAINABLE_STAGES: tuple[str, ...] = (*STAGES, CONTROL_STAGE)
+
+# --- files ------------------------------------------------------------------------------------------------------------
+STAGE_MANIFEST = "umi_stage.json"  # beside a stage's final checkpoint: provenance, prompt format, fingerprint
+DATASET_LAYOUT = "layout.json"  # in a role-dataset folder: its layout and prompt format (umi.data.reorganize)
+
+# --- test sets --------------------------------------------------------------------------------------------------------
+BFCL_TEST = "bfcl-test"  # the held-out BFCL split: reported
+BFCL_DEV = "bfcl-dev"  # the BFCL dev split: what selection (promotion) reads
+TOOLBENCH_OOD = "toolbench-ood"  # the α-UMi reference's ToolBench out-of-domain static set
+LIVE_TEST = "live"  # live rollouts on the multi-turn entries of the test split
+LIVE_DEV = "live_dev"  # live rollouts on the multi-turn entries of the dev split (selection)
+STATIC_TEST_SETS: tuple[str, ...] = (BFCL_TEST, BFCL_DEV, TOOLBENCH_OOD)
+LIVE_TEST_SETS: tuple[str, ...] = (LIVE_TEST, LIVE_DEV)
+
+# --- reference agents (the names in evaluation reports and promotion decisions) ---------------------------------------
+ALPHA_UMI = "alpha-umi"
+SINGLE_LLM = "single-llm"
+SINGLE_MATCHED = "single-matched"  # the single LLM trained with the GLPFT stages' total token budget (CONTROL_STAGE)
+CHAMPION = "champion"  # the registered champion agent (also the registry alias of its versions)
+RULE_LAST_TURN = "rule: last turn"  # the rule baselines (umi.eval.baselines): no model, static only
+RULE_ALWAYS_CALLER = "rule: always caller"
+NO_CALL = "no call"  # the do-nothing agent, live only
+BASELINES: tuple[str, ...] = (RULE_LAST_TURN, RULE_ALWAYS_CALLER, NO_CALL)
+
+# --- the checkpoint fingerprint ---------------------------------------------------------------------------------------
+WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".bin", ".gguf")
+
+
+def checkpoint_fingerprint(checkpoint: str | Path) -> str:
+    """What identifies a checkpoint, everywhere umi stores or compares one (stage fingerprints of the next stage,
+    registry tags, Bento model labels, evaluation cache keys): the fingerprint of the training stage that wrote it
+    (its STAGE_MANIFEST), else a sha256 of its weight files' names, sizes and modification times (cheap: a copy counts
+    as another checkpoint, never two different ones as the same), else `ref:<path>` (a hub id: its name is all we
+    know). The stored values of trained stages depend on this rule: changing it retrains every stage once."""
+    path = Path(checkpoint)
+    manifest = path / STAGE_MANIFEST
+    if manifest.is_file():
+        try:
+            fingerprint = json.loads(manifest.read_text(encoding="utf-8")).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            fingerprint = None
+        if isinstance(fingerprint, str) and fingerprint:
+            return fingerprint
+    files = sorted(p for p in path.glob("*") if p.suffix in WEIGHT_SUFFIXES) if path.is_dir() else []
+    if not files:
+        return f"ref:{path}"
+    return hashlib.sha256(
+        json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode()
+    ).hexdigest()
