@@ -195,7 +195,7 @@ class ChatSession:
         result = self.agent.run(
             text, self.runtime, history=self.history, task_id=f"chat-{self.turns}",
             on_event=lambda e: render_event(self.console, e),
-        )  # fmt: skip
+        )
         self.history = list(result.trajectory.steps)
         return result
 
@@ -225,7 +225,7 @@ class ChatSession:
 
 # --- the command ----------------------------------------------------------------------------------------------------
 def _agent(agent: str, runs: Path, backbone: Path, model: Optional[Path], planner: Optional[Path],
-           caller: Optional[Path], summarizer: Optional[Path]):  # fmt: skip
+           caller: Optional[Path], summarizer: Optional[Path]):
     from umi.inference import AgentSpec, default_agents
 
     if model is not None:

@@ -183,7 +183,7 @@ class _Episode:
     def agent_step(self, backends: Mapping[str, Backend]) -> AgentStep:
         """The shared step (umi.agent.step) for this planner turn, recording into this episode's meta."""
         return AgentStep(backends, self.builder, self.config, log=self.log, label=f"{self.task_id}#{self.step}",
-                         where={"step": self.step})  # fmt: skip
+                         where={"step": self.step})
 
     def planned(self, plan: Plan) -> None:
         """Record and show the planner's turn (before the caller or summarizer acts on it)."""
@@ -200,7 +200,7 @@ class _Episode:
             text, ok, kind = f"Error: the tool {call.tool_name!r} failed: {type(e).__name__}: {e}", False, "tool_error"
         seconds = time.perf_counter() - started
         self.tool_calls.append({"step": self.step, "tool": call.tool_name, "ok": ok, "error_kind": None if ok else kind,
-                                "seconds": round(seconds, 6), "observation_chars": len(text)})  # fmt: skip
+                                "seconds": round(seconds, 6), "observation_chars": len(text)})
         if not ok:
             self.fail("tool", kind, text[:200])
         return text, ok
@@ -215,7 +215,7 @@ class _Episode:
         if isinstance(parsed, ToolCall):
             self.steps.append(
                 Step(role="caller", tool_name=parsed.tool_name, arguments=parsed.arguments,
-                     arguments_text=parsed.arguments_text)  # fmt: skip
+                     arguments_text=parsed.arguments_text)
             )
             self.emit("caller", parsed.render(), tool=parsed.tool_name, arguments=parsed.arguments)
             text, ok = self.run_tool(parsed)
@@ -230,7 +230,7 @@ class _Episode:
 
     def finish(self, status: Status, answer: str | None) -> AgentResult:
         totals: dict[str, float] = {"prompt_tokens": 0, "prefill_tokens": 0, "reused_tokens": 0, "new_tokens": 0,
-                                    "generation_seconds": 0.0}  # fmt: skip
+                                    "generation_seconds": 0.0}
         for g in self.generations:
             for key in ("prompt_tokens", "prefill_tokens", "reused_tokens", "new_tokens"):
                 totals[key] += g[key]

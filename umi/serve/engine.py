@@ -176,7 +176,7 @@ class AgentEngine:
         failures, generations = step.log.failures, step.log.generations
         if outcome.plan is None:
             return TurnResult("failed", [], "", None, message="Error: the planner wrote nothing, even when retried.",
-                              failures=failures, generations=generations)  # fmt: skip
+                              failures=failures, generations=generations)
         thought, decision = outcome.plan.thought, outcome.plan.decision
         overridden = None
         if decision != outcome.planned:
@@ -186,7 +186,7 @@ class AgentEngine:
 
         def result(kind: TurnKind, **kw: Any) -> TurnResult:
             return TurnResult(kind, new_steps, thought, decision, overridden=overridden, failures=failures,
-                              generations=generations, **kw)  # fmt: skip
+                              generations=generations, **kw)
 
         if outcome.kind == "give_up":
             return result("give_up", finish="stop")
@@ -197,9 +197,9 @@ class AgentEngine:
         call = outcome.call
         if outcome.problem or not isinstance(call, ToolCall):
             return result("failed", message=f"Error: the caller's output could not be used as a tool call: "
-                                            f"{outcome.problem}")  # fmt: skip
+                                            f"{outcome.problem}")
         new_steps.append(Step(role="caller", tool_name=call.tool_name, arguments=call.arguments,
-                              arguments_text=call.arguments_text))  # fmt: skip
+                              arguments_text=call.arguments_text))
         return result("call", call=call, finish="tool_calls")
 
     @staticmethod

@@ -44,7 +44,7 @@ class ChatServing(Serving):
             raise ApiError(400, "n must be 1: this service returns one choice", param="n")
         if len(req.messages) > settings.max_messages:
             raise ApiError(400, f"{len(req.messages)} messages, over this service's limit of {settings.max_messages}",
-                           param="messages")  # fmt: skip
+                           param="messages")
         specs = tool_specs(req.tools)
         if len(specs) > settings.max_tools:
             raise ApiError(400, f"{len(specs)} tools, over this service's limit of {settings.max_tools}", param="tools")
@@ -60,7 +60,7 @@ class ChatServing(Serving):
             name = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
             if max_tokens > settings.max_new_tokens:
                 raise ApiError(400, f"{name} {max_tokens} exceeds this service's limit of {settings.max_new_tokens}",
-                               param=name)  # fmt: skip
+                               param=name)
             requested = {"caller": max_tokens, "summarizer": max_tokens}
         try:
             steps = messages_to_steps(req.messages)
@@ -69,7 +69,7 @@ class ChatServing(Serving):
         if sum(len(s.content) for s in steps if s.role == "user") > settings.max_query_chars * 4:
             raise ApiError(400, "the user messages are too long for this service", param="messages")
         return {"engine": current, "steps": steps, "specs": specs, "validator": validator, "choice": choice,
-                "tokens": requested}  # fmt: skip
+                "tokens": requested}
 
     @staticmethod
     def message(turn: TurnResult) -> dict[str, Any]:
@@ -96,12 +96,12 @@ class ChatServing(Serving):
         turn: TurnResult = await in_thread(lambda: current.next_turn(
             plan["steps"], plan["specs"], deadline=deadline, tool_choice=plan["choice"], validator=plan["validator"],
             max_new_tokens=plan["tokens"], temperature=req.temperature or 0.0, seed=req.seed or 0,
-            record_id=completion_id), request, deadline)  # fmt: skip
+            record_id=completion_id), request, deadline)
         extension = {"status": turn.kind, "thought": turn.thought, "decision": turn.decision,
                      "tool_choice_override": turn.overridden, "failures": turn.failures,
-                     "generations": turn.generations}  # fmt: skip
+                     "generations": turn.generations}
         full = completion(completion_id=completion_id, model=self.settings.model_name, message=self.message(turn),
-                          finish_reason=turn.finish, usage=turn.usage(), extension=extension)  # fmt: skip
+                          finish_reason=turn.finish, usage=turn.usage(), extension=extension)
         if not req.stream:
             return JSONResponse(full)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -18,7 +18,7 @@ from umi.serve.routes.common import Serving
 __all__ = ["ModelServing", "models_router"]
 
 HEALTH_LIMITS = {"max_body_bytes", "max_steps", "max_new_tokens", "max_tools", "max_messages", "request_timeout_s",
-                 "tool_timeout_s"}  # fmt: skip
+                 "tool_timeout_s"}
 
 
 class ModelServing(Serving):
@@ -27,12 +27,12 @@ class ModelServing(Serving):
     def health(self) -> JSONResponse:
         current = self.engine()
         body = {"status": "ok" if current else "loading", "models": current.models if current else {},
-                "limits": self.settings.model_dump(include=HEALTH_LIMITS), "toolkits": self.toolkits.names}  # fmt: skip
+                "limits": self.settings.model_dump(include=HEALTH_LIMITS), "toolkits": self.toolkits.names}
         return JSONResponse(body, status_code=200 if current else 503)
 
     def card(self, current: AgentEngine | None) -> dict[str, Any]:
         return {"id": self.settings.model_name, "object": "model", "created": int(current.loaded_at) if current else 0,
-                "owned_by": "umi", "umi": {"roles": current.models if current else {}}}  # fmt: skip
+                "owned_by": "umi", "umi": {"roles": current.models if current else {}}}
 
     def list(self) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [self.card(self.ready())]})
