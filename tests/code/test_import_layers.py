@@ -21,9 +21,6 @@ RULES: tuple[tuple[str, str], ...] = (
 
 # Known upward imports, each owned by a change of this round: the lead removes an entry when that change is merged.
 KNOWN: set[tuple[str, str]] = {
-    # wt-step (umi/agent/chat.py): chat builds its agents with umi.eval's helpers
-    ("umi/agent/chat.py", "umi.eval.agents"),
-    ("umi/agent/chat.py", "umi.eval.settings"),
     # Evaluation runs the agent: it drives the generation backends, the prompt builder and the α-UMi loop. Not
     # parsing (which moved to umi/parsing.py); these stay until it is decided whether eval gets its agents handed in
     # or the rule reads "eval may drive the agent runtime".

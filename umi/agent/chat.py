@@ -31,6 +31,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from umi.generation import MAX_STEPS
+
 __all__ = ["ChatSession", "chat_cmd", "load_runtime", "render_event", "SchemaOnlyTools"]
 
 EXIT_COMMANDS = {"/exit", "/quit", "exit", "quit"}
@@ -193,7 +195,7 @@ class ChatSession:
         result = self.agent.run(
             text, self.runtime, history=self.history, task_id=f"chat-{self.turns}",
             on_event=lambda e: render_event(self.console, e),
-        )  # fmt: skip
+        )
         self.history = list(result.trajectory.steps)
         return result
 
@@ -223,8 +225,8 @@ class ChatSession:
 
 # --- the command ----------------------------------------------------------------------------------------------------
 def _agent(agent: str, runs: Path, backbone: Path, model: Optional[Path], planner: Optional[Path],
-           caller: Optional[Path], summarizer: Optional[Path]):  # fmt: skip
-    from umi.eval.agents import AgentSpec, default_agents
+           caller: Optional[Path], summarizer: Optional[Path]):
+    from umi.inference import AgentSpec, default_agents
 
     if model is not None:
         return AgentSpec.single("single-llm", model)
@@ -255,14 +257,14 @@ def chat_cmd(
     doc_style: Annotated[
         str, typer.Option(help="Tool-doc style for checkpoints that record no prompt format (a trained one's wins).")
     ] = "compact",
-    max_steps: Annotated[int, typer.Option(min=1, help="Planner turns per user turn.")] = 12,
+    max_steps: Annotated[int, typer.Option(min=1, help="Planner turns per user turn.")] = MAX_STEPS,
     max_prompt_tokens: Annotated[int, typer.Option(min=16, help="Prompt token budget (training's max_length).")] = 1024,
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16 (auto: bf16 where native).")] = "auto",
 ) -> None:
     """Chat with an agent over a BFCL toolkit or your own tools; shows thought, call, observation and answer live."""
     from umi.agent.backend import load_backends
     from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent
-    from umi.eval.settings import DEFAULT_MAX_NEW_TOKENS
+    from umi.generation import CHAT
     from umi.inference import DTYPE_NAMES
     from umi.prompts import agreed_prompt_format, prompt_format
 
@@ -283,10 +285,9 @@ def chat_cmd(
         raise typer.Exit(2)
     console.print(f"[dim]loading {spec.name}: {', '.join(sorted(set(spec.roles.values())))}[/]")
     # the loader and dtype rule of evaluation and serving (umi.inference), so chat talks to the evaluated model
-    backends = load_backends(spec.roles, max_prompt_tokens=max_prompt_tokens, max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
-                             dtype=dtype)  # fmt: skip
-    caps = dict(DEFAULT_MAX_NEW_TOKENS)
-    cfg = AgentConfig(max_steps=max_steps, doc_style=doc_style, max_new_tokens=caps)  # type: ignore[arg-type]
+    # umi.generation's CHAT preset: evaluation's caps, so the context is fitted as evaluation fits it
+    backends = load_backends(spec.roles, max_prompt_tokens=max_prompt_tokens, max_new_tokens=CHAT.caps(), dtype=dtype)
+    cfg = AgentConfig.from_generation(CHAT, max_steps=max_steps, doc_style=doc_style)
     if spec.kind == "single":
         bot = SingleLLMAgent(backends["global"], config=cfg)
     else:

@@ -9,8 +9,11 @@
         conclusion -> the summarizer writes the final answer; done
         give up -> done, no answer
 
+Each planner turn and what follows it is one agent step (umi.agent.step.AgentStep, which the service's chat turn
+takes too); this module runs the tools between steps and keeps the episode's record.
+
 Single-LLM baseline: the global model writes the thought and the call (or `conclusion: <answer>`, or
-`conclusion: give up.`) in one generation; tools run the same way.
+`conclusion: give up.`) in one generation (the step's `global_turn`, with the same retries); tools run the same way.
 
 Model output is untrusted. Nothing here evaluates it; every way it can go wrong ends as an observation the planner
 reads on its next turn, or as a clean end of the episode:
@@ -40,26 +43,19 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from umi import prompts
-from umi.agent.backend import Backend, Generation, GenerationRequest, TooLong, TransformersBackend
-from umi.agent.roles import PromptBuilder, RolePrompt
-from umi.parsing import (
-    GlobalAnswer,
-    GlobalCall,
-    GlobalGiveUp,
-    ParseFailure,
-    ToolCall,
-    parse_caller_output,
-    parse_global_output,
-    parse_planner_output,
-    parse_summarizer_output,
-)
+from umi.agent.backend import Backend, TooLong, TransformersBackend
+from umi.agent.roles import PromptBuilder
+from umi.agent.step import AgentStep, Plan, StepLog, turn_text
+from umi.generation import MAX_STEPS, GenerationSettings
+from umi.parsing import GlobalAnswer, GlobalCall, GlobalGiveUp, ParseFailure, ToolCall
 from umi.prompts import DocStyle
 from umi.schema import Step, ToolSpec, Trajectory
+from umi.vocabulary import ALPHA_UMI, SINGLE_LLM
 
 __all__ = [
     "AgentConfig",
@@ -101,27 +97,25 @@ class ToolRuntime(Protocol):
 
 
 @dataclass(frozen=True)
-class AgentConfig:
-    """max_steps: planner (or single-LLM) turns per episode. planner_retries: extra tries when the planner writes
-    nothing, sampled at `retry_temperature`. max_new_tokens: per role."""
+class AgentConfig(GenerationSettings):
+    """The generation settings (umi.generation: caps per role, planner retries and their temperature; the defaults
+    are its AGENT preset) and the episode's own: max_steps, planner (or single-LLM) turns per episode; the
+    observation limit and tool-doc style of the prompts."""
 
-    max_steps: int = 12
+    max_steps: int = MAX_STEPS
     observation_limit: int | None = prompts.OBSERVATION_LIMIT
-    planner_retries: int = 5
-    retry_temperature: float = 0.7
     doc_style: DocStyle = "reference"
-    max_new_tokens: Mapping[str, int] = field(
-        default_factory=lambda: {"planner": 256, "caller": 256, "summarizer": 512, "global": 512}
-    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_steps < 1:
             raise ValueError("max_steps must be >= 1")
-        if self.planner_retries < 0:
-            raise ValueError("planner_retries must be >= 0")
-        missing = {"planner", "caller", "summarizer", "global"} - set(self.max_new_tokens)
-        if missing:
-            raise ValueError(f"max_new_tokens lacks {sorted(missing)}")
+
+    @classmethod
+    def from_generation(cls, generation: GenerationSettings, **episode: Any) -> "AgentConfig":
+        """The config of `generation`'s settings (a preset of umi.generation) with the episode fields given."""
+        shared = {f.name: getattr(generation, f.name) for f in fields(GenerationSettings)}
+        return cls(**{**shared, "max_new_tokens": generation.caps(), **episode})
 
 
 @dataclass(frozen=True)
@@ -173,8 +167,8 @@ class _Episode:
         self.config = config
         self.on_event = on_event
         self.builder = PromptBuilder(self.tools, config.doc_style, config.observation_limit)
-        self.generations: list[dict[str, Any]] = []
-        self.failures: list[dict[str, Any]] = []
+        self.log = StepLog()
+        self.generations, self.failures = self.log.generations, self.log.failures
         self.tool_calls: list[dict[str, Any]] = []
         self.started = time.perf_counter()
         self.step = 0
@@ -186,19 +180,15 @@ class _Episode:
     def fail(self, role: str, kind: str, detail: str) -> None:
         self.failures.append({"step": self.step, "role": role, "kind": kind, "detail": detail})
 
-    def generate(self, backend: Backend, prompt: RolePrompt, attempt: int = 0) -> Generation:
-        c = self.config
-        request = GenerationRequest(
-            prompt=prompt.prompt,
-            history_span=prompt.history_span,
-            max_new_tokens=c.max_new_tokens[prompt.role],
-            temperature=c.retry_temperature if attempt else 0.0,
-            seed=attempt,
-            record_id=f"{self.task_id}#{self.step}",
-        )
-        g = backend.generate(request)
-        self.generations.append({"step": self.step, "role": prompt.role, "attempt": attempt, **g.timing()})
-        return g
+    def agent_step(self, backends: Mapping[str, Backend]) -> AgentStep:
+        """The shared step (umi.agent.step) for this planner turn, recording into this episode's meta."""
+        return AgentStep(backends, self.builder, self.config, log=self.log, label=f"{self.task_id}#{self.step}",
+                         where={"step": self.step})
+
+    def planned(self, plan: Plan) -> None:
+        """Record and show the planner's turn (before the caller or summarizer acts on it)."""
+        self.steps.append(plan.step())
+        self.emit("planner", plan.thought, decision=plan.decision, attempt=plan.attempt)
 
     def run_tool(self, call: ToolCall) -> tuple[str, bool]:
         started = time.perf_counter()
@@ -210,7 +200,7 @@ class _Episode:
             text, ok, kind = f"Error: the tool {call.tool_name!r} failed: {type(e).__name__}: {e}", False, "tool_error"
         seconds = time.perf_counter() - started
         self.tool_calls.append({"step": self.step, "tool": call.tool_name, "ok": ok, "error_kind": None if ok else kind,
-                                "seconds": round(seconds, 6), "observation_chars": len(text)})  # fmt: skip
+                                "seconds": round(seconds, 6), "observation_chars": len(text)})
         if not ok:
             self.fail("tool", kind, text[:200])
         return text, ok
@@ -225,7 +215,7 @@ class _Episode:
         if isinstance(parsed, ToolCall):
             self.steps.append(
                 Step(role="caller", tool_name=parsed.tool_name, arguments=parsed.arguments,
-                     arguments_text=parsed.arguments_text)  # fmt: skip
+                     arguments_text=parsed.arguments_text)
             )
             self.emit("caller", parsed.render(), tool=parsed.tool_name, arguments=parsed.arguments)
             text, ok = self.run_tool(parsed)
@@ -240,7 +230,7 @@ class _Episode:
 
     def finish(self, status: Status, answer: str | None) -> AgentResult:
         totals: dict[str, float] = {"prompt_tokens": 0, "prefill_tokens": 0, "reused_tokens": 0, "new_tokens": 0,
-                                    "generation_seconds": 0.0}  # fmt: skip
+                                    "generation_seconds": 0.0}
         for g in self.generations:
             for key in ("prompt_tokens", "prefill_tokens", "reused_tokens", "new_tokens"):
                 totals[key] += g[key]
@@ -272,7 +262,7 @@ class _Episode:
 class AlphaUMiAgent:
     """The three-role agent. Pass one backend to play every role, or one per role."""
 
-    name = "alpha-umi"
+    name = ALPHA_UMI
 
     def __init__(
         self,
@@ -320,59 +310,34 @@ class AlphaUMiAgent:
         """One episode for `query` with `tools`. `history`: steps of earlier turns of the same conversation (a BFCL
         multi-turn entry), which the prompts include before the new user turn."""
         ep = _Episode(self.name, query, tools, history, task_id, self.config, on_event)
+        backends = {"planner": self.planner, "caller": self.caller, "summarizer": self.summarizer}
         try:
             while ep.step < self.config.max_steps:
                 ep.step += 1
-                planned = self._plan(ep)
-                if planned is None:
+                outcome = ep.agent_step(backends).take(ep.steps, on_plan=ep.planned)
+                if outcome.kind == "planner_empty":
                     return ep.finish("planner_empty", None)
-                if planned.decision == "give up":
-                    ep.emit("give_up", planned.thought)
+                if outcome.kind == "give_up":
+                    assert outcome.plan is not None
+                    ep.emit("give_up", outcome.plan.thought)
                     return ep.finish("gave_up", None)
-                if planned.decision == "conclusion":
-                    prompt = ep.builder.summarizer(ep.steps)
-                    answer = parse_summarizer_output(ep.generate(self.summarizer, prompt).text)
+                if outcome.kind == "answer":
+                    answer = outcome.answer or ""
                     ep.steps.append(Step(role="conclusion", content=answer))
                     ep.emit("answer", answer)
                     return ep.finish("answered", answer)
-                prompt = ep.builder.caller(ep.steps, planned.render())
-                ep.call_step(parse_caller_output(ep.generate(self.caller, prompt).text))
+                assert outcome.call is not None
+                ep.call_step(outcome.call)
             return ep.finish("max_steps", None)
         except TooLong as e:
             ep.fail("context", "too_long", str(e))
             return ep.finish("context_exhausted", None)
 
-    def _plan(self, ep: _Episode):
-        """The planner's parsed output, already recorded as an assistant step; None when it wrote nothing."""
-        prompt = ep.builder.planner(ep.steps)
-        for attempt in range(self.config.planner_retries + 1):
-            g = ep.generate(self.planner, prompt, attempt)
-            parsed = parse_planner_output(g.text)
-            if isinstance(parsed, ParseFailure):
-                ep.fail("planner", parsed.kind, parsed.detail)
-                if parsed.kind == "empty_output":
-                    continue
-                # no decision: go on as `Next: caller`, the caller reads the planner's text as its thought
-                parsed = _PlannerFallback(_turn_text(parsed.text))
-            ep.steps.append(Step(role="assistant", content=parsed.thought, decision=parsed.decision))
-            ep.emit("planner", parsed.thought, decision=parsed.decision, attempt=attempt)
-            return parsed
-        return None
-
-
-@dataclass(frozen=True)
-class _PlannerFallback:
-    thought: str
-    decision: Literal["caller"] = "caller"
-
-    def render(self) -> str:
-        return prompts.planner_target(self.thought, self.decision)
-
 
 class SingleLLMAgent:
     """The single-LLM baseline: the global model writes thought and action (or conclusion) in one generation."""
 
-    name = "single-llm"
+    name = SINGLE_LLM
 
     def __init__(self, model: Backend, config: AgentConfig | None = None):
         self.model = model
@@ -397,7 +362,7 @@ class SingleLLMAgent:
         try:
             while ep.step < self.config.max_steps:
                 ep.step += 1
-                parsed = self._step(ep)
+                parsed = ep.agent_step({"global": self.model}).global_turn(ep.steps)
                 if parsed is None:
                     return ep.finish("planner_empty", None)
                 if isinstance(parsed, GlobalGiveUp):
@@ -414,7 +379,7 @@ class SingleLLMAgent:
                 if isinstance(parsed, GlobalCall):
                     thought, call = parsed.thought, parsed.call
                 else:  # a ParseFailure: the readable thought and whatever of the call could be read
-                    thought, call = (parsed.thought if parsed.thought is not None else _turn_text(parsed.text)), parsed
+                    thought, call = (parsed.thought if parsed.thought is not None else turn_text(parsed.text)), parsed
                 ep.steps.append(Step(role="assistant", content=thought, decision="caller"))
                 ep.emit("planner", thought, decision="caller")
                 ep.call_step(call)
@@ -422,18 +387,3 @@ class SingleLLMAgent:
         except TooLong as e:
             ep.fail("context", "too_long", str(e))
             return ep.finish("context_exhausted", None)
-
-    def _step(self, ep: _Episode):
-        prompt = ep.builder.global_(ep.steps)
-        for attempt in range(self.config.planner_retries + 1):
-            parsed = parse_global_output(ep.generate(self.model, prompt, attempt).text)
-            if isinstance(parsed, ParseFailure) and parsed.kind == "empty_output":
-                ep.fail("global", parsed.kind, parsed.detail)
-                continue
-            return parsed
-        return None
-
-
-def _turn_text(text: str) -> str:
-    return text.split(prompts.TURN_END, 1)[0].strip()
-

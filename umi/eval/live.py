@@ -161,12 +161,7 @@ def bfcl_judge(entry: LiveEntry, calls_per_turn: Sequence[Sequence[str]]) -> dic
 # --- rollouts ---------------------------------------------------------------------------------------------------------
 def build_agent(backends: dict, settings: EvalSettings, doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE):
     """The agent loop over loaded backends: single-LLM when there is a `global` backend, else α-UMi."""
-    config = AgentConfig(
-        max_steps=settings.max_steps,
-        planner_retries=settings.planner_retries,
-        doc_style=doc_style,
-        max_new_tokens=dict(settings.max_new_tokens),
-    )
+    config = AgentConfig.from_generation(settings.generation(), max_steps=settings.max_steps, doc_style=doc_style)
     if "global" in backends:
         return SingleLLMAgent(backends["global"], config=config)
     return AlphaUMiAgent(backends["planner"], backends["caller"], backends["summarizer"], config=config)

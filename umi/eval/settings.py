@@ -1,5 +1,6 @@
-"""Generation settings of an evaluation, and the suggested sizes per machine (`PROFILES`).
+"""Settings of an evaluation, and the suggested sizes per machine (`PROFILES`).
 
+The generation caps and retries are umi.generation's EVALUATION preset (the `full` profile: EVALUATION_FULL).
 Untrained models rarely stop on their own: they write until `max_new_tokens`, so the caps bound the cost of the
 backbone row. The defaults sit above what the gold outputs need (SmolLM2 tokenizer, compact docs; p95 of target
 tokens on the BFCL test split / ToolBench out-of-domain set: planner 42 / 197, caller 59 / 61, summarizer 81 / 500,
@@ -12,9 +13,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-__all__ = ["EvalSettings", "PROFILES", "DEFAULT_MAX_NEW_TOKENS"]
+from umi.generation import EVALUATION, EVALUATION_FULL, MAX_STEPS, GenerationSettings
 
-DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {"planner": 128, "caller": 96, "summarizer": 160, "global": 192}
+__all__ = ["EvalSettings", "PROFILES"]
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,11 @@ class EvalSettings:
     limit / ood_limit / live_limit: trajectories of the BFCL test split / of the ToolBench out-of-domain set (None:
     as `limit`) / live entries; None: all."""
 
-    max_new_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_NEW_TOKENS))
+    max_new_tokens: dict[str, int] = field(default_factory=EVALUATION.caps)
     batch_size: int = 8
     max_prompt_tokens: int | None = 1024
-    max_steps: int = 12
-    planner_retries: int = 1
+    max_steps: int = MAX_STEPS
+    planner_retries: int = EVALUATION.planner_retries
     stop_on_failure: bool = True
     dtype: str = "auto"
     limit: int | None = None
@@ -44,13 +45,9 @@ class EvalSettings:
     live_limit: int | None = None
 
     def __post_init__(self) -> None:
-        missing = {"planner", "caller", "summarizer", "global"} - set(self.max_new_tokens)
-        if missing:
-            raise ValueError(f"max_new_tokens lacks {sorted(missing)}")
-        if any(int(v) < 1 for v in self.max_new_tokens.values()):
-            raise ValueError("max_new_tokens must be >= 1 for every role")
         if self.batch_size < 1 or self.max_steps < 1 or self.planner_retries < 0:
             raise ValueError("batch_size and max_steps must be >= 1, planner_retries >= 0")
+        self.generation()  # checks the caps (every role, each >= 1)
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 16:
             raise ValueError(f"max_prompt_tokens {self.max_prompt_tokens} leaves no room for a prompt")
         if self.dtype not in ("auto", "float32", "bfloat16"):
@@ -59,6 +56,10 @@ class EvalSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or None")
+
+    def generation(self) -> GenerationSettings:
+        """The EVALUATION preset with this evaluation's caps and retries (what the live rollouts' agents run)."""
+        return EVALUATION.with_(max_new_tokens=dict(self.max_new_tokens), planner_retries=self.planner_retries)
 
     def with_(self, **changes: Any) -> "EvalSettings":
         """A copy with the given fields changed; None values are ignored (unset CLI options)."""
@@ -75,7 +76,7 @@ class EvalSettings:
 # needs more); for a GPU.
 PROFILES: dict[str, EvalSettings] = {
     "cpu": EvalSettings(limit=6, ood_limit=2, live_limit=1, max_steps=4),
-    "full": EvalSettings(max_prompt_tokens=4096, max_new_tokens={"planner": 256, "caller": 128, "summarizer": 512,
-                                                              "global": 512},
-                         max_steps=12, planner_retries=5, stop_on_failure=False, batch_size=16),  # fmt: skip
+    "full": EvalSettings(max_prompt_tokens=4096, max_new_tokens=EVALUATION_FULL.caps(),
+                         planner_retries=EVALUATION_FULL.planner_retries, max_steps=MAX_STEPS, stop_on_failure=False,
+                         batch_size=16),
 }

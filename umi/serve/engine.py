@@ -11,11 +11,11 @@ endpoint, and /agent with tool schemas but no server-side implementation):
             -> summarizer -> the answer                                                      ("answer")
             -> give up                                                                       ("give_up")
 
-The planner is handled as the loop handles it: an empty output is retried with sampling, an output without a decision
-goes on as `Next: caller` with the whole text as the thought. The caller's output is untrusted: a call that does not
-parse, names a tool that was not offered (or not the one `tool_choice` named), or has arguments that break the tool's
-schema is retried once with sampling; if the retry fails too the turn is "failed" with a message saying what was wrong
-(the endpoint answers it as text, never as a server error).
+The turn is the loop's step (umi.agent.step.AgentStep, the same planner retries and fallback, umi.generation's
+SERVING caps as this deployment sets them). The caller's output is untrusted: a call that does not parse, names a tool
+that was not offered (or not the one `tool_choice` named), or has arguments that break the tool's schema is retried
+with sampling (the step's checked call); if the retry fails too the turn is "failed" with a message saying what was
+wrong (the endpoint answers it as text, never as a server error).
 
 `tool_choice` (OpenAI's semantics): "none" turns a `Next: caller` into `Next: conclusion`; "required" or a named tool
 turns a conclusion or give-up into `Next: caller` (the planner's thought is kept); a named tool is the only tool the
@@ -29,11 +29,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from umi import prompts
-from umi.agent.backend import Backend, GenerationRequest
+from umi.agent.backend import Backend
 from umi.agent.loop import AgentConfig, AgentEvent, AgentResult, AlphaUMiAgent, ToolRuntime
 from umi.agent.roles import PromptBuilder
-from umi.parsing import ParseFailure, ToolCall, parse_caller_output, parse_planner_output, parse_summarizer_output
+from umi.agent.step import AgentStep, Plan
+from umi.parsing import ParseFailure, ToolCall
 from umi.schema import Decision, Step, ToolSpec
 from umi.serve.backends import Deadline, guarded
 from umi.serve.settings import ServeSettings
@@ -44,7 +44,6 @@ __all__ = ["AgentEngine", "ToolChoice", "TurnResult", "client_tool_registry"]
 
 ToolChoice = str  # "none" | "auto" | "required" | the name of one tool
 TurnKind = Literal["call", "answer", "give_up", "failed"]
-RETRY_TEMPERATURE = 0.7
 
 
 def _not_callable_here(**_: Any) -> Any:  # pragma: no cover - client-side tools are never dispatched
@@ -118,15 +117,8 @@ class AgentEngine:
         return limits
 
     def agent_config(self, max_steps: int, max_new_tokens: Mapping[str, int]) -> AgentConfig:
-        tokens = dict(max_new_tokens)
-        tokens.setdefault("global", tokens["summarizer"])
-        return AgentConfig(
-            max_steps=max_steps,
-            planner_retries=self.settings.planner_retries,
-            retry_temperature=RETRY_TEMPERATURE,
-            doc_style=self.doc_style,
-            max_new_tokens=tokens,
-        )
+        generation = self.settings.generation(dict(max_new_tokens))
+        return AgentConfig.from_generation(generation, max_steps=max_steps, doc_style=self.doc_style)
 
     # --- a whole episode, server-side tools ---------------------------------------------------------------------------
     def run_agent(
@@ -164,85 +156,61 @@ class AgentEngine:
         record_id: str = "turn",
     ) -> TurnResult:
         """The next turn after `steps` (which end with a user message or an observation). See the module doc."""
-        tokens = self.token_limits(max_new_tokens)
         validator = validator if validator is not None else client_tool_registry(tools)
-        builder = PromptBuilder(tools, self.doc_style)
-        generations: list[dict[str, Any]] = []
-        failures: list[dict[str, Any]] = []
-
-        def generate(role: str, prompt, attempt: int) -> Any:
-            request = GenerationRequest(
-                prompt=prompt.prompt,
-                history_span=prompt.history_span,
-                max_new_tokens=tokens[role],
-                temperature=RETRY_TEMPERATURE if attempt and temperature <= 0 else temperature,
-                seed=seed + attempt,
-                record_id=f"{record_id}:{role}",
-            )
-            g = guarded(self.backends[role], deadline).generate(request)
-            generations.append({"role": role, "attempt": attempt, **g.timing()})
-            return g
-
-        # planner
-        planner_prompt = builder.planner(steps)
-        thought: str | None = None
-        decision: Decision = "caller"
-        for attempt in range(self.settings.planner_retries + 1):
-            parsed = parse_planner_output(generate("planner", planner_prompt, attempt).text)
-            if isinstance(parsed, ParseFailure):
-                failures.append({"role": "planner", "kind": parsed.kind, "detail": parsed.detail})
-                if parsed.kind == "empty_output":
-                    continue
-                thought, decision = parsed.text.split(prompts.TURN_END, 1)[0].strip(), "caller"
-            else:
-                thought, decision = parsed.thought, parsed.decision
-            break
-        if thought is None:
+        named = tool_choice not in ("auto", "none", "required")  # the caller's prompt offers that one tool only
+        caller_builder = PromptBuilder([t for t in tools if t.name == tool_choice], self.doc_style) if named else None
+        step = AgentStep(
+            {role: guarded(self.backends[role], deadline) for role in AGENT_ROLES},
+            PromptBuilder(tools, self.doc_style),
+            self.settings.generation(self.token_limits(max_new_tokens)),
+            label=record_id,
+            temperature=temperature,
+            seed=seed,
+        )
+        outcome = step.take(
+            steps,
+            decide=lambda plan: self._decide(plan, tool_choice, bool(tools)),
+            check=lambda call: self._call_problem(call, validator, tool_choice if named else None),
+            caller_builder=caller_builder,
+        )
+        failures, generations = step.log.failures, step.log.generations
+        if outcome.plan is None:
             return TurnResult("failed", [], "", None, message="Error: the planner wrote nothing, even when retried.",
-                              failures=failures, generations=generations)  # fmt: skip
-
+                              failures=failures, generations=generations)
+        thought, decision = outcome.plan.thought, outcome.plan.decision
         overridden = None
-        wanted = decision
-        if decision == "caller" and (tool_choice == "none" or not tools):
-            wanted = "conclusion"
-        elif decision != "caller" and tool_choice not in ("auto", "none") and tools:
-            wanted = "caller"
-        if wanted != decision:
+        if decision != outcome.planned:
             why = "no tools were offered" if not tools else f"tool_choice is {tool_choice!r}"
-            overridden = f"the planner decided {decision!r}; {why}, so it is {wanted!r}"
-            decision = wanted
-        planner_step = Step(role="assistant", content=thought, decision=decision)
-        new_steps = [planner_step]
-        history = [*steps, planner_step]
+            overridden = f"the planner decided {outcome.planned!r}; {why}, so it is {decision!r}"
+        new_steps = [outcome.plan.step()]
 
         def result(kind: TurnKind, **kw: Any) -> TurnResult:
             return TurnResult(kind, new_steps, thought, decision, overridden=overridden, failures=failures,
-                              generations=generations, **kw)  # fmt: skip
+                              generations=generations, **kw)
 
-        if decision == "give up":
+        if outcome.kind == "give_up":
             return result("give_up", finish="stop")
-        if decision == "conclusion":
-            g = generate("summarizer", builder.summarizer(history), 0)
-            finish = "length" if g.stop_reason == "max_new_tokens" else "stop"
-            return result("answer", answer=parse_summarizer_output(g.text), finish=finish)
+        if outcome.kind == "answer":
+            assert outcome.last is not None
+            finish = "length" if outcome.last.stop_reason == "max_new_tokens" else "stop"
+            return result("answer", answer=outcome.answer, finish=finish)
+        call = outcome.call
+        if outcome.problem or not isinstance(call, ToolCall):
+            return result("failed", message=f"Error: the caller's output could not be used as a tool call: "
+                                            f"{outcome.problem}")
+        new_steps.append(Step(role="caller", tool_name=call.tool_name, arguments=call.arguments,
+                              arguments_text=call.arguments_text))
+        return result("call", call=call, finish="tool_calls")
 
-        # caller, with one retry
-        named = tool_choice not in ("auto", "none", "required")
-        caller_builder = PromptBuilder([t for t in tools if t.name == tool_choice], self.doc_style) \
-            if named else builder  # fmt: skip
-        caller_prompt = caller_builder.caller(history, prompts.planner_target(thought, "caller"))
-        problem = ""
-        for attempt in range(2):
-            call = parse_caller_output(generate("caller", caller_prompt, attempt).text)
-            problem = self._call_problem(call, validator, tool_choice if named else None)
-            if not problem:
-                assert isinstance(call, ToolCall)
-                new_steps.append(Step(role="caller", tool_name=call.tool_name, arguments=call.arguments,
-                                      arguments_text=call.arguments_text))  # fmt: skip
-                return result("call", call=call, finish="tool_calls")
-            kind = call.kind if isinstance(call, ParseFailure) else "invalid_call"
-            failures.append({"role": "caller", "kind": kind, "detail": problem, "attempt": attempt})
-        return result("failed", message=f"Error: the caller's output could not be used as a tool call: {problem}")
+    @staticmethod
+    def _decide(plan: Plan, tool_choice: ToolChoice, have_tools: bool) -> Decision:
+        """The decision `tool_choice` leaves of the planner's: "none" (or no tools) cannot call, "required" or a named
+        tool must."""
+        if plan.decision == "caller" and (tool_choice == "none" or not have_tools):
+            return "conclusion"
+        if plan.decision != "caller" and tool_choice not in ("auto", "none") and have_tools:
+            return "caller"
+        return plan.decision
 
     @staticmethod
     def _call_problem(call: ToolCall | ParseFailure, validator: ToolRegistry, required_name: str | None) -> str:

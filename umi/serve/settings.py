@@ -14,12 +14,14 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from umi.generation import MAX_STEPS, SERVING, GenerationSettings
 from umi.prompts import DocStyle
 from umi.vocabulary import AGENT_ROLES
 
 __all__ = ["ServeSettings", "HARD_MAX_STEPS"]
 
-HARD_MAX_STEPS = 12  # the paper's real-time inference cap on planner turns
+HARD_MAX_STEPS = MAX_STEPS  # the paper's real-time inference cap on planner turns
+_CAPS = SERVING.max_new_tokens  # the per-role defaults: umi.generation's SERVING preset
 
 
 class ServeSettings(BaseSettings):
@@ -42,13 +44,13 @@ class ServeSettings(BaseSettings):
     device: str | None = Field(None, description="torch device (default: cuda when present, else cpu)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     doc_style: DocStyle = Field("compact", description="tool doc rendering for checkpoints that record no prompt "
-                                "format (an imported backbone); a trained checkpoint's own format always wins")  # fmt: skip
+                                "format (an imported backbone); a trained checkpoint's own format always wins")
     cache_slots: int = Field(
         6, ge=1, le=64, description="KV caches kept per model: concurrent conversations reuse their prefixes"
     )
     workers: int = Field(1, ge=1, le=32, description="server processes; each loads its own copy of the models")
     max_batch: int = Field(8, ge=1, le=64, description="concurrent generations on one model run as one batch of up "
-                           "to this many (umi.serve.batching); 1: each alone")  # fmt: skip
+                           "to this many (umi.serve.batching); 1: each alone")
     batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a lone generation waits for company")
     # --- request limits
     max_body_bytes: int = Field(1_000_000, gt=0)
@@ -58,10 +60,10 @@ class ServeSettings(BaseSettings):
     max_steps: int = Field(8, ge=1, le=HARD_MAX_STEPS, description="the most planner turns an /agent request may have")
     default_steps: int = Field(6, ge=1, le=HARD_MAX_STEPS)
     max_new_tokens: int = Field(512, gt=0, description="the most tokens one role generation may ask for")
-    planner_tokens: int = Field(256, gt=0)
-    caller_tokens: int = Field(256, gt=0)
-    summarizer_tokens: int = Field(512, gt=0)
-    planner_retries: int = Field(2, ge=0, le=5)
+    planner_tokens: int = Field(_CAPS["planner"], gt=0)
+    caller_tokens: int = Field(_CAPS["caller"], gt=0)
+    summarizer_tokens: int = Field(_CAPS["summarizer"], gt=0)
+    planner_retries: int = Field(SERVING.planner_retries, ge=0, le=5)
     max_json_depth: int = Field(64, ge=4, le=500, description="how deeply a request body's JSON may nest")
     # --- client tool schemas (umi.tools.registry.check_untrusted_schema)
     max_schema_bytes: int = Field(16_000, gt=0, description="one tool's parameter schema, as JSON text")
@@ -95,7 +97,7 @@ class ServeSettings(BaseSettings):
     def _consistent(self) -> "ServeSettings":
         prefix = self.model_config["env_prefix"]
         unknown = sorted(k for k in os.environ if k.upper().startswith(prefix) and
-                         k[len(prefix):].lower() not in type(self).model_fields)  # fmt: skip
+                         k[len(prefix):].lower() not in type(self).model_fields)
         if unknown:
             raise ValueError(f"unknown settings in the environment: {unknown}")
         given = [r for r in AGENT_ROLES if getattr(self, f"{r}_dir") is not None]
@@ -120,7 +122,7 @@ class ServeSettings(BaseSettings):
         from umi.serve.sandbox import SandboxLimits
 
         return SandboxLimits(wall_s=self.tool_timeout_s, cpu_s=self.tool_cpu_s or self.tool_timeout_s,
-                             memory_mb=self.tool_memory_mb, max_workers=self.max_tool_workers)  # fmt: skip
+                             memory_mb=self.tool_memory_mb, max_workers=self.max_tool_workers)
 
     def schema_limits(self):
         from umi.tools.registry import SchemaLimits
@@ -129,3 +131,10 @@ class ServeSettings(BaseSettings):
 
     def role_tokens(self) -> dict[str, int]:
         return {r: getattr(self, f"{r}_tokens") for r in AGENT_ROLES}
+
+    def generation(self, max_new_tokens: dict[str, int] | None = None) -> GenerationSettings:
+        """The SERVING preset with this deployment's caps (or `max_new_tokens`, per role) and retries; `global`
+        (no role of the service) as the summarizer."""
+        caps = dict(max_new_tokens or self.role_tokens())
+        caps["global"] = caps["summarizer"]
+        return SERVING.with_(max_new_tokens=caps, planner_retries=self.planner_retries)
