@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from umi import prompts  # noqa: E402
-from umi.agent.backend import Generation, GenerationRequest, TransformersBackend  # noqa: E402
+from umi.backend import Generation, GenerationRequest, TransformersBackend  # noqa: E402
 from umi.agent.loop import AgentConfig, AlphaUMiAgent  # noqa: E402
-from umi.agent.roles import role_of_prompt  # noqa: E402
+from umi.data.examples import role_of_prompt  # noqa: E402
 from umi.schema import Step, ToolSpec, Trajectory  # noqa: E402
 
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "alpha-umi" / "toolbench_out_of_domain_test.json"

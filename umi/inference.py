@@ -8,7 +8,7 @@ One rule for evaluation, `umi chat` and the service, so the served model is the 
 - loading (`load_role_models`): {role: checkpoint directory} to {role: LoadedRole}. A directory named for several roles
   is loaded once and plays each of them; role directories that are LoRA adapters (an `adapter_config.json`, as peft
   saves them) on one base load that base once, the adapters attached to it under the role's name (the backend switches
-  its adapter in before each generation, umi.agent.backend);
+  its adapter in before each generation, umi.backend);
 - which checkpoints play which roles (`AgentSpec`), and the usual agents of the training layout (`default_agents`:
   `<runs>/<stage>/model`, umi.train.stages; any whose checkpoints are missing left out with a reason). Kind "multi":
   the α-UMi agent (the three role prompts; the untrained backbone runs zero-shot as a "multi" agent with the backbone

@@ -160,7 +160,7 @@ def _own_description(description: str) -> str:
     return own if marker else description
 
 
-def render_tool_docs(tools: Sequence[ToolSpec], style: DocStyle = "reference") -> str:
+def render_tool_docs(tools: Sequence[ToolSpec], style: DocStyle = DEFAULT_DOC_STYLE) -> str:
     if style == "reference":
         return "".join(json.dumps(tool_doc_reference(t)) + "\n" for t in tools)
     if style == "compact":

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from umi.agent.backend import Generation, GenerationRequest
+from umi.backend import Generation, GenerationRequest
 from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent
-from umi.agent.roles import role_of_prompt
+from umi.data.examples import role_of_prompt
 from umi.data.bfcl import import_category
 from umi.eval.live import RecordingRuntime, bfcl_judge, render_call, rollout_entry
 from umi.eval.testsets import LiveEntry

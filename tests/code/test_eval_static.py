@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from umi.agent.backend import Generation, GenerationRequest, TooLong
+from umi.backend import Generation, GenerationRequest, TooLong
 from umi.data.alpha_umi import import_alpha_umi
 from umi.data.bfcl import import_category
 from umi.data.reorganize import role_examples

@@ -110,9 +110,9 @@ def test_umi_chat_runs_the_chat_preset(monkeypatch, tmp_path):
     """The command end to end over a planner that writes nothing: its caps and retries are CHAT's."""
     from typer.testing import CliRunner
 
-    import umi.agent.backend
-    from umi.agent.backend import Generation
-    from umi.agent.roles import role_of_prompt
+    import umi.backend
+    from umi.backend import Generation
+    from umi.data.examples import role_of_prompt
     from umi.cli import app
 
     requests, loaded = [], {}
@@ -127,7 +127,7 @@ def test_umi_chat_runs_the_chat_preset(monkeypatch, tmp_path):
         loaded.update(options)
         return {role: Silent() for role in dirs}
 
-    monkeypatch.setattr(umi.agent.backend, "load_backends", load_backends)
+    monkeypatch.setattr(umi.backend, "load_backends", load_backends)
     role_dir = str(tmp_path)
     result = CliRunner().invoke(app, ["chat", "--toolkit", "MathAPI", "--planner", role_dir, "--caller", role_dir,
                                       "--summarizer", role_dir], input="What is 2 plus 3?\n/exit\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from umi.agent.backend import Generation, GenerationRequest, TooLong
+from umi.backend import Generation, GenerationRequest, TooLong
 from umi.eval.generation_cache import CachedBackend, GenerationCache, request_key
 
 

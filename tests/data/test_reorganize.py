@@ -69,7 +69,9 @@ def golden(tmp_path_factory):
     """raw_data_stage_1.json through the real pipeline: import -> JSONL -> reorganize -> role files."""
     work = tmp_path_factory.mktemp("golden")
     write_import(import_alpha_umi(STAGE1), work / "stage1.jsonl")
-    stats = reorganize(work / "stage1.jsonl", work / "out", ReorganizeOptions(split_fractions=ALL_TRAIN))
+    # the reference doc style: these examples are compared with the reference code's own
+    stats = reorganize(work / "stage1.jsonl", work / "out", ReorganizeOptions(doc_style="reference",
+                                                                              split_fractions=ALL_TRAIN))
     examples = {role: list(read_examples(work / "out" / role / "train.jsonl")) for role in ROLES}
     return stats, examples
 
@@ -78,7 +80,7 @@ def golden(tmp_path_factory):
 def stage2_examples() -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {role: [] for role in ROLES}
     for t in _trajectories(STAGE2):
-        for role, ex in role_examples(t):
+        for role, ex in role_examples(t, doc_style="reference"):
             out[role].append(ex)
     return out
 
@@ -222,7 +224,8 @@ def test_observation_limit_and_doc_style():
     assert "observation: " + long + prompts.TURN_END in whole["prompt"]
     compact = dict(role_examples(_toy(), doc_style="compact"))["planner"]
     assert "weather(city: string): Weather for a city\n" in compact["prompt"]
-    assert '"Name": "weather"' in dict(role_examples(_toy()))["planner"]["prompt"]
+    assert '"Name": "weather"' in dict(role_examples(_toy(), doc_style="reference"))["planner"]["prompt"]
+    assert dict(role_examples(_toy()))["planner"] == compact  # the one default, umi.prompts.DEFAULT_DOC_STYLE
 
 
 def test_decision_without_its_step_is_rejected():

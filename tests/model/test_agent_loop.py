@@ -13,10 +13,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from umi.agent.backend import Generation, GenerationRequest, TooLong, TransformersBackend
+from umi.backend import Generation, GenerationRequest, TooLong, TransformersBackend
 from umi.agent.loop import NO_ACTION, AgentConfig, AgentEvent, AlphaUMiAgent, SingleLLMAgent, ToolRuntime
 from umi.agent.loop import Observation as AgentObservation
-from umi.agent.roles import PromptBuilder, role_of_prompt
+from umi.data.examples import PromptBuilder, role_of_prompt
 from umi.data.reorganize import role_examples
 from umi.prompts import OBSERVATION_LIMIT, TURN_END
 from umi.schema import Step, ToolSpec, Trajectory, parse_trajectory
@@ -147,8 +147,8 @@ def gold_trajectory() -> Trajectory:
 
 def test_role_prompts_are_the_training_prompts():
     traj = gold_trajectory()
-    builder = PromptBuilder(traj.tools)
-    examples = {(role, ex["id"]): ex for role, ex in role_examples(traj)}
+    builder = PromptBuilder(traj.tools, "reference")
+    examples = {(role, ex["id"]): ex for role, ex in role_examples(traj, doc_style="reference")}
     s = traj.steps
     expected = {
         ("planner", "gold-1#1"): builder.planner(s[:1]),

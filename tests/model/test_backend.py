@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from umi.agent.backend import Generation, GenerationRequest, TooLong, TransformersBackend, _Decoder
+from umi.backend import Generation, GenerationRequest, TooLong, TransformersBackend, _Decoder
 from umi.prompts import TURN_END, planner_prompt, summarizer_prompt
 from umi.train.backbone import load_backbone
 from umi.train.tokenize import encode_prompt, fit_prompt
@@ -209,7 +209,7 @@ def test_reuse_is_off_for_sliding_window_caches(tiny, caplog):
                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     torch.manual_seed(0)
     model = MistralForCausalLM(config)
-    with caplog.at_level("WARNING", logger="umi.agent.backend"):
+    with caplog.at_level("WARNING", logger="umi.backend"):
         backend = TransformersBackend(model, tokenizer, reuse_cache=True)
     assert backend.reuse_cache is False and "reuse is off" in caplog.text
     for k in (1, 2):

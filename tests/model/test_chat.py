@@ -13,10 +13,10 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from umi.agent.backend import Generation, GenerationRequest
+from umi.backend import Generation, GenerationRequest
 from umi.agent.chat import ChatSession, SchemaOnlyTools, load_runtime
 from umi.agent.loop import AgentConfig, AlphaUMiAgent
-from umi.agent.roles import role_of_prompt
+from umi.data.examples import role_of_prompt
 from umi.tools.bfcl import BFCLToolkit, ToolkitError
 
 

@@ -239,7 +239,7 @@ def test_the_prompt_format_travels_with_the_checkpoints(tiny_backbone, role_data
 def test_a_stopped_evaluation_resumes_from_its_generation_cache(tiny_backbone, data_dir, tmp_path, monkeypatch):
     """The second run over the same cache generates nothing (every request is a hit), writes the same per-step and
     per-entry records, and still reports what the generations cost; a run that dies half way keeps what it made."""
-    from umi.agent.backend import TransformersBackend
+    from umi.backend import TransformersBackend
     from umi.eval.generation_cache import GenerationCache
 
     tiny = str(tiny_backbone)

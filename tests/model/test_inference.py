@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from umi import inference
-from umi.agent import backend as agent_backend
+from umi import backend as agent_backend
 from umi.eval.agents import AgentSpec, load_backends, resolve_dtype
 from umi.serve.backends import load_role_backends
 
@@ -36,7 +36,7 @@ def test_the_dtype_rule(monkeypatch):
 
 @pytest.mark.parametrize("dtype", ["auto", "float32"])
 def test_eval_chat_and_serving_load_the_same_model(tiny_backbone, monkeypatch, dtype):
-    # chat's command loads through umi.agent.backend.load_backends: record what it is given and returns
+    # chat's command loads through umi.backend.load_backends: record what it is given and returns
     from umi.agent import chat
 
     seen = {}

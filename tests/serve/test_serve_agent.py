@@ -266,7 +266,7 @@ def test_a_client_that_leaves_a_stream_stops_the_episode():
 def test_a_busy_model_is_waited_for_only_as_long_as_the_request_may_take():
     from serve_helpers import RuleBackend
 
-    from umi.agent.backend import GenerationRequest
+    from umi.backend import GenerationRequest
     from umi.serve.backends import Deadline, RequestCancelled, RequestTimeout, RoleBackend, SharedModel
 
     role = RoleBackend(RuleBackend(), SharedModel())

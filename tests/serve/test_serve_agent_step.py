@@ -7,7 +7,7 @@ import pytest
 from serve_helpers import WEATHER, RuleBackend, make_settings, weather_rules
 
 from umi.agent.step import AgentStep, Plan
-from umi.agent.roles import PromptBuilder
+from umi.data.examples import PromptBuilder
 from umi.generation import SERVING
 from umi.schema import Step
 from umi.serve.backends import Deadline

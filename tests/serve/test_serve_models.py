@@ -12,7 +12,7 @@ import pytest
 from serve_helpers import OPENAI_WEATHER, make_settings, make_toolkits
 from starlette.testclient import TestClient
 
-from umi.agent.backend import GenerationRequest, TransformersBackend
+from umi.backend import GenerationRequest, TransformersBackend
 from umi.serve.app import create_app
 from umi.serve.backends import load_role_backends
 from umi.serve.engine import AgentEngine

@@ -262,7 +262,7 @@ def chat_cmd(
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16 (auto: bf16 where native).")] = "auto",
 ) -> None:
     """Chat with an agent over a BFCL toolkit or your own tools; shows thought, call, observation and answer live."""
-    from umi.agent.backend import load_backends
+    from umi.backend import load_backends
     from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent
     from umi.generation import CHAT
     from umi.inference import DTYPE_NAMES

@@ -29,7 +29,7 @@ reads on its next turn, or as a clean end of the episode:
 - a prompt that no longer fits the context even with the whole history dropped: the episode ends
   (`context_exhausted`).
 
-Prompts come from umi.agent.roles (the same rendering as training); observations are cut to `observation_limit`
+Prompts come from umi.data.examples (the same rendering as training); observations are cut to `observation_limit`
 characters when stored, as the history rendering cuts them in training.
 
 Output: an AgentResult with the umi.schema.Trajectory of what happened (steps in the training format, so an episode
@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from umi import prompts
-from umi.agent.backend import Backend, TooLong, TransformersBackend
-from umi.agent.roles import PromptBuilder
+from umi.backend import Backend, TooLong, TransformersBackend
+from umi.data.examples import PromptBuilder
 from umi.agent.step import AgentStep, Plan, StepLog, turn_text
 from umi.generation import MAX_STEPS, GenerationSettings
 from umi.parsing import GlobalAnswer, GlobalCall, GlobalGiveUp, ParseFailure, ToolCall
@@ -104,7 +104,7 @@ class AgentConfig(GenerationSettings):
 
     max_steps: int = MAX_STEPS
     observation_limit: int | None = prompts.OBSERVATION_LIMIT
-    doc_style: DocStyle = "reference"
+    doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE
 
     def __post_init__(self) -> None:
         super().__post_init__()

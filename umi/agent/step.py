@@ -26,8 +26,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from umi import prompts
-from umi.agent.backend import Backend, Generation, GenerationRequest
-from umi.agent.roles import PromptBuilder, RolePrompt
+from umi.backend import Backend, Generation, GenerationRequest
+from umi.data.examples import PromptBuilder, RolePrompt
 from umi.generation import GenerationSettings
 from umi.parsing import (
     GlobalOutput,

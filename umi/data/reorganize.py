@@ -87,7 +87,7 @@ class ReorganizeOptions:
     on the fly, byte for byte the same (a sixth of the bytes; see benchmarks/reorganize.py).
     workers: processes rendering examples (1: in this process). chunk_lines: trajectories per unit of work."""
 
-    doc_style: DocStyle = "reference"
+    doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE
     observation_limit: int | None = prompts.OBSERVATION_LIMIT
     layout: Layout = "examples"
     max_reject_share: float = 0.0
@@ -199,7 +199,7 @@ class _EscapedHistory:
 
 
 def encode_examples(
-    traj: Trajectory, doc_style: DocStyle = "reference", observation_limit: int | None = prompts.OBSERVATION_LIMIT
+    traj: Trajectory, doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE, observation_limit: int | None = prompts.OBSERVATION_LIMIT
 ) -> list[tuple[str, list]]:
     """All (role, pieces) of one trajectory in step order; b"".join(pieces) is the example's JSONL line.
 
@@ -294,7 +294,7 @@ def encode_examples(
 
 
 def role_examples(
-    traj: Trajectory, doc_style: DocStyle = "reference", observation_limit: int | None = prompts.OBSERVATION_LIMIT
+    traj: Trajectory, doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE, observation_limit: int | None = prompts.OBSERVATION_LIMIT
 ) -> list[tuple[str, dict[str, Any]]]:
     """All (role, example) pairs of one trajectory, in step order, as the dicts the role files hold."""
     return [

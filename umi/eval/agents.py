@@ -39,10 +39,10 @@ def load_backends(
     reuse_cache: bool = True,
     dtype: str = "auto",
 ) -> dict:
-    """role -> TransformersBackend for `spec`, by the one loader (umi.agent.backend.load_backends): one backend per
+    """role -> TransformersBackend for `spec`, by the one loader (umi.backend.load_backends): one backend per
     distinct directory, shared by the roles it plays. max_prompt_tokens / max_new_tokens: the prompt budget (see
     there); dtype: see resolve_dtype."""
-    from umi.agent.backend import load_backends as load
+    from umi.backend import load_backends as load
 
     missing = spec.missing_checkpoints()
     if missing:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from umi.agent.backend import Generation, GenerationRequest
+from umi.backend import Generation, GenerationRequest
 from umi.eval.metrics import PlanLabel, Prediction, StaticMetrics, StaticStep, aggregate, gold_steps, score_step
 from umi.schema import RecordError, Trajectory
 from umi.vocabulary import BASELINES, NO_CALL, RULE_ALWAYS_CALLER, RULE_LAST_TURN

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from umi.agent.backend import Generation, GenerationRequest, TooLong
+from umi.backend import Generation, GenerationRequest, TooLong
 
 __all__ = ["GenerationCache", "CachedBackend", "CacheStats", "cached_backends"]
 

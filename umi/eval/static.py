@@ -16,7 +16,7 @@ as in the paper; there are no retries (the live loop's sampled retries of an emp
 a teacher-forced step). A prompt that does not fit the context even with its whole history dropped gets no
 prediction (it scores as wrong) and is counted in `too_long`.
 
-Prompts are rendered by umi.agent.roles.PromptBuilder with the doc style the models were trained with.
+Prompts are rendered by umi.data.examples.PromptBuilder with the doc style the models were trained with.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from umi import prompts
-from umi.agent.backend import Generation, GenerationRequest, TooLong
-from umi.agent.roles import PromptBuilder, RolePrompt
+from umi.backend import Generation, GenerationRequest, TooLong
+from umi.data.examples import PromptBuilder, RolePrompt
 from umi.eval.metrics import (
     Prediction,
     StaticMetrics,

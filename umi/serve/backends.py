@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from umi.agent.backend import Backend, Generation, GenerationRequest, TransformersBackend, load_backends
+from umi.backend import Backend, Generation, GenerationRequest, TransformersBackend, load_backends
 from umi.inference import ADAPTER_CONFIG, is_adapter_dir
 from umi.serve.batching import MicroBatcher
 
@@ -143,7 +143,7 @@ def load_role_backends(
     batch_wait_s: float = 0.005,
 ) -> dict[str, RoleBackend]:
     """{role: RoleBackend} for {role: checkpoint or adapter directory}, by the loader evaluation and chat use
-    (umi.agent.backend.load_backends, umi.inference's device and dtype rule). See the module doc for what is shared.
+    (umi.backend.load_backends, umi.inference's device and dtype rule). See the module doc for what is shared.
     max_batch > 1: concurrent generations on one model run as batches of up to that many (umi.serve.batching)."""
     backends = load_backends(dirs, base_dir=base_dir, device=device, dtype=dtype, **dict(backend_options or {}))
     shared: dict[int, SharedModel] = {}

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from umi.agent.backend import Generation, GenerationRequest, TransformersBackend
+    from umi.backend import Generation, GenerationRequest, TransformersBackend
     from umi.serve.backends import Deadline
 
 log = logging.getLogger(__name__)

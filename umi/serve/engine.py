@@ -29,9 +29,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from umi.agent.backend import Backend
+from umi.backend import Backend
 from umi.agent.loop import AgentConfig, AgentEvent, AgentResult, AlphaUMiAgent, ToolRuntime
-from umi.agent.roles import PromptBuilder
+from umi.data.examples import PromptBuilder
 from umi.agent.step import AgentStep, Plan
 from umi.parsing import ParseFailure, ToolCall
 from umi.schema import Decision, Step, ToolSpec

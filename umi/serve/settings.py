@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from umi.generation import MAX_STEPS, SERVING, GenerationSettings
-from umi.prompts import DocStyle
+from umi.prompts import DEFAULT_DOC_STYLE, DocStyle
 from umi.vocabulary import AGENT_ROLES
 
 __all__ = ["ServeSettings", "HARD_MAX_STEPS"]
@@ -43,7 +43,7 @@ class ServeSettings(BaseSettings):
     model_name: str = Field("umi-agent", min_length=1, description="the model id /v1/models lists and chat accepts")
     device: str | None = Field(None, description="torch device (default: cuda when present, else cpu)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    doc_style: DocStyle = Field("compact", description="tool doc rendering for checkpoints that record no prompt "
+    doc_style: DocStyle = Field(DEFAULT_DOC_STYLE, description="tool doc rendering for checkpoints that record no prompt "
                                 "format (an imported backbone); a trained checkpoint's own format always wins")
     cache_slots: int = Field(
         6, ge=1, le=64, description="KV caches kept per model: concurrent conversations reuse their prefixes"

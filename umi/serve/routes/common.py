@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from umi.agent.backend import TooLong
+from umi.backend import TooLong
 from umi.schema import ToolSpec
 from umi.serve.backends import Deadline, RequestCancelled, RequestTimeout
 from umi.serve.engine import AgentEngine, client_tool_registry
