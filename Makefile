@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.umi-installed
 PROFILE ?= cpu
 
-.PHONY: setup run test test-fast lock data clean image
+.PHONY: setup run test test-fast lint lock data clean image
 
 setup: $(STAMP)
 
@@ -31,8 +31,13 @@ run: setup
 	  $(BIN)/umi run --profile $(PROFILE) --no-toolbench-ood; \
 	fi
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest
+
+# ruff's checks (pyproject.toml [tool.ruff]) and its formatting, as part of `make test`
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"

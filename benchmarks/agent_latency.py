@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from umi import prompts  # noqa: E402
-from umi.backend import Generation, GenerationRequest, TransformersBackend  # noqa: E402
 from umi.agent.loop import AgentConfig, AlphaUMiAgent  # noqa: E402
+from umi.backend import Generation, GenerationRequest, TransformersBackend  # noqa: E402
 from umi.data.examples import role_of_prompt  # noqa: E402
 from umi.schema import Step, ToolSpec, Trajectory  # noqa: E402
 
@@ -60,8 +60,12 @@ def script_from(traj: Trajectory, calls: int) -> Script | None:
     rounds = []
     steps = traj.steps
     for i, s in enumerate(steps[:-2]):
-        if s.role == "assistant" and s.decision == "caller" and steps[i + 1].role == "caller" \
-                and steps[i + 2].role == "observation":  # fmt: skip
+        if (
+            s.role == "assistant"
+            and s.decision == "caller"
+            and steps[i + 1].role == "caller"
+            and steps[i + 2].role == "observation"
+        ):
             rounds.append((s.content, steps[i + 1], steps[i + 2].content))
     if not rounds:
         return None
@@ -78,17 +82,23 @@ def script_from(traj: Trajectory, calls: int) -> Script | None:
 
 
 def synthetic_script(calls: int) -> Script:
-    tool = ToolSpec(name="get_weather", description="Get the weather of a city",
-                    parameters={"type": "object", "properties": {"city": {"type": "string"}}})  # fmt: skip
+    tool = ToolSpec(
+        name="get_weather",
+        description="Get the weather of a city",
+        parameters={"type": "object", "properties": {"city": {"type": "string"}}},
+    )
     cities = ["Paris", "Rome", "Oslo", "Lima", "Kyiv", "Doha", "Nice", "Bern", "Riga", "Baku", "Faro", "Split"]
     steps = [Step(role="user", content="Weather in all of these cities?")]
     for city in cities:
         observation = json.dumps({"city": city, "temperature": len(city) * 3})
-        steps += [Step(role="assistant", content=f"I should look up {city}.", decision="caller"),
-                  Step(role="caller", tool_name="get_weather", arguments={"city": city}),
-                  Step(role="observation", content=observation)]  # fmt: skip
-    traj = Trajectory(id="synthetic-weather", source="benchmark", tools=[tool], instruction=steps[0].content,
-                      steps=steps)  # fmt: skip
+        steps += [
+            Step(role="assistant", content=f"I should look up {city}.", decision="caller"),
+            Step(role="caller", tool_name="get_weather", arguments={"city": city}),
+            Step(role="observation", content=observation),
+        ]
+    traj = Trajectory(
+        id="synthetic-weather", source="benchmark", tools=[tool], instruction=steps[0].content, steps=steps
+    )
     script = script_from(traj, calls)
     assert script is not None
     return script
@@ -180,9 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=2)
     parser.add_argument("--calls", type=int, default=8, help="tool calls per episode (planner steps = calls + 1)")
     parser.add_argument("--context-length", type=int, default=None, help="default: the model's maximum")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads; 0: torch's default. Default 1: on a shared CPU, more threads than "
-                             "free cores slows torch down many times over")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads; 0: torch's default. Default 1: on a shared CPU, more threads than "
+        "free cores slows torch down many times over",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here too")
     args = parser.parse_args(argv)
 
@@ -208,16 +222,20 @@ def main(argv: list[str] | None = None) -> int:
     context = args.context_length or int(model.config.max_position_embeddings) * (4 if tiny else 1)
     scripts = load_scripts(args.tasks, args.calls)
     device = next(model.parameters()).device
-    print(f"model: {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, {device}, "
-          f"{str(loaded.dtype).removeprefix('torch.')}, "
-          f"{torch.get_num_threads()} threads); context {context}; {len(scripts)} task(s), {args.calls} tool calls "
-          f"each")  # fmt: skip
+    print(
+        f"model: {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, {device}, "
+        f"{str(loaded.dtype).removeprefix('torch.')}, "
+        f"{torch.get_num_threads()} threads); context {context}; {len(scripts)} task(s), {args.calls} tool calls "
+        f"each"
+    )
     # warm-up: first calls pay for lazy initialisation
     TransformersBackend(model, tokenizer).generate(GenerationRequest(prompt="warm up " * 50, max_new_tokens=4))
 
     rows = []
-    header = (f"{'task':<44} {'steps':>5} {'gens':>4} {'prompt tok':>10} {'prefill reuse':>13} {'prefill recomp':>14} "
-              f"{'wall reuse s':>12} {'wall recomp s':>13} {'ratio':>6} {'same tokens':>11}")  # fmt: skip
+    header = (
+        f"{'task':<44} {'steps':>5} {'gens':>4} {'prompt tok':>10} {'prefill reuse':>13} {'prefill recomp':>14} "
+        f"{'wall reuse s':>12} {'wall recomp s':>13} {'ratio':>6} {'same tokens':>11}"
+    )
     print(header)
     for script in scripts:
         recompute = run_once(model, tokenizer, script, False, context)
@@ -238,10 +256,12 @@ def main(argv: list[str] | None = None) -> int:
             "identical_generations": f"{same}/{len(reuse['decoded'])}",
         }
         rows.append(row)
-        print(f"{row['task'][:44]:<44} {row['planner_steps']:>5} {row['generations']:>4} {row['prompt_tokens']:>10} "
-              f"{row['prefill_tokens_reuse']:>13} {row['prefill_tokens_recompute']:>14} "
-              f"{row['wall_seconds_reuse']:>12.2f} {row['wall_seconds_recompute']:>13.2f} {row['wall_ratio']:>6.2f} "
-              f"{row['identical_generations']:>11}")  # fmt: skip
+        print(
+            f"{row['task'][:44]:<44} {row['planner_steps']:>5} {row['generations']:>4} {row['prompt_tokens']:>10} "
+            f"{row['prefill_tokens_reuse']:>13} {row['prefill_tokens_recompute']:>14} "
+            f"{row['wall_seconds_reuse']:>12.2f} {row['wall_seconds_recompute']:>13.2f} {row['wall_ratio']:>6.2f} "
+            f"{row['identical_generations']:>11}"
+        )
     wall_reuse = sum(r["wall_seconds_reuse"] for r in rows)
     wall_recompute = sum(r["wall_seconds_recompute"] for r in rows)
     prefill_reuse = sum(r["prefill_tokens_reuse"] for r in rows)
@@ -257,9 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         "goal_met": wall_reuse <= 0.5 * wall_recompute,
         "tasks": rows,
     }
-    print(f"total: prefill {prefill_reuse} vs {prefill_recompute} tokens (ratio {summary['prefill_ratio']:.3f}); "
-          f"wall {wall_reuse:.2f}s vs {wall_recompute:.2f}s (ratio {summary['wall_ratio']:.3f}); "
-          f"goal reuse <= 0.5 x recompute: {'met' if summary['goal_met'] else 'NOT met'}")  # fmt: skip
+    print(
+        f"total: prefill {prefill_reuse} vs {prefill_recompute} tokens (ratio {summary['prefill_ratio']:.3f}); "
+        f"wall {wall_reuse:.2f}s vs {wall_recompute:.2f}s (ratio {summary['wall_ratio']:.3f}); "
+        f"goal reuse <= 0.5 x recompute: {'met' if summary['goal_met'] else 'NOT met'}"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

@@ -50,10 +50,26 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 console = Console()
 
-ADD = {"type": "function", "function": {"name": "add", "description": "Add two numbers", "parameters": {
-    "type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]}}}
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather of a city",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two numbers",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 def free_port() -> int:
@@ -70,8 +86,9 @@ def tiny_model(root: Path) -> Path:
     return make_tiny_backbone(root / "tiny", texts=texts)
 
 
-def start_server(model: Path, tokens: int, tmp: Path, max_batch: int | None = None,
-                 request_timeout: float | None = None) -> tuple[subprocess.Popen, str, Path]:  # fmt: skip
+def start_server(
+    model: Path, tokens: int, tmp: Path, max_batch: int | None = None, request_timeout: float | None = None
+) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("UMI_SERVE_")}
     if request_timeout is not None:
@@ -80,13 +97,28 @@ def start_server(model: Path, tokens: int, tmp: Path, max_batch: int | None = No
         env["UMI_SERVE_MAX_BATCH"] = str(max_batch)
     env.update({f"UMI_SERVE_{r}_DIR": str(model.resolve()) for r in ("PLANNER", "CALLER", "SUMMARIZER")})
     env.update({f"UMI_SERVE_{r}_TOKENS": str(tokens) for r in ("PLANNER", "CALLER", "SUMMARIZER")})
-    env.update(UMI_SERVE_MAX_NEW_TOKENS=str(max(tokens, 64)), BENTOML_DO_NOT_TRACK="true",
-               BENTOML_HOME=str(tmp / "bentoml"))  # fmt: skip
+    env.update(
+        UMI_SERVE_MAX_NEW_TOKENS=str(max(tokens, 64)), BENTOML_DO_NOT_TRACK="true", BENTOML_HOME=str(tmp / "bentoml")
+    )
     log_path = tmp / f"serve-{port}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "umi.serve.service:UmiAgent", "--host", "127.0.0.1", "--port",
-         str(port)], cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "umi.serve.service:UmiAgent",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     with console.status(f"starting bentoml serve on {url} ({model})"):
@@ -116,8 +148,15 @@ def stop_server(proc: subprocess.Popen) -> int:
 
 
 class Load:
-    def __init__(self, url: str, seconds: float, max_steps: int, tokens: int, timeout: float,
-                 requests_per_client: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        seconds: float,
+        max_steps: int,
+        tokens: int,
+        timeout: float,
+        requests_per_client: int | None = None,
+    ):
         self.url, self.seconds, self.max_steps, self.tokens, self.timeout = url, seconds, max_steps, tokens, timeout
         self.requests_per_client = requests_per_client
         self.lock = threading.Lock()
@@ -127,17 +166,29 @@ class Load:
         self.stop_at = 0.0
 
     def agent(self, http: httpx.Client) -> int:
-        r = http.post(f"{self.url}/agent", json={
-            "query": "What is 2 + 40?", "toolkit": "bfcl", "toolkit_config": {"classes": ["MathAPI"]},
-            "max_steps": self.max_steps,
-            "max_new_tokens": {r: self.tokens for r in ("planner", "caller", "summarizer")}})  # fmt: skip
+        r = http.post(
+            f"{self.url}/agent",
+            json={
+                "query": "What is 2 + 40?",
+                "toolkit": "bfcl",
+                "toolkit_config": {"classes": ["MathAPI"]},
+                "max_steps": self.max_steps,
+                "max_new_tokens": {r: self.tokens for r in ("planner", "caller", "summarizer")},
+            },
+        )
         r.raise_for_status()
         return sum(g["new_tokens"] for g in r.json()["trajectory"]["meta"]["generations"])
 
     def chat(self, http: httpx.Client) -> int:
-        r = http.post(f"{self.url}/v1/chat/completions", json={
-            "model": "umi-agent", "tools": [ADD, WEATHER], "max_tokens": self.tokens,
-            "messages": [{"role": "user", "content": "What is the weather in Rome?"}]})  # fmt: skip
+        r = http.post(
+            f"{self.url}/v1/chat/completions",
+            json={
+                "model": "umi-agent",
+                "tools": [ADD, WEATHER],
+                "max_tokens": self.tokens,
+                "messages": [{"role": "user", "content": "What is the weather in Rome?"}],
+            },
+        )
         r.raise_for_status()
         return r.json()["usage"]["completion_tokens"]
 
@@ -145,7 +196,7 @@ class Load:
         kinds = ("agent", "chat") if index % 2 == 0 else ("chat", "agent")
         n = 0
         with httpx.Client(timeout=self.timeout) as http:
-            while (n < self.requests_per_client if self.requests_per_client else time.monotonic() < self.stop_at):
+            while n < self.requests_per_client if self.requests_per_client else time.monotonic() < self.stop_at:
                 kind = kinds[n % 2]
                 n += 1
                 started = time.monotonic()
@@ -169,16 +220,21 @@ class Load:
         threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(clients)]
         for t in threads:
             t.start()
-        with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), console=console,
-                      transient=True) as progress:  # fmt: skip
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), console=console, transient=True
+        ) as progress:
             total = clients * self.requests_per_client if self.requests_per_client else self.seconds
             task = progress.add_task(f"{clients} clients", total=total)
             while any(t.is_alive() for t in threads):
                 elapsed = time.monotonic() - started
                 done = sum(len(v) for v in self.latencies.values())
-                progress.update(task, completed=done + sum(self.errors.values()) if self.requests_per_client
-                                else min(elapsed, self.seconds),
-                                description=f"{clients} clients, {done} done, {sum(self.errors.values())} errors")
+                progress.update(
+                    task,
+                    completed=done + sum(self.errors.values())
+                    if self.requests_per_client
+                    else min(elapsed, self.seconds),
+                    description=f"{clients} clients, {done} done, {sum(self.errors.values())} errors",
+                )
                 time.sleep(0.25)
         return time.monotonic() - started
 
@@ -197,25 +253,46 @@ def measure(args, url: str, label: str) -> dict:
     wall = load.run(args.clients)
     every = [x for v in load.latencies.values() for x in v]
     errors = sum(load.errors.values())
-    table = Table("endpoint", "requests", "p50 s", "p99 s", "mean s",
-                  title=f"{label}: {args.clients} clients, {wall:.1f} s")  # fmt: skip
+    table = Table(
+        "endpoint", "requests", "p50 s", "p99 s", "mean s", title=f"{label}: {args.clients} clients, {wall:.1f} s"
+    )
     for kind, values in [*load.latencies.items(), ("all", every)]:
-        table.add_row(kind, str(len(values)), f"{percentile(values, 50):.3f}", f"{percentile(values, 99):.3f}",
-                      f"{statistics.fmean(values):.3f}" if values else "-")  # fmt: skip
+        table.add_row(
+            kind,
+            str(len(values)),
+            f"{percentile(values, 50):.3f}",
+            f"{percentile(values, 99):.3f}",
+            f"{statistics.fmean(values):.3f}" if values else "-",
+        )
     console.print(table)
     figures = {
-        "label": label, "url": url, "serve": args.serve, "clients": args.clients, "seconds": args.seconds,
-        "requests_per_client": args.requests_per_client, "wall_seconds": wall,
-        "max_steps": args.max_steps, "max_new_tokens": args.max_new_tokens, "requests": len(every),
-        "throughput_rps": len(every) / wall, "generated_tokens_per_s": load.new_tokens / wall,
-        "p50_s": percentile(every, 50), "p99_s": percentile(every, 99),
-        "per_endpoint": {k: {"requests": len(v), "p50_s": percentile(v, 50), "p99_s": percentile(v, 99)}
-                         for k, v in load.latencies.items()},
-        "errors": errors, "error_kinds": dict(load.errors),
-    }  # fmt: skip
-    console.print(f"{label}: throughput {figures['throughput_rps']:.3f} requests/s (n={len(every)}), "
-                  f"{figures['generated_tokens_per_s']:.0f} generated tokens/s, p50 {figures['p50_s']:.3f} s, "
-                  f"p99 {figures['p99_s']:.3f} s, errors {errors}", highlight=False)  # fmt: skip
+        "label": label,
+        "url": url,
+        "serve": args.serve,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "requests_per_client": args.requests_per_client,
+        "wall_seconds": wall,
+        "max_steps": args.max_steps,
+        "max_new_tokens": args.max_new_tokens,
+        "requests": len(every),
+        "throughput_rps": len(every) / wall,
+        "generated_tokens_per_s": load.new_tokens / wall,
+        "p50_s": percentile(every, 50),
+        "p99_s": percentile(every, 99),
+        "per_endpoint": {
+            k: {"requests": len(v), "p50_s": percentile(v, 50), "p99_s": percentile(v, 99)}
+            for k, v in load.latencies.items()
+        },
+        "errors": errors,
+        "error_kinds": dict(load.errors),
+    }
+    console.print(
+        f"{label}: throughput {figures['throughput_rps']:.3f} requests/s (n={len(every)}), "
+        f"{figures['generated_tokens_per_s']:.0f} generated tokens/s, p50 {figures['p50_s']:.3f} s, "
+        f"p99 {figures['p99_s']:.3f} s, errors {errors}",
+        highlight=False,
+    )
     for kind, n in load.errors.most_common(10):
         console.print(f"  [red]{n}x[/] {kind}", highlight=False)
     return figures
@@ -232,8 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=900, help="client-side timeout per request")
-    parser.add_argument("--request-timeout", type=float, default=600,
-                        help="the served UMI_SERVE_REQUEST_TIMEOUT_S (--serve): 8 clients queue long without batching")
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=600,
+        help="the served UMI_SERVE_REQUEST_TIMEOUT_S (--serve): 8 clients queue long without batching",
+    )
     parser.add_argument("--compare", action="store_true", help="batching off, then on, on fresh servers (--serve)")
     parser.add_argument("--max-batch", type=int, default=8, help="UMI_SERVE_MAX_BATCH of the batching-on run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -241,8 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare and not args.serve:
         parser.error("--compare starts its own servers: give --serve")
 
-    runs = [("batching off", 1), (f"batching on (max batch {args.max_batch})", args.max_batch)] if args.compare \
-        else [("service", None)]  # fmt: skip
+    runs = (
+        [("batching off", 1), (f"batching on (max batch {args.max_batch})", args.max_batch)]
+        if args.compare
+        else [("service", None)]
+    )
     results = []
     with tempfile.TemporaryDirectory(prefix="umi-load-") as tmp:
         model = None
@@ -251,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         for label, max_batch in runs:
             proc = None
             if model is not None:
-                proc, url, log_path = start_server(model, args.max_new_tokens, Path(tmp), max_batch,
-                                                   args.request_timeout)  # fmt: skip
+                proc, url, log_path = start_server(
+                    model, args.max_new_tokens, Path(tmp), max_batch, args.request_timeout
+                )
             else:
                 url = args.url.rstrip("/")
             try:
@@ -272,8 +357,11 @@ def main(argv: list[str] | None = None) -> int:
         speedup = on["throughput_rps"] / off["throughput_rps"] if off["throughput_rps"] else float("nan")
         out["speedup"] = speedup
         for f in results:
-            console.print(f"{f['label']}: {f['throughput_rps']:.3f} requests/s, p50 {f['p50_s']:.2f} s, "
-                          f"p99 {f['p99_s']:.2f} s, n={f['requests']}, errors {f['errors']}", highlight=False)
+            console.print(
+                f"{f['label']}: {f['throughput_rps']:.3f} requests/s, p50 {f['p50_s']:.2f} s, "
+                f"p99 {f['p99_s']:.2f} s, n={f['requests']}, errors {f['errors']}",
+                highlight=False,
+            )
         console.print(f"batching speed-up: {speedup:.2f}x", highlight=False)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")

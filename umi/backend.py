@@ -252,8 +252,11 @@ class TransformersBackend:
         self.plain_cache = _prefix_croppable(model)  # full-attention layers only: crop and left-pad exactly
         self.reuse_cache = reuse_cache and self.plain_cache
         if reuse_cache and not self.reuse_cache:
-            log.warning("%s has sliding-window or other non-prefix cache layers: KV-cache reuse is off, every prompt "
-                        "is recomputed", type(model).__name__)  # fmt: skip
+            log.warning(
+                "%s has sliding-window or other non-prefix cache layers: KV-cache reuse is off, every prompt "
+                "is recomputed",
+                type(model).__name__,
+            )
         self.context_length = int(context_length or getattr(model.config, "max_position_embeddings", 4096))
         self.max_cache_slots = max_cache_slots
         self.min_shared_tokens = min_shared_tokens
@@ -369,6 +372,7 @@ class TransformersBackend:
             self._decode_together(take, finish, dropped, max_rows)
 
         # --- internals ------------------------------------------------------------------------------------------------
+
     def _decoder(self, request: GenerationRequest) -> _Decoder:
         if request.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
@@ -504,8 +508,19 @@ class TransformersBackend:
             slot.ids = list(ids)  # the slot keeps the prompt; the generated tokens stay in the batch's cache
         # the layers' tensors are replaced, never written in place, when a later prompt crops this slot
         kv = [(layer.keys, layer.values) for layer in cache.layers]
-        row = _Row(key, request, ids, dropped_turns, reused, decoder, generator, token, kv, started=started,
-                   prefill_seconds=time.perf_counter() - started)  # fmt: skip
+        row = _Row(
+            key,
+            request,
+            ids,
+            dropped_turns,
+            reused,
+            decoder,
+            generator,
+            token,
+            kv,
+            started=started,
+            prefill_seconds=time.perf_counter() - started,
+        )
         decoder.push(token, self.tokenizer)
         return row
 
@@ -723,8 +738,9 @@ def load_backends(
         context = fixed_context
         if max_prompt_tokens is not None:
             context = max_prompt_tokens + max((int(caps.get(r, 0)) for r in roles), default=0)
-        backend = TransformersBackend(item.model, item.tokenizer, context_length=context, adapter=item.adapter,
-                                      **backend_options)  # fmt: skip
+        backend = TransformersBackend(
+            item.model, item.tokenizer, context_length=context, adapter=item.adapter, **backend_options
+        )
         for role in roles:
             out[role] = backend
     return out

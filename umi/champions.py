@@ -106,8 +106,9 @@ def _writer_gone(run) -> bool:
 
 
 def _pending_records(experiment_id: str) -> list:
-    return _client().search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
-                                 order_by=["attributes.start_time ASC"])  # fmt: skip
+    return _client().search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", order_by=["attributes.start_time ASC"]
+    )
 
 
 def _plan(run) -> list[AliasMove]:
@@ -166,10 +167,17 @@ def move_aliases(
     reconcile()
     move_id = move_id or uuid.uuid4().hex[:12]
     experiment_id = registry.ensure_experiment(PROMOTIONS_EXPERIMENT)
-    run = client.create_run(experiment_id, run_name=f"{kind}-{move_id}", tags={
-        TAG_KIND: kind, TAG_MOVE_ID: move_id, TAG_MOVE_REASON: reason[:5000], TAG_OWNER: _owner(),
-        TAG_PLAN: json.dumps([asdict(m) for m in moves]),
-    })  # fmt: skip
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{kind}-{move_id}",
+        tags={
+            TAG_KIND: kind,
+            TAG_MOVE_ID: move_id,
+            TAG_MOVE_REASON: reason[:5000],
+            TAG_OWNER: _owner(),
+            TAG_PLAN: json.dumps([asdict(m) for m in moves]),
+        },
+    )
     run_id = run.info.run_id
     _ACTIVE.add(run_id)
 
@@ -206,8 +214,11 @@ def move_aliases(
             except Exception:  # the registry is failing still: the record stays pending, the next move reconciles
                 log.exception("promotion %s failed and could not be put back; the next move reconciles it", move_id)
                 raise error from None
-            close("FAILED", f"failed and put back: {type(error).__name__}: {error}"
-                            + (f"; left alone: {'; '.join(left)}" if left else ""))  # fmt: skip
+            close(
+                "FAILED",
+                f"failed and put back: {type(error).__name__}: {error}"
+                + (f"; left alone: {'; '.join(left)}" if left else ""),
+            )
             raise
         close("FINISHED", "done")
     finally:
@@ -226,6 +237,9 @@ def download_champions(roles: Iterable[str], dst_root: str | Path) -> dict[str, 
             out[role] = None
             continue
         path = registry.download_role(role, Path(dst_root) / role, str(version.version))
-        out[role] = {"path": str(path), "version": str(version.version),
-                     "fingerprint": version.tags.get(registry.TAG_FINGERPRINT)}  # fmt: skip
+        out[role] = {
+            "path": str(path),
+            "version": str(version.version),
+            "fingerprint": version.tags.get(registry.TAG_FINGERPRINT),
+        }
     return out

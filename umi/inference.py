@@ -106,8 +106,10 @@ class LoadedRole:
 def _adapter_base(adapter_dirs: Mapping[str, Path], base_dir: Path | None) -> Path:
     if base_dir is not None:
         return Path(base_dir)
-    bases = {json.loads((Path(p) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
-             for p in adapter_dirs.values()}  # fmt: skip
+    bases = {
+        json.loads((Path(p) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
+        for p in adapter_dirs.values()
+    }
     if len(bases) != 1:
         raise ValueError(f"the role adapters name different bases {sorted(bases)}: give the base directory explicitly")
     base = Path(bases.pop())
@@ -163,8 +165,9 @@ def load_role_models(
         assert peft_model is not None
         peft_model = peft_model.to(device).eval()
         for role, path in adapters.items():
-            out[role] = LoadedRole(peft_model, tokenizer, source=base.resolve(), adapter=names[path], device=device,
-                                   dtype=torch_dtype)  # fmt: skip
+            out[role] = LoadedRole(
+                peft_model, tokenizer, source=base.resolve(), adapter=names[path], device=device, dtype=torch_dtype
+            )
         log.info("loaded base %s once for the adapters of %s", base, ", ".join(adapters))
     return out
 
@@ -259,4 +262,3 @@ def default_agents(
         else:
             found.append(spec)
     return found, skipped
-

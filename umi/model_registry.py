@@ -155,8 +155,9 @@ def _log_checkpoint(role: str, checkpoint: Path, run_id: str | None) -> str:
     """Log the checkpoint directory under `model/` of `run_id`, or of a new run in the umi-registry experiment."""
     client = _client()
     if run_id is None:
-        run = client.create_run(ensure_experiment(REGISTRY_EXPERIMENT), run_name=f"register-{role}",
-                                tags={TAG_ROLE: role})  # fmt: skip
+        run = client.create_run(
+            ensure_experiment(REGISTRY_EXPERIMENT), run_name=f"register-{role}", tags={TAG_ROLE: role}
+        )
         run_id = run.info.run_id
         client.log_artifacts(run_id, str(checkpoint), ARTIFACT_PATH)
         client.set_terminated(run_id)
@@ -236,9 +237,12 @@ def register_role_model(
         run_id = _log_checkpoint(role, checkpoint, run_id if held == "none" else None)
     tags.setdefault(TAG_DATA_VERSION, "unknown")
     version = client.create_model_version(
-        name, f"runs:/{run_id}/{ARTIFACT_PATH}", run_id=run_id, tags=tags,
+        name,
+        f"runs:/{run_id}/{ARTIFACT_PATH}",
+        run_id=run_id,
+        tags=tags,
         description=f"{role} checkpoint {checkpoint} (data {data_version or 'unknown'})",
-    )  # fmt: skip
+    )
     log.info("registered %s version %s from run %s", name, version.version, run_id)
     return client.get_model_version(name, str(version.version))
 
@@ -329,8 +333,12 @@ def download_role(role: str, dst: str | Path, alias_or_version: str = CHAMPION) 
     version = resolve(role, alias_or_version)
     dst = Path(dst)
     marker = dst / DOWNLOAD_MARKER
-    wanted = {"name": version.name, "version": str(version.version), "source": version.source,
-              "fingerprint": version.tags.get(TAG_FINGERPRINT)}  # fmt: skip
+    wanted = {
+        "name": version.name,
+        "version": str(version.version),
+        "source": version.source,
+        "fingerprint": version.tags.get(TAG_FINGERPRINT),
+    }
     if marker.exists() and json.loads(marker.read_text()) == wanted:
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)

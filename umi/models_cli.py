@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-models_app = typer.Typer(help="Registered role models (umi-global/planner/caller/summarizer) and their champions.",
-                         no_args_is_help=True)  # fmt: skip
+models_app = typer.Typer(
+    help="Registered role models (umi-global/planner/caller/summarizer) and their champions.", no_args_is_help=True
+)
 console = Console()
 
 TrackingUri = Annotated[
@@ -71,9 +72,16 @@ def list_cmd(
             table.add_row(r, "-", "", "not registered", "", "", "", "")
         for v in versions:
             aliases = ", ".join(sorted(v.aliases or []))
-            table.add_row(r, str(v.version), f"[bold green]{aliases}[/]" if aliases else "",
-                          v.tags.get(TAG_DATA_VERSION, "-"), v.tags.get(TAG_PROFILE, "-"), _evaluation_summary(v),
-                          v.tags.get(TAG_PROMOTED_AT, ""), (v.run_id or "")[:12])  # fmt: skip
+            table.add_row(
+                r,
+                str(v.version),
+                f"[bold green]{aliases}[/]" if aliases else "",
+                v.tags.get(TAG_DATA_VERSION, "-"),
+                v.tags.get(TAG_PROFILE, "-"),
+                _evaluation_summary(v),
+                v.tags.get(TAG_PROMOTED_AT, ""),
+                (v.run_id or "")[:12],
+            )
     console.print(table)
 
 
@@ -116,8 +124,9 @@ def promote_cmd(
         console.print("nothing moved")
         raise typer.Exit(1)
     try:
-        moved = promote(versions, reason="manual: umi models promote" + (f": {reason}" if reason else ""),
-                        expected_champions=before)  # fmt: skip
+        moved = promote(
+            versions, reason="manual: umi models promote" + (f": {reason}" if reason else ""), expected_champions=before
+        )
     except (LookupError, PromotionConflict) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1)
@@ -163,5 +172,16 @@ def show_cmd(
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1)
     tags = {k: (json.loads(t) if k in ("umi.config", "umi.evaluation") else t) for k, t in v.tags.items()}
-    print(json.dumps({"name": v.name, "version": str(v.version), "aliases": list(v.aliases or []), "source": v.source,
-                      "run_id": v.run_id, "tags": tags}, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "name": v.name,
+                "version": str(v.version),
+                "aliases": list(v.aliases or []),
+                "source": v.source,
+                "run_id": v.run_id,
+                "tags": tags,
+            },
+            indent=2,
+        )
+    )

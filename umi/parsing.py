@@ -200,7 +200,9 @@ def parse_planner_output(text: str) -> PlannerOutput | ParseFailure:
     if not turn.strip():
         return ParseFailure("planner", "empty_output", "the planner wrote nothing", text)
     if _ECHO.search(turn):
-        return ParseFailure("planner", "instruction_echo", "the output repeats the instruction instead of deciding", text)
+        return ParseFailure(
+            "planner", "instruction_echo", "the output repeats the instruction instead of deciding", text
+        )
     matches = list(_NEXT.finditer(turn))
     if not matches:
         return ParseFailure(
@@ -208,7 +210,9 @@ def parse_planner_output(text: str) -> PlannerOutput | ParseFailure:
         )
     if len(matches) > 1:
         found = ", ".join(repr(m.group(0)) for m in matches[:4])
-        return ParseFailure("planner", "several_decisions", f"{len(matches)} decisions ({found}): which one is meant is a guess", text)
+        return ParseFailure(
+            "planner", "several_decisions", f"{len(matches)} decisions ({found}): which one is meant is a guess", text
+        )
     match = matches[0]
     thought = turn[: match.start()]
     # undo planner_target's separator exactly: "<thought>\n" + " Next: ..." (an empty thought gives " Next: ...")
@@ -232,7 +236,10 @@ def parse_arguments(text: str, role: ParsedRole = "caller") -> tuple[dict[str, A
     consumed = text[start:end]
     if not isinstance(value, dict):
         return ParseFailure(
-            role, "arguments_not_object", f"arguments must be a JSON object, got {type(value).__name__}", text,
+            role,
+            "arguments_not_object",
+            f"arguments must be a JSON object, got {type(value).__name__}",
+            text,
             arguments_text=consumed,
         )
     return value, consumed
@@ -250,13 +257,22 @@ def _parse_call(text: str, body: str, role: ParsedRole, thought: str | None) -> 
         return ParseFailure(role, "empty_tool_name", "'Action:' is not followed by a tool name", text, thought=thought)
     if input_label is None:
         return ParseFailure(
-            role, "no_action_input", f"the call to {tool_name!r} has no 'Action Input:'", text,
-            tool_name=tool_name, thought=thought,
+            role,
+            "no_action_input",
+            f"the call to {tool_name!r} has no 'Action Input:'",
+            text,
+            tool_name=tool_name,
+            thought=thought,
         )
-    parsed = parse_arguments(body[input_label.end():], role)
+    parsed = parse_arguments(body[input_label.end() :], role)
     if isinstance(parsed, ParseFailure):
         return ParseFailure(
-            role, parsed.kind, parsed.detail, text, tool_name=tool_name, arguments_text=parsed.arguments_text,
+            role,
+            parsed.kind,
+            parsed.detail,
+            text,
+            tool_name=tool_name,
+            arguments_text=parsed.arguments_text,
             thought=thought,
         )
     arguments, arguments_text = parsed
@@ -279,7 +295,7 @@ def parse_caller_output(text: str) -> ToolCall | ParseFailure:
     label = _call_label(turn, _ACTION_LINE) or _call_label(turn, _ACTION_ANY)
     if label is None:
         return ParseFailure("caller", "no_action", "no 'Action:' found", text)
-    return _parse_call(text, turn[label.end():], "caller", None)
+    return _parse_call(text, turn[label.end() :], "caller", None)
 
 
 def _global_label(
@@ -304,7 +320,7 @@ def parse_global_output(text: str) -> GlobalOutput | ParseFailure:
     if label is None:
         return ParseFailure("global", "no_action", "neither 'Action:' nor 'conclusion:' found", text)
     thought = turn[: label.start()].strip()
-    body = turn[label.end():]
+    body = turn[label.end() :]
     if label.group(0).strip().lower().startswith("action"):
         call = _parse_call(text, body, "global", thought)
         return call if isinstance(call, ParseFailure) else GlobalCall(thought=thought, call=call)

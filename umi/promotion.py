@@ -111,8 +111,10 @@ def _worse(paired: Mapping[str, Any], rule: PromotionRule) -> list[str]:
 
 
 def _fmt(entry: Mapping[str, Any]) -> str:
-    return (f"{entry['difference']:+.2f} [{entry['ci_low']:+.2f}, {entry['ci_high']:+.2f}], "
-            f"p={entry['p_value']:.3g}, n={entry.get('n')}")  # fmt: skip
+    return (
+        f"{entry['difference']:+.2f} [{entry['ci_low']:+.2f}, {entry['ci_high']:+.2f}], "
+        f"p={entry['p_value']:.3g}, n={entry.get('n')}"
+    )
 
 
 def decide(
@@ -128,8 +130,11 @@ def decide(
     exists at all."""
     found = headline(candidate, rule)
     if found is None:
-        return Decision(False, f"candidate has no evaluation on the dev split ({rule.static_test_set} / "
-                               f"{rule.live_test_set}): promotion decides on dev only")  # fmt: skip
+        return Decision(
+            False,
+            f"candidate has no evaluation on the dev split ({rule.static_test_set} / "
+            f"{rule.live_test_set}): promotion decides on dev only",
+        )
     test_set, metric, section = found
     name = f"{test_set}.{metric}"
     paired = section.get("paired") or {}
@@ -141,25 +146,33 @@ def decide(
     evidence: dict[str, dict] = {}
     for ref in must_beat:
         entry = (paired.get(ref) or {}).get(metric)
-        if not isinstance(entry, Mapping) or not all(_finite(entry.get(k)) for k in ("difference", "ci_low",
-                                                                                     "ci_high", "p_value")):  # fmt: skip
+        if not isinstance(entry, Mapping) or not all(
+            _finite(entry.get(k)) for k in ("difference", "ci_low", "ci_high", "p_value")
+        ):
             return Decision(False, f"no paired comparison with {ref} on {name}: cannot decide", name, evidence)
         evidence[ref] = {k: entry.get(k) for k in ("difference", "ci_low", "ci_high", "p_value", "n", "clusters")}
     for ref in must_beat:
         entry = evidence[ref]
         if not (entry["ci_low"] > 0 and entry["p_value"] < rule.alpha):
-            return Decision(False, f"not better than {ref} on {name} beyond noise: {_fmt(entry)} (needs the "
-                                   f"interval's lower bound above 0 and p < {rule.alpha:g})", name, evidence)  # fmt: skip
+            return Decision(
+                False,
+                f"not better than {ref} on {name} beyond noise: {_fmt(entry)} (needs the "
+                f"interval's lower bound above 0 and p < {rule.alpha:g})",
+                name,
+                evidence,
+            )
     for ref in no_worse:
         worse = _worse(paired.get(ref) or {}, rule)
         other = {} if test_set == rule.live_test_set else (candidate or {}).get(rule.live_test_set) or {}
         worse += [f"live {m}" for m in _worse((other.get("paired") or {}).get(ref) or {}, rule)]
         if worse:
-            return Decision(False, f"better than {ref} on {name}, but significantly worse on {', '.join(worse)}",
-                            name, evidence)  # fmt: skip
+            return Decision(
+                False, f"better than {ref} on {name}, but significantly worse on {', '.join(worse)}", name, evidence
+            )
     what = "the champion" if has_champion else "the single LLM and the baselines"
-    return Decision(True, f"beats {what} on {name}: " + "; ".join(f"vs {r} {_fmt(e)}" for r, e in evidence.items()),
-                    name, evidence)  # fmt: skip
+    return Decision(
+        True, f"beats {what} on {name}: " + "; ".join(f"vs {r} {_fmt(e)}" for r, e in evidence.items()), name, evidence
+    )
 
 
 def evidence_tag(decision: Decision) -> str:
@@ -210,16 +223,26 @@ def promote(
         if current is not None and str(current.version) == version:
             continue
         previous = str(current.version) if current is not None else None
-        tags[(role, version)] = {TAG_PROMOTED_FROM: previous or "", TAG_PROMOTED_AT: when,
-                                 TAG_PROMOTION_ID: promotion_id, TAG_PROMOTION_REASON: reason[:5000]}  # fmt: skip
+        tags[(role, version)] = {
+            TAG_PROMOTED_FROM: previous or "",
+            TAG_PROMOTED_AT: when,
+            TAG_PROMOTION_ID: promotion_id,
+            TAG_PROMOTION_REASON: reason[:5000],
+        }
         moves.append(AliasMove(role, registry.CHAMPION, previous, version))
         if previous is not None:
             before = registry.alias_version(role, registry.PREVIOUS_CHAMPION)
             moves.append(AliasMove(role, registry.PREVIOUS_CHAMPION, str(before.version) if before else None, previous))
         moved[role] = (previous, version)
     if moves:  # nothing to move, nothing to compare-and-set
-        move_aliases(moves, kind="promote", reason=reason, move_id=promotion_id,
-                     expected_champions=expected_champions, version_tags=tags)  # fmt: skip
+        move_aliases(
+            moves,
+            kind="promote",
+            reason=reason,
+            move_id=promotion_id,
+            expected_champions=expected_champions,
+            version_tags=tags,
+        )
     return moved
 
 
@@ -254,8 +277,10 @@ def rollback(roles: Iterable[str] | None = None) -> dict[str, tuple[str, str]]:
             raise LookupError(f"{registry.MODEL_NAMES[role]} has no champion to roll back")
         previous = champion.tags.get(TAG_PROMOTED_FROM)
         if not previous:
-            raise LookupError(f"{registry.MODEL_NAMES[role]} version {champion.version} was the first champion: "
-                              "nothing to roll back to")  # fmt: skip
+            raise LookupError(
+                f"{registry.MODEL_NAMES[role]} version {champion.version} was the first champion: "
+                "nothing to roll back to"
+            )
         registry.get_version(role, previous)
         plan[role] = (str(champion.version), previous)
     when = _now()
@@ -264,10 +289,15 @@ def rollback(roles: Iterable[str] | None = None) -> dict[str, tuple[str, str]]:
         moves.append(AliasMove(role, registry.CHAMPION, demoted, restored))
         before = registry.get_version(role, restored).tags.get(TAG_PROMOTED_FROM) or None
         previous_now = registry.alias_version(role, registry.PREVIOUS_CHAMPION)
-        moves.append(AliasMove(role, registry.PREVIOUS_CHAMPION,
-                               str(previous_now.version) if previous_now else None, before))  # fmt: skip
-    move_aliases(moves, kind="rollback", reason=f"rollback of {', '.join(plan)}",
-                 version_tags={(role, demoted): {TAG_ROLLED_BACK_AT: when} for role, (demoted, _) in plan.items()})
+        moves.append(
+            AliasMove(role, registry.PREVIOUS_CHAMPION, str(previous_now.version) if previous_now else None, before)
+        )
+    move_aliases(
+        moves,
+        kind="rollback",
+        reason=f"rollback of {', '.join(plan)}",
+        version_tags={(role, demoted): {TAG_ROLLED_BACK_AT: when} for role, (demoted, _) in plan.items()},
+    )
     return plan
 
 
@@ -337,7 +367,10 @@ def judge(
     evaluation, champion = evaluations.get(candidate), evaluations.get(rule.champion)
     if not enabled:
         said = decide(evaluation, champion, has_champion=any(c is not None for c in champions.values()), rule=rule)
-        return {**Decision(False, "promotion switched off", said.headline, said.evidence).to_dict(),
-                "rule_said": said.reason, "moved": {}}  # fmt: skip
+        return {
+            **Decision(False, "promotion switched off", said.headline, said.evidence).to_dict(),
+            "rule_said": said.reason,
+            "moved": {},
+        }
     decision, moved = promote_if_better(versions, evaluation, champion, rule=rule, expected_champions=expected)
     return {**decision.to_dict(), "moved": {r: list(m) for r, m in moved.items()}}

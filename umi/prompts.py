@@ -56,13 +56,18 @@ def agreed_prompt_format(checkpoints: Mapping[str, str | Path], default: dict) -
     formats = {json.dumps(f, sort_keys=True) for f in recorded.values()}
     if len(formats) > 1:
         shown = "; ".join(f"{role}: {f}" for role, f in recorded.items())
-        raise ValueError(f"the role checkpoints were trained with different prompt formats ({shown}): retrain them "
-                         "on one dataset layout")  # fmt: skip
+        raise ValueError(
+            f"the role checkpoints were trained with different prompt formats ({shown}): retrain them "
+            "on one dataset layout"
+        )
     chosen = next(iter(recorded.values())) if recorded else default
     if chosen.get("prompt_version") != PROMPT_VERSION:
-        raise ValueError(f"checkpoints trained with prompt version {chosen.get('prompt_version')!r}; this umi "
-                         f"renders {PROMPT_VERSION!r}")  # fmt: skip
+        raise ValueError(
+            f"checkpoints trained with prompt version {chosen.get('prompt_version')!r}; this umi "
+            f"renders {PROMPT_VERSION!r}"
+        )
     return chosen
+
 
 # --- the paper's prompts (appendix; "assess" is the paper's own typo, kept so released checkpoints stay compatible)
 PLANNER_PROMPT = (
@@ -178,7 +183,9 @@ def _cut(text: str, limit: int | None) -> str:
 
 
 def history_turns(
-    steps: Sequence[Step], style: Literal["roles", "global"] = "roles", observation_limit: int | None = OBSERVATION_LIMIT
+    steps: Sequence[Step],
+    style: Literal["roles", "global"] = "roles",
+    observation_limit: int | None = OBSERVATION_LIMIT,
 ) -> list[str]:
     """The history as a list of turns, each ending in `</s>`; a list so callers can truncate from the left.
 

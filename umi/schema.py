@@ -118,7 +118,9 @@ class Trajectory(BaseModel):
                 raise ValueError(f"step {i}: a caller step must follow an assistant step that decided 'caller'")
             if step.role == "observation" and (prev is None or prev.role != "caller"):
                 raise ValueError(f"step {i}: an observation must follow a caller step")
-            if step.role == "conclusion" and (prev is None or prev.role != "assistant" or prev.decision != "conclusion"):
+            if step.role == "conclusion" and (
+                prev is None or prev.role != "assistant" or prev.decision != "conclusion"
+            ):
                 raise ValueError(f"step {i}: a conclusion must follow an assistant step that decided 'conclusion'")
             if step.role == "caller" and names and step.tool_name not in names:
                 # ToolBench data does contain calls to tools outside the list (hallucinated names); keep them, flag them.

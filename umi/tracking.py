@@ -108,6 +108,11 @@ class ParentRun:
 
     def record_promotion(self, decision: Mapping[str, Any], versions: Mapping[str, str]) -> None:
         """The promotion decision (umi.promotion.judge) and the registered versions, as tags of this run."""
-        self.set_tags({"umi.promoted": decision["promote"], "umi.promotion_reason": decision["reason"][:5000],
-                       "umi.promotion_evidence": json.dumps(decision.get("evidence") or {}, default=str)[:5000],
-                       **{f"umi.version.{r}": v for r, v in versions.items()}})  # fmt: skip
+        self.set_tags(
+            {
+                "umi.promoted": decision["promote"],
+                "umi.promotion_reason": decision["reason"][:5000],
+                "umi.promotion_evidence": json.dumps(decision.get("evidence") or {}, default=str)[:5000],
+                **{f"umi.version.{r}": v for r, v in versions.items()},
+            }
+        )

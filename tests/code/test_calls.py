@@ -44,11 +44,15 @@ from umi.tools.calls import (
             PythonCall("triangle_properties.get", (), {"side1": 5, "side2": 4, "side3": 3}),
         ),
         ("a.b.c(1, 'two', k=[1, -2, (3, 4)])", PythonCall("a.b.c", (1, "two"), {"k": [1, -2, (3, 4)]})),
-        ("f(d={'k': [1, {'n': -1}]}, s='paren ) inside ( string')",
-         PythonCall("f", (), {"d": {"k": [1, {"n": -1}]}, "s": "paren ) inside ( string"})),
+        (
+            "f(d={'k': [1, {'n': -1}]}, s='paren ) inside ( string')",
+            PythonCall("f", (), {"d": {"k": [1, {"n": -1}]}, "s": "paren ) inside ( string"}),
+        ),
         ("f(s='it''s' \"joined\")", PythonCall("f", (), {"s": "its" + "joined"})),
-        ("echo(content='Collaboration leads to success.\\nNext line')",
-         PythonCall("echo", (), {"content": "Collaboration leads to success.\nNext line"})),
+        (
+            "echo(content='Collaboration leads to success.\\nNext line')",
+            PythonCall("echo", (), {"content": "Collaboration leads to success.\nNext line"}),
+        ),
     ],
 )
 def test_parses_bfcl_style_calls(text, expected):
@@ -179,7 +183,7 @@ def test_parse_action_error_keeps_the_tool_name_when_readable():
 
 def test_calls_module_has_no_eval():
     source = (Path(__file__).resolve().parents[2] / "umi" / "tools" / "calls.py").read_text()
-    assert "eval(" not in source.replace("literal_eval(", "").replace("mode=\"eval\"", "")
+    assert "eval(" not in source.replace("literal_eval(", "").replace('mode="eval"', "")
     assert "exec(" not in source
 
 
@@ -198,7 +202,7 @@ def test_calls_module_has_no_eval():
         ("{not json", "not valid JSON"),
         (b"\xff\xfe{", "not"),
     ],
-)  # fmt: skip
+)
 def test_untrusted_json_is_refused_saying_why(text, problem):
     from umi.tools.calls import JSONProblem, loads_untrusted_json
 

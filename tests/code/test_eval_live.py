@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from umi.backend import Generation, GenerationRequest
 from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent
-from umi.data.examples import role_of_prompt
+from umi.backend import Generation, GenerationRequest
 from umi.data.bfcl import import_category
+from umi.data.examples import role_of_prompt
 from umi.eval.live import RecordingRuntime, bfcl_judge, render_call, rollout_entry
 from umi.eval.testsets import LiveEntry
 from umi.schema import Step, Trajectory
@@ -32,8 +32,18 @@ class ScriptedBackend:
         expected, text = self.script.pop(0)
         assert role == expected, f"expected a {expected} prompt, got {role}"
         self.seen.append(role)
-        return Generation(text=text, token_ids=(), stop_reason="eos", prompt_tokens=1, prefill_tokens=1,
-                          reused_tokens=0, new_tokens=1, dropped_turns=0, prefill_seconds=0.0, seconds=0.0)  # fmt: skip
+        return Generation(
+            text=text,
+            token_ids=(),
+            stop_reason="eos",
+            prompt_tokens=1,
+            prefill_tokens=1,
+            reused_tokens=0,
+            new_tokens=1,
+            dropped_turns=0,
+            prefill_seconds=0.0,
+            seconds=0.0,
+        )
 
     def reset(self) -> None:
         pass
@@ -56,8 +66,10 @@ def multi_script(turns: list[list[tuple[str, dict]]]) -> list[tuple[str, str]]:
     script = []
     for calls in turns:
         for name, arguments in calls:
-            script += [("planner", f"I will use {name}.\n Next: caller."),
-                       ("caller", f"Action: {name}\nAction Input: {json.dumps(arguments)}")]  # fmt: skip
+            script += [
+                ("planner", f"I will use {name}.\n Next: caller."),
+                ("caller", f"Action: {name}\nAction Input: {json.dumps(arguments)}"),
+            ]
         script += [("planner", "Done.\n Next: conclusion."), ("summarizer", "All done.")]
     return script
 
@@ -166,8 +178,14 @@ def test_render_call(name, arguments, expected):
 
 
 def test_live_entry_needs_executed_multi_turn_meta():
-    traj = Trajectory(id="x", source="bfcl", tools=[], instruction="hi",
-                      steps=[Step(role="user", content="hi")], meta={"category": "simple_python"})  # fmt: skip
+    traj = Trajectory(
+        id="x",
+        source="bfcl",
+        tools=[],
+        instruction="hi",
+        steps=[Step(role="user", content="hi")],
+        meta={"category": "simple_python"},
+    )
     with pytest.raises(ValueError, match="not an executed BFCL multi-turn trajectory"):
         LiveEntry.from_trajectory(traj)
 
@@ -186,8 +204,9 @@ def test_a_turn_gets_the_steps_its_gold_needs(entry):
 
 def test_a_larger_configured_cap_is_kept(entry):
     backend = ScriptedBackend(multi_script(gold_arguments(entry)))
-    record = rollout_entry(AlphaUMiAgent(backend, config=AgentConfig(doc_style="compact", max_steps=9)), entry,
-                           judge=False)  # fmt: skip
+    record = rollout_entry(
+        AlphaUMiAgent(backend, config=AgentConfig(doc_style="compact", max_steps=9)), entry, judge=False
+    )
     assert {t["step_cap"] for t in record["turn_log"]} == {9}
 
 
@@ -210,10 +229,12 @@ def test_live_runs_an_agent_that_never_calls_a_tool(entry):
     assert summary["headline_metric"] == HEADLINE_METRIC == "bfcl_checker_pass_rate"
     assert (summary["entries"], summary["passed"], summary["bfcl_checker_passed"]) == (1, 0, 0)
     assert summary["turns_passed"] == sum(reads_only)
-    concluding = ScriptedBackend([("planner", "Nothing to do.\n Next: conclusion."), ("summarizer", "Done.")]
-                                 * len(entry.turns))  # fmt: skip
-    again = rollout_entry(AlphaUMiAgent(concluding, config=AgentConfig(doc_style="compact")), entry,
-                          stop_on_failure=False)  # fmt: skip
+    concluding = ScriptedBackend(
+        [("planner", "Nothing to do.\n Next: conclusion."), ("summarizer", "Done.")] * len(entry.turns)
+    )
+    again = rollout_entry(
+        AlphaUMiAgent(concluding, config=AgentConfig(doc_style="compact")), entry, stop_on_failure=False
+    )
     assert [t["passed"] for t in again["turn_log"]] == list(reads_only) and again["bfcl_checker"]["valid"] is False
 
 

@@ -43,8 +43,20 @@ class OracleBackend:
         for r in requests:
             assert r.prompt not in self.too_long
             text = self.fixed if self.fixed is not None else self.targets[r.prompt]
-            out.append(Generation(text=text, token_ids=(), stop_reason="eos", prompt_tokens=1, prefill_tokens=1,
-                                  reused_tokens=0, new_tokens=3, dropped_turns=0, prefill_seconds=0.0, seconds=0.0))
+            out.append(
+                Generation(
+                    text=text,
+                    token_ids=(),
+                    stop_reason="eos",
+                    prompt_tokens=1,
+                    prefill_tokens=1,
+                    reused_tokens=0,
+                    new_tokens=3,
+                    dropped_turns=0,
+                    prefill_seconds=0.0,
+                    seconds=0.0,
+                )
+            )
         return out
 
 
@@ -73,8 +85,9 @@ def headline(result) -> dict:
 
 def test_multi_oracle_is_perfect_and_batched(bfcl):
     backend = oracle(bfcl, {"planner", "caller", "summarizer"})
-    result = run_static({"planner": backend, "caller": backend, "summarizer": backend}, bfcl,
-                        settings=EvalSettings(batch_size=4))  # fmt: skip
+    result = run_static(
+        {"planner": backend, "caller": backend, "summarizer": backend}, bfcl, settings=EvalSettings(batch_size=4)
+    )
     assert headline(result) == PERFECT
     m = result.metrics
     assert m.steps == m.call_steps + m.finish_steps + m.give_up_steps and m.give_up_steps == 2

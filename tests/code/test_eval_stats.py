@@ -16,11 +16,15 @@ def traj(tid: str, n_calls: int) -> Trajectory:
     """user, then n_calls x (planner caller, caller, observation), then planner conclusion, conclusion."""
     steps = [Step(role="user", content="do it")]
     for k in range(n_calls):
-        steps += [Step(role="assistant", content=f"call {k}", decision="caller"),
-                  Step(role="caller", tool_name="f", arguments_text='{"x": 1}'),
-                  Step(role="observation", content="ok")]  # fmt: skip
+        steps += [
+            Step(role="assistant", content=f"call {k}", decision="caller"),
+            Step(role="caller", tool_name="f", arguments_text='{"x": 1}'),
+            Step(role="observation", content="ok"),
+        ]
     steps += [Step(role="assistant", content="done", decision="conclusion"), Step(role="conclusion", content="fine")]
-    return Trajectory(id=tid, source="test", instruction="do it", tools=[ToolSpec(name="f", description="f")], steps=steps)
+    return Trajectory(
+        id=tid, source="test", instruction="do it", tools=[ToolSpec(name="f", description="f")], steps=steps
+    )
 
 
 def test_rule_baselines_on_known_trajectories():
@@ -108,13 +112,37 @@ def test_mean_of_metrics_difference_is_the_mean_of_differences():
 
 def test_evidence_from_records_groups_steps_by_trajectory_and_category():
     records = [
-        {"id": "x/1#1", "score": {"plan_correct": True, "action_correct": True, "hallucinated": False,
-                                  "arg_f1": 1.0, "rouge_l": None}},
-        {"id": "x/1#4", "score": {"plan_correct": False, "action_correct": None, "hallucinated": False,
-                                  "arg_f1": None, "rouge_l": 0.5}},
-        {"id": "x/2#1", "score": {"plan_correct": True, "action_correct": False, "hallucinated": True,
-                                  "arg_f1": 0.0, "rouge_l": None}},
-    ]  # fmt: skip
+        {
+            "id": "x/1#1",
+            "score": {
+                "plan_correct": True,
+                "action_correct": True,
+                "hallucinated": False,
+                "arg_f1": 1.0,
+                "rouge_l": None,
+            },
+        },
+        {
+            "id": "x/1#4",
+            "score": {
+                "plan_correct": False,
+                "action_correct": None,
+                "hallucinated": False,
+                "arg_f1": None,
+                "rouge_l": 0.5,
+            },
+        },
+        {
+            "id": "x/2#1",
+            "score": {
+                "plan_correct": True,
+                "action_correct": False,
+                "hallucinated": True,
+                "arg_f1": 0.0,
+                "rouge_l": None,
+            },
+        },
+    ]
     items = evidence.static_items(records, {"x/1": "simple", "x/2": "multiple"})
     s = evidence.summary(items, "trajectories")
     assert s["n"] == {"items": 3, "trajectories": 2}
@@ -126,8 +154,10 @@ def test_evidence_from_records_groups_steps_by_trajectory_and_category():
 
 
 def test_live_evidence_counts_entries_and_turns():
-    records = [{"entry_id": "e1", "passed": True, "bfcl_checker": {"valid": True}, "turns": 2, "turns_passed": 2},
-               {"entry_id": "e2", "passed": False, "bfcl_checker": {"valid": False}, "turns": 3, "turns_passed": 1}]  # fmt: skip
+    records = [
+        {"entry_id": "e1", "passed": True, "bfcl_checker": {"valid": True}, "turns": 2, "turns_passed": 2},
+        {"entry_id": "e2", "passed": False, "bfcl_checker": {"valid": False}, "turns": 3, "turns_passed": 1},
+    ]
     s = evidence.summary(evidence.live_items(records), "entries")
     assert s["n"]["entries"] == 2
     assert s["intervals"]["pass_rate"]["value"] == 50.0
@@ -142,8 +172,12 @@ def test_training_budget_sums_the_stage_lineage_once(tmp_path):
         d = tmp_path / name / "model"
         d.mkdir(parents=True)
         (d / "config.json").write_text("{}")
-        manifest = {"stage": name, "init_from": str(init_from), "config": {"stages": {name: {"epochs": 1}}},
-                    "metrics": {"data_tokens": tokens, "global_step": steps, "epoch": epoch}}  # fmt: skip
+        manifest = {
+            "stage": name,
+            "init_from": str(init_from),
+            "config": {"stages": {name: {"epochs": 1}}},
+            "metrics": {"data_tokens": tokens, "global_step": steps, "epoch": epoch},
+        }
         (d / "umi_stage.json").write_text(__import__("json").dumps(manifest))
         return d
 
@@ -155,7 +189,10 @@ def test_training_budget_sums_the_stage_lineage_once(tmp_path):
     assert multi == {"tokens": 2600, "optimizer_steps": 16, "stages": ["caller", "global", "planner", "summarizer"]}
     assert training_budget(AgentSpec.single("s", glob))["tokens"] == 2000  # 1000 tokens x 2 epochs
     assert training_budget(AgentSpec.multi("b", backbone, backbone, backbone)) == {
-        "tokens": 0, "optimizer_steps": 0, "stages": []}  # fmt: skip
+        "tokens": 0,
+        "optimizer_steps": 0,
+        "stages": [],
+    }
 
 
 def test_two_agreeing_clusters_are_not_significant():
@@ -168,5 +205,7 @@ def test_two_agreeing_clusters_are_not_significant():
     result = paired(a, b)
     assert result.ci_low == result.ci_high == pytest.approx(50.0) and result.p_value == pytest.approx(0.5)
     assert significant(result.to_dict()) is None and not result.significant_gain
-    big = paired(Clusters(tuple("abcdefgh"), (1.0,) * 8, (1.0,) * 8), Clusters(tuple("abcdefgh"), (0.0,) * 8, (1.0,) * 8))
+    big = paired(
+        Clusters(tuple("abcdefgh"), (1.0,) * 8, (1.0,) * 8), Clusters(tuple("abcdefgh"), (0.0,) * 8, (1.0,) * 8)
+    )
     assert big.p_value == pytest.approx(2 / 256) and significant(big.to_dict()) == "better"

@@ -24,8 +24,9 @@ def bfcl_dir(tmp_path_factory):
         records = list(itertools.islice(import_category(category), n))
         assert all(isinstance(r, Trajectory) for r in records)
         write_trajectories(root / "bfcl" / f"{category}.jsonl", records)
-    other = Trajectory(id="mine-1", source="toolbench", tools=[], instruction="q",
-                       steps=[Step(role="user", content="q")])  # fmt: skip
+    other = Trajectory(
+        id="mine-1", source="toolbench", tools=[], instruction="q", steps=[Step(role="user", content="q")]
+    )
     write_trajectories(root / "toolbench.jsonl", [other])  # not BFCL: never in the BFCL test set
     return root
 
@@ -50,8 +51,10 @@ def test_bfcl_test_split_is_the_reorganisations(bfcl_dir, tmp_path):
 
 
 def test_no_bfcl_test_data_is_a_clear_error(tmp_path):
-    write_trajectories(tmp_path / "x.jsonl", [Trajectory(id="a", source="toolbench", tools=[], instruction="q",
-                                                         steps=[Step(role="user", content="q")])])  # fmt: skip
+    write_trajectories(
+        tmp_path / "x.jsonl",
+        [Trajectory(id="a", source="toolbench", tools=[], instruction="q", steps=[Step(role="user", content="q")])],
+    )
     with pytest.raises(FileNotFoundError, match="no BFCL test-split trajectories"):
         load_bfcl_test(tmp_path, params=None)
 
@@ -63,7 +66,8 @@ def test_select_round_robins_over_categories(bfcl_dir, tmp_path):
     cats = [t.meta["category"] for t in ts.trajectories]
     assert len(cats) == 5 and set(cats) == {"simple_python", "irrelevance", "multi_turn_base"}
     assert [t.id for t in load_bfcl_test(bfcl_dir, limit=5, params=params).trajectories] == [
-        t.id for t in ts.trajectories]  # fmt: skip
+        t.id for t in ts.trajectories
+    ]
     with pytest.raises(ValueError):
         select(ts.trajectories, 0)
 
@@ -90,21 +94,31 @@ def test_settings_validation_and_profiles():
 
 
 AGENTS = {
-    "backbone": {"static": {"bfcl-test": {"plan_acc": 10.0, "act_em": 0.0, "hallu": 50.0, "arg_f1": 0.0,
-                                          "rouge_l": None, "steps": 7}},
-                 "live": {"pass_rate": 0.0, "bfcl_checker_pass_rate": 0.0, "entries": 2}},
-    "alpha-umi": {"static": {"bfcl-test": {"plan_acc": 80.0, "act_em": 60.0, "hallu": 0.0, "arg_f1": 55.5,
-                                           "rouge_l": 30.25, "steps": 7}},
-                  "live": {"pass_rate": 50.0, "bfcl_checker_pass_rate": 50.0, "entries": 2}},
-}  # fmt: skip
+    "backbone": {
+        "static": {
+            "bfcl-test": {"plan_acc": 10.0, "act_em": 0.0, "hallu": 50.0, "arg_f1": 0.0, "rouge_l": None, "steps": 7}
+        },
+        "live": {"pass_rate": 0.0, "bfcl_checker_pass_rate": 0.0, "entries": 2},
+    },
+    "alpha-umi": {
+        "static": {
+            "bfcl-test": {"plan_acc": 80.0, "act_em": 60.0, "hallu": 0.0, "arg_f1": 55.5, "rouge_l": 30.25, "steps": 7}
+        },
+        "live": {"pass_rate": 50.0, "bfcl_checker_pass_rate": 50.0, "entries": 2},
+    },
+}
 
 
 def test_table_is_shaped_like_table_1():
-    md = table_markdown(AGENTS, {"bfcl-test": {"trajectories": 3, "available": 140, "rejected": []},
-                                 "live": {"entries": 2, "available": 17}})  # fmt: skip
+    md = table_markdown(
+        AGENTS,
+        {"bfcl-test": {"trajectories": 3, "available": 140, "rejected": []}, "live": {"entries": 2, "available": 17}},
+    )
     lines = md.splitlines()
-    assert lines[0] == ("| agent | BFCL test Plan ACC | BFCL test Act. EM | BFCL test Hallu. | BFCL test Arg. F1 | "
-                        "BFCL test R-L | live BFCL checker | live state |")  # fmt: skip
+    assert lines[0] == (
+        "| agent | BFCL test Plan ACC | BFCL test Act. EM | BFCL test Hallu. | BFCL test Arg. F1 | "
+        "BFCL test R-L | live BFCL checker | live state |"
+    )
     assert lines[2] == "| backbone | 10.00 | 0.00 | 50.00 | 0.00 | – | 0.00 | 0.00 |"
     assert lines[3] == "| alpha-umi | 80.00 | 60.00 | 0.00 | 55.50 | 30.25 | 50.00 | 50.00 |"
     assert "3 trajectories of 140, 7 scored steps" in md

@@ -33,7 +33,10 @@ def test_every_use_starts_from_its_preset(monkeypatch):
 
     loop = AgentConfig()
     assert (dict(loop.max_new_tokens), loop.planner_retries, loop.retry_temperature) == (
-        AGENT.caps(), AGENT.planner_retries, AGENT.retry_temperature)
+        AGENT.caps(),
+        AGENT.planner_retries,
+        AGENT.retry_temperature,
+    )
     assert loop.max_steps == MAX_STEPS == HARD_MAX_STEPS == EvalSettings().max_steps
     assert EvalSettings().generation() == EVALUATION and EvalSettings().max_new_tokens == EVALUATION.caps()
     assert PROFILES["full"].generation() == EVALUATION_FULL
@@ -112,16 +115,26 @@ def test_umi_chat_runs_the_chat_preset(monkeypatch, tmp_path):
 
     import umi.backend
     from umi.backend import Generation
-    from umi.data.examples import role_of_prompt
     from umi.cli import app
+    from umi.data.examples import role_of_prompt
 
     requests, loaded = [], {}
 
     class Silent:
         def generate(self, request):
             requests.append((role_of_prompt(request.prompt), request))
-            return Generation(text=" ", token_ids=(), stop_reason="eos", prompt_tokens=1, prefill_tokens=1,
-                              reused_tokens=0, new_tokens=1, dropped_turns=0, prefill_seconds=0.0, seconds=0.0)
+            return Generation(
+                text=" ",
+                token_ids=(),
+                stop_reason="eos",
+                prompt_tokens=1,
+                prefill_tokens=1,
+                reused_tokens=0,
+                new_tokens=1,
+                dropped_turns=0,
+                prefill_seconds=0.0,
+                seconds=0.0,
+            )
 
     def load_backends(dirs, **options):
         loaded.update(options)
@@ -129,8 +142,11 @@ def test_umi_chat_runs_the_chat_preset(monkeypatch, tmp_path):
 
     monkeypatch.setattr(umi.backend, "load_backends", load_backends)
     role_dir = str(tmp_path)
-    result = CliRunner().invoke(app, ["chat", "--toolkit", "MathAPI", "--planner", role_dir, "--caller", role_dir,
-                                      "--summarizer", role_dir], input="What is 2 plus 3?\n/exit\n")
+    result = CliRunner().invoke(
+        app,
+        ["chat", "--toolkit", "MathAPI", "--planner", role_dir, "--caller", role_dir, "--summarizer", role_dir],
+        input="What is 2 plus 3?\n/exit\n",
+    )
     assert result.exit_code == 0, result.output
     assert "planner_empty" in result.output
     assert loaded["max_new_tokens"] == CHAT.caps()

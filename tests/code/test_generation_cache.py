@@ -9,8 +9,18 @@ from umi.eval.generation_cache import CachedBackend, GenerationCache, request_ke
 
 
 def _generation(text: str) -> Generation:
-    return Generation(text=text, token_ids=(1, 2), stop_reason="eos", prompt_tokens=3, prefill_tokens=3,
-                      reused_tokens=0, new_tokens=2, dropped_turns=0, prefill_seconds=0.1, seconds=0.2)  # fmt: skip
+    return Generation(
+        text=text,
+        token_ids=(1, 2),
+        stop_reason="eos",
+        prompt_tokens=3,
+        prefill_tokens=3,
+        reused_tokens=0,
+        new_tokens=2,
+        dropped_turns=0,
+        prefill_seconds=0.1,
+        seconds=0.2,
+    )
 
 
 class Echo:
@@ -37,8 +47,14 @@ def test_keys_depend_on_inputs_not_labels():
     a = GenerationRequest(prompt="p", record_id="x")
     assert request_key("m", a) == request_key("m", GenerationRequest(prompt="p", record_id="y"))
     assert request_key("m", a) != request_key("m2", a)
-    for change in (dict(prompt="q"), dict(max_new_tokens=7), dict(temperature=0.7), dict(seed=3),
-                   dict(history_span=(0, 1)), dict(stop_strings=("x",))):  # fmt: skip
+    for change in (
+        dict(prompt="q"),
+        dict(max_new_tokens=7),
+        dict(temperature=0.7),
+        dict(seed=3),
+        dict(history_span=(0, 1)),
+        dict(stop_strings=("x",)),
+    ):
         assert request_key("m", a) != request_key("m", GenerationRequest(**{"prompt": "p", **change})), change
 
 

@@ -1,16 +1,8 @@
 """umi.eval.metrics: the paper's five static metrics on hand-computed cases, edge cases, and the real test set."""
 
-from pathlib import Path
-
 import pytest
 from pydantic import ValidationError
 
-from umi.parsing import (
-    parse_caller_output,
-    parse_global_output,
-    parse_planner_output,
-    parse_summarizer_output,
-)
 from umi.data.alpha_umi import import_alpha_umi
 from umi.eval.metrics import (
     Prediction,
@@ -25,9 +17,15 @@ from umi.eval.metrics import (
     score_step,
     static_metrics,
 )
+from umi.fixtures import FIXTURES_DIR as FIXTURES
+from umi.parsing import (
+    parse_caller_output,
+    parse_global_output,
+    parse_planner_output,
+    parse_summarizer_output,
+)
 from umi.prompts import caller_target, global_target, planner_target
 from umi.schema import RecordError, Step, ToolSpec, Trajectory
-from umi.fixtures import FIXTURES_DIR as FIXTURES
 
 TOOLS = ("get_weather", "get_time")
 
@@ -89,7 +87,11 @@ def test_right_call():
     step = call_step(predicted_plan="call", predicted_tool="get_weather", predicted_arguments={"city": "Paris"})
     s = score_step(step)
     assert (s.plan_correct, s.action_correct, s.hallucinated, s.arg_f1, s.arg_outcome) == (
-        True, True, False, 1.0, "scored"
+        True,
+        True,
+        False,
+        1.0,
+        "scored",
     )
     assert s.rouge_l is None
 
@@ -126,8 +128,11 @@ def test_unparseable_predicted_arguments_score_zero(text):
 
 
 def test_predicted_arguments_as_text_scored_like_objects():
-    s = score_step(call_step(predicted_plan="call", predicted_tool="get_weather",
-                             predicted_arguments='{"city": "Rome", "days": 2}'))
+    s = score_step(
+        call_step(
+            predicted_plan="call", predicted_tool="get_weather", predicted_arguments='{"city": "Rome", "days": 2}'
+        )
+    )
     # city present with another value: 0.5; P = 0.5 / 2, R = 0.5 / 1 -> F1 = 1/3
     assert s.arg_f1 == pytest.approx(1 / 3)
 
@@ -138,8 +143,14 @@ def test_missing_predicted_arguments_with_right_tool():
 
 
 def test_gold_arguments_not_an_object_are_left_out():
-    s = score_step(call_step(gold_args='{"city": Paris', predicted_plan="call", predicted_tool="get_weather",
-                             predicted_arguments={"city": "Paris"}))
+    s = score_step(
+        call_step(
+            gold_args='{"city": Paris',
+            predicted_plan="call",
+            predicted_tool="get_weather",
+            predicted_arguments={"city": "Paris"},
+        )
+    )
     assert (s.action_correct, s.arg_f1, s.arg_outcome) == (True, None, "gold_unscorable")
 
 
@@ -150,12 +161,25 @@ def test_give_up_step_counts_in_plan_and_hallu_only():
 
 
 def test_rouge_l_hand_computed():
-    step = StaticStep(id="f", tool_names=TOOLS, gold_plan="finish", gold_answer="It is 21 degrees in Paris",
-                      predicted_plan="finish", predicted_answer="It is 21 degrees")
+    step = StaticStep(
+        id="f",
+        tool_names=TOOLS,
+        gold_plan="finish",
+        gold_answer="It is 21 degrees in Paris",
+        predicted_plan="finish",
+        predicted_answer="It is 21 degrees",
+    )
     # LCS 4 of gold 6 / predicted 4 tokens: P 1, R 2/3 -> F 0.8
     assert score_step(step).rouge_l == pytest.approx(0.8)
-    missing = StaticStep(id="f", tool_names=TOOLS, gold_plan="finish", gold_answer="It is 21 degrees in Paris",
-                         predicted_plan="call", predicted_tool="get_time", predicted_arguments={})
+    missing = StaticStep(
+        id="f",
+        tool_names=TOOLS,
+        gold_plan="finish",
+        gold_answer="It is 21 degrees in Paris",
+        predicted_plan="call",
+        predicted_tool="get_time",
+        predicted_arguments={},
+    )
     assert score_step(missing).rouge_l == 0.0
 
 
@@ -163,16 +187,40 @@ def test_rouge_l_hand_computed():
 def test_aggregate_hand_computed():
     steps = [
         # right tool, one of two values right: 1 + 0.5 = 1.5; P = R = 0.75 -> F1 0.75
-        call_step("get_weather", {"city": "Paris", "unit": "C"}, id="1", predicted_plan="call",
-                  predicted_tool="get_weather", predicted_arguments={"city": "Paris", "unit": "F"}),
+        call_step(
+            "get_weather",
+            {"city": "Paris", "unit": "C"},
+            id="1",
+            predicted_plan="call",
+            predicted_tool="get_weather",
+            predicted_arguments={"city": "Paris", "unit": "F"},
+        ),
         call_step("get_time", {}, id="2", predicted_plan="call", predicted_tool="get_time", predicted_arguments={}),
-        call_step("get_weather", {"city": "Rome"}, id="3", predicted_plan="call", predicted_tool="get_wether",
-                  predicted_arguments={"city": "Rome"}),
+        call_step(
+            "get_weather",
+            {"city": "Rome"},
+            id="3",
+            predicted_plan="call",
+            predicted_tool="get_wether",
+            predicted_arguments={"city": "Rome"},
+        ),
         call_step("get_time", {"tz": "UTC"}, id="4", predicted_plan="finish", predicted_answer="noon"),
-        StaticStep(id="5", tool_names=TOOLS, gold_plan="finish", gold_answer="It is 21 degrees in Paris",
-                   predicted_plan="finish", predicted_answer="It is 21 degrees"),
-        StaticStep(id="6", tool_names=TOOLS, gold_plan="give up", predicted_plan="call", predicted_tool="search",
-                   predicted_arguments={}),
+        StaticStep(
+            id="5",
+            tool_names=TOOLS,
+            gold_plan="finish",
+            gold_answer="It is 21 degrees in Paris",
+            predicted_plan="finish",
+            predicted_answer="It is 21 degrees",
+        ),
+        StaticStep(
+            id="6",
+            tool_names=TOOLS,
+            gold_plan="give up",
+            predicted_plan="call",
+            predicted_tool="search",
+            predicted_arguments={},
+        ),
     ]
     m = static_metrics(steps)
     assert m.plan_acc == pytest.approx(100 * 4 / 6)
@@ -188,8 +236,13 @@ def test_aggregate_hand_computed():
 
 def test_aggregate_leaves_unscorable_gold_out_of_arg_f1_only():
     steps = [
-        call_step(gold_args="not json", id="1", predicted_plan="call", predicted_tool="get_weather",
-                  predicted_arguments={"city": "Paris"}),
+        call_step(
+            gold_args="not json",
+            id="1",
+            predicted_plan="call",
+            predicted_tool="get_weather",
+            predicted_arguments={"city": "Paris"},
+        ),
         call_step(id="2", predicted_plan="call", predicted_tool="get_weather", predicted_arguments={"city": "Oslo"}),
     ]
     m = static_metrics(steps)
@@ -289,13 +342,20 @@ def weather_trajectory() -> Trajectory:
 
 def test_gold_steps_from_trajectory():
     steps = gold_steps(weather_trajectory())
-    assert [(s.id, s.gold_plan, s.step_index) for s in steps] == [("t1#1", "call", 1), ("t1#4", "call", 4),
-                                                                  ("t1#7", "finish", 7)]
+    assert [(s.id, s.gold_plan, s.step_index) for s in steps] == [
+        ("t1#1", "call", 1),
+        ("t1#4", "call", 4),
+        ("t1#7", "finish", 7),
+    ]
     assert steps[0].gold_arguments == {"city": "Paris"} and steps[0].tool_names == TOOLS
     assert steps[1].gold_arguments == "{tz: UTC}"  # kept as text: unscorable for Arg. F1
     assert steps[2].gold_answer == "It is 21 degrees in Paris."
-    m = static_metrics(s.with_prediction(Prediction(plan=s.gold_plan, tool=s.gold_tool, arguments=s.gold_arguments,
-                                                    answer=s.gold_answer)) for s in steps)
+    m = static_metrics(
+        s.with_prediction(
+            Prediction(plan=s.gold_plan, tool=s.gold_tool, arguments=s.gold_arguments, answer=s.gold_answer)
+        )
+        for s in steps
+    )
     assert m.headline() == {"Plan ACC": 100.0, "Act. EM": 100.0, "Hallu.": 0.0, "Arg. F1": 100.0, "R-L": 100.0}
     assert m.gold_arguments_unscorable == 1
 
@@ -318,8 +378,9 @@ def out_of_domain():
 
 def test_real_test_set_gold_as_prediction_is_perfect(out_of_domain):
     perfect = [
-        s.with_prediction(Prediction(plan=s.gold_plan, tool=s.gold_tool, arguments=s.gold_arguments,
-                                     answer=s.gold_answer))
+        s.with_prediction(
+            Prediction(plan=s.gold_plan, tool=s.gold_tool, arguments=s.gold_arguments, answer=s.gold_answer)
+        )
         for _, s in out_of_domain
     ]
     m = static_metrics(perfect)

@@ -75,8 +75,11 @@ def test_value_rules(value, acceptable, schema, ok):
 
 
 def test_call_score_optional_required_and_unexpected():
-    params = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"},
-                                               "c": {"type": "string"}}, "required": ["a", "c"]}  # fmt: skip
+    params = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}, "b": {"type": "integer"}, "c": {"type": "string"}},
+        "required": ["a", "c"],
+    }
     call = BFCLCall(name="f", acceptable={"a": ["x"], "b": ["", 2], "c": ["", "z"]}, parameters=params)
     assert bfcl_call_score(call, {"a": "X", "c": "z"}) == (1.0, True)  # b is optional and left out
     assert bfcl_call_score(call, {"a": "x", "b": 2, "c": "z"}) == (1.0, True)
@@ -96,16 +99,23 @@ def test_known_predictions_against_a_hand_computation():
     # simple_python_8: radius [10], units ["meters", ""]: the paper's gold has units "meters"; BFCL lets it go
     scores += _calls_predicted(_entry("simple_python", "simple_python_8"), [("geometry.area_circle", {"radius": 10})])
     # multiple_104: origin ["New York City", "NYC"], destination ["Washington D.C.", "D.C.", "DC"]
-    scores += _calls_predicted(_entry("multiple", "multiple_104"), [
-        ("get_shortest_driving_distance", {"origin": "NYC", "destination": "washington dc"})])  # fmt: skip
+    scores += _calls_predicted(
+        _entry("multiple", "multiple_104"),
+        [("get_shortest_driving_distance", {"origin": "NYC", "destination": "washington dc"})],
+    )
     # parallel_0: two spotify.play calls; the second one first, then (the first being in the gold history) the second
-    scores += _calls_predicted(_entry("parallel", "parallel_0"), [
-        ("spotify.play", {"artist": "Maroon 5", "duration": 15}),
-        ("spotify.play", {"artist": "Maroon 5", "duration": 15})])  # fmt: skip
+    scores += _calls_predicted(
+        _entry("parallel", "parallel_0"),
+        [
+            ("spotify.play", {"artist": "Maroon 5", "duration": 15}),
+            ("spotify.play", {"artist": "Maroon 5", "duration": 15}),
+        ],
+    )
     # parallel_multiple_0: the second function first; then a float for the integer `count`
-    scores += _calls_predicted(_entry("parallel_multiple", "parallel_multiple_0"), [
-        ("math_toolkit.product_of_primes", {"count": 5}),
-        ("math_toolkit.product_of_primes", {"count": 5.0})])  # fmt: skip
+    scores += _calls_predicted(
+        _entry("parallel_multiple", "parallel_multiple_0"),
+        [("math_toolkit.product_of_primes", {"count": 5}), ("math_toolkit.product_of_primes", {"count": 5.0})],
+    )
     calls = [s for s in scores if s.gold_plan == "call"]
     assert [s.arg_f1 for s in calls] == pytest.approx([2 / 3, 0.5, 0.5, 1.0, 0.0, 1.0])
     assert [s.arg_f1_bfcl for s in calls] == pytest.approx([1.0, 1.0, 1.0, 1.0, 1.0, 0.5])
@@ -126,11 +136,17 @@ def test_known_predictions_against_a_hand_computation():
 def test_paper_rules_stay_without_acceptable_values():
     """ToolBench-like steps: the variants are undefined for the set; BFCL multi-turn steps: equal to the paper's."""
     traj = Trajectory(
-        id="tb", source="toolbench", tools=[ToolSpec(name="f")], instruction="q",
-        steps=[Step(role="user", content="q"), Step(role="assistant", content="t", decision="caller"),
-               Step(role="caller", tool_name="f", arguments={"city": "Paris"}),
-               Step(role="observation", content="ok")],
-    )  # fmt: skip
+        id="tb",
+        source="toolbench",
+        tools=[ToolSpec(name="f")],
+        instruction="q",
+        steps=[
+            Step(role="user", content="q"),
+            Step(role="assistant", content="t", decision="caller"),
+            Step(role="caller", tool_name="f", arguments={"city": "Paris"}),
+            Step(role="observation", content="ok"),
+        ],
+    )
     (step,) = gold_steps(traj)
     assert step.bfcl_candidates is None
     score = score_step(step.with_prediction(Prediction(plan="call", tool="f", arguments={"city": "paris"})))
@@ -141,8 +157,11 @@ def test_paper_rules_stay_without_acceptable_values():
     multi = next(t for t in import_category("multi_turn_base") if isinstance(t, Trajectory))
     first_call = next(s for s in gold_steps(multi) if s.gold_plan == "call")
     assert first_call.bfcl_candidates is None and first_call.category == "multi_turn_base"
-    exact = score_step(first_call.with_prediction(
-        Prediction(plan="call", tool=first_call.gold_tool, arguments=first_call.gold_arguments)))  # fmt: skip
+    exact = score_step(
+        first_call.with_prediction(
+            Prediction(plan="call", tool=first_call.gold_tool, arguments=first_call.gold_arguments)
+        )
+    )
     assert (exact.arg_f1, exact.arg_f1_bfcl, exact.ast_correct_bfcl) == (1.0, 1.0, True)
 
 

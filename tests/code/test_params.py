@@ -42,8 +42,14 @@ def test_no_other_module_parses_params_yaml():
     for path in [*(ROOT / "umi").rglob("*.py"), *(ROOT / "flows").rglob("*.py")]:
         rel = path.relative_to(ROOT).as_posix()
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in ("safe_load", "load")
-                 and isinstance(n.value, ast.Name) and n.value.id == "yaml"]  # fmt: skip
+        calls = [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute)
+            and n.attr in ("safe_load", "load")
+            and isinstance(n.value, ast.Name)
+            and n.value.id == "yaml"
+        ]
         if calls and rel not in allowed:
             offenders.append(rel)
     assert offenders == [], f"parse params.yaml through umi.params: {offenders}"

@@ -2,13 +2,13 @@
 
 import json
 import os
-from pathlib import Path
 from typing import get_args
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from umi.fixtures import FIXTURES_DIR as FIXTURES
 from umi.parsing import (
     FailureKind,
     GlobalAnswer,
@@ -25,7 +25,6 @@ from umi.parsing import (
 )
 from umi.prompts import caller_target, global_target, planner_target
 from umi.schema import DECISIONS, Step
-from umi.fixtures import FIXTURES_DIR as FIXTURES
 
 ALPHA_UMI = FIXTURES / "alpha-umi"
 FAILURE_KINDS = set(get_args(FailureKind))
@@ -108,11 +107,11 @@ def test_caller_canonical_and_toolbench_layout():
     ("text", "name", "arguments"),
     [
         ("action :f\naction input: {}", "f", {}),
-        ("Action: f Action Input: {\"a\": 1}", "f", {"a": 1}),  # all on one line
-        ("Action: f\nAction Input: {\"a\": 1}\nobservation: ...", "f", {"a": 1}),  # trailing text ignored
-        ("Action: f\nAction Input: {\"a\": 1}</s>junk", "f", {"a": 1}),
+        ('Action: f Action Input: {"a": 1}', "f", {"a": 1}),  # all on one line
+        ('Action: f\nAction Input: {"a": 1}\nobservation: ...', "f", {"a": 1}),  # trailing text ignored
+        ('Action: f\nAction Input: {"a": 1}</s>junk', "f", {"a": 1}),
         ("I will take this action: now.\nAction: f\nAction Input: {}", "f", {}),  # a line-start label wins
-        ("Action: f\nAction Input: {\"s\": \"two\nlines\"}", "f", {"s": "two\nlines"}),  # raw newline in a string
+        ('Action: f\nAction Input: {"s": "two\nlines"}', "f", {"s": "two\nlines"}),  # raw newline in a string
         ("Action: f\nAction Input: {}\nAction: g", "f", {}),  # the last Action: that has arguments
     ],
 )
@@ -132,9 +131,9 @@ def test_caller_tolerant(text, name, arguments):
         ("Action: g\nAction Input:", "bad_json", "g", ""),
         ("Action: g\nAction Input: {city: Paris}", "bad_json", "g", "{city: Paris}"),
         ("Action: g\nAction Input: NaN", "bad_json", "g", "NaN"),
-        ("Action: g\nAction Input: {\"x\": Infinity}", "bad_json", "g", '{"x": Infinity}'),
+        ('Action: g\nAction Input: {"x": Infinity}', "bad_json", "g", '{"x": Infinity}'),
         ("Action: g\nAction Input: [1, 2]", "arguments_not_object", "g", "[1, 2]"),
-        ("Action: g\nAction Input: \"Paris\" please", "arguments_not_object", "g", '"Paris"'),
+        ('Action: g\nAction Input: "Paris" please', "arguments_not_object", "g", '"Paris"'),
         ("Action: g\nAction Input: " + "[" * 100000, "bad_json", "g", "[" * 100000),  # absurd nesting
     ],
 )
@@ -167,10 +166,14 @@ def test_global_three_forms():
     ("text", "expected"),
     [
         # a thought with ChatGPT-style `Action:` prose lines before the real call (as in the reference's training data)
-        ("Plan:\nAction:\nI will retry the search.\nAction: search\nAction Input: {\"q\": \"x\"}",
-         GlobalCall("Plan:\nAction:\nI will retry the search.", ToolCall("search", {"q": "x"}, '{"q": "x"}'))),
-        ("In conclusion: we need data.\nAction: f\nAction Input: {}", GlobalCall("In conclusion: we need data.",
-                                                                               ToolCall("f", {}, "{}"))),
+        (
+            'Plan:\nAction:\nI will retry the search.\nAction: search\nAction Input: {"q": "x"}',
+            GlobalCall("Plan:\nAction:\nI will retry the search.", ToolCall("search", {"q": "x"}, '{"q": "x"}')),
+        ),
+        (
+            "In conclusion: we need data.\nAction: f\nAction Input: {}",
+            GlobalCall("In conclusion: we need data.", ToolCall("f", {}, "{}")),
+        ),
         ("We tried f.\nConclusion: It is 21 degrees.", GlobalAnswer("We tried f.", "It is 21 degrees.")),
         ("Nothing works. conclusion: GIVE UP", GlobalGiveUp("Nothing works.")),
         ("Done.\nconclusion:", GlobalAnswer("Done.", "")),
@@ -224,9 +227,36 @@ def test_reference_targets_round_trip(name, parse):
 
 # --- property-based ---------------------------------------------------------------------------------------------------
 FRAGMENTS = [
-    "Next:", "next :", " caller", "conclusion", "give up", "give_up", ".", "Action:", "action :", "Action Input:",
-    "action_input:", "conclusion:", "{", "}", "[", "]", '"a"', ":", ",", "1", "NaN", "null", "\n", " ", "\t", "</s>",
-    "\\", '"', "Paris", "é",
+    "Next:",
+    "next :",
+    " caller",
+    "conclusion",
+    "give up",
+    "give_up",
+    ".",
+    "Action:",
+    "action :",
+    "Action Input:",
+    "action_input:",
+    "conclusion:",
+    "{",
+    "}",
+    "[",
+    "]",
+    '"a"',
+    ":",
+    ",",
+    "1",
+    "NaN",
+    "null",
+    "\n",
+    " ",
+    "\t",
+    "</s>",
+    "\\",
+    '"',
+    "Paris",
+    "é",
 ]
 texts = st.one_of(
     st.text(),

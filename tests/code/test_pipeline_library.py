@@ -45,31 +45,55 @@ def test_the_evaluation_key_follows_weights_data_and_options(tmp_path, monkeypat
 
 def test_the_summary_and_the_metrics_say_what_the_run_did():
     report = {
-        "agents": {"alpha-umi": {"static": {"bfcl-test": {"plan_acc": 50.0, "steps": 4, "ok": True}},
-                                 "live": {"pass_rate": 0.25}}},
+        "agents": {
+            "alpha-umi": {
+                "static": {"bfcl-test": {"plan_acc": 50.0, "steps": 4, "ok": True}},
+                "live": {"pass_rate": 0.25},
+            }
+        },
         "table": "| agent | Plan ACC |\n|---|---|\n| alpha-umi | 50.0 |",
         "files": {"table": "eval/eval.md", "chart": "eval/eval.png"},
         "run_id": None,
         "cached": True,
-    }  # fmt: skip
+    }
     metrics = evaluation_metrics(report)
-    assert metrics == {"alpha-umi.bfcl-test.plan_acc": 50.0, "alpha-umi.bfcl-test.steps": 4.0,
-                       "alpha-umi.live.pass_rate": 0.25}  # booleans are not numbers here  # fmt: skip
+    assert metrics == {
+        "alpha-umi.bfcl-test.plan_acc": 50.0,
+        "alpha-umi.bfcl-test.steps": 4.0,
+        "alpha-umi.live.pass_rate": 0.25,
+    }  # booleans are not numbers here
     stages = {"global": {"metrics": {"train_loss": 1.23456}, "cached": False, "checkpoint": "runs/global/model"}}
     decision = {"promote": True, "reason": "beats the champion", "moved": {"caller": ["1", "2"]}}
-    markdown = summary_markdown(title="T", run_id="", experiment="umi-pipeline", stages=stages, report=report,
-                                versions={"caller": "2"}, decision=decision, bento={"tag": "umi-agent:abc"},
-                                extra=["run line"])  # fmt: skip
+    markdown = summary_markdown(
+        title="T",
+        run_id="",
+        experiment="umi-pipeline",
+        stages=stages,
+        report=report,
+        versions={"caller": "2"},
+        decision=decision,
+        bento={"tag": "umi-agent:abc"},
+        extra=["run line"],
+    )
     assert markdown.startswith("## T\n\nrun line")
     assert "| global | 1.2346 | no | - | `runs/global/model` |" in markdown
     assert "| alpha-umi | 50.0 |" in markdown and "(cached: these checkpoints" in markdown
     assert "| umi-caller | 2 |" in markdown and "**promoted to champion**: beats the champion" in markdown
     assert "built `umi-agent:abc`" in markdown
-    failed = summary_markdown(title="T", run_id="", experiment="e", stages={}, report=None, versions={},
-                              decision={"promote": False, "reason": "r"}, bento={"error": "exit 1"})  # fmt: skip
+    failed = summary_markdown(
+        title="T",
+        run_id="",
+        experiment="e",
+        stages={},
+        report=None,
+        versions={},
+        decision={"promote": False, "reason": "r"},
+        bento={"error": "exit 1"},
+    )
     assert "**not promoted**: r" in failed and "**not built**: exit 1" in failed and "### Evaluation" not in failed
-    assert "Agent Bento" not in summary_markdown(title="T", run_id="", experiment="e", stages={}, report=None,
-                                                 versions={}, decision={})  # fmt: skip
+    assert "Agent Bento" not in summary_markdown(
+        title="T", run_id="", experiment="e", stages={}, report=None, versions={}, decision={}
+    )
 
 
 def test_device_slots_are_shared_per_key_and_handed_back():
@@ -92,8 +116,9 @@ def test_the_bento_build_refuses_half_a_set_of_directories(tmp_path):
 
 
 def test_python_m_flows_names_its_flows_only(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "flows", "os", "p.json", "r.json"], cwd=ROOT, capture_output=True,
-                          text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "flows", "os", "p.json", "r.json"], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode != 0 and "usage: python -m flows glpft_pipeline|retrain_role" in done.stderr
     assert not (ROOT / "r.json").exists()
 

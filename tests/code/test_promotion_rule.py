@@ -13,9 +13,18 @@ def step_records(correct: list[list[bool]], prefix: str = "t") -> list[dict]:
     out = []
     for k, steps in enumerate(correct):
         for i, ok in enumerate(steps):
-            out.append({"id": f"{prefix}{k}#{i}", "score": {"plan_correct": ok, "action_correct": ok,
-                                                             "hallucinated": False, "arg_f1": float(ok),
-                                                             "rouge_l": None}})  # fmt: skip
+            out.append(
+                {
+                    "id": f"{prefix}{k}#{i}",
+                    "score": {
+                        "plan_correct": ok,
+                        "action_correct": ok,
+                        "hallucinated": False,
+                        "arg_f1": float(ok),
+                        "rouge_l": None,
+                    },
+                }
+            )
     return out
 
 
@@ -29,8 +38,14 @@ def candidate_eval(candidate: list[dict], references: dict[str, list[dict]], tes
 
 
 # 6 trajectories, 27 call steps: the cpu sample's size
-BASE = [[True, False, True, True, False], [True, True, False, False, True], [True, True, True, False, True],
-        [False, True, True, False], [True, False, True, True], [True, True, False, False]]  # fmt: skip
+BASE = [
+    [True, False, True, True, False],
+    [True, True, False, False, True],
+    [True, True, True, False, True],
+    [False, True, True, False],
+    [True, False, True, True],
+    [True, True, False, False],
+]
 
 
 def flipped(grid: list[list[bool]], cells: list[tuple[int, int]]) -> list[list[bool]]:
@@ -97,9 +112,22 @@ def test_decisions_read_the_dev_split_only():
 
 
 def test_live_checker_on_dev_is_the_headline_when_it_ran():
-    live = {"entries": 60, "bfcl_checker_pass_rate": 50.0,
-            "paired": {"champion": {"bfcl_checker_pass_rate": {"difference": 5.0, "ci_low": -3.0, "ci_high": 13.0,
-                                                               "p_value": 0.3, "n": 60, "clusters": 60}}}}  # fmt: skip
+    live = {
+        "entries": 60,
+        "bfcl_checker_pass_rate": 50.0,
+        "paired": {
+            "champion": {
+                "bfcl_checker_pass_rate": {
+                    "difference": 5.0,
+                    "ci_low": -3.0,
+                    "ci_high": 13.0,
+                    "p_value": 0.3,
+                    "n": 60,
+                    "clusters": 60,
+                }
+            }
+        },
+    }
     n = 60
     ev = candidate_eval(step_records([[True, True]] * n), {"champion": step_records([[False, False]] * n)})
     ev["live_dev"] = live

@@ -209,8 +209,11 @@ def test_no_validator_ever_retrieves_a_reference(listener):
     from umi.tools.registry import _validator
 
     url, seen = listener
-    for schema in ({"$ref": f"{url}/s.json"}, {"$id": f"{url}/root/", "properties": {"a": {"$ref": "other.json"}}},
-                   {"$id": f"{url}/root/", "properties": {"a": {"$ref": "#/$defs/none"}}}):  # fmt: skip
+    for schema in (
+        {"$ref": f"{url}/s.json"},
+        {"$id": f"{url}/root/", "properties": {"a": {"$ref": "other.json"}}},
+        {"$id": f"{url}/root/", "properties": {"a": {"$ref": "#/$defs/none"}}},
+    ):
         validator = _validator(json.dumps(schema))
         with pytest.raises(Exception, match="Unresolvable|NoSuchResource|PointerToNowhere"):
             list(validator.iter_errors({"a": "x"}))
@@ -219,10 +222,12 @@ def test_no_validator_ever_retrieves_a_reference(listener):
 
 def test_check_arguments_never_raises_whatever_the_schema_or_arguments():
     registry = ToolRegistry(timeout_s=None)
-    registry.register({"name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": "#/$defs/gone"}}}},
-                      lambda a=None: a)  # fmt: skip
-    registry.register({"name": "g", "parameters": {"type": "object", "properties": {"a": {"$ref": "#"}}}},
-                      lambda a=None: a)  # fmt: skip
+    registry.register(
+        {"name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": "#/$defs/gone"}}}}, lambda a=None: a
+    )
+    registry.register(
+        {"name": "g", "parameters": {"type": "object", "properties": {"a": {"$ref": "#"}}}}, lambda a=None: a
+    )
     why = registry.check_arguments("f", {"a": 1})
     assert why is not None and "could not be checked against the schema" in why
     deep: dict = {}
@@ -247,7 +252,7 @@ def test_check_arguments_never_raises_whatever_the_schema_or_arguments():
         ({"enum": [0] * 2_500}, "over 2000 values"),
         ({"not": {"not": {"not": {"not": {"not": {"not": {"not": {"not": {"not": {}}}}}}}}}}, "nested over 8 levels"),
     ],
-)  # fmt: skip
+)
 def test_untrusted_schemas_are_refused_saying_what_and_where(schema, problem):
     from umi.tools.registry import SchemaLimits, UnsafeSchema, check_untrusted_schema
 
@@ -259,11 +264,20 @@ def test_untrusted_schemas_are_refused_saying_what_and_where(schema, problem):
 def test_untrusted_schemas_that_only_look_like_it_pass():
     from umi.tools.registry import check_untrusted_schema
 
-    check_untrusted_schema({"type": "object", "properties": {"pattern": {"type": "string"}, "$ref": {"type": "string"},
-                                                              "format": {"type": "string"},
-                                                              "patternProperties": {"type": "object"}},
-                            "required": ["pattern", "$ref"], "$defs": {"s": {"type": "string"}},
-                            "anyOf": [{"$ref": "#/$defs/s"}, {"$ref": "#"}]})  # fmt: skip
+    check_untrusted_schema(
+        {
+            "type": "object",
+            "properties": {
+                "pattern": {"type": "string"},
+                "$ref": {"type": "string"},
+                "format": {"type": "string"},
+                "patternProperties": {"type": "object"},
+            },
+            "required": ["pattern", "$ref"],
+            "$defs": {"s": {"type": "string"}},
+            "anyOf": [{"$ref": "#/$defs/s"}, {"$ref": "#"}],
+        }
+    )
     check_untrusted_schema(json_schema_from_bfcl(BFCL_STYLE))
 
 

@@ -12,8 +12,13 @@ def make_trajectory(tid: str = "t1", group: str | None = None) -> Trajectory:
         id=tid,
         source="test",
         group=group,
-        tools=[ToolSpec(name="get_weather", description="Weather for a city",
-                        parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})],
+        tools=[
+            ToolSpec(
+                name="get_weather",
+                description="Weather for a city",
+                parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            )
+        ],
         instruction="Weather in Paris?",
         steps=[
             Step(role="user", content="Weather in Paris?"),
@@ -105,7 +110,7 @@ def test_write_import_reports_rejects_and_enforces_share(tmp_path):
     with pytest.raises(TooManyRejects, match="2 of 3 records rejected"):
         write_import(records, out, max_reject_share=0.5)
     assert [t.id for t in read_trajectories(out)] == ["a"]  # the good record was still written
-    rejects = [json.loads(l) for l in (tmp_path / "out.jsonl.rejects.jsonl").read_text().splitlines()]
+    rejects = [json.loads(line) for line in (tmp_path / "out.jsonl.rejects.jsonl").read_text().splitlines()]
     assert rejects == [{"id": "b", "reason": "no steps"}, {"id": "a", "reason": "duplicate trajectory id"}]
     stats = write_import([make_trajectory("c"), RecordError("d", "bad")], out, max_reject_share=0.5)
     assert stats.written == 1 and stats.reject_share == 0.5

@@ -18,8 +18,22 @@ from umi.train.tokenize import (
     split_turns,
 )
 
-WORDS = ["<pad>", "<eos>", "<bos>", "Head:", "user:", "assistant:", "hi", "there", "go", "now", "TAIL", "T1", "T2",
-         "</s>"]  # fmt: skip
+WORDS = [
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "Head:",
+    "user:",
+    "assistant:",
+    "hi",
+    "there",
+    "go",
+    "now",
+    "TAIL",
+    "T1",
+    "T2",
+    "</s>",
+]
 
 
 def word_tokenizer(bos: bool = False):
@@ -61,8 +75,16 @@ def test_label_mask_with_bos_prefix():
     tok = word_tokenizer(bos=True)
     prompt, span = _example([f"user: hi {TURN_END}"])
     enc = encode_example(tok, prompt, "T1", span, max_length=64)
-    assert enc.input_ids == [ID["<bos>"], ID["Head:"], ID["user:"], ID["hi"], ID["</s>"], ID["TAIL"], ID["T1"],
-                             ID["<eos>"]]  # fmt: skip
+    assert enc.input_ids == [
+        ID["<bos>"],
+        ID["Head:"],
+        ID["user:"],
+        ID["hi"],
+        ID["</s>"],
+        ID["TAIL"],
+        ID["T1"],
+        ID["<eos>"],
+    ]
     assert enc.labels == [IGNORE_INDEX] * 6 + [ID["T1"], ID["<eos>"]]
     # what generation is fed for the same prompt is exactly the masked part
     assert encode_prompt(tok, prompt) == enc.input_ids[:6]
@@ -80,8 +102,16 @@ def test_history_dropped_whole_turns_from_the_left_target_kept():
     # 10 tokens: the first two turns (4 + 3 tokens) must go, the last turn stays whole
     enc = encode_example(tok, prompt, "T1 T2", span, max_length=10)
     assert enc.dropped_turns == 2
-    assert enc.input_ids == [ID["Head:"], ID["user:"], ID["now"], ID["</s>"], ID["TAIL"], ID["T1"], ID["T2"],
-                             ID["<eos>"]]  # fmt: skip
+    assert enc.input_ids == [
+        ID["Head:"],
+        ID["user:"],
+        ID["now"],
+        ID["</s>"],
+        ID["TAIL"],
+        ID["T1"],
+        ID["T2"],
+        ID["<eos>"],
+    ]
     assert enc.labels == [IGNORE_INDEX] * 5 + [ID["T1"], ID["T2"], ID["<eos>"]]
     # below 8 tokens the last turn has to go too
     enc = encode_example(tok, prompt, "T1 T2", span, max_length=7)
@@ -135,7 +165,7 @@ def bpe():
 
 @settings(max_examples=40, deadline=None)
 @given(
-    turns=st.lists(st.text(alphabet="abc xyz:{}\"0123", min_size=0, max_size=30), min_size=0, max_size=6),
+    turns=st.lists(st.text(alphabet='abc xyz:{}"0123', min_size=0, max_size=30), min_size=0, max_size=6),
     target=st.text(alphabet="abcxyz: {}", min_size=1, max_size=20),
     slack=st.integers(min_value=0, max_value=200),
 )
@@ -145,15 +175,15 @@ def test_fit_is_minimal_and_exact_on_bpe(bpe, turns, target, slack):
     prompt, span = "You have assess to the following apis:\n" + "".join(turn_texts) + "\nassistant: ", None
     start = len("You have assess to the following apis:\n")
     span = [start, start + sum(map(len, turn_texts))]
-    no_history = encode_prompt(bpe, prompt[:start] + prompt[span[1]:])
+    no_history = encode_prompt(bpe, prompt[:start] + prompt[span[1] :])
     target_len = len(bpe(target, add_special_tokens=False)["input_ids"]) + 1
     max_length = len(no_history) + target_len + slack
     enc = encode_example(bpe, prompt, target, span, max_length)
     assert len(enc.input_ids) <= max_length
-    kept = prompt[:start] + "".join(turn_texts[enc.dropped_turns:]) + prompt[span[1]:]
+    kept = prompt[:start] + "".join(turn_texts[enc.dropped_turns :]) + prompt[span[1] :]
     prompt_ids = encode_prompt(bpe, kept)
     assert enc.input_ids[: len(prompt_ids)] == prompt_ids  # exactly what inference would be fed
-    assert bpe.decode(enc.input_ids[len(prompt_ids):-1]) == target  # the target whole
+    assert bpe.decode(enc.input_ids[len(prompt_ids) : -1]) == target  # the target whole
     if enc.dropped_turns:  # minimal: keeping one more turn would not fit
-        one_more = prompt[:start] + "".join(turn_texts[enc.dropped_turns - 1:]) + prompt[span[1]:]
+        one_more = prompt[:start] + "".join(turn_texts[enc.dropped_turns - 1 :]) + prompt[span[1] :]
         assert len(encode_prompt(bpe, one_more)) + target_len > max_length

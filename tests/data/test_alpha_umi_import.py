@@ -14,9 +14,9 @@ from umi.data.alpha_umi import (
     split_decision,
 )
 from umi.data.toolbench import query_group
+from umi.fixtures import FIXTURES_DIR as FIXTURES
 from umi.prompts import planner_target, tool_doc_reference
 from umi.schema import RecordError, Trajectory, read_trajectories, write_trajectories
-from umi.fixtures import FIXTURES_DIR as FIXTURES
 
 ALPHA = FIXTURES / "alpha-umi"
 STAGE1, STAGE2, OOD = (

@@ -398,10 +398,13 @@ def test_phrasings_are_seeded_and_varied():
     options = ("a", "b", "c", "d")
     assert pick(options, "entry", 3) == pick(options, "entry", 3)
     assert len({pick(options, "entry", i) for i in range(40)}) == 4
-    assert tool_purpose(
-        "This tool belongs to the Gorilla file system. It is a simple file system. Tool description: Change the "
-        "current working directory to the specified folder."
-    ) == "change the current working directory to the specified folder"
+    assert (
+        tool_purpose(
+            "This tool belongs to the Gorilla file system. It is a simple file system. Tool description: Change the "
+            "current working directory to the specified folder."
+        )
+        == "change the current working directory to the specified folder"
+    )
     assert tool_purpose("JSON parser. Reads things.") == "JSON parser"
 
 

@@ -43,15 +43,21 @@ def _user_turns(t: Trajectory) -> list[str]:
 def test_known_twins_share_a_group():
     groups = entry_groups()
     # the same question in simple_python and multiple (twice), with slightly different possible answers
-    assert groups["simple_python", "simple_python_56"] == groups["multiple", "multiple_109"] == groups[
-        "multiple", "multiple_196"]  # fmt: skip
+    assert (
+        groups["simple_python", "simple_python_56"]
+        == groups["multiple", "multiple_109"]
+        == groups["multiple", "multiple_196"]
+    )
     # a reworded question with the same gold call
     assert groups["simple_python", "simple_python_0"] == groups["simple_python", "simple_python_11"]
     # a question BFCL asks as irrelevant with one tool list and answerable with another
     assert groups["irrelevance", "irrelevance_228"] == groups["simple_python", "simple_python_377"]
     # two multi-turn scenarios that open with the same request; the group is named after the first
-    assert groups["multi_turn_base", "multi_turn_base_40"] == groups["multi_turn_base", "multi_turn_base_43"] == (
-        "bfcl/multi_turn_base/multi_turn_base_40")
+    assert (
+        groups["multi_turn_base", "multi_turn_base_40"]
+        == groups["multi_turn_base", "multi_turn_base_43"]
+        == ("bfcl/multi_turn_base/multi_turn_base_40")
+    )
     # an entry with no twin is its own group, named after its trajectory id
     assert groups["parallel", "parallel_0"] == "bfcl/parallel/parallel_0"
 
@@ -77,7 +83,8 @@ def test_min_test_share_takes_from_train():
     assert fractions_for("bfcl/simple_python/simple_python_7") == DEFAULT_FRACTIONS
     assert fractions_for(key, {"train": 0.0, "dev": 0.0, "test": 1.0})["test"] == 1.0
     assert fractions_for(key, {"train": 0.1, "dev": 0.8, "test": 0.1}) == pytest.approx(
-        {"train": 0.0, "dev": 0.65, "test": 0.35})  # fmt: skip
+        {"train": 0.0, "dev": 0.65, "test": 0.35}
+    )
     assert fractions_for(key, min_test_share={}) == DEFAULT_FRACTIONS
     assert MIN_TEST_SHARE["bfcl/multi_turn_base/"] == 0.35
 
@@ -105,6 +112,7 @@ def test_no_test_question_or_scenario_reaches_a_training_file(trajectories, data
     test_questions = {normalise_question(q) for tid in test_ids for q in _user_turns(by_id[tid])}
     assert len(test_questions) > 100 and sorted(test_questions & trained_turns) == []
     scenarios = {json.dumps(by_id[tid].meta["gold_calls"]) for tid in test_ids if "gold_calls" in by_id[tid].meta}
-    trained_scenarios = {json.dumps(by_id[tid].meta["gold_calls"]) for tid in trained_on
-                         if "gold_calls" in by_id[tid].meta}  # fmt: skip
+    trained_scenarios = {
+        json.dumps(by_id[tid].meta["gold_calls"]) for tid in trained_on if "gold_calls" in by_id[tid].meta
+    }
     assert len(scenarios) >= 60 and not scenarios & trained_scenarios

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from umi.cli import app
@@ -17,8 +18,6 @@ from umi.data.importing import ImportStats, TooManyRejects, write_import
 from umi.data.reorganize import input_files
 from umi.data.toolbench import import_toolbench
 from umi.schema import RecordError, Trajectory
-
-import pytest
 
 DEEP = "[" * 10_000 + "]" * 10_000
 HUGE_INT = "9" * 5_000
@@ -94,12 +93,22 @@ def test_cli_counts_add_up_and_exit_status_follows_the_share(thousand, tmp_path,
 
 def test_array_files_step_over_hostile_elements(tmp_path):
     path = tmp_path / "arr.json"
-    elements = [record_text(0), record_text(1, DEEP), record_text(2, HUGE_INT), record_text(3, '"' + "x" * 5000 + '"'),
-                record_text(4)]  # fmt: skip
+    elements = [
+        record_text(0),
+        record_text(1, DEEP),
+        record_text(2, HUGE_INT),
+        record_text(3, '"' + "x" * 5000 + '"'),
+        record_text(4),
+    ]
     path.write_text("[\n" + ",\n".join(elements) + "\n]", encoding="utf-8")
     records = list(import_alpha_umi(path, max_chars=4000))
-    assert [type(r).__name__ for r in records] == ["Trajectory", "RecordError", "RecordError", "RecordError",
-                                                   "Trajectory"]  # fmt: skip
+    assert [type(r).__name__ for r in records] == [
+        "Trajectory",
+        "RecordError",
+        "RecordError",
+        "RecordError",
+        "Trajectory",
+    ]
     assert [r.record_id for r in records[1:4]] == ["alpha-umi:arr:1", "alpha-umi:arr:2", "alpha-umi:arr:3"]
     assert "nested too deeply" in records[1].reason and "4300" in records[2].reason
     assert "too large" in records[3].reason

@@ -9,8 +9,8 @@ import pytest
 
 from umi import prompts
 from umi.data.alpha_umi import import_alpha_umi
-from umi.data.importing import write_import
 from umi.data.examples import example_line, trajectory_examples
+from umi.data.importing import write_import
 from umi.data.reorganize import (
     ReorganizeOptions,
     TooManyRejects,
@@ -19,8 +19,8 @@ from umi.data.reorganize import (
     role_examples,
 )
 from umi.data.splits import SPLITS, split_of
-from umi.schema import Step, ToolSpec, Trajectory
 from umi.fixtures import FIXTURES_DIR as FIXTURES
+from umi.schema import Step, ToolSpec, Trajectory
 from umi.vocabulary import ROLES
 
 ALPHA = FIXTURES / "alpha-umi"
@@ -70,8 +70,9 @@ def golden(tmp_path_factory):
     work = tmp_path_factory.mktemp("golden")
     write_import(import_alpha_umi(STAGE1), work / "stage1.jsonl")
     # the reference doc style: these examples are compared with the reference code's own
-    stats = reorganize(work / "stage1.jsonl", work / "out", ReorganizeOptions(doc_style="reference",
-                                                                              split_fractions=ALL_TRAIN))
+    stats = reorganize(
+        work / "stage1.jsonl", work / "out", ReorganizeOptions(doc_style="reference", split_fractions=ALL_TRAIN)
+    )
     examples = {role: list(read_examples(work / "out" / role / "train.jsonl")) for role in ROLES}
     return stats, examples
 

@@ -1,7 +1,6 @@
 """The ToolBench importer on the 15 shipped raw answer files (read as they are)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,8 @@ from umi.data.toolbench import (
     query_group,
     user_text,
 )
-from umi.schema import RecordError, Trajectory, read_trajectories, write_trajectories
 from umi.fixtures import FIXTURES_DIR as FIXTURES
+from umi.schema import RecordError, Trajectory, read_trajectories, write_trajectories
 
 ANSWERS = FIXTURES / "toolbench" / "answer"
 

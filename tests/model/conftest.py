@@ -28,8 +28,10 @@ def role_records(role: str, n: int = 12) -> list[dict]:
         user = f"user: What is the weather in {city}?{TURN_END}"
         thought = f"I should call get_weather for {city}."
         call = f'Action: get_weather\nAction Input: {{"city": "{city}"}}'
-        seen = f"{user}assistant: {thought}\n Next: caller.{TURN_END}caller: {call}{TURN_END}" \
-               f'observation: {{"temperature": {10 + i}}}{TURN_END}'  # fmt: skip
+        seen = (
+            f"{user}assistant: {thought}\n Next: caller.{TURN_END}caller: {call}{TURN_END}"
+            f'observation: {{"temperature": {10 + i}}}{TURN_END}'
+        )
         if role == "planner":
             prompt, span = _with_span(lambda h: planner_prompt(DOC, h), user)
             target = f"{thought}\n Next: caller."
@@ -42,8 +44,16 @@ def role_records(role: str, n: int = 12) -> list[dict]:
         else:
             prompt, span = _with_span(lambda h: global_prompt(DOC, h, "get_weather"), user)
             target = f"{thought}\n{call}"
-        records.append({"id": f"t{i}#1", "trajectory_id": f"t{i}", "role": role, "prompt": prompt,
-                        "target": target, "history_span": span})  # fmt: skip
+        records.append(
+            {
+                "id": f"t{i}#1",
+                "trajectory_id": f"t{i}",
+                "role": role,
+                "prompt": prompt,
+                "target": target,
+                "history_span": span,
+            }
+        )
     return records
 
 

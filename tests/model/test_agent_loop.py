@@ -13,9 +13,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from umi.backend import Generation, GenerationRequest, TooLong, TransformersBackend
 from umi.agent.loop import NO_ACTION, AgentConfig, AgentEvent, AlphaUMiAgent, SingleLLMAgent, ToolRuntime
 from umi.agent.loop import Observation as AgentObservation
+from umi.backend import Generation, GenerationRequest, TooLong, TransformersBackend
 from umi.data.examples import PromptBuilder, role_of_prompt
 from umi.data.reorganize import role_examples
 from umi.prompts import OBSERVATION_LIMIT, TURN_END
@@ -26,15 +26,21 @@ from umi.train.backbone import load_backbone
 WEATHER = ToolSpec(
     name="get_weather",
     description="Get the current weather of a city",
-    parameters={"type": "object", "properties": {"city": {"type": "string", "description": "the city"}},
-                "required": ["city"]},
-)  # fmt: skip
+    parameters={
+        "type": "object",
+        "properties": {"city": {"type": "string", "description": "the city"}},
+        "required": ["city"],
+    },
+)
 ADD = ToolSpec(
     name="add",
     description="Add two integers",
-    parameters={"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-                "required": ["a", "b"]},
-)  # fmt: skip
+    parameters={
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        "required": ["a", "b"],
+    },
+)
 BOOM = ToolSpec(name="boom", description="Always fails")
 
 
@@ -98,9 +104,18 @@ class ScriptedBackend:
         expected, text = self.script.pop(0)
         assert role == expected, f"expected a {expected} request, got {role}"
         self.requests.append((role, request))
-        return Generation(text=text, token_ids=(), stop_reason="eos", prompt_tokens=len(request.prompt),
-                          prefill_tokens=len(request.prompt), reused_tokens=0, new_tokens=len(text),
-                          dropped_turns=0, prefill_seconds=0.0, seconds=0.0)  # fmt: skip
+        return Generation(
+            text=text,
+            token_ids=(),
+            stop_reason="eos",
+            prompt_tokens=len(request.prompt),
+            prefill_tokens=len(request.prompt),
+            reused_tokens=0,
+            new_tokens=len(text),
+            dropped_turns=0,
+            prefill_seconds=0.0,
+            seconds=0.0,
+        )
 
     def reset(self) -> None:
         pass
@@ -114,8 +129,9 @@ def call(name: str, args: str) -> tuple[str, str]:
     return ("caller", f"Action: {name}\nAction Input: {args}")
 
 
-def assert_prompts_match_training(traj: Trajectory, backend: ScriptedBackend, roles=("planner", "caller", "summarizer")
-                                  ) -> None:  # fmt: skip
+def assert_prompts_match_training(
+    traj: Trajectory, backend: ScriptedBackend, roles=("planner", "caller", "summarizer")
+) -> None:
     """Every prompt the agent sent is the prompt training renders for the trajectory it recorded (same span too)."""
     trained = [(role, ex["prompt"], tuple(ex["history_span"])) for role, ex in role_examples(traj) if role in roles]
     sent = []
@@ -123,7 +139,7 @@ def assert_prompts_match_training(traj: Trajectory, backend: ScriptedBackend, ro
         item = (role, request.prompt, request.history_span)
         if not sent or sent[-1] != item:  # planner retries repeat one prompt
             sent.append(item)
-    assert sent == trained[len(trained) - len(sent):]
+    assert sent == trained[len(trained) - len(sent) :]
     assert len(sent) > 0
 
 
@@ -170,12 +186,14 @@ def test_role_prompts_are_the_training_prompts():
 # --- α-UMi, scripted ------------------------------------------------------------------------------------------------
 def test_call_observation_conclusion():
     tools = RecordingTools(weather_tools())
-    backend = ScriptedBackend([
-        plan("I should look up the weather in Oslo."),
-        call("get_weather", '{"city": "Oslo"}'),
-        plan("The tool answered, I can conclude.", "conclusion"),
-        ("summarizer", "It is 12 degrees in Oslo.</s>assistant: leftovers"),
-    ])  # fmt: skip
+    backend = ScriptedBackend(
+        [
+            plan("I should look up the weather in Oslo."),
+            call("get_weather", '{"city": "Oslo"}'),
+            plan("The tool answered, I can conclude.", "conclusion"),
+            ("summarizer", "It is 12 degrees in Oslo.</s>assistant: leftovers"),
+        ]
+    )
     events: list[AgentEvent] = []
     result = AlphaUMiAgent(backend).run("What is the weather in Oslo?", tools, task_id="t1", on_event=events.append)
 
@@ -193,8 +211,12 @@ def test_call_observation_conclusion():
     assert_prompts_match_training(traj, backend)
     meta = traj.meta
     assert meta["status"] == "answered" and meta["agent"] == "alpha-umi" and meta["failures"] == []
-    assert [(g["step"], g["role"]) for g in meta["generations"]] == [(1, "planner"), (1, "caller"), (2, "planner"),
-                                                                     (2, "summarizer")]  # fmt: skip
+    assert [(g["step"], g["role"]) for g in meta["generations"]] == [
+        (1, "planner"),
+        (1, "caller"),
+        (2, "planner"),
+        (2, "summarizer"),
+    ]
     assert meta["tool_calls"][0]["ok"] is True
     assert meta["totals"]["prefill_tokens"] == sum(len(r.prompt) for _, r in backend.requests)
     # the record is a valid trajectory that round-trips through JSONL
@@ -219,8 +241,11 @@ ERROR_CASES = [
     ("Action: \nAction Input: {}", "empty_tool_name", "could not be parsed (empty_tool_name)"),
     ("Action: get_weather", "no_action_input", "could not be parsed (no_action_input)"),
     ('Action: get_weather\nAction Input: {"city": Oslo}', "bad_json", "could not be parsed (bad_json)"),
-    ('Action: get_weather\nAction Input: ["Oslo"]', "arguments_not_object",
-     "could not be parsed (arguments_not_object)"),
+    (
+        'Action: get_weather\nAction Input: ["Oslo"]',
+        "arguments_not_object",
+        "could not be parsed (arguments_not_object)",
+    ),
     ('Action: get_forecast\nAction Input: {"city": "Oslo"}', "unknown_tool", "Error: unknown tool 'get_forecast'"),
     ('Action: add\nAction Input: {"a": 1, "b": "two"}', "invalid_arguments", "Error: invalid arguments for add"),
     ('Action: get_weather\nAction Input: {"town": "Oslo"}', "invalid_arguments", "Error: invalid arguments for get_w"),
@@ -233,14 +258,16 @@ ERROR_CASES = [
 @pytest.mark.parametrize("caller_output,kind,shown", ERROR_CASES, ids=[f"{c[1]}{i}" for i, c in enumerate(ERROR_CASES)])
 def test_every_error_becomes_an_observation_the_planner_reads(caller_output, kind, shown):
     tools = weather_tools()
-    backend = ScriptedBackend([
-        plan("Let me call a tool."),
-        ("caller", caller_output),
-        plan("That failed; I will fix the call."),
-        call("get_weather", '{"city": "Oslo"}'),
-        plan("Done.", "conclusion"),
-        ("summarizer", "12 degrees."),
-    ])  # fmt: skip
+    backend = ScriptedBackend(
+        [
+            plan("Let me call a tool."),
+            ("caller", caller_output),
+            plan("That failed; I will fix the call."),
+            call("get_weather", '{"city": "Oslo"}'),
+            plan("Done.", "conclusion"),
+            ("summarizer", "12 degrees."),
+        ]
+    )
     result = AlphaUMiAgent(backend).run("Weather in Oslo?", tools)
     assert result.status == "answered" and result.answer == "12 degrees."
     traj = result.trajectory
@@ -305,11 +332,13 @@ def test_empty_planner_output_is_retried_with_sampling_then_the_episode_ends():
 
 
 def test_a_planner_without_a_decision_goes_on_to_the_caller():
-    backend = ScriptedBackend([
-        ("planner", "I should check the weather in Oslo"),
-        call("get_weather", '{"city": "Oslo"}'),
-        plan("Got it.", "give up"),
-    ])  # fmt: skip
+    backend = ScriptedBackend(
+        [
+            ("planner", "I should check the weather in Oslo"),
+            call("get_weather", '{"city": "Oslo"}'),
+            plan("Got it.", "give up"),
+        ]
+    )
     result = AlphaUMiAgent(backend).run("Weather?", weather_tools())
     assert result.status == "gave_up"
     assert result.trajectory.steps[1].decision == "caller"
@@ -319,7 +348,7 @@ def test_a_planner_without_a_decision_goes_on_to_the_caller():
 
 
 def test_three_backends_each_play_their_role_and_history_continues_a_conversation():
-    planner = ScriptedBackend([plan("Call.") , plan("Answer.", "conclusion")])
+    planner = ScriptedBackend([plan("Call."), plan("Answer.", "conclusion")])
     caller = ScriptedBackend([call("add", '{"a": 2, "b": 3}')])
     summarizer = ScriptedBackend([("summarizer", "5")])
     earlier = [
@@ -329,8 +358,10 @@ def test_three_backends_each_play_their_role_and_history_continues_a_conversatio
     ]
     result = AlphaUMiAgent(planner, caller, summarizer).run("Add 2 and 3", weather_tools(), history=earlier)
     assert result.answer == "5" and result.trajectory.steps[:3] == earlier
-    assert "user: Hi</s>assistant: Greet back.\n Next: conclusion.</s>conclusion: Hello!</s>user: Add 2 and 3</s>" \
-        in planner.requests[0][1].prompt  # fmt: skip
+    assert (
+        "user: Hi</s>assistant: Greet back.\n Next: conclusion.</s>conclusion: Hello!</s>user: Add 2 and 3</s>"
+        in planner.requests[0][1].prompt
+    )
     assert len(caller.requests) == 1 and len(summarizer.requests) == 1
 
 
@@ -349,15 +380,26 @@ def test_a_bfcl_toolkit_episode_over_two_turns_changes_its_state():
     """A real BFCL tool class through the loop: the second turn sees the first turn's history and the state it left."""
     from umi.tools.bfcl import BFCLToolkit
 
-    config = {"GorillaFileSystem": {"root": {"workspace": {"type": "directory", "contents": {
-        "notes.txt": {"type": "file", "content": "hello"}}}}}}  # fmt: skip
+    config = {
+        "GorillaFileSystem": {
+            "root": {
+                "workspace": {"type": "directory", "contents": {"notes.txt": {"type": "file", "content": "hello"}}}
+            }
+        }
+    }
     toolkit = BFCLToolkit(["GorillaFileSystem"], config)
-    agent_backend = ScriptedBackend([
-        plan("Make the folder."), call("mkdir", '{"dir_name": "reports"}'),
-        plan("Done.", "conclusion"), ("summarizer", "Created reports."),
-        plan("List the folder."), call("ls", "{}"),
-        plan("Seen.", "conclusion"), ("summarizer", "notes.txt and reports."),
-    ])  # fmt: skip
+    agent_backend = ScriptedBackend(
+        [
+            plan("Make the folder."),
+            call("mkdir", '{"dir_name": "reports"}'),
+            plan("Done.", "conclusion"),
+            ("summarizer", "Created reports."),
+            plan("List the folder."),
+            call("ls", "{}"),
+            plan("Seen.", "conclusion"),
+            ("summarizer", "notes.txt and reports."),
+        ]
+    )
     agent = AlphaUMiAgent(agent_backend)
     first = agent.run("Create a folder named reports", toolkit, task_id="bfcl-0")
     assert first.status == "answered"
@@ -365,16 +407,37 @@ def test_a_bfcl_toolkit_episode_over_two_turns_changes_its_state():
     assert second.answer == "notes.txt and reports." and second.steps == 2
     observation = second.trajectory.steps[len(first.trajectory.steps) + 3]
     assert observation.role == "observation" and json.loads(observation.content) == {
-        "current_directory_content": ["notes.txt", "reports"]}  # fmt: skip
+        "current_directory_content": ["notes.txt", "reports"]
+    }
     assert "reports" in toolkit.snapshot()["GorillaFileSystem"]["root"]["contents"]
     assert "user: Create a folder named reports</s>" in agent_backend.requests[4][1].prompt
     assert_prompts_match_training(second.trajectory, agent_backend)
 
 
-FRAGMENTS = ["Next: caller.", "Next: conclusion.", "Next: give up.", "next:CALLER", "Action: ", "Action: add",
-             "Action: get_weather", "Action: boom", "Action Input: ", '{"city": "Oslo"}', '{"a": 1, "b": 2}', "{",
-             "[1]", "conclusion: ", "give up.", TURN_END, "\n", " ", "null", '"', "NaN",
-             "__import__('os')"]  # fmt: skip
+FRAGMENTS = [
+    "Next: caller.",
+    "Next: conclusion.",
+    "Next: give up.",
+    "next:CALLER",
+    "Action: ",
+    "Action: add",
+    "Action: get_weather",
+    "Action: boom",
+    "Action Input: ",
+    '{"city": "Oslo"}',
+    '{"a": 1, "b": 2}',
+    "{",
+    "[1]",
+    "conclusion: ",
+    "give up.",
+    TURN_END,
+    "\n",
+    " ",
+    "null",
+    '"',
+    "NaN",
+    "__import__('os')",
+]
 model_output = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=12)), max_size=8).map("".join)
 
 
@@ -386,8 +449,18 @@ class DrawnBackend:
 
     def generate(self, request: GenerationRequest) -> Generation:
         text = self.data.draw(model_output)
-        return Generation(text=text, token_ids=(), stop_reason="eos", prompt_tokens=1, prefill_tokens=1,
-                          reused_tokens=0, new_tokens=1, dropped_turns=0, prefill_seconds=0.0, seconds=0.0)  # fmt: skip
+        return Generation(
+            text=text,
+            token_ids=(),
+            stop_reason="eos",
+            prompt_tokens=1,
+            prefill_tokens=1,
+            reused_tokens=0,
+            new_tokens=1,
+            dropped_turns=0,
+            prefill_seconds=0.0,
+            seconds=0.0,
+        )
 
     def reset(self) -> None:
         pass
@@ -405,9 +478,20 @@ def test_any_model_output_ends_the_episode_cleanly(data, single):
     assert result.steps <= 4
     assert parse_trajectory(traj.to_json()) == traj
     assert (result.answer is not None) == (result.status == "answered")
-    known = {"empty_output", "no_decision", "several_decisions", "instruction_echo", "no_action", "empty_tool_name",
-             "no_action_input", "bad_json", "arguments_not_object", "unknown_tool", "invalid_arguments",
-             "tool_error"}  # fmt: skip
+    known = {
+        "empty_output",
+        "no_decision",
+        "several_decisions",
+        "instruction_echo",
+        "no_action",
+        "empty_tool_name",
+        "no_action_input",
+        "bad_json",
+        "arguments_not_object",
+        "unknown_tool",
+        "invalid_arguments",
+        "tool_error",
+    }
     assert {f["kind"] for f in traj.meta["failures"]} <= known
     assert traj.steps[-1].role != "caller"
     for i, step in enumerate(traj.steps[:-1]):
@@ -418,30 +502,42 @@ def test_any_model_output_ends_the_episode_cleanly(data, single):
 # --- single-LLM baseline, scripted ----------------------------------------------------------------------------------
 def test_single_llm_call_then_answer():
     tools = RecordingTools(weather_tools())
-    backend = ScriptedBackend([
-        ("global", 'I need the weather.\nAction: get_weather\nAction Input: {"city": "Rome"}'),
-        ("global", "The tool said 12.\nconclusion: It is 12 degrees in Rome."),
-    ])  # fmt: skip
+    backend = ScriptedBackend(
+        [
+            ("global", 'I need the weather.\nAction: get_weather\nAction Input: {"city": "Rome"}'),
+            ("global", "The tool said 12.\nconclusion: It is 12 degrees in Rome."),
+        ]
+    )
     events = []
     result = SingleLLMAgent(backend).run("Weather in Rome?", tools, on_event=events.append)
     assert result.status == "answered" and result.answer == "It is 12 degrees in Rome."
     assert tools.calls == [("get_weather", {"city": "Rome"})]
-    assert [s.role for s in result.trajectory.steps] == ["user", "assistant", "caller", "observation", "assistant",
-                                                         "conclusion"]  # fmt: skip
+    assert [s.role for s in result.trajectory.steps] == [
+        "user",
+        "assistant",
+        "caller",
+        "observation",
+        "assistant",
+        "conclusion",
+    ]
     # the second prompt shows the first step in the single-LLM view: thought and call in one assistant turn
-    assert 'assistant: I need the weather.\nAction: get_weather\nAction Input: {"city": "Rome"}</s>observation: ' \
-        in backend.requests[1][1].prompt  # fmt: skip
+    assert (
+        'assistant: I need the weather.\nAction: get_weather\nAction Input: {"city": "Rome"}</s>observation: '
+        in backend.requests[1][1].prompt
+    )
     assert [e.kind for e in events] == ["planner", "caller", "observation", "planner", "answer", "end"]
     assert_prompts_match_training(result.trajectory, backend, roles=("global",))
 
 
 def test_single_llm_give_up_and_errors():
     tools = RecordingTools(weather_tools())
-    backend = ScriptedBackend([
-        ("global", "Hmm, no idea what to do."),
-        ("global", "Let me try.\nAction: get_weather\nAction Input: {city: Rome}"),
-        ("global", "Nothing works.\nconclusion: give up."),
-    ])  # fmt: skip
+    backend = ScriptedBackend(
+        [
+            ("global", "Hmm, no idea what to do."),
+            ("global", "Let me try.\nAction: get_weather\nAction Input: {city: Rome}"),
+            ("global", "Nothing works.\nconclusion: give up."),
+        ]
+    )
     result = SingleLLMAgent(backend).run("Weather in Rome?", tools)
     assert result.status == "gave_up" and result.answer is None
     assert [f["kind"] for f in result.trajectory.meta["failures"]] == ["no_action", "bad_json"]
@@ -469,12 +565,14 @@ def test_rollout_with_a_tiny_random_model_ends_cleanly_at_the_step_cap(tiny_mode
     """Garbage output: the planner writes no decision (the loop goes on to the caller), the caller no valid call (an
     error observation), so the episode runs to the cap and stops there, with every step recorded."""
     model, tokenizer = tiny_model
-    config = AgentConfig(max_steps=12, planner_retries=1,
-                         max_new_tokens={"planner": 8, "caller": 8, "summarizer": 8, "global": 8})  # fmt: skip
+    config = AgentConfig(
+        max_steps=12, planner_retries=1, max_new_tokens={"planner": 8, "caller": 8, "summarizer": 8, "global": 8}
+    )
     events = []
     backend = TransformersBackend(model, tokenizer, context_length=4096)
-    result = AlphaUMiAgent(backend, config=config).run("What is the weather in Paris?", weather_tools(),
-                                                       task_id="tiny-1", on_event=events.append)  # fmt: skip
+    result = AlphaUMiAgent(backend, config=config).run(
+        "What is the weather in Paris?", weather_tools(), task_id="tiny-1", on_event=events.append
+    )
     traj = result.trajectory
     assert result.status == "max_steps" and result.answer is None
     assert result.steps == 12
@@ -486,8 +584,14 @@ def test_rollout_with_a_tiny_random_model_ends_cleanly_at_the_step_cap(tiny_mode
     observations = [s.content for s in traj.steps if s.role == "observation"]
     assert all(o.startswith("Error") for o in observations)
     kinds = {f["kind"] for f in traj.meta["failures"]}
-    assert "no_decision" in kinds and kinds & {"no_action", "empty_tool_name", "no_action_input", "bad_json",
-                                               "arguments_not_object", "tool_error"}  # fmt: skip
+    assert "no_decision" in kinds and kinds & {
+        "no_action",
+        "empty_tool_name",
+        "no_action_input",
+        "bad_json",
+        "arguments_not_object",
+        "tool_error",
+    }
     generations = traj.meta["generations"]
     assert len(generations) == 24 and all(g["new_tokens"] <= 8 for g in generations)
     totals = traj.meta["totals"]
@@ -499,8 +603,9 @@ def test_rollout_with_a_tiny_random_model_ends_cleanly_at_the_step_cap(tiny_mode
 
 def test_single_llm_rollout_with_a_tiny_random_model(tiny_model):
     model, tokenizer = tiny_model
-    config = AgentConfig(max_steps=3, planner_retries=1,
-                         max_new_tokens={"planner": 10, "caller": 10, "summarizer": 10, "global": 10})  # fmt: skip
+    config = AgentConfig(
+        max_steps=3, planner_retries=1, max_new_tokens={"planner": 10, "caller": 10, "summarizer": 10, "global": 10}
+    )
     result = SingleLLMAgent(TransformersBackend(model, tokenizer), config=config).run("Add 2 and 3", weather_tools())
     traj = result.trajectory
     assert result.status == "max_steps" and result.steps == 3

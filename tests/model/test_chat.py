@@ -13,9 +13,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from umi.backend import Generation, GenerationRequest
 from umi.agent.chat import ChatSession, SchemaOnlyTools, load_runtime
 from umi.agent.loop import AgentConfig, AlphaUMiAgent
+from umi.backend import Generation, GenerationRequest
 from umi.data.examples import role_of_prompt
 from umi.tools.bfcl import BFCLToolkit, ToolkitError
 
@@ -31,8 +31,18 @@ class ScriptedBackend:
         expected, text = self.script.pop(0)
         assert role == expected, f"expected {expected}, got {role}"
         self.prompts.append((role, request.prompt))
-        return Generation(text=text, token_ids=(), stop_reason="eos", prompt_tokens=1, prefill_tokens=1,
-                          reused_tokens=0, new_tokens=2, dropped_turns=0, prefill_seconds=0.0, seconds=0.0)  # fmt: skip
+        return Generation(
+            text=text,
+            token_ids=(),
+            stop_reason="eos",
+            prompt_tokens=1,
+            prefill_tokens=1,
+            reused_tokens=0,
+            new_tokens=2,
+            dropped_turns=0,
+            prefill_seconds=0.0,
+            seconds=0.0,
+        )
 
     def reset(self) -> None:
         self.resets += 1
@@ -98,8 +108,11 @@ def test_conversation_carries_over_and_reset_clears_it():
 
 
 def test_unreadable_call_is_shown_as_such():
-    script = [("planner", "Try.\n Next: caller."), ("caller", "add two and three"),
-              ("planner", "Give up.\n Next: give up.")]  # fmt: skip
+    script = [
+        ("planner", "Try.\n Next: caller."),
+        ("caller", "add two and three"),
+        ("planner", "Give up.\n Next: give up."),
+    ]
     session, _, out = session_for(script)
     session.loop(lines_from("2+3?"))
     text = out.getvalue()
@@ -109,14 +122,16 @@ def test_unreadable_call_is_shown_as_such():
 
 def test_tools_from_a_python_module(tmp_path):
     module = tmp_path / "my_tools.py"
-    module.write_text(textwrap.dedent('''
+    module.write_text(
+        textwrap.dedent("""
         def shout(text):
             return text.upper()
 
         TOOLS = [({"name": "shout", "description": "Upper-case a text",
                    "parameters": {"type": "object", "properties": {"text": {"type": "string"}},
                                   "required": ["text"]}}, shout)]
-    '''))
+    """)
+    )
     runtime = load_runtime(tools=str(module))
     assert [s.name for s in runtime.specs] == ["shout"]
     assert runtime.dispatch("shout", {"text": "hi"}).text == "HI"
@@ -128,9 +143,24 @@ def test_tools_from_a_python_module(tmp_path):
 
 def test_schema_only_tools_ask_the_user(tmp_path):
     path = tmp_path / "tools.json"
-    path.write_text(json.dumps([{"type": "function", "function": {
-        "name": "weather", "description": "Weather of a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "weather",
+                        "description": "Weather of a city",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"city": {"type": "string"}},
+                            "required": ["city"],
+                        },
+                    },
+                }
+            ]
+        )
+    )
     asked = []
     runtime = load_runtime(tools=str(path), ask=lambda call: asked.append(call) or "sunny")
     assert isinstance(runtime, SchemaOnlyTools)
@@ -151,16 +181,32 @@ def test_chat_command_on_a_tiny_model(tiny_backbone):
     from umi.cli import app
 
     tiny = str(tiny_backbone)
-    result = CliRunner().invoke(app, [
-        "chat", "--toolkit", "MathAPI", "--planner", tiny, "--caller", tiny, "--summarizer", tiny,
-        "--max-steps", "2", "--max-prompt-tokens", "1500",
-    ], input="What is 2 plus 3?\n/exit\n")  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "chat",
+            "--toolkit",
+            "MathAPI",
+            "--planner",
+            tiny,
+            "--caller",
+            tiny,
+            "--summarizer",
+            tiny,
+            "--max-steps",
+            "2",
+            "--max-prompt-tokens",
+            "1500",
+        ],
+        input="What is 2 plus 3?\n/exit\n",
+    )
     assert result.exit_code == 0, result.output
     out = result.output
     assert "17 tools" in out and "you>" in out
     # a random model writes no decision: the planner's text goes on as a caller step, whatever the call is
     assert "thought #1" in out and "call #1" in out and "observation #1" in out and "thought #2" in out
     assert "(max_steps, 2 step(s)" in out
-    bad = CliRunner().invoke(app, ["chat", "--toolkit", "NoSuchClass", "--planner", tiny, "--caller", tiny,
-                                   "--summarizer", tiny])  # fmt: skip
+    bad = CliRunner().invoke(
+        app, ["chat", "--toolkit", "NoSuchClass", "--planner", tiny, "--caller", tiny, "--summarizer", tiny]
+    )
     assert bad.exit_code == 2 and "NoSuchClass" in bad.output

@@ -19,8 +19,13 @@ from umi.eval.settings import EvalSettings
 from umi.fixtures import TOOLBENCH_OOD_TEST
 from umi.schema import Trajectory, write_trajectories
 
-SMALL = EvalSettings(max_new_tokens={"planner": 6, "caller": 6, "summarizer": 6, "global": 8}, batch_size=4,
-                     max_prompt_tokens=1536, max_steps=2, planner_retries=0)  # fmt: skip
+SMALL = EvalSettings(
+    max_new_tokens={"planner": 6, "caller": 6, "summarizer": 6, "global": 8},
+    batch_size=4,
+    max_prompt_tokens=1536,
+    max_steps=2,
+    planner_retries=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +69,17 @@ def test_evaluate_end_to_end(tiny_backbone, data_dir, eval_store, tmp_path):
     ]
     ood = TOOLBENCH_OOD_TEST if TOOLBENCH_OOD_TEST.is_file() else None
     report = evaluate(
-        agents, out_dir=tmp_path / "eval", data_dir=data_dir / "data", toolbench_ood=ood, limit=2, live_limit=1,
-        settings=SMALL, params=data_dir / "params.yaml", parent_run_id=parent.info.run_id, progress=False,
-    )  # fmt: skip
+        agents,
+        out_dir=tmp_path / "eval",
+        data_dir=data_dir / "data",
+        toolbench_ood=ood,
+        limit=2,
+        live_limit=1,
+        settings=SMALL,
+        params=data_dir / "params.yaml",
+        parent_run_id=parent.info.run_id,
+        progress=False,
+    )
 
     assert set(report.agents) == {"alpha-umi", "single-llm", "rule: last turn", "rule: always caller", "no call"}
     assert "one-stage" in report.skipped and "missing" in report.skipped["one-stage"]
@@ -133,9 +146,17 @@ def test_evaluate_end_to_end(tiny_backbone, data_dir, eval_store, tmp_path):
 
 def test_static_only_without_tracking(tiny_backbone, data_dir, tmp_path):
     tiny = str(tiny_backbone)
-    report = evaluate([AgentSpec.single("single-llm", tiny)], out_dir=tmp_path / "e", live=False, toolbench_ood=None,
-                      data_dir=data_dir / "data", params=data_dir / "params.yaml", settings=SMALL, tracking=False,
-                      progress=False)  # fmt: skip
+    report = evaluate(
+        [AgentSpec.single("single-llm", tiny)],
+        out_dir=tmp_path / "e",
+        live=False,
+        toolbench_ood=None,
+        data_dir=data_dir / "data",
+        params=data_dir / "params.yaml",
+        settings=SMALL,
+        tracking=False,
+        progress=False,
+    )
     assert report.run_id is None and report.agents["single-llm"]["live"] is None
     assert list(report.agents["single-llm"]["static"]) == ["bfcl-test"]
     assert "live pass" not in report.table_path.read_text()
@@ -144,8 +165,15 @@ def test_static_only_without_tracking(tiny_backbone, data_dir, tmp_path):
 @pytest.mark.skipif(not TOOLBENCH_OOD_TEST.is_file(), reason="shared fixtures not present")
 def test_limits_size_the_test_sets(tiny_backbone, data_dir, tmp_path):
     tiny = str(tiny_backbone)
-    common = dict(out_dir=tmp_path / "e", live=False, toolbench_ood=TOOLBENCH_OOD_TEST, data_dir=data_dir / "data",
-                  params=data_dir / "params.yaml", tracking=False, progress=False)  # fmt: skip
+    common = dict(
+        out_dir=tmp_path / "e",
+        live=False,
+        toolbench_ood=TOOLBENCH_OOD_TEST,
+        data_dir=data_dir / "data",
+        params=data_dir / "params.yaml",
+        tracking=False,
+        progress=False,
+    )
     profile = SMALL.with_(limit=2, ood_limit=3)
     report = evaluate([AgentSpec.single("s", tiny)], settings=profile, **common)
     assert (report.test_sets["bfcl-test"]["trajectories"], report.test_sets["toolbench-ood"]["trajectories"]) == (2, 3)
@@ -164,8 +192,9 @@ def test_agent_specs_and_defaults(tiny_backbone, tmp_path):
     found, skipped = default_agents(runs, tiny_backbone, tmp_path / "no-one-stage")
     assert [a.name for a in found] == ["backbone", "single-llm", "alpha-umi"]
     assert list(skipped) == ["one-stage"]
-    backends = load_backends(found[0], max_prompt_tokens=100, max_new_tokens={"planner": 5, "caller": 7,
-                                                                               "summarizer": 3})  # fmt: skip
+    backends = load_backends(
+        found[0], max_prompt_tokens=100, max_new_tokens={"planner": 5, "caller": 7, "summarizer": 3}
+    )
     assert backends["planner"] is backends["caller"] is backends["summarizer"]  # one model in all roles: loaded once
     assert backends["planner"].context_length == 107
     import torch
@@ -183,11 +212,25 @@ def test_cli_static(tiny_backbone, data_dir, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     tiny = str(tiny_backbone)
-    result = CliRunner().invoke(app, [
-        "eval", "static", "--multi", f"tiny={tiny},{tiny},{tiny}", "--limit", "1", "--no-toolbench-ood",
-        "--no-tracking", "--out", str(tmp_path / "out"), "--data", str(data_dir / "data"),
-        "--params", str(data_dir / "params.yaml"),
-    ])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "static",
+            "--multi",
+            f"tiny={tiny},{tiny},{tiny}",
+            "--limit",
+            "1",
+            "--no-toolbench-ood",
+            "--no-tracking",
+            "--out",
+            str(tmp_path / "out"),
+            "--data",
+            str(data_dir / "data"),
+            "--params",
+            str(data_dir / "params.yaml"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "tiny" in result.output and (tmp_path / "out" / "eval.json").is_file()
     bad = CliRunner().invoke(app, ["eval", "live", "--multi", "broken=only-one-path", "--no-tracking"])
@@ -204,18 +247,36 @@ def test_the_prompt_format_travels_with_the_checkpoints(tiny_backbone, role_data
 
     datasets = tmp_path / "datasets"
     shutil.copytree(role_datasets, datasets)
-    (datasets / "layout.json").write_text(json.dumps({"layout": "examples", "doc_style": "reference",
-                                                      "observation_limit": 1024}))  # fmt: skip
-    results = train_glpft("tiny", datasets, tmp_path / "runs", tiny_backbone, stages=("planner", "caller"),
-                          from_backbone=True, tracking=False)  # fmt: skip
+    (datasets / "layout.json").write_text(
+        json.dumps({"layout": "examples", "doc_style": "reference", "observation_limit": 1024})
+    )
+    results = train_glpft(
+        "tiny",
+        datasets,
+        tmp_path / "runs",
+        tiny_backbone,
+        stages=("planner", "caller"),
+        from_backbone=True,
+        tracking=False,
+    )
     planner, caller = (results[r].checkpoint for r in ("planner", "caller"))
     assert checkpoint_prompt_format(planner)["doc_style"] == "reference"
 
     # evaluation: the caller of evaluate() names "compact" (the default); the checkpoints' "reference" wins
     spec = AgentSpec.multi("trained", planner, caller, planner)
-    report = evaluate([spec], out_dir=tmp_path / "e", live=False, toolbench_ood=None, data_dir=data_dir / "data",
-                      limit=1, settings=SMALL, params=data_dir / "params.yaml", tracking=False, progress=False,
-                      baselines=False)  # fmt: skip
+    report = evaluate(
+        [spec],
+        out_dir=tmp_path / "e",
+        live=False,
+        toolbench_ood=None,
+        data_dir=data_dir / "data",
+        limit=1,
+        settings=SMALL,
+        params=data_dir / "params.yaml",
+        tracking=False,
+        progress=False,
+        baselines=False,
+    )
     assert report.agents["trained"]["doc_style"] == "reference"
     # serving: the engine prompts in the trained format whatever UMI_SERVE_DOC_STYLE says
     settings = ServeSettings(doc_style="compact", dtype="float32")
@@ -223,14 +284,32 @@ def test_the_prompt_format_travels_with_the_checkpoints(tiny_backbone, role_data
     assert engine.doc_style == "reference"
 
     # a caller trained on compact docs beside a reference-trained planner: refused, by evaluation and by serving
-    (datasets / "layout.json").write_text(json.dumps({"layout": "examples", "doc_style": "compact",
-                                                      "observation_limit": 1024}))  # fmt: skip
-    other = train_glpft("tiny", datasets, tmp_path / "runs-compact", tiny_backbone, stages=("caller",),
-                        from_backbone=True, tracking=False)["caller"].checkpoint  # fmt: skip
+    (datasets / "layout.json").write_text(
+        json.dumps({"layout": "examples", "doc_style": "compact", "observation_limit": 1024})
+    )
+    other = train_glpft(
+        "tiny",
+        datasets,
+        tmp_path / "runs-compact",
+        tiny_backbone,
+        stages=("caller",),
+        from_backbone=True,
+        tracking=False,
+    )["caller"].checkpoint
     mixed = AgentSpec.multi("mixed", planner, other, planner)
-    report = evaluate([mixed, spec], out_dir=tmp_path / "e2", live=False, toolbench_ood=None,
-                      data_dir=data_dir / "data", limit=1, settings=SMALL, params=data_dir / "params.yaml",
-                      tracking=False, progress=False, baselines=False)  # fmt: skip
+    report = evaluate(
+        [mixed, spec],
+        out_dir=tmp_path / "e2",
+        live=False,
+        toolbench_ood=None,
+        data_dir=data_dir / "data",
+        limit=1,
+        settings=SMALL,
+        params=data_dir / "params.yaml",
+        tracking=False,
+        progress=False,
+        baselines=False,
+    )
     assert "different prompt formats" in report.skipped["mixed"] and "trained" in report.agents
     with pytest.raises(ValueError, match="different prompt formats"):
         build_engine(settings, {"planner": planner, "caller": other, "summarizer": planner}, None, {})
@@ -244,8 +323,17 @@ def test_a_stopped_evaluation_resumes_from_its_generation_cache(tiny_backbone, d
 
     tiny = str(tiny_backbone)
     agents = [AgentSpec.multi("alpha-umi", tiny, tiny, tiny), AgentSpec.single("single-llm", tiny)]
-    common = dict(data_dir=data_dir / "data", params=data_dir / "params.yaml", settings=SMALL, tracking=False,
-                  progress=False, toolbench_ood=None, live_limit=1, baselines=False, cache=tmp_path / "gen.sqlite")  # fmt: skip
+    common = dict(
+        data_dir=data_dir / "data",
+        params=data_dir / "params.yaml",
+        settings=SMALL,
+        tracking=False,
+        progress=False,
+        toolbench_ood=None,
+        live_limit=1,
+        baselines=False,
+        cache=tmp_path / "gen.sqlite",
+    )
     first = evaluate(agents, out_dir=tmp_path / "a", **common)
     made = first.settings["generation_cache"]
     assert made["hits"] == 0 and made["misses"] > 0 and made["cost_seconds"] > 0
@@ -274,5 +362,8 @@ def test_a_stopped_evaluation_resumes_from_its_generation_cache(tiny_backbone, d
         a, b = ((tmp_path / run / "details" / name).read_text().splitlines() for run in ("a", "b"))
         assert [untimed(json.loads(x)) for x in a] == [untimed(json.loads(x)) for x in b], name
     for agent in ("alpha-umi", "single-llm"):
-        assert first.agents[agent]["static"]["bfcl-test"]["plan_acc"] == second.agents[agent]["static"]["bfcl-test"]["plan_acc"]
+        assert (
+            first.agents[agent]["static"]["bfcl-test"]["plan_acc"]
+            == second.agents[agent]["static"]["bfcl-test"]["plan_acc"]
+        )
         assert first.agents[agent]["live"]["turn_pass_rate"] == second.agents[agent]["live"]["turn_pass_rate"]

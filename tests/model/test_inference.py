@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from umi import inference
 from umi import backend as agent_backend
+from umi import inference
 from umi.eval.agents import AgentSpec, load_backends, resolve_dtype
 from umi.serve.backends import load_role_backends
 
@@ -48,10 +48,22 @@ def test_eval_chat_and_serving_load_the_same_model(tiny_backbone, monkeypatch, d
 
     monkeypatch.setattr(agent_backend, "load_backends", recording)
     with pytest.raises(SystemExit):
-        chat.chat_cmd(toolkit="MathAPI", tools=None, config=None, agent="alpha-umi", runs=tiny_backbone,
-                      backbone=tiny_backbone, model=None, planner=tiny_backbone, caller=tiny_backbone,
-                      summarizer=tiny_backbone, doc_style="compact", max_steps=2, max_prompt_tokens=256,
-                      dtype=dtype)  # fmt: skip
+        chat.chat_cmd(
+            toolkit="MathAPI",
+            tools=None,
+            config=None,
+            agent="alpha-umi",
+            runs=tiny_backbone,
+            backbone=tiny_backbone,
+            model=None,
+            planner=tiny_backbone,
+            caller=tiny_backbone,
+            summarizer=tiny_backbone,
+            doc_style="compact",
+            max_steps=2,
+            max_prompt_tokens=256,
+            dtype=dtype,
+        )
     monkeypatch.undo()
     chat_backend = seen["chat"]["planner"]
     eval_backend = load_backends(AgentSpec.multi("a", tiny_backbone, tiny_backbone, tiny_backbone), dtype=dtype)[
@@ -68,5 +80,6 @@ def test_eval_chat_and_serving_load_the_same_model(tiny_backbone, monkeypatch, d
     reference = _logits(eval_backend)
     assert torch.equal(_logits(chat_backend), reference)
     assert torch.equal(_logits(serve_backend), reference)
-    assert torch.equal(_logits(agent_backend.TransformersBackend.from_pretrained(tiny_backbone, dtype=dtype)),
-                       reference)  # fmt: skip
+    assert torch.equal(
+        _logits(agent_backend.TransformersBackend.from_pretrained(tiny_backbone, dtype=dtype)), reference
+    )

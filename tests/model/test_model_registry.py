@@ -48,9 +48,15 @@ def test_a_training_runs_logged_checkpoint_is_registered_without_a_second_copy(s
     from transformers import AutoModelForCausalLM
 
     trained_format = prompts.prompt_format("reference", 512)
-    ckpt = make_checkpoint(tiny_backbone, tmp_path / "caller-model", "fp-caller-1", scale=0.5,
-                           data_version="dvc:abc/caller:123", config={"profile": "tiny", "seed": 0},
-                           prompt_format=trained_format)  # fmt: skip
+    ckpt = make_checkpoint(
+        tiny_backbone,
+        tmp_path / "caller-model",
+        "fp-caller-1",
+        scale=0.5,
+        data_version="dvc:abc/caller:123",
+        config={"profile": "tiny", "seed": 0},
+        prompt_format=trained_format,
+    )
     client = mlflow.MlflowClient()
     run = client.create_run(registry.ensure_experiment("umi-train"))
     client.log_artifacts(run.info.run_id, str(ckpt), "model")
@@ -84,8 +90,9 @@ def test_a_training_runs_logged_checkpoint_is_registered_without_a_second_copy(s
     assert (local / "model.safetensors").stat().st_mtime_ns == stamp  # same version: not downloaded again
 
 
-def test_a_checkpoint_no_run_holds_gets_a_registry_run_and_downloads_replace_other_versions(store, tiny_backbone,
-                                                                                            tmp_path):  # fmt: skip
+def test_a_checkpoint_no_run_holds_gets_a_registry_run_and_downloads_replace_other_versions(
+    store, tiny_backbone, tmp_path
+):
     import mlflow
 
     a = make_checkpoint(tiny_backbone, tmp_path / "a", "fp-a", scale=1.0)
@@ -109,8 +116,10 @@ def test_a_checkpoint_no_run_holds_gets_a_registry_run_and_downloads_replace_oth
     registry.download_role("planner", dst, "1")
     registry.download_role("planner", dst, "2")  # another version into the same folder: replaced
     assert json.loads((dst / registry.STAGE_MANIFEST).read_text())["fingerprint"] == "fp-b"
-    assert torch.equal(load_file(str(dst / "model.safetensors"))["model.norm.weight"],
-                       load_file(str(b / "model.safetensors"))["model.norm.weight"])  # fmt: skip
+    assert torch.equal(
+        load_file(str(dst / "model.safetensors"))["model.norm.weight"],
+        load_file(str(b / "model.safetensors"))["model.norm.weight"],
+    )
 
 
 def test_bad_input_is_named(store, tiny_backbone, tmp_path):

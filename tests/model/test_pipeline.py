@@ -108,8 +108,11 @@ def _artifact_markdown(key: str) -> str:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        found = client.request("POST", "/artifacts/filter", json={"artifacts": {"key": {"any_": [key]}},
-                                                                  "sort": "UPDATED_DESC", "limit": 1, "offset": 0})
+        found = client.request(
+            "POST",
+            "/artifacts/filter",
+            json={"artifacts": {"key": {"any_": [key]}}, "sort": "UPDATED_DESC", "limit": 1, "offset": 0},
+        )
     return found.json()[0]["data"] if found.json() else ""
 
 
@@ -118,8 +121,9 @@ def _task_runs(flow_run_id: str) -> dict[str, dict]:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        found = client.request("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}},
-                                                                  "limit": 200, "offset": 0})
+        found = client.request(
+            "POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200, "offset": 0}
+        )
     return {r["name"]: r for r in found.json()}
 
 
@@ -170,9 +174,15 @@ def test_pipeline_trains_evaluates_registers_promotes_then_caches_and_retrains_o
         assert first["stages"][role]["init_from"] == first["stages"]["global"]["checkpoint"]
 
     report = first["evaluation"]
-    assert set(report["agents"]) == {"backbone", "single-llm", "single-matched", "alpha-umi", "rule: last turn",
-                                     "rule: always caller",
-                                     "no call"}  # no champion to compare with yet  # fmt: skip
+    assert set(report["agents"]) == {
+        "backbone",
+        "single-llm",
+        "single-matched",
+        "alpha-umi",
+        "rule: last turn",
+        "rule: always caller",
+        "no call",
+    }  # no champion to compare with yet
     alpha = report["agents"]["alpha-umi"]
     assert alpha["live"]["entries"] == 1 and alpha["live_dev"]["entries"] >= 1
     assert "bfcl-dev" in alpha["static"] and "bfcl-dev" not in report["agents"]["backbone"]["static"]
@@ -184,7 +194,13 @@ def test_pipeline_trains_evaluates_registers_promotes_then_caches_and_retrains_o
     assert parent.info.run_id == first["mlflow_run_id"] and parent.info.status == "FINISHED"
     children = _runs(**{"mlflow.parentRunId": parent.info.run_id})
     assert sorted(r.data.tags.get("umi.stage", r.data.tags.get("umi.kind")) for r in children) == [
-        "caller", "evaluation", "global", "global-matched", "planner", "summarizer"]  # fmt: skip
+        "caller",
+        "evaluation",
+        "global",
+        "global-matched",
+        "planner",
+        "summarizer",
+    ]
     stage_run = next(r for r in children if r.data.tags.get("umi.stage") == "caller")
     assert [m.step for m in mlflow.MlflowClient().get_metric_history(stage_run.info.run_id, "loss")] == [1, 2]
     parent_files = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "evaluation")}
@@ -219,8 +235,13 @@ def test_pipeline_trains_evaluates_registers_promotes_then_caches_and_retrains_o
     assert stage["metrics"]["data_examples"] == 12  # 8 + 4 new caller examples
     assert retrained["versions"] == {"caller": "2"}
     assert [len(registry.list_versions(r)) for r in registry.ROLES] == [1, 1, 2, 1]
-    assert set(retrained["evaluation"]["agents"]) == {"candidate", "champion", "rule: last turn", "rule: always caller",
-                                                      "no call"}  # fmt: skip
+    assert set(retrained["evaluation"]["agents"]) == {
+        "candidate",
+        "champion",
+        "rule: last turn",
+        "rule: always caller",
+        "no call",
+    }
     assert "champion" in retrained["evaluation"]["agents"]["candidate"]["static"]["bfcl-dev"]["paired"]
     decision = retrained["promotion"]
     champion_caller = str(registry.champion_version("caller").version)

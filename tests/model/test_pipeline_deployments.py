@@ -27,8 +27,11 @@ def test_prefect_yaml_deploys_both_flows_and_runs_can_be_triggered():
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": PREFECT_API_URL.value(),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
         _prefect("work-pool", "create", "umi", "--type", "process", env=env)
         _prefect("--no-prompt", "deploy", "--all", env=env)
         run = _prefect("deployment", "run", "retrain_role/retrain-caller", "--param", "role=planner", env=env)

@@ -9,17 +9,27 @@ from typer.testing import CliRunner
 from umi import model_registry as registry
 from umi.promotion import TAG_PROMOTED_FROM, latest_promotion_roles, promote, promote_if_better, rollback
 
-
 REFERENCES = ("champion", "single-llm", "rule: last turn", "rule: always caller")
 
 
 def evaluation(ci_low, plan_acc=50.0, act_em=50.0, arg_f1=50.0):
     """A candidate's dev evaluation whose paired difference with every reference has this interval lower bound
     (umi.eval.evidence's shape; the rule itself is tested on real paired statistics in tests/code)."""
-    entry = {"difference": ci_low + 5.0, "ci_low": ci_low, "ci_high": ci_low + 10.0,
-             "p_value": 0.01 if ci_low > 0 else 0.4, "n": 40, "clusters": 10}  # fmt: skip
-    section = {"steps": 40, "plan_acc": plan_acc, "act_em": act_em, "arg_f1": arg_f1,
-               "paired": {r: {"mean_static": entry} for r in REFERENCES}}  # fmt: skip
+    entry = {
+        "difference": ci_low + 5.0,
+        "ci_low": ci_low,
+        "ci_high": ci_low + 10.0,
+        "p_value": 0.01 if ci_low > 0 else 0.4,
+        "n": 40,
+        "clusters": 10,
+    }
+    section = {
+        "steps": 40,
+        "plan_acc": plan_acc,
+        "act_em": act_em,
+        "arg_f1": arg_f1,
+        "paired": {r: {"mean_static": entry} for r in REFERENCES},
+    }
     return {"static": {"bfcl-dev": section}, "live": None}
 
 
@@ -29,9 +39,14 @@ def champions() -> dict[str, str | None]:
 
 def register_generation(tiny_backbone, tmp_path, generation: int, roles=registry.ROLES) -> dict[str, str]:
     return {
-        role: str(registry.register_role_model(
-            role, make_checkpoint(tiny_backbone, tmp_path / f"g{generation}-{role}", f"fp-{role}-{generation}",
-                                  scale=1.0 + generation)).version)  # fmt: skip
+        role: str(
+            registry.register_role_model(
+                role,
+                make_checkpoint(
+                    tiny_backbone, tmp_path / f"g{generation}-{role}", f"fp-{role}-{generation}", scale=1.0 + generation
+                ),
+            ).version
+        )
         for role in roles
     }
 
@@ -83,8 +98,9 @@ def test_umi_models_list_promote_rollback(store, tiny_backbone, tmp_path):  # no
     runner = CliRunner()
     first = register_generation(tiny_backbone, tmp_path, 1, roles=("planner",))
     second = register_generation(tiny_backbone, tmp_path, 2, roles=("planner",))
-    registry.register_role_model("caller", make_checkpoint(tiny_backbone, tmp_path / "c", "fp-c"),
-                                 evaluation=evaluation(0.25, 10.0, 20.0, 30.0))  # fmt: skip
+    registry.register_role_model(
+        "caller", make_checkpoint(tiny_backbone, tmp_path / "c", "fp-c"), evaluation=evaluation(0.25, 10.0, 20.0, 30.0)
+    )
 
     result = runner.invoke(app, ["models", "promote", f"planner={first['planner']}", "--yes"])
     assert result.exit_code == 0, result.output
@@ -102,10 +118,12 @@ def test_umi_models_list_promote_rollback(store, tiny_backbone, tmp_path):  # no
     result = runner.invoke(app, ["models", "rollback"])
     assert result.exit_code == 0 and champions()["planner"] == first["planner"]
 
-    for bad, message in ((["models", "promote", "planner"], "expected ROLE=VERSION"),
-                         (["models", "promote", "critic=1"], "unknown role"),
-                         (["models", "promote", "planner=99"], "has no version 99"),
-                         (["models", "rollback", "--role", "caller"], "has no champion")):  # fmt: skip
+    for bad, message in (
+        (["models", "promote", "planner"], "expected ROLE=VERSION"),
+        (["models", "promote", "critic=1"], "unknown role"),
+        (["models", "promote", "planner=99"], "has no version 99"),
+        (["models", "rollback", "--role", "caller"], "has no champion"),
+    ):
         result = runner.invoke(app, bad)
         assert result.exit_code != 0 and message in result.output, (bad, result.output)
     assert champions()["planner"] == first["planner"]

@@ -20,8 +20,10 @@ REAL_SET_ALIAS = MlflowClient.set_registered_model_alias
 
 
 def previous_champions() -> dict[str, str | None]:
-    return {r: (str(v.version) if (v := registry.alias_version(r, registry.PREVIOUS_CHAMPION)) else None)
-            for r in registry.ROLES}  # fmt: skip
+    return {
+        r: (str(v.version) if (v := registry.alias_version(r, registry.PREVIOUS_CHAMPION)) else None)
+        for r in registry.ROLES
+    }
 
 
 def records(status: str | None = None) -> list:
@@ -99,8 +101,12 @@ def test_a_move_that_could_not_be_put_back_is_reconciled_by_the_next_run(three_g
     assert mixed != gen2 and mixed[registry.ROLES[0]] == gen3[registry.ROLES[0]]  # left halfway ...
     [pending] = records("RUNNING")  # ... with its pending record
     plan = json.loads(pending.data.tags["umi.plan"])
-    assert len(plan) == 8 and plan[0] == {"role": "global", "alias": "champion", "before": gen2["global"],
-                                          "after": gen3["global"]}  # fmt: skip
+    assert len(plan) == 8 and plan[0] == {
+        "role": "global",
+        "alias": "champion",
+        "before": gen2["global"],
+        "after": gen3["global"],
+    }
 
     decision, moved = promote_if_better(gen3, evaluation(0.9), evaluation(0.2))  # the next run
     assert decision.promote and moved == {r: (gen2[r], gen3[r]) for r in registry.ROLES}  # from gen2: reconciled
@@ -121,8 +127,9 @@ def test_compare_and_set_refuses_a_decision_on_changed_champions(three_generatio
     with pytest.raises(PromotionConflict, match="caller: decided on"):
         promote({"caller": gen3["caller"]}, expected_champions={"caller": gen2["caller"]})
     with pytest.raises(PromotionConflict):
-        promote_if_better({"caller": gen3["caller"]}, evaluation(0.9), evaluation(0.2),
-                          expected_champions={"caller": gen2["caller"]})  # fmt: skip
+        promote_if_better(
+            {"caller": gen3["caller"]}, evaluation(0.9), evaluation(0.2), expected_champions={"caller": gen2["caller"]}
+        )
     assert (champions(), previous_champions()) == before
     assert records()[-1].info.status == "FAILED" and "refused" in records()[-1].data.tags[TAG_OUTCOME]
     # on the champions it was decided on, it goes through
@@ -139,8 +146,9 @@ def test_umi_models_promote_asks_and_records_the_reason(three_generations):
     assert result.exit_code == 1 and "nothing moved" in result.output
     assert f"planner: champion {gen2['planner']} -> {gen3['planner']}" in result.output  # the plan was shown
     assert champions() == gen2
-    result = runner.invoke(app, ["models", "promote", f"planner={gen3['planner']}", "--reason", "hotfix 12"],
-                           input="y\n")  # fmt: skip
+    result = runner.invoke(
+        app, ["models", "promote", f"planner={gen3['planner']}", "--reason", "hotfix 12"], input="y\n"
+    )
     assert result.exit_code == 0, result.output
     assert champions()["planner"] == gen3["planner"]
     tags = registry.champion_version("planner").tags

@@ -20,8 +20,10 @@ def test_import_a_local_checkpoint_directory(tiny_backbone, tmp_path):
     a, b = load_file(str(tiny_backbone / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     text = "user: hi</s>assistant: "
-    assert AutoTokenizer.from_pretrained(str(out))(text)["input_ids"] == \
-        AutoTokenizer.from_pretrained(str(tiny_backbone))(text)["input_ids"]  # fmt: skip
+    assert (
+        AutoTokenizer.from_pretrained(str(out))(text)["input_ids"]
+        == AutoTokenizer.from_pretrained(str(tiny_backbone))(text)["input_ids"]
+    )
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["source"] == str(tiny_backbone) and manifest["architecture"] == "LlamaForCausalLM"
     # importing the same source again is a no-op
@@ -52,4 +54,4 @@ def test_import_default_smollm2_from_the_wheel(tmp_path):
     ids = tok("1, 2, 3, 4, 5,", return_tensors="pt")
     with torch.no_grad():
         out_ids = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert tok.decode(out_ids[0, ids["input_ids"].shape[1]:]).strip().startswith("6")
+    assert tok.decode(out_ids[0, ids["input_ids"].shape[1] :]).strip().startswith("6")

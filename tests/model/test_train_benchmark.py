@@ -14,9 +14,31 @@ def test_throughput_benchmark_smoke(tiny_backbone, role_datasets, tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
-    assert bench.main(["--model", str(tiny_backbone), "--datasets", str(role_datasets), "--max-length", "256",
-                       "--examples", "4", "--json", str(out), "--prefix-examples", "4", "--prefix-batch", "2",
-                       "--prefix-max-length", "1024", "--pack-length", "1024"]) == 0  # fmt: skip
+    assert (
+        bench.main(
+            [
+                "--model",
+                str(tiny_backbone),
+                "--datasets",
+                str(role_datasets),
+                "--max-length",
+                "256",
+                "--examples",
+                "4",
+                "--json",
+                str(out),
+                "--prefix-examples",
+                "4",
+                "--prefix-batch",
+                "2",
+                "--prefix-max-length",
+                "1024",
+                "--pack-length",
+                "1024",
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["examples"] == 4 and result["target_tokens"] > 0
     assert {"ours", "ours+ckpt", "reference"} <= result.keys()

@@ -39,8 +39,13 @@ def _profile(tmp_path: Path, **changes) -> Path:
 
 def _cpu_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
-    env.update(DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", LOCAL_SIZE="2",
-               TOKENIZERS_PARALLELISM="false")  # fmt: skip
+    env.update(
+        DS_ACCELERATOR="cpu",
+        CUDA_VISIBLE_DEVICES="",
+        OMP_NUM_THREADS="1",
+        LOCAL_SIZE="2",
+        TOKENIZERS_PARALLELISM="false",
+    )
     return env
 
 
@@ -53,10 +58,27 @@ def test_zero3_config_gathers_16bit_weights_on_save():
 
 def test_zero3_two_rank_cpu_launch_saves_the_complete_model(tiny_backbone, role_datasets, tmp_path):
     out = tmp_path / "global"
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_free_port()), "--no_local_rank",
-           "--module", "umi.train.launch", "--stage", "global", "--profile",
-           str(_profile(tmp_path, deepspeed="zero3")), "--datasets", str(role_datasets), "--out", str(out),
-           "--init", str(tiny_backbone), "--no-tracking"]  # fmt: skip
+    cmd = [
+        str(BIN / "deepspeed"),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "--no_local_rank",
+        "--module",
+        "umi.train.launch",
+        "--stage",
+        "global",
+        "--profile",
+        str(_profile(tmp_path, deepspeed="zero3")),
+        "--datasets",
+        str(role_datasets),
+        "--out",
+        str(out),
+        "--init",
+        str(tiny_backbone),
+        "--no-tracking",
+    ]
     done = subprocess.run(cmd, env=_cpu_env(), capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     result = json.loads(done.stdout[done.stdout.index('{\n  "stage"') :].split("\n}\n")[0] + "\n}")
@@ -76,9 +98,22 @@ def test_zero3_two_rank_cpu_launch_saves_the_complete_model(tiny_backbone, role_
 
     # and a plain (no DeepSpeed, one process) run of the same two steps with the same global batch
     plain = tmp_path / "plain"
-    cmd = [str(BIN / "python"), "-m", "umi.train.launch", "--stage", "global", "--profile",
-           str(_profile(tmp_path, deepspeed=None)), "--datasets", str(role_datasets), "--out", str(plain),
-           "--init", str(tiny_backbone), "--no-tracking"]  # fmt: skip
+    cmd = [
+        str(BIN / "python"),
+        "-m",
+        "umi.train.launch",
+        "--stage",
+        "global",
+        "--profile",
+        str(_profile(tmp_path, deepspeed=None)),
+        "--datasets",
+        str(role_datasets),
+        "--out",
+        str(plain),
+        "--init",
+        str(tiny_backbone),
+        "--no-tracking",
+    ]
     env = {k: v for k, v in _cpu_env().items() if k != "LOCAL_SIZE"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

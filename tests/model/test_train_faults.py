@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -69,10 +68,12 @@ def test_kill_9_during_a_checkpoint_save_resumes_from_the_last_complete_one(
     uninterrupted, tiny_backbone, role_datasets, tmp_path
 ):
     out = tmp_path / "killed"
-    script = KILL_DURING_SAVE.format(kill_at=3, steps=STEPS, datasets=str(role_datasets), out=str(out),
-                                     backbone=str(tiny_backbone))  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", script], env=os.environ | {"PYTHONPATH": os.getcwd()},
-                          capture_output=True, text=True)  # fmt: skip
+    script = KILL_DURING_SAVE.format(
+        kill_at=3, steps=STEPS, datasets=str(role_datasets), out=str(out), backbone=str(tiny_backbone)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=os.environ | {"PYTHONPATH": os.getcwd()}, capture_output=True, text=True
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     half = out / "checkpoints" / "checkpoint-3"
     assert (half / "model.safetensors").exists() and not (half / CHECKPOINT_COMPLETE).exists()  # killed mid-save
@@ -90,8 +91,9 @@ def test_a_truncated_state_file_is_reported_and_the_stage_recovers(
 ):
     out = tmp_path / "truncated"
     with pytest.raises(KeyboardInterrupt):
-        train_stage("global", tiny_config(), role_datasets, out, tiny_backbone, tracking=False,
-                    callbacks=[Interrupt(at=2)])  # fmt: skip
+        train_stage(
+            "global", tiny_config(), role_datasets, out, tiny_backbone, tracking=False, callbacks=[Interrupt(at=2)]
+        )
     state = out / STATE_FILE
     state.write_text(state.read_text()[:17])  # cut short, as an in-place write killed midway left it
     result = train_stage("global", tiny_config(), role_datasets, out, tiny_backbone, tracking=False)
@@ -132,9 +134,11 @@ run_stage_process([sys.executable, "-c", child], dict(os.environ), stop_timeout_
 def _start_parent(tmp_path):
     pidfile = tmp_path / "child.pid"
     # SIGINT at its default: a shell's background job (CI, nohup) starts with it ignored, and Python keeps that
-    parent = subprocess.Popen([sys.executable, "-c", PARENT.format(pidfile=str(pidfile))],
-                              env=os.environ | {"PYTHONPATH": os.getcwd()},
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT.format(pidfile=str(pidfile))],
+        env=os.environ | {"PYTHONPATH": os.getcwd()},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while not (pidfile.exists() and pidfile.read_text()):
         assert time.monotonic() < deadline and parent.poll() is None, "the stage worker never started"
@@ -171,10 +175,18 @@ def test_two_workers_never_share_a_stage_folder(tmp_path):
 
     held = lock_stage_folder(tmp_path / "stage")
     probe = "from umi.train.worker import lock_stage_folder; import sys; lock_stage_folder(sys.argv[1])"
-    other = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "stage")], capture_output=True, text=True,
-                           env=os.environ | {"PYTHONPATH": os.getcwd()})  # fmt: skip
+    other = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "stage")],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONPATH": os.getcwd()},
+    )
     assert other.returncode != 0 and f"is in use by pid {os.getpid()}" in other.stderr
     held.close()
-    again = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "stage")], capture_output=True, text=True,
-                           env=os.environ | {"PYTHONPATH": os.getcwd()})  # fmt: skip
+    again = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "stage")],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONPATH": os.getcwd()},
+    )
     assert again.returncode == 0, again.stderr

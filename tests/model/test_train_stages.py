@@ -81,8 +81,15 @@ def test_two_steps_lower_the_loss_change_the_weights_and_reload_identically(tiny
     tok = AutoTokenizer.from_pretrained(str(tiny_backbone))
     probe = torch.tensor([tok("user: What is the weather in Oslo?</s>assistant: ")["input_ids"]])
     end = CaptureEnd(probe)
-    result = train_stage("global", load_config("tiny"), role_datasets, tmp_path / "global", tiny_backbone,
-                         tracking=False, callbacks=[end])  # fmt: skip
+    result = train_stage(
+        "global",
+        load_config("tiny"),
+        role_datasets,
+        tmp_path / "global",
+        tiny_backbone,
+        tracking=False,
+        callbacks=[end],
+    )
     assert result.metrics["global_step"] == 2
     assert _dataset_loss(result.checkpoint, role_datasets) < _dataset_loss(tiny_backbone, role_datasets) - 0.05
     before, after = _weights(tiny_backbone), _weights(result.checkpoint)
@@ -142,15 +149,26 @@ def test_local_stages_start_from_the_global_checkpoint(tiny_backbone, role_datas
         final = _weights(results[stage].checkpoint)
         assert not torch.equal(final["model.norm.weight"], global_weights["model.norm.weight"])  # and trained on
     # the stages trained apart: three different models
-    assert not torch.equal(_weights(results["planner"].checkpoint)["lm_head.weight" if "lm_head.weight" in
-                           global_weights else "model.embed_tokens.weight"],
-                           _weights(results["caller"].checkpoint)["lm_head.weight" if "lm_head.weight" in
-                           global_weights else "model.embed_tokens.weight"])  # fmt: skip
+    assert not torch.equal(
+        _weights(results["planner"].checkpoint)[
+            "lm_head.weight" if "lm_head.weight" in global_weights else "model.embed_tokens.weight"
+        ],
+        _weights(results["caller"].checkpoint)[
+            "lm_head.weight" if "lm_head.weight" in global_weights else "model.embed_tokens.weight"
+        ],
+    )
 
     # one-stage ablation: locals straight from the backbone, no global stage
     starts.clear()
-    ablation = train_glpft(load_config("tiny"), role_datasets, tmp_path / "one-stage", tiny_backbone,
-                           from_backbone=True, tracking=False, stages=("planner",))  # fmt: skip
+    ablation = train_glpft(
+        load_config("tiny"),
+        role_datasets,
+        tmp_path / "one-stage",
+        tiny_backbone,
+        from_backbone=True,
+        tracking=False,
+        stages=("planner",),
+    )
     assert list(ablation) == ["planner"] and ablation["planner"].init_from == tiny_backbone
     assert all(torch.equal(starts["planner"][k], backbone[k]) for k in backbone)
 
@@ -163,8 +181,15 @@ def test_interrupted_stage_resumes_from_its_last_checkpoint(tiny_backbone, role_
     uninterrupted = train_stage("global", config, role_datasets, tmp_path / "straight", tiny_backbone, tracking=False)
 
     with pytest.raises(KeyboardInterrupt):
-        train_stage("global", config, role_datasets, tmp_path / "resumed", tiny_backbone, data_version="v1",
-                    callbacks=[Interrupt(at=2)])  # fmt: skip
+        train_stage(
+            "global",
+            config,
+            role_datasets,
+            tmp_path / "resumed",
+            tiny_backbone,
+            data_version="v1",
+            callbacks=[Interrupt(at=2)],
+        )
     assert (tmp_path / "resumed" / "checkpoints" / "checkpoint-2").is_dir()
     assert not (tmp_path / "resumed" / "model").exists()
     first_run = mlflow.search_runs(experiment_names=["umi-train"], output_format="list")
@@ -186,12 +211,14 @@ def test_interrupted_stage_resumes_from_its_last_checkpoint(tiny_backbone, role_
     assert again.skipped and again.checkpoint == result.checkpoint
 
 
-def test_mlflow_records_config_data_version_loss_curve_and_checkpoint(tiny_backbone, role_datasets, tmp_path,
-                                                                    mlflow_store):  # fmt: skip
+def test_mlflow_records_config_data_version_loss_curve_and_checkpoint(
+    tiny_backbone, role_datasets, tmp_path, mlflow_store
+):
     import mlflow
 
-    result = train_stage("caller", "tiny", role_datasets, tmp_path / "caller", tiny_backbone,
-                         data_version="dvc-md5:0123abcd")  # fmt: skip
+    result = train_stage(
+        "caller", "tiny", role_datasets, tmp_path / "caller", tiny_backbone, data_version="dvc-md5:0123abcd"
+    )
     run = mlflow.get_run(result.run_id)
     assert run.data.params["data_version"] == "dvc-md5:0123abcd"
     assert run.data.tags["umi.stage"] == "caller"
@@ -200,15 +227,22 @@ def test_mlflow_records_config_data_version_loss_curve_and_checkpoint(tiny_backb
     assert [m.step for m in history] == [1, 2]
     assert run.data.metrics["data_examples"] == 12
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "model")}
-    assert {"model/model.safetensors", "model/config.json", "model/tokenizer.json", f"model/{STAGE_MANIFEST}"} <= artifacts
+    assert {
+        "model/model.safetensors",
+        "model/config.json",
+        "model/tokenizer.json",
+        f"model/{STAGE_MANIFEST}",
+    } <= artifacts
 
 
 def test_new_data_version_retrains_the_stage(tiny_backbone, role_datasets, tmp_path):
-    first = train_stage("summarizer", "tiny", role_datasets, tmp_path / "s", tiny_backbone, data_version="a",
-                        tracking=False)  # fmt: skip
+    first = train_stage(
+        "summarizer", "tiny", role_datasets, tmp_path / "s", tiny_backbone, data_version="a", tracking=False
+    )
     assert not first.skipped
-    second = train_stage("summarizer", "tiny", role_datasets, tmp_path / "s", tiny_backbone, data_version="b",
-                         tracking=False)  # fmt: skip
+    second = train_stage(
+        "summarizer", "tiny", role_datasets, tmp_path / "s", tiny_backbone, data_version="b", tracking=False
+    )
     assert not second.skipped and second.resumed_from is None
 
 
@@ -218,7 +252,9 @@ def test_stage_complete_says_what_train_stage_would_skip(tiny_backbone, role_dat
     assert not stage_complete(out, fingerprint)  # nothing there yet
     train_stage("summarizer", config, role_datasets, out, tiny_backbone, data_version="a", tracking=False)
     assert stage_complete(out, fingerprint)
-    assert train_stage("summarizer", config, role_datasets, out, tiny_backbone, data_version="a", tracking=False).skipped
+    assert train_stage(
+        "summarizer", config, role_datasets, out, tiny_backbone, data_version="a", tracking=False
+    ).skipped
     assert not stage_complete(out, stage_fingerprint("summarizer", config, role_datasets, tiny_backbone, "b")[0])
     (out / STATE_FILE).write_bytes(b"\x00{")  # a damaged state file: not complete (train_stage would train again)
     assert not stage_complete(out, fingerprint)

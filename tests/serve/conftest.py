@@ -49,8 +49,9 @@ def adapter_dirs(tiny_role_dirs, tmp_path_factory):
     for seed, role in enumerate(("planner", "caller", "summarizer")):
         model, _ = load_backbone(base)
         torch.manual_seed(seed)
-        config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                            task_type="CAUSAL_LM")  # fmt: skip
+        config = LoraConfig(
+            r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
+        )
         peft_model = get_peft_model(model, config)
         path = tmp_path_factory.mktemp(f"adapter-{role}")
         peft_model.save_pretrained(path)

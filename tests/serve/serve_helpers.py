@@ -47,17 +47,33 @@ class RuleBackend:
         assert role is not None, request.prompt[-80:]
         self.requests.append((role, request))
         text = self.rule(role, request.prompt, request)
-        return Generation(text=text, token_ids=(), stop_reason="eos", prompt_tokens=len(request.prompt) // 4,
-                          prefill_tokens=len(request.prompt) // 4, reused_tokens=0, new_tokens=len(text) // 4,
-                          dropped_turns=0, prefill_seconds=0.0, seconds=0.0)  # fmt: skip
+        return Generation(
+            text=text,
+            token_ids=(),
+            stop_reason="eos",
+            prompt_tokens=len(request.prompt) // 4,
+            prefill_tokens=len(request.prompt) // 4,
+            reused_tokens=0,
+            new_tokens=len(text) // 4,
+            dropped_turns=0,
+            prefill_seconds=0.0,
+            seconds=0.0,
+        )
 
     def roles(self) -> list[str]:
         return [role for role, _ in self.requests]
 
 
 def make_settings(**overrides) -> ServeSettings:
-    base = dict(planner_tokens=32, caller_tokens=32, summarizer_tokens=32, max_new_tokens=64, request_timeout_s=30,
-                max_body_bytes=200_000, toolkits="")  # fmt: skip
+    base = dict(
+        planner_tokens=32,
+        caller_tokens=32,
+        summarizer_tokens=32,
+        max_new_tokens=64,
+        request_timeout_s=30,
+        max_body_bytes=200_000,
+        toolkits="",
+    )
     return ServeSettings(**{**base, **overrides})
 
 
@@ -71,6 +87,9 @@ def rule_app(rule: Rule = weather_rules, **overrides):
     """(app, backend): the API over one rule-driven backend playing every role."""
     settings = make_settings(**overrides)
     backend = RuleBackend(rule)
-    engine = AgentEngine({"planner": backend, "caller": backend, "summarizer": backend}, settings,
-                         models={"planner": {"source": "rules"}})  # fmt: skip
+    engine = AgentEngine(
+        {"planner": backend, "caller": backend, "summarizer": backend},
+        settings,
+        models={"planner": {"source": "rules"}},
+    )
     return create_app(settings, engine, make_toolkits(settings)), backend

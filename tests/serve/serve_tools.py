@@ -11,12 +11,19 @@ from umi.tools.registry import ToolRegistry
 WEATHER = ToolSpec(
     name="get_weather",
     description="Get the current weather of a city",
-    parameters={"type": "object", "properties": {"city": {"type": "string", "description": "the city"}},
-                "required": ["city"], "additionalProperties": False},
-)  # fmt: skip
+    parameters={
+        "type": "object",
+        "properties": {"city": {"type": "string", "description": "the city"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+)
 OPENAI_WEATHER = {"type": "function", "function": WEATHER.model_dump()}
-SLOW = ToolSpec(name="slow_lookup", description="Takes its time",
-                parameters={"type": "object", "properties": {"seconds": {"type": "number"}}})  # fmt: skip
+SLOW = ToolSpec(
+    name="slow_lookup",
+    description="Takes its time",
+    parameters={"type": "object", "properties": {"seconds": {"type": "number"}}},
+)
 
 
 def weather_toolkit(config):
@@ -29,10 +36,15 @@ def weather_toolkit(config):
     registry.register(SLOW, lambda seconds=0: time.sleep(seconds) or "done")
     return registry
 
-SPIN = ToolSpec(name="spin", description="Computes for ever",
-                parameters={"type": "object", "properties": {"seconds": {"type": "number"}}})  # fmt: skip
-HOG = ToolSpec(name="hog", description="Allocates memory",
-               parameters={"type": "object", "properties": {"mb": {"type": "integer"}}})  # fmt: skip
+
+SPIN = ToolSpec(
+    name="spin",
+    description="Computes for ever",
+    parameters={"type": "object", "properties": {"seconds": {"type": "number"}}},
+)
+HOG = ToolSpec(
+    name="hog", description="Allocates memory", parameters={"type": "object", "properties": {"mb": {"type": "integer"}}}
+)
 
 
 def _spin(seconds: float = 3600) -> str:

@@ -29,8 +29,10 @@ PROMPTS = [
 def requests(**common):
     # different lengths, caps and stop rules in one batch
     caps = [12, 5, 9, 12, 1]
-    return [GenerationRequest(prompt=p, max_new_tokens=n, record_id=f"r{i}", **common)
-            for i, (p, n) in enumerate(zip(PROMPTS, caps))]  # fmt: skip
+    return [
+        GenerationRequest(prompt=p, max_new_tokens=n, record_id=f"r{i}", **common)
+        for i, (p, n) in enumerate(zip(PROMPTS, caps))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +83,10 @@ def test_greedy_batched_equals_each_alone(sharp_model, reuse_cache, stops):
 
 def test_sampling_is_per_request_seeded(sharp_model):
     path = sharp_model
-    reqs = [GenerationRequest(prompt=p, max_new_tokens=8, temperature=0.9, seed=7 + i, ignore_eos=True,
-                              stop_strings=()) for i, p in enumerate(PROMPTS[:3])]  # fmt: skip
+    reqs = [
+        GenerationRequest(prompt=p, max_new_tokens=8, temperature=0.9, seed=7 + i, ignore_eos=True, stop_strings=())
+        for i, p in enumerate(PROMPTS[:3])
+    ]
     alone = [fp32_backend(path).generate(r).token_ids for r in reqs]
     assert [g.token_ids for g in fp32_backend(path).generate_many(reqs)] == alone
 
@@ -108,8 +112,9 @@ def test_a_dropped_row_leaves_the_batch_and_the_others_are_unchanged(sharp_model
 
 
 def test_the_batcher_batches_concurrent_requests_and_keeps_their_results(tiny_role_dirs):
-    role = load_role_backends({"planner": tiny_role_dirs["planner"]}, dtype="float32", max_batch=8,
-                              batch_wait_s=0.05)["planner"]  # fmt: skip
+    role = load_role_backends({"planner": tiny_role_dirs["planner"]}, dtype="float32", max_batch=8, batch_wait_s=0.05)[
+        "planner"
+    ]
     reqs = requests(ignore_eos=True, stop_strings=()) * 2
     expected = [fp32_backend(tiny_role_dirs["planner"]).generate(r).token_ids for r in reqs]
     got: list = [None] * len(reqs)
@@ -141,8 +146,10 @@ def test_an_expired_request_is_dropped_from_the_batch(tiny_role_dirs):
             outcome[name] = e
         outcome[name + "_s"] = time.monotonic() - started
 
-    threads = [threading.Thread(target=run, args=("short", quick, 0.2)),
-               threading.Thread(target=run, args=("long", slow, 60))]  # fmt: skip
+    threads = [
+        threading.Thread(target=run, args=("short", quick, 0.2)),
+        threading.Thread(target=run, args=("long", slow, 60)),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -163,8 +170,10 @@ def test_concurrent_service_requests_with_batching_give_the_serial_results(tiny_
     queries = [f"What is the weather in {c}?" for c in ("Rome", "Oslo", "Lima", "Kyiv", "Doha", "Bern")]
 
     def run(client, q):
-        r = client.post("/v1/chat/completions", json={"model": "umi-agent", "tools": [OPENAI_WEATHER],
-                                                      "messages": [{"role": "user", "content": q}]})  # fmt: skip
+        r = client.post(
+            "/v1/chat/completions",
+            json={"model": "umi-agent", "tools": [OPENAI_WEATHER], "messages": [{"role": "user", "content": q}]},
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         return body["choices"][0]["message"], body["umi"]["thought"]
@@ -175,8 +184,9 @@ def test_concurrent_service_requests_with_batching_give_the_serial_results(tiny_
     batched_app, backends = app(8)
     got: list = [None] * len(queries)
     with TestClient(batched_app) as c:
-        threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, run(c, queries[i])))
-                   for i in range(len(queries))]  # fmt: skip
+        threads = [
+            threading.Thread(target=lambda i=i: got.__setitem__(i, run(c, queries[i]))) for i in range(len(queries))
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -214,9 +224,27 @@ def test_the_compare_benchmark_runs_both_modes(tmp_path):
 
     repo = Path(__file__).resolve().parents[2]
     out = tmp_path / "compare.json"
-    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "service_load.py"), "--serve", "tiny", "--compare",
-                           "--clients", "2", "--requests-per-client", "1", "--max-new-tokens", "4", "--json", str(out)],
-                          cwd=repo, capture_output=True, text=True, timeout=400)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "benchmarks" / "service_load.py"),
+            "--serve",
+            "tiny",
+            "--compare",
+            "--clients",
+            "2",
+            "--requests-per-client",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--json",
+            str(out),
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     figures = json.loads(out.read_text())
     assert figures["off"]["max_batch"] == 1 and figures["on"]["max_batch"] == 8

@@ -40,8 +40,14 @@ def test_an_episode_with_a_server_side_toolkit_returns_the_answer_and_the_whole_
     assert body["status"] == "answered" and body["answer"] == "It is 12 degrees." and body["steps"] == 2
     assert body["pending_tool_call"] is None
     trajectory = Trajectory.model_validate(body["trajectory"])  # a valid umi trajectory, reusable as data
-    assert [s.role for s in trajectory.steps] == ["user", "assistant", "caller", "observation", "assistant",
-                                                  "conclusion"]  # fmt: skip
+    assert [s.role for s in trajectory.steps] == [
+        "user",
+        "assistant",
+        "caller",
+        "observation",
+        "assistant",
+        "conclusion",
+    ]
     assert trajectory.steps[2].arguments == {"city": "Rome"}
     assert json.loads(trajectory.steps[3].content) == {"city": "Rome", "temperature": 12, "unit": "F"}  # really ran
     assert trajectory.meta["status"] == "answered" and len(trajectory.meta["generations"]) == 4
@@ -52,8 +58,11 @@ def test_an_episode_with_a_server_side_toolkit_returns_the_answer_and_the_whole_
 def test_bfcl_tool_classes_run_server_side(client):
     def math(role, prompt, request):
         if role == "planner":
-            return "Done.\n Next: conclusion." if "observation: " in prompt.rsplit("user: ", 1)[-1] else \
-                "I should add them.\n Next: caller."  # fmt: skip
+            return (
+                "Done.\n Next: conclusion."
+                if "observation: " in prompt.rsplit("user: ", 1)[-1]
+                else "I should add them.\n Next: caller."
+            )
         if role == "caller":
             return 'Action: add\nAction Input: {"a": 2, "b": 40}'
         return "The sum is " + re.findall(r"observation: (.*?)</s>", prompt)[-1]
@@ -82,11 +91,16 @@ def test_tool_schemas_without_an_implementation_return_the_pending_call(client):
 
 
 def test_history_of_earlier_turns_reaches_the_prompts(client):
-    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "", "decision": "conclusion"},
-               {"role": "conclusion", "content": "Hello!"}]  # fmt: skip
+    history = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "", "decision": "conclusion"},
+        {"role": "conclusion", "content": "Hello!"},
+    ]
     assert run(client, toolkit="weather", history=history).json()["status"] == "answered"
-    assert "user: Hi</s>assistant:  Next: conclusion.</s>conclusion: Hello!</s>user: What is the weather in Rome?</s>" \
-        in client.backend.requests[0][1].prompt  # fmt: skip
+    assert (
+        "user: Hi</s>assistant:  Next: conclusion.</s>conclusion: Hello!</s>user: What is the weather in Rome?</s>"
+        in client.backend.requests[0][1].prompt
+    )
 
 
 def test_the_step_cap_ends_an_episode(client):
@@ -140,8 +154,11 @@ def test_a_request_past_its_time_limit_is_a_504_and_frees_the_model():
         r = run(c, toolkit="weather", timeout_s=0.5)
         assert "time limit of 0.5 s" in error_of(r, 504)
         assert len(backend.requests) == 2  # stopped at the next generation, not after the whole episode
-        events = sse(c.post("/agent/stream", json={"query": "What is the weather in Rome?", "toolkit": "weather",
-                                                   "timeout_s": 0.5}).text)  # fmt: skip
+        events = sse(
+            c.post(
+                "/agent/stream", json={"query": "What is the weather in Rome?", "toolkit": "weather", "timeout_s": 0.5}
+            ).text
+        )
         assert events[-1][0] == "error" and events[-1][1]["error"]["status"] == 504
 
 
@@ -154,9 +171,11 @@ def test_concurrent_requests_each_get_their_own_episode():
     cities = ["Rome", "Oslo", "Lima", "Kyiv", "Doha", "Bern", "Riga", "Baku"]
     answers: dict[str, dict] = {}
     with TestClient(app) as c:
+
         def one(city: str) -> None:
-            answers[city] = c.post("/agent", json={"query": f"What is the weather in {city}?",
-                                                   "toolkit": "weather"}).json()  # fmt: skip
+            answers[city] = c.post(
+                "/agent", json={"query": f"What is the weather in {city}?", "toolkit": "weather"}
+            ).json()
 
         threads = [threading.Thread(target=one, args=(city,)) for city in cities]
         for t in threads:
@@ -195,10 +214,12 @@ def test_toolkits_are_listed(client):
         ({"query": "x", "tools": [{"name": "t", "parameters": {"type": "nope"}}]}, "tool 't': unknown parameter type"),
         ({"query": "x", "tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools.0.function"),
         ({"query": "x", "toolkit": "weather", "history": [{"role": "caller"}]}, "history.0"),
-        ({"query": "x", "toolkit": "weather", "history": [{"role": "observation", "content": "r"}]},
-         "history: step 0: an observation must follow a caller step"),
+        (
+            {"query": "x", "toolkit": "weather", "history": [{"role": "observation", "content": "r"}]},
+            "history: step 0: an observation must follow a caller step",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_requests_get_a_4xx_that_says_what_is_wrong(client, body, problem):
     assert problem in error_of(client.post("/agent", json=body), 400)
     assert problem in error_of(client.post("/agent/stream", json=body), 400)  # before the stream starts
@@ -208,8 +229,9 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong(client, body, problem):
 def test_bodies_over_the_limit_and_broken_json_are_refused(client):
     big = {"query": "x" * 250_000, "toolkit": "weather"}
     assert "over this service's limit" in error_of(client.post("/agent", json=big), 413)
-    r = client.post("/agent", content=b'{"query": "x", "toolkit": weather}', headers={"content-type":
-                                                                                      "application/json"})  # fmt: skip
+    r = client.post(
+        "/agent", content=b'{"query": "x", "toolkit": weather}', headers={"content-type": "application/json"}
+    )
     assert "not valid JSON" in error_of(r, 400)
 
 
@@ -249,9 +271,19 @@ def test_a_client_that_leaves_a_stream_stops_the_episode():
             if message["type"] == "http.response.body" and message.get("body"):
                 first_event.set()
 
-        scope = {"type": "http", "method": "POST", "path": "/agent/stream", "raw_path": b"/agent/stream",
-                 "query_string": b"", "headers": [(b"content-type", b"application/json")], "http_version": "1.1",
-                 "scheme": "http", "server": ("test", 80), "client": ("test", 1), "root_path": ""}  # fmt: skip
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/agent/stream",
+            "raw_path": b"/agent/stream",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json")],
+            "http_version": "1.1",
+            "scheme": "http",
+            "server": ("test", 80),
+            "client": ("test", 1),
+            "root_path": "",
+        }
         await app(scope, receive, send)
         # the server lives on (its loop too); the episode would go on for 16 generations (about 0.8 s)
         await asyncio.sleep(0.5)
@@ -270,10 +302,12 @@ def test_a_busy_model_is_waited_for_only_as_long_as_the_request_may_take():
     from umi.serve.backends import Deadline, RequestCancelled, RequestTimeout, RoleBackend, SharedModel
 
     role = RoleBackend(RuleBackend(), SharedModel())
-    prompt = "The conversation history is:\nuser: What is the weather in Rome?</s>" + \
-        "\nYou are the assistant to plan what to do next and whether is caller's or conclusion's turn to answer.\n" \
-        "Answer with a following format:\nThe thought of the next step, followed by Next: caller or conclusion or " \
-        "give up.\nassistant: "  # fmt: skip
+    prompt = (
+        "The conversation history is:\nuser: What is the weather in Rome?</s>"
+        + "\nYou are the assistant to plan what to do next and whether is caller's or conclusion's turn to answer.\n"
+        "Answer with a following format:\nThe thought of the next step, followed by Next: caller or conclusion or "
+        "give up.\nassistant: "
+    )
     request = GenerationRequest(prompt=prompt)
     assert role.generate(request, Deadline(5)).text.endswith("Next: caller.")
     with role.shared.lock:  # another request is generating

@@ -44,16 +44,24 @@ def sent(backend: RuleBackend) -> list[tuple]:
     return [(role, r.prompt, r.history_span, r.max_new_tokens, r.temperature, r.seed) for role, r in backend.requests]
 
 
-@pytest.mark.parametrize("planner", [
-    ["I should call get_weather.\n Next: caller."],
-    ["", "  ", "I should call get_weather.\n Next: caller."],  # empty twice: two sampled retries
-    ["", "I will look it up"],  # no decision after a retry: goes on as the caller
-])
+@pytest.mark.parametrize(
+    "planner",
+    [
+        ["I should call get_weather.\n Next: caller."],
+        ["", "  ", "I should call get_weather.\n Next: caller."],  # empty twice: two sampled retries
+        ["", "I will look it up"],  # no decision after a retry: goes on as the caller
+    ],
+)
 def test_the_loop_and_the_chat_turn_send_the_same_requests_for_one_step(planner):
     query = [Step(role="user", content="What is the weather in Oslo?")]
     loop_engine, loop_backend = engine_over(scripted(planner), planner_retries=2)
-    episode = loop_engine.run_agent(query[0].content, weather_runtime(), deadline=Deadline(30), max_steps=1,
-                                    max_new_tokens=loop_engine.token_limits())
+    episode = loop_engine.run_agent(
+        query[0].content,
+        weather_runtime(),
+        deadline=Deadline(30),
+        max_steps=1,
+        max_new_tokens=loop_engine.token_limits(),
+    )
     turn_engine, turn_backend = engine_over(scripted(planner), planner_retries=2)
     turn = turn_engine.next_turn(query, [WEATHER], deadline=Deadline(30))
 
@@ -63,18 +71,21 @@ def test_the_loop_and_the_chat_turn_send_the_same_requests_for_one_step(planner)
     assert sent(loop_backend) == sent(turn_backend)
     assert episode.trajectory.steps[1:3] == turn.steps
     shared = ("role", "kind", "detail")
-    assert [{k: f[k] for k in shared} for f in episode.trajectory.meta["failures"]] == \
-        [{k: f[k] for k in shared} for f in turn.failures]
-    assert [(g["role"], g["attempt"]) for g in episode.trajectory.meta["generations"]] == \
-        [(g["role"], g["attempt"]) for g in turn.generations]
+    assert [{k: f[k] for k in shared} for f in episode.trajectory.meta["failures"]] == [
+        {k: f[k] for k in shared} for f in turn.failures
+    ]
+    assert [(g["role"], g["attempt"]) for g in episode.trajectory.meta["generations"]] == [
+        (g["role"], g["attempt"]) for g in turn.generations
+    ]
     temperatures = [r.temperature for role, r in turn_backend.requests if role == "planner"]
     assert temperatures == [0.0] + [SERVING.retry_temperature] * (len(planner) - 1)
 
 
 def test_a_planner_that_never_writes_ends_the_step_in_both():
     loop_engine, loop_backend = engine_over(scripted([""] * 9), planner_retries=1)
-    episode = loop_engine.run_agent("Weather?", weather_runtime(), deadline=Deadline(30), max_steps=3,
-                                    max_new_tokens=loop_engine.token_limits())
+    episode = loop_engine.run_agent(
+        "Weather?", weather_runtime(), deadline=Deadline(30), max_steps=3, max_new_tokens=loop_engine.token_limits()
+    )
     turn_engine, turn_backend = engine_over(scripted([""] * 9), planner_retries=1)
     turn = turn_engine.next_turn([Step(role="user", content="Weather?")], [WEATHER], deadline=Deadline(30))
     assert episode.status == "planner_empty" and turn.kind == "failed" and turn.steps == []
@@ -83,11 +94,16 @@ def test_a_planner_that_never_writes_ends_the_step_in_both():
 
 def test_decide_changes_what_the_step_acts_on_and_keeps_what_the_planner_wrote():
     backend = RuleBackend(weather_rules)
-    step = AgentStep({r: backend for r in ("planner", "caller", "summarizer")}, PromptBuilder([WEATHER], "compact"),
-                     SERVING, label="t")
+    step = AgentStep(
+        {r: backend for r in ("planner", "caller", "summarizer")},
+        PromptBuilder([WEATHER], "compact"),
+        SERVING,
+        label="t",
+    )
     seen: list[Plan] = []
-    outcome = step.take([Step(role="user", content="What is the weather in Oslo?")], decide=lambda p: "conclusion",
-                        on_plan=seen.append)
+    outcome = step.take(
+        [Step(role="user", content="What is the weather in Oslo?")], decide=lambda p: "conclusion", on_plan=seen.append
+    )
     assert outcome.kind == "answer" and outcome.planned == "caller" and outcome.plan.decision == "conclusion"
     assert seen == [outcome.plan] and backend.roles() == ["planner", "summarizer"]
     assert [r.record_id for _, r in backend.requests] == ["t:planner", "t:summarizer"]
@@ -98,10 +114,13 @@ def test_a_checked_call_is_retried_sampled_and_its_problem_kept():
         return "Action: get_weather\nAction Input: {oops" if role == "caller" else weather_rules(role, prompt, request)
 
     backend = RuleBackend(bad_caller)
-    step = AgentStep({r: backend for r in ("planner", "caller", "summarizer")}, PromptBuilder([WEATHER], "compact"),
-                     SERVING)
-    outcome = step.take([Step(role="user", content="What is the weather in Oslo?")],
-                        check=lambda call: "" if not hasattr(call, "kind") else f"unusable ({call.kind})")
+    step = AgentStep(
+        {r: backend for r in ("planner", "caller", "summarizer")}, PromptBuilder([WEATHER], "compact"), SERVING
+    )
+    outcome = step.take(
+        [Step(role="user", content="What is the weather in Oslo?")],
+        check=lambda call: "" if not hasattr(call, "kind") else f"unusable ({call.kind})",
+    )
     assert outcome.kind == "call" and outcome.problem == "unusable (bad_json)"
     callers = [r for role, r in backend.requests if role == "caller"]
     assert [(r.temperature, r.seed) for r in callers] == [(0.0, 0), (SERVING.retry_temperature, 1)]

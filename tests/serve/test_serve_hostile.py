@@ -58,37 +58,137 @@ def tool(parameters, name="t"):
     [
         (lambda c: c.get("/no/such/path"), 404, "no such endpoint: GET /no/such/path"),
         (lambda c: c.get("/agent"), 405, "/agent does not take GET"),
-        (lambda c: c.post("/agent", content=b"[" * 200_000, headers={"content-type": "application/json"}), 400,
-         "nests deeper than 64 levels"),
-        (lambda c: c.post("/agent", content=b'{"query": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), 400,
-         "nests deeper than 64 levels"),
-        (lambda c: c.post("/v1/chat/completions", content=b'{"model": "umi-agent", "max_tokens": ' + b"7" * 5000 +
-                          b', "messages": []}', headers={"content-type": "application/json"}), 400,
-         "an integer of 5000 digits (at most 300 are accepted)"),
-        (lambda c: c.post("/v1/chat/completions", content=b'{"model": "umi-agent", "temperature": 1e999}',
-                          headers={"content-type": "application/json"}), 400, "the number 1e999 is out of range"),
-        (lambda c: c.post("/v1/chat/completions", content=b'{"model": "umi-agent", "temperature": NaN}',
-                          headers={"content-type": "application/json"}), 400, "NaN is not a JSON number"),
-        (lambda c: c.post("/agent", content=b"{not json", headers={"content-type": "application/json"}), 400,
-         "not valid JSON"),
+        (
+            lambda c: c.post("/agent", content=b"[" * 200_000, headers={"content-type": "application/json"}),
+            400,
+            "nests deeper than 64 levels",
+        ),
+        (
+            lambda c: c.post("/agent", content=b'{"query": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+            400,
+            "nests deeper than 64 levels",
+        ),
+        (
+            lambda c: c.post(
+                "/v1/chat/completions",
+                content=b'{"model": "umi-agent", "max_tokens": ' + b"7" * 5000 + b', "messages": []}',
+                headers={"content-type": "application/json"},
+            ),
+            400,
+            "an integer of 5000 digits (at most 300 are accepted)",
+        ),
+        (
+            lambda c: c.post(
+                "/v1/chat/completions",
+                content=b'{"model": "umi-agent", "temperature": 1e999}',
+                headers={"content-type": "application/json"},
+            ),
+            400,
+            "the number 1e999 is out of range",
+        ),
+        (
+            lambda c: c.post(
+                "/v1/chat/completions",
+                content=b'{"model": "umi-agent", "temperature": NaN}',
+                headers={"content-type": "application/json"},
+            ),
+            400,
+            "NaN is not a JSON number",
+        ),
+        (
+            lambda c: c.post("/agent", content=b"{not json", headers={"content-type": "application/json"}),
+            400,
+            "not valid JSON",
+        ),
         (lambda c: c.post("/agent", json={"query": 3}), 400, "query: Input should be a valid string"),
         (lambda c: chat(c, seed=2**70), 400, "seed: Input should be less than 9223372036854775808"),
-        (lambda c: chat(c, messages=[*ASK, {"role": "assistant", "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "", "arguments": "{}"}}]},
-            {"role": "tool", "tool_call_id": "c1", "content": "x"}]), 400, "tool name '' must be 1-64"),
-        (lambda c: chat(c, messages=[*ASK, {"role": "assistant", "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "[" * 100 + "]" * 100}}]},
-            {"role": "tool", "tool_call_id": "c1", "content": "x"}]), 400, "nests deeper than 32 levels"),
-        (lambda c: chat(c, messages=[*ASK, {"role": "assistant", "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1e999}'}}]},
-            {"role": "tool", "tool_call_id": "c1", "content": "x"}]), 400, "out of range"),
-        (lambda c: c.post("/agent", json={"query": "x", "toolkit": "weather", "history": [
-            {"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "decision": "caller"},
-            {"role": "caller", "tool_name": "", "arguments": {}}]}), 400, "history"),
+        (
+            lambda c: chat(
+                c,
+                messages=[
+                    *ASK,
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "", "arguments": "{}"}}],
+                    },
+                    {"role": "tool", "tool_call_id": "c1", "content": "x"},
+                ],
+            ),
+            400,
+            "tool name '' must be 1-64",
+        ),
+        (
+            lambda c: chat(
+                c,
+                messages=[
+                    *ASK,
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {
+                                "id": "c1",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": "[" * 100 + "]" * 100},
+                            }
+                        ],
+                    },
+                    {"role": "tool", "tool_call_id": "c1", "content": "x"},
+                ],
+            ),
+            400,
+            "nests deeper than 32 levels",
+        ),
+        (
+            lambda c: chat(
+                c,
+                messages=[
+                    *ASK,
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1e999}'}}
+                        ],
+                    },
+                    {"role": "tool", "tool_call_id": "c1", "content": "x"},
+                ],
+            ),
+            400,
+            "out of range",
+        ),
+        (
+            lambda c: c.post(
+                "/agent",
+                json={
+                    "query": "x",
+                    "toolkit": "weather",
+                    "history": [
+                        {"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "", "decision": "caller"},
+                        {"role": "caller", "tool_name": "", "arguments": {}},
+                    ],
+                },
+            ),
+            400,
+            "history",
+        ),
     ],
-    ids=["404", "405", "200k-brackets", "100k-deep", "5000-digits", "1e999", "nan", "bad-json", "wrong-type",
-         "seed-2**70", "empty-tool-name", "deep-arguments", "inf-arguments", "empty-tool-name-in-agent-history"],
-)  # fmt: skip
+    ids=[
+        "404",
+        "405",
+        "200k-brackets",
+        "100k-deep",
+        "5000-digits",
+        "1e999",
+        "nan",
+        "bad-json",
+        "wrong-type",
+        "seed-2**70",
+        "empty-tool-name",
+        "deep-arguments",
+        "inf-arguments",
+        "empty-tool-name-in-agent-history",
+    ],
+)
 def test_every_bad_request_is_a_4xx_in_the_openai_shape_saying_what_is_wrong(client, send, status, message):
     error = openai_error(send(client), status)
     assert message in error["message"], error
@@ -108,9 +208,18 @@ def test_every_bad_request_is_a_4xx_in_the_openai_shape_saying_what_is_wrong(cli
         ({"properties": {"a": DEEP}}, "nested over 16 levels"),
         ({"enum": [0] * 2500}, "over 2000 values"),
     ],
-    ids=["file-ref", "http-ref", "dynamic-ref", "pattern", "pattern-properties", "format-regex", "size", "depth",
-         "nodes"],
-)  # fmt: skip
+    ids=[
+        "file-ref",
+        "http-ref",
+        "dynamic-ref",
+        "pattern",
+        "pattern-properties",
+        "format-regex",
+        "size",
+        "depth",
+        "nodes",
+    ],
+)
 def test_unsafe_tool_schemas_are_a_400_on_both_endpoints(client, parameters, message):
     error = openai_error(chat(client, tools=[tool(parameters)]), 400)
     assert message in error["message"] and error["code"] == "unsafe_tool_schema", error
@@ -119,9 +228,16 @@ def test_unsafe_tool_schemas_are_a_400_on_both_endpoints(client, parameters, mes
 
 
 def test_what_looks_like_a_keyword_but_is_a_property_name_is_fine(client):
-    names = {"type": "object", "properties": {"pattern": {"type": "string"}, "$ref": {"type": "string"},
-                                              "patternProperties": {"type": "object"}},
-             "$defs": {"s": {"type": "string"}}, "required": ["pattern"]}  # fmt: skip
+    names = {
+        "type": "object",
+        "properties": {
+            "pattern": {"type": "string"},
+            "$ref": {"type": "string"},
+            "patternProperties": {"type": "object"},
+        },
+        "$defs": {"s": {"type": "string"}},
+        "required": ["pattern"],
+    }
     local = {"type": "object", "properties": {"city": {"$ref": "#/$defs/s"}}, "$defs": {"s": {"type": "string"}}}
     for parameters in (names, local):
         r = chat(client, tools=[{"type": "function", "function": {"name": "get_weather", "parameters": parameters}}])
@@ -174,8 +290,11 @@ def test_a_tool_that_computes_for_ever_is_stopped_and_health_answers_meanwhile()
     with TestClient(app) as c:
         app.state.toolkits.sandbox.warm(wait=True)
         result: dict = {}
-        worker = threading.Thread(target=lambda: result.update(r=c.post("/agent", json={
-            "query": "spin", "toolkit": "hostile", "max_steps": 1})))  # fmt: skip
+        worker = threading.Thread(
+            target=lambda: result.update(
+                r=c.post("/agent", json={"query": "spin", "toolkit": "hostile", "max_steps": 1})
+            )
+        )
         started = time.monotonic()
         worker.start()
         latencies = []
@@ -197,8 +316,9 @@ def test_a_tool_that_computes_for_ever_is_stopped_and_health_answers_meanwhile()
 def test_math_api_arguments_are_bounded_and_its_precision_does_not_leak():
     app, _ = hostile_app(caller_writes('Action: power\nAction Input: {"base": 10, "exponent": 1000000000}'))
     with TestClient(app) as c:
-        r = c.post("/agent", json={"query": "x", "toolkit": "bfcl", "toolkit_config": {"classes": ["MathAPI"]},
-                                   "max_steps": 1})  # fmt: skip
+        r = c.post(
+            "/agent", json={"query": "x", "toolkit": "bfcl", "toolkit_config": {"classes": ["MathAPI"]}, "max_steps": 1}
+        )
         observation = r.json()["trajectory"]["steps"][3]["content"]
         assert "invalid arguments for power" in observation and "1000" in observation, observation
 
@@ -209,8 +329,9 @@ def test_the_client_going_away_stops_a_non_streaming_request():
 
     from umi.serve.sandbox import SandboxedRuntime
 
-    app, _ = hostile_app(caller_writes('Action: spin\nAction Input: {"seconds": 3600}'), tool_timeout_s=60,
-                         request_timeout_s=60)  # fmt: skip
+    app, _ = hostile_app(
+        caller_writes('Action: spin\nAction Input: {"seconds": 3600}'), tool_timeout_s=60, request_timeout_s=60
+    )
     stopped: list[float] = []
     original = SandboxedRuntime._drop_worker
 
@@ -233,8 +354,11 @@ def test_the_client_going_away_stops_a_non_streaming_request():
         app.state.toolkits.sandbox.warm(wait=True)
         sent = time.monotonic()
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"http://127.0.0.1:{port}/agent", json={"query": "spin", "toolkit": "hostile", "max_steps": 1},
-                       timeout=2.0)  # fmt: skip
+            httpx.post(
+                f"http://127.0.0.1:{port}/agent",
+                json={"query": "spin", "toolkit": "hostile", "max_steps": 1},
+                timeout=2.0,
+            )
         deadline = time.monotonic() + 5
         while not stopped and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -257,9 +381,10 @@ def test_an_api_key_keeps_strangers_out_and_health_open():
         assert c.get("/health").status_code == 200
         ok = {"Authorization": "Bearer s3cret"}
         assert c.get("/v1/models", headers=ok).status_code == 200
-        assert chat(c, tools=[OPENAI_WEATHER]) .status_code == 401
-        assert c.post("/v1/chat/completions", json={"model": "umi-agent", "messages": ASK},
-                      headers=ok).status_code == 200  # fmt: skip
+        assert chat(c, tools=[OPENAI_WEATHER]).status_code == 401
+        assert (
+            c.post("/v1/chat/completions", json={"model": "umi-agent", "messages": ASK}, headers=ok).status_code == 200
+        )
 
 
 def test_the_api_key_is_off_by_default_and_read_from_the_environment(monkeypatch):

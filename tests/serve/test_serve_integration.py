@@ -36,8 +36,12 @@ def free_port() -> int:
 
 def base_env(tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UMI_SERVE_", "BENTOML_", "MLFLOW_"))}
-    env.update(BENTOML_HOME=str(tmp / "bentoml"), BENTOML_DO_NOT_TRACK="true", DO_NOT_TRACK="true",
-               PYTHONPATH=os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]))  # fmt: skip
+    env.update(
+        BENTOML_HOME=str(tmp / "bentoml"),
+        BENTOML_DO_NOT_TRACK="true",
+        DO_NOT_TRACK="true",
+        PYTHONPATH=os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]),
+    )
     return env
 
 
@@ -45,9 +49,14 @@ def start_server(target: str, env: dict[str, str], log_path: Path) -> tuple[subp
     """`bentoml serve <target>` on a free port, once /readyz answers 200."""
     port = free_port()
     log = log_path.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port",
-                             str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     log.close()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -81,8 +90,11 @@ def server(tiny_role_dirs, tmp_path_factory):
     env = base_env(tmp)
     env.update({f"UMI_SERVE_{role.upper()}_DIR": str(path) for role, path in tiny_role_dirs.items()})
     env.update({f"UMI_SERVE_{role.upper()}_TOKENS": "8" for role in ("planner", "caller", "summarizer")})
-    env.update(UMI_SERVE_TOOLKITS="weather=serve_tools:weather_toolkit", UMI_SERVE_MAX_BODY_BYTES="100000",
-               UMI_SERVE_DEFAULT_STEPS="2")  # fmt: skip
+    env.update(
+        UMI_SERVE_TOOLKITS="weather=serve_tools:weather_toolkit",
+        UMI_SERVE_MAX_BODY_BYTES="100000",
+        UMI_SERVE_DEFAULT_STEPS="2",
+    )
     proc, url = start_server("umi.serve.service:UmiAgent", env, tmp / "serve.log")
     yield url
     stop_server(proc, tmp / "serve.log")
@@ -119,42 +131,57 @@ def test_the_openai_client_lists_the_model_and_chats_with_tools(openai_client):
 
     # a tool result sent back as a `tool` message
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}
-    follow = [*ask, {"role": "assistant", "content": "I should call get_weather.", "tool_calls": [call]},
-              {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 12}'}]  # fmt: skip
+    follow = [
+        *ask,
+        {"role": "assistant", "content": "I should call get_weather.", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 12}'},
+    ]
     reply = openai_client.chat.completions.create(model="umi-agent", messages=follow, tools=[OPENAI_WEATHER])
     assert reply.choices[0].finish_reason in ("stop", "length", "tool_calls")
 
-    stream = openai_client.chat.completions.create(model="umi-agent", messages=ask, tools=[OPENAI_WEATHER],
-                                                   stream=True)  # fmt: skip
+    stream = openai_client.chat.completions.create(model="umi-agent", messages=ask, tools=[OPENAI_WEATHER], stream=True)
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].choices[0].finish_reason in ("stop", "length", "tool_calls")
 
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         openai_client.chat.completions.create(model="gpt-4o", messages=ask)
-    bad_tool = {"type": "function", "function": {"name": "bad", "parameters": {"type": "object", "properties": {
-        "a": {"minimum": "zero"}}}}}  # fmt: skip
+    bad_tool = {
+        "type": "function",
+        "function": {"name": "bad", "parameters": {"type": "object", "properties": {"a": {"minimum": "zero"}}}},
+    }
     with pytest.raises(openai.BadRequestError, match="tool 'bad': parameters are not a valid JSON Schema"):
         openai_client.chat.completions.create(model="umi-agent", messages=ask, tools=[bad_tool])
     with pytest.raises(openai.BadRequestError, match="last message must be"):
-        openai_client.chat.completions.create(model="umi-agent", messages=[*ask, {"role": "assistant",
-                                                                                  "content": "hi"}])  # fmt: skip
+        openai_client.chat.completions.create(
+            model="umi-agent", messages=[*ask, {"role": "assistant", "content": "hi"}]
+        )
 
 
 def test_agent_endpoints_over_http(server):
-    r = httpx.post(f"{server}/agent", json={"query": "What is 2 + 40?", "toolkit": "bfcl",
-                                            "toolkit_config": {"classes": ["MathAPI"]}}, timeout=60)  # fmt: skip
+    r = httpx.post(
+        f"{server}/agent",
+        json={"query": "What is 2 + 40?", "toolkit": "bfcl", "toolkit_config": {"classes": ["MathAPI"]}},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] in ("answered", "gave_up", "max_steps", "planner_empty")
-    assert body["trajectory"]["steps"][0] == {**body["trajectory"]["steps"][0], "role": "user",
-                                              "content": "What is 2 + 40?"}  # fmt: skip
+    assert body["trajectory"]["steps"][0] == {
+        **body["trajectory"]["steps"][0],
+        "role": "user",
+        "content": "What is 2 + 40?",
+    }
     assert body["trajectory"]["meta"]["planner_steps"] <= 2
 
-    with httpx.stream("POST", f"{server}/agent/stream", json={"query": "What is the weather in Rome?",
-                                                              "toolkit": "weather"}, timeout=60) as r:  # fmt: skip
+    with httpx.stream(
+        "POST",
+        f"{server}/agent/stream",
+        json={"query": "What is the weather in Rome?", "toolkit": "weather"},
+        timeout=60,
+    ) as r:
         assert r.status_code == 200
-        events = [line[len("event: "):] for line in r.iter_lines() if line.startswith("event: ")]
+        events = [line[len("event: ") :] for line in r.iter_lines() if line.startswith("event: ")]
     assert events[-1] == "result" and events.count("step") >= 2
 
     r = httpx.post(f"{server}/agent", json={"query": "x", "toolkit": "nope"})
@@ -169,13 +196,15 @@ def test_concurrent_clients_get_no_errors(server, openai_client):
     statuses: list[int] = []
 
     def agent() -> None:
-        r = httpx.post(f"{server}/agent", json={"query": "What is the weather in Oslo?", "toolkit": "weather"},
-                       timeout=120)  # fmt: skip
+        r = httpx.post(
+            f"{server}/agent", json={"query": "What is the weather in Oslo?", "toolkit": "weather"}, timeout=120
+        )
         statuses.append(r.status_code)
 
     def chat() -> None:
-        openai_client.chat.completions.create(model="umi-agent", tools=[OPENAI_WEATHER],
-                                              messages=[{"role": "user", "content": "Weather in Oslo?"}])  # fmt: skip
+        openai_client.chat.completions.create(
+            model="umi-agent", tools=[OPENAI_WEATHER], messages=[{"role": "user", "content": "Weather in Oslo?"}]
+        )
         statuses.append(200)
 
     threads = [threading.Thread(target=f) for f in (agent, chat) * 4]
@@ -186,16 +215,33 @@ def test_concurrent_clients_get_no_errors(server, openai_client):
     assert statuses == [200] * 8
 
 
-
 def test_the_load_benchmark_runs_against_the_server(server, tmp_path):
     out = tmp_path / "load.json"
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "service_load.py"), "--url", server, "--clients",
-                           "2", "--seconds", "2", "--max-new-tokens", "8", "--json", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "service_load.py"),
+            "--url",
+            server,
+            "--clients",
+            "2",
+            "--seconds",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     figures = json.loads(out.read_text())
     assert figures["errors"] == 0 and figures["requests"] >= 2 and figures["p99_s"] >= figures["p50_s"] > 0
     assert set(figures["per_endpoint"]) == {"agent", "chat"}
+
 
 def test_umi_deploy_build_packages_the_registry_champions(tiny_role_dirs, tmp_path):
     """Register the tiny models in a temporary MLflow store, promote them, and build the Bento from the champions."""
@@ -210,12 +256,16 @@ def test_umi_deploy_build_packages_the_registry_champions(tiny_role_dirs, tmp_pa
         "    r.set_alias(role, v.version)\n"
     )
     dirs = json.dumps({role: str(path) for role, path in tiny_role_dirs.items()})
-    done = subprocess.run([sys.executable, "-c", register, dirs], cwd=tmp_path, env=env, capture_output=True,
-                          text=True)  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", register, dirs], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     umi = Path(sys.executable).with_name("umi")
-    done = subprocess.run([str(umi), "deploy", "build", "--bentofile", str(REPO / "bentofile.yaml")], cwd=tmp_path,
-                          env=env, capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [str(umi), "deploy", "build", "--bentofile", str(REPO / "bentofile.yaml")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "built umi-agent:" in done.stdout
 
@@ -250,8 +300,13 @@ def test_a_bento_of_lora_adapters_serves_them_on_one_base(adapter_dirs, tmp_path
     env = base_env(tmp_path)
     umi = Path(sys.executable).with_name("umi")
     args = [f"--{role}={path}" for role, path in adapters.items()]
-    done = subprocess.run([str(umi), "deploy", "build", *args, f"--base={base}", "--bentofile",
-                           str(REPO / "bentofile.yaml")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [str(umi), "deploy", "build", *args, f"--base={base}", "--bentofile", str(REPO / "bentofile.yaml")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     tag = re.search(r"built (umi-agent:\S+)", done.stdout).group(1)
     env.update({f"UMI_SERVE_{role.upper()}_TOKENS": "8" for role in ("planner", "caller", "summarizer")})
@@ -260,8 +315,16 @@ def test_a_bento_of_lora_adapters_serves_them_on_one_base(adapter_dirs, tmp_path
         roles = httpx.get(f"{url}/v1/models").json()["data"][0]["umi"]["roles"]
         assert {r["labels"]["kind"] for r in roles.values()} == {"lora-adapter", "base"}
         assert roles["base"]["tag"].startswith("umi-base:") and roles["planner"]["labels"]["source"] == "directory"
-        r = httpx.post(f"{url}/agent", json={"query": "What is 2 + 40?", "toolkit": "bfcl", "max_steps": 1,
-                                             "toolkit_config": {"classes": ["MathAPI"]}}, timeout=60)  # fmt: skip
+        r = httpx.post(
+            f"{url}/agent",
+            json={
+                "query": "What is 2 + 40?",
+                "toolkit": "bfcl",
+                "max_steps": 1,
+                "toolkit_config": {"classes": ["MathAPI"]},
+            },
+            timeout=60,
+        )
         assert r.status_code == 200, r.text
     finally:
         stop_server(proc, tmp_path / "serve.log")

@@ -129,8 +129,14 @@ def test_the_bentoml_service_in_process(bentoml_service):
         body = r.json()
         assert body["status"] in ("answered", "gave_up", "max_steps", "planner_empty") and body["trajectory"]["steps"]
         assert all(g["new_tokens"] <= 8 for g in body["trajectory"]["meta"]["generations"])
-        r = c.post("/v1/chat/completions", json={"model": "umi-agent", "tools": [OPENAI_WEATHER],
-                                                 "messages": [{"role": "user", "content": "Weather in Rome?"}]})
+        r = c.post(
+            "/v1/chat/completions",
+            json={
+                "model": "umi-agent",
+                "tools": [OPENAI_WEATHER],
+                "messages": [{"role": "user", "content": "Weather in Rome?"}],
+            },
+        )
         assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
         assert c.post("/v1/chat/completions", json={"model": "x", "messages": []}).status_code == 400
 

@@ -13,8 +13,18 @@ from starlette.testclient import TestClient
 from umi.serve.app import GIVE_UP_TEXT, create_app
 from umi.serve.openai_compat import ChatCompletionRequest, MessageError, messages_to_steps
 
-ADD = {"type": "function", "function": {"name": "add", "description": "Add two integers", "parameters": {
-    "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
 
 
 def ask(text: str) -> list[dict]:
@@ -40,17 +50,25 @@ def parse_messages(messages):
 
 def test_messages_map_to_the_steps_training_uses():
     call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}
-    steps = parse_messages([
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "Weather "}, {"type": "text", "text": "in Rome?"}]},
-        {"role": "assistant", "content": "I should call get_weather.", "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "c1", "content": '{"temperature": 12}'},
-        {"role": "assistant", "content": "It is 12 degrees."},
-        {"role": "user", "content": "And tomorrow?"},
-    ])  # fmt: skip
+    steps = parse_messages(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Weather "}, {"type": "text", "text": "in Rome?"}]},
+            {"role": "assistant", "content": "I should call get_weather.", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": '{"temperature": 12}'},
+            {"role": "assistant", "content": "It is 12 degrees."},
+            {"role": "user", "content": "And tomorrow?"},
+        ]
+    )
     assert [(s.role, s.decision) for s in steps] == [
-        ("user", None), ("assistant", "caller"), ("caller", None), ("observation", None),
-        ("assistant", "conclusion"), ("conclusion", None), ("user", None)]  # fmt: skip
+        ("user", None),
+        ("assistant", "caller"),
+        ("caller", None),
+        ("observation", None),
+        ("assistant", "conclusion"),
+        ("conclusion", None),
+        ("user", None),
+    ]
     assert steps[0].content == "Be brief.\nWeather in Rome?"
     assert steps[1].content == "I should call get_weather."
     assert (steps[2].tool_name, steps[2].arguments) == ("get_weather", {"city": "Rome"})
@@ -58,11 +76,18 @@ def test_messages_map_to_the_steps_training_uses():
 
 
 def test_parallel_tool_calls_become_consecutive_steps_with_their_own_results():
-    calls = [{"id": f"c{i}", "type": "function", "function": {"name": "get_weather", "arguments": f'{{"city": "{c}"}}'}}
-             for i, c in enumerate(["Rome", "Oslo"])]  # fmt: skip
-    steps = parse_messages([*ask("Rome and Oslo?"), {"role": "assistant", "content": None, "tool_calls": calls},
-                            {"role": "tool", "tool_call_id": "c1", "content": "oslo"},
-                            {"role": "tool", "tool_call_id": "c0", "content": "rome"}])  # fmt: skip
+    calls = [
+        {"id": f"c{i}", "type": "function", "function": {"name": "get_weather", "arguments": f'{{"city": "{c}"}}'}}
+        for i, c in enumerate(["Rome", "Oslo"])
+    ]
+    steps = parse_messages(
+        [
+            *ask("Rome and Oslo?"),
+            {"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": "c1", "content": "oslo"},
+            {"role": "tool", "tool_call_id": "c0", "content": "rome"},
+        ]
+    )
     assert [s.role for s in steps] == ["user"] + ["assistant", "caller", "observation"] * 2
     assert [s.content for s in steps if s.role == "observation"] == ["rome", "oslo"]  # matched by id, not by order
 
@@ -73,17 +98,47 @@ def test_parallel_tool_calls_become_consecutive_steps_with_their_own_results():
         ([{"role": "assistant", "content": "hi"}], "before any user message"),
         ([*ask("x"), {"role": "assistant", "content": "done"}], "last message must be"),
         ([*ask("x"), {"role": "tool", "tool_call_id": "c9", "content": "r"}], "must follow the assistant message"),
-        ([*ask("x"), {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
-          "function": {"name": "get_weather", "arguments": "{}"}}]}], "has no tool message"),
-        ([*ask("x"), {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
-          "function": {"name": "get_weather", "arguments": "{}"}}]}, {"role": "tool", "tool_call_id": "c2",
-          "content": "r"}], "did not call"),
-        ([*ask("x"), {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
-          "function": {"name": "get_weather", "arguments": "{bad"}}]}, {"role": "tool", "tool_call_id": "c1",
-          "content": "r"}], "not valid JSON"),
+        (
+            [
+                *ask("x"),
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+                    ],
+                },
+            ],
+            "has no tool message",
+        ),
+        (
+            [
+                *ask("x"),
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c2", "content": "r"},
+            ],
+            "did not call",
+        ),
+        (
+            [
+                *ask("x"),
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{bad"}}
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "r"},
+            ],
+            "not valid JSON",
+        ),
         ([{"role": "system", "content": "only a system prompt"}], "no user message"),
     ],
-)  # fmt: skip
+)
 def test_conversations_that_are_not_the_planners_turn_are_refused(messages, problem):
     with pytest.raises(MessageError, match=problem):
         parse_messages(messages)
@@ -106,16 +161,21 @@ def test_a_call_comes_back_as_tool_calls_and_its_result_leads_to_the_summarizers
     assert client.backend.roles() == ["planner", "caller"]
 
     # the client runs the tool and sends the result back: the state is all in the messages
-    follow = [*ask("What is the weather in Oslo?"), message,
-              {"role": "tool", "tool_call_id": call["id"], "content": '{"temperature": 12}'}]  # fmt: skip
+    follow = [
+        *ask("What is the weather in Oslo?"),
+        message,
+        {"role": "tool", "tool_call_id": call["id"], "content": '{"temperature": 12}'},
+    ]
     r = chat(client, follow)
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
     assert choice["finish_reason"] == "stop" and "tool_calls" not in choice["message"]
     assert choice["message"]["content"] == "It is 12 degrees."
     planner_prompt = client.backend.requests[2][1].prompt
-    assert ('assistant: I should call get_weather.\n Next: caller.</s>caller: Action: get_weather\nAction Input: '
-            '{"city": "Oslo"}</s>observation: {"temperature": 12}</s>') in planner_prompt
+    assert (
+        "assistant: I should call get_weather.\n Next: caller.</s>caller: Action: get_weather\nAction Input: "
+        '{"city": "Oslo"}</s>observation: {"temperature": 12}</s>'
+    ) in planner_prompt
     assert client.backend.roles()[2:] == ["planner", "summarizer"]
 
 
@@ -153,16 +213,23 @@ def test_tool_choice_required_and_named_force_a_call_to_that_tool():
         if role == "planner":
             return "I know this.\n Next: conclusion."
         if role == "caller":
-            return 'Action: add\nAction Input: {"a": 1, "b": 2}' if "add(" in prompt else \
-                'Action: get_weather\nAction Input: {"city": "Oslo"}'  # fmt: skip
+            return (
+                'Action: add\nAction Input: {"a": 1, "b": 2}'
+                if "add(" in prompt
+                else 'Action: get_weather\nAction Input: {"city": "Oslo"}'
+            )
         return "An answer."
 
     app, backend = rule_app(concluding)
     with TestClient(app) as c:
         r = chat(c, ask("Add 1 and 2"), tools=[OPENAI_WEATHER, ADD], tool_choice="required")
         assert r.json()["choices"][0]["finish_reason"] == "tool_calls"
-        r = chat(c, ask("Add 1 and 2"), tools=[OPENAI_WEATHER, ADD],
-                 tool_choice={"type": "function", "function": {"name": "add"}})  # fmt: skip
+        r = chat(
+            c,
+            ask("Add 1 and 2"),
+            tools=[OPENAI_WEATHER, ADD],
+            tool_choice={"type": "function", "function": {"name": "add"}},
+        )
         (call,) = r.json()["choices"][0]["message"]["tool_calls"]
         assert call["function"]["name"] == "add" and json.loads(call["function"]["arguments"]) == {"a": 1, "b": 2}
         caller_prompt = backend.requests[-1][1].prompt
@@ -183,8 +250,9 @@ def script_caller(*outputs: str):
 
 
 def test_a_bad_call_is_retried_once_with_sampling():
-    rule, said = script_caller('Action: get_weather\nAction Input: {"city": ', 'Action: get_weather\nAction Input: '
-                               '{"city": "Oslo"}')  # fmt: skip
+    rule, said = script_caller(
+        'Action: get_weather\nAction Input: {"city": ', 'Action: get_weather\nAction Input: {"city": "Oslo"}'
+    )
     app, _ = rule_app(rule)
     with TestClient(app) as c:
         body = chat(c, ask("What is the weather in Oslo?")).json()
@@ -252,7 +320,7 @@ def test_streaming_sends_the_same_completion_as_chunks(client):
     plain = chat(client, ask("What is the weather in Oslo?")).json()
     r = chat(client, ask("What is the weather in Oslo?"), stream=True, stream_options={"include_usage": True})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    lines = [line[len("data: "):] for line in r.text.split("\n\n") if line.startswith("data: ")]
+    lines = [line[len("data: ") :] for line in r.text.split("\n\n") if line.startswith("data: ")]
     assert lines[-1] == "[DONE]"
     chunks = [json.loads(x) for x in lines[:-1]]
     assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
@@ -280,38 +348,93 @@ def test_models_endpoint_lists_the_one_model(client):
         ({"model": "umi-agent", "messages": []}, 400, "messages: List should have at least 1 item"),
         ({"model": "gpt-4o", "messages": ask("x")}, 404, "the model 'gpt-4o' does not exist"),
         ({"model": "umi-agent", "messages": [{"role": "robot", "content": "x"}]}, 400, "messages.0"),
-        ({"model": "umi-agent", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-         400, "messages.0"),
+        (
+            {"model": "umi-agent", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            400,
+            "messages.0",
+        ),
         ({"model": "umi-agent", "messages": ask("x"), "n": 2}, 400, "n must be 1"),
         ({"model": "umi-agent", "messages": ask("x"), "max_tokens": 10_000}, 400, "max_tokens 10000 exceeds"),
         ({"model": "umi-agent", "messages": ask("x"), "temperature": 5}, 400, "temperature"),
-        ({"model": "umi-agent", "messages": ask("x"), "tools": [{"type": "function", "function": {
-            "name": "bad", "parameters": {"type": "object", "properties": {"a": {"type": "bogus"}}}}}]},
-         400, "tool 'bad': unknown parameter type 'bogus'"),
-        ({"model": "umi-agent", "messages": ask("x"), "tools": [{"type": "function", "function": {
-            "name": "bad", "parameters": {"type": "object", "properties": {"a": {"minimum": "zero"}}}}}]},
-         400, "tool 'bad': parameters are not a valid JSON Schema"),
-        ({"model": "umi-agent", "messages": ask("x"), "tools": [OPENAI_WEATHER, OPENAI_WEATHER]}, 400,
-         "already registered"),
-        ({"model": "umi-agent", "messages": ask("x"), "tools": [{"type": "function", "function": {
-            "name": "has space"}}]}, 400, "tool name 'has space'"),
+        (
+            {
+                "model": "umi-agent",
+                "messages": ask("x"),
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "bad",
+                            "parameters": {"type": "object", "properties": {"a": {"type": "bogus"}}},
+                        },
+                    }
+                ],
+            },
+            400,
+            "tool 'bad': unknown parameter type 'bogus'",
+        ),
+        (
+            {
+                "model": "umi-agent",
+                "messages": ask("x"),
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "bad",
+                            "parameters": {"type": "object", "properties": {"a": {"minimum": "zero"}}},
+                        },
+                    }
+                ],
+            },
+            400,
+            "tool 'bad': parameters are not a valid JSON Schema",
+        ),
+        (
+            {"model": "umi-agent", "messages": ask("x"), "tools": [OPENAI_WEATHER, OPENAI_WEATHER]},
+            400,
+            "already registered",
+        ),
+        (
+            {
+                "model": "umi-agent",
+                "messages": ask("x"),
+                "tools": [{"type": "function", "function": {"name": "has space"}}],
+            },
+            400,
+            "tool name 'has space'",
+        ),
         ({"model": "umi-agent", "messages": ask("x"), "tools": [{"type": "retrieval"}]}, 400, "tools.0"),
-        ({"model": "umi-agent", "messages": ask("x"), "tools": [OPENAI_WEATHER],
-          "tool_choice": {"type": "function", "function": {"name": "add"}}}, 400, "tool_choice names 'add'"),
+        (
+            {
+                "model": "umi-agent",
+                "messages": ask("x"),
+                "tools": [OPENAI_WEATHER],
+                "tool_choice": {"type": "function", "function": {"name": "add"}},
+            },
+            400,
+            "tool_choice names 'add'",
+        ),
         ({"model": "umi-agent", "messages": ask("x"), "tool_choice": "required"}, 400, "needs 'tools'"),
-        ({"model": "umi-agent", "messages": [*ask("x"), {"role": "assistant", "content": "y"}]}, 400,
-         "last message must be"),
+        (
+            {"model": "umi-agent", "messages": [*ask("x"), {"role": "assistant", "content": "y"}]},
+            400,
+            "last message must be",
+        ),
         ({"model": "umi-agent", "messages": ask("x"), "tools": [OPENAI_WEATHER] * 70}, 400, "70 tools, over"),
     ],
-)  # fmt: skip
+)
 def test_bad_requests_get_a_4xx_that_says_what_is_wrong(client, body, status, problem):
     assert problem in error_of(client.post("/v1/chat/completions", json=body), status)
     assert client.backend.requests == []  # refused before any model work
 
 
 def test_malformed_and_oversized_bodies(client):
-    r = client.post("/v1/chat/completions", content=b'{"model": "umi-agent", "messages": [', headers={
-        "content-type": "application/json"})  # fmt: skip
+    r = client.post(
+        "/v1/chat/completions",
+        content=b'{"model": "umi-agent", "messages": [',
+        headers={"content-type": "application/json"},
+    )
     assert "not valid JSON" in error_of(r, 400)
     assert "body is missing" in error_of(client.post("/v1/chat/completions"), 400)
     big = {"model": "umi-agent", "messages": ask("x" * 300_000)}
@@ -350,6 +473,9 @@ def test_replies_parse_as_the_openai_clients_types_and_its_messages_come_back(cl
     reply = ChatCompletion.model_validate(chat(client, messages).json())
     assert reply.choices[0].finish_reason == "stop" and reply.choices[0].message.content == "It is 12 degrees."
     r = chat(client, ask("What is the weather in Lima?"), stream=True)
-    chunks = [ChatCompletionChunk.model_validate(json.loads(line[6:])) for line in r.text.split("\n\n")
-              if line.startswith("data: {")]  # fmt: skip
+    chunks = [
+        ChatCompletionChunk.model_validate(json.loads(line[6:]))
+        for line in r.text.split("\n\n")
+        if line.startswith("data: {")
+    ]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"

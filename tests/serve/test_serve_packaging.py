@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_the_bento_requirements_are_the_lock_less_what_the_image_installs_otherwise():
     lock = REPO / "requirements.lock"
-    assert (REPO / SERVE_REQUIREMENTS).read_text() == serve_requirements(lock), \
-        "umi/serve/requirements.txt is stale: `umi deploy build` regenerates it"  # fmt: skip
+    assert (REPO / SERVE_REQUIREMENTS).read_text() == serve_requirements(lock), (
+        "umi/serve/requirements.txt is stale: `umi deploy build` regenerates it"
+    )
     pinned = re.search(r"^bfcl_eval==(\S+)$", lock.read_text(), re.M).group(1)
     assert f'"bfcl_eval=={pinned}"' in (REPO / "umi/serve/container_setup.sh").read_text()
 
@@ -89,8 +90,11 @@ def test_user_toolkits_load_from_entries():
     assert not slow.ok and slow.error_kind == "timeout"  # the service's tool time limit, whatever the toolkit does
     with pytest.raises(ToolkitError, match="unit must be C or F"):
         toolkits.create("weather", {"unit": "K"})
-    for entry, problem in [("weather", "expected name=module:factory"), ("w=serve_tools:nothing", "has no 'nothing'"),
-                           ("bfcl=serve_tools:weather_toolkit", "already registered")]:  # fmt: skip
+    for entry, problem in [
+        ("weather", "expected name=module:factory"),
+        ("w=serve_tools:nothing", "has no 'nothing'"),
+        ("bfcl=serve_tools:weather_toolkit", "already registered"),
+    ]:
         with pytest.raises(ValueError, match=problem):
             default_toolkits(1.0, entry)
 

@@ -22,8 +22,14 @@ def test_one_group_serves_alone_and_the_others_are_openai_shaped_404s():
     install_error_handlers(app)
     app.include_router(chat_router(ChatServing(settings, lambda: engine, make_toolkits(settings))))
     with TestClient(app) as c:
-        r = c.post("/v1/chat/completions", json={"model": "umi-agent", "tools": [OPENAI_WEATHER],
-                                                 "messages": [{"role": "user", "content": "Weather in Oslo?"}]})
+        r = c.post(
+            "/v1/chat/completions",
+            json={
+                "model": "umi-agent",
+                "tools": [OPENAI_WEATHER],
+                "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+            },
+        )
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["finish_reason"] == "tool_calls"
         missing = c.get("/health")
@@ -42,8 +48,10 @@ def test_a_serving_object_answers_while_the_models_load():
 def test_create_app_mounts_the_three_groups():
     settings = make_settings()
     toolkits = make_toolkits(settings)
-    groups = [router(serving(settings, lambda: None, toolkits)) for router, serving in
-              ((models_router, ModelServing), (agent_router, AgentServing), (chat_router, ChatServing))]
+    groups = [
+        router(serving(settings, lambda: None, toolkits))
+        for router, serving in ((models_router, ModelServing), (agent_router, AgentServing), (chat_router, ChatServing))
+    ]
     expected = {(route.path, method.lower()) for g in groups for route in g.routes for method in route.methods}
     app, _ = rule_app()
     mounted = {(path, method) for path, methods in app.openapi()["paths"].items() for method in methods}

@@ -193,7 +193,10 @@ class ChatSession:
     def turn(self, text: str):
         self.turns += 1
         result = self.agent.run(
-            text, self.runtime, history=self.history, task_id=f"chat-{self.turns}",
+            text,
+            self.runtime,
+            history=self.history,
+            task_id=f"chat-{self.turns}",
             on_event=lambda e: render_event(self.console, e),
         )
         self.history = list(result.trajectory.steps)
@@ -224,8 +227,15 @@ class ChatSession:
 
 
 # --- the command ----------------------------------------------------------------------------------------------------
-def _agent(agent: str, runs: Path, backbone: Path, model: Optional[Path], planner: Optional[Path],
-           caller: Optional[Path], summarizer: Optional[Path]):
+def _agent(
+    agent: str,
+    runs: Path,
+    backbone: Path,
+    model: Optional[Path],
+    planner: Optional[Path],
+    caller: Optional[Path],
+    summarizer: Optional[Path],
+):
     from umi.inference import AgentSpec, default_agents
 
     if model is not None:
@@ -262,8 +272,8 @@ def chat_cmd(
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16 (auto: bf16 where native).")] = "auto",
 ) -> None:
     """Chat with an agent over a BFCL toolkit or your own tools; shows thought, call, observation and answer live."""
-    from umi.backend import load_backends
     from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent
+    from umi.backend import load_backends
     from umi.generation import CHAT
     from umi.inference import DTYPE_NAMES
     from umi.prompts import agreed_prompt_format, prompt_format

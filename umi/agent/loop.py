@@ -48,9 +48,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from umi import prompts
+from umi.agent.step import AgentStep, Plan, StepLog, turn_text
 from umi.backend import Backend, TooLong, TransformersBackend
 from umi.data.examples import PromptBuilder
-from umi.agent.step import AgentStep, Plan, StepLog, turn_text
 from umi.generation import MAX_STEPS, GenerationSettings
 from umi.parsing import GlobalAnswer, GlobalCall, GlobalGiveUp, ParseFailure, ToolCall
 from umi.prompts import DocStyle
@@ -182,8 +182,14 @@ class _Episode:
 
     def agent_step(self, backends: Mapping[str, Backend]) -> AgentStep:
         """The shared step (umi.agent.step) for this planner turn, recording into this episode's meta."""
-        return AgentStep(backends, self.builder, self.config, log=self.log, label=f"{self.task_id}#{self.step}",
-                         where={"step": self.step})
+        return AgentStep(
+            backends,
+            self.builder,
+            self.config,
+            log=self.log,
+            label=f"{self.task_id}#{self.step}",
+            where={"step": self.step},
+        )
 
     def planned(self, plan: Plan) -> None:
         """Record and show the planner's turn (before the caller or summarizer acts on it)."""
@@ -199,8 +205,16 @@ class _Episode:
         except Exception as e:  # the runtime should report errors itself; a leak must not end the episode
             text, ok, kind = f"Error: the tool {call.tool_name!r} failed: {type(e).__name__}: {e}", False, "tool_error"
         seconds = time.perf_counter() - started
-        self.tool_calls.append({"step": self.step, "tool": call.tool_name, "ok": ok, "error_kind": None if ok else kind,
-                                "seconds": round(seconds, 6), "observation_chars": len(text)})
+        self.tool_calls.append(
+            {
+                "step": self.step,
+                "tool": call.tool_name,
+                "ok": ok,
+                "error_kind": None if ok else kind,
+                "seconds": round(seconds, 6),
+                "observation_chars": len(text),
+            }
+        )
         if not ok:
             self.fail("tool", kind, text[:200])
         return text, ok
@@ -214,8 +228,12 @@ class _Episode:
         """Record the caller step and the observation that follows it (a tool result or the parse failure)."""
         if isinstance(parsed, ToolCall):
             self.steps.append(
-                Step(role="caller", tool_name=parsed.tool_name, arguments=parsed.arguments,
-                     arguments_text=parsed.arguments_text)
+                Step(
+                    role="caller",
+                    tool_name=parsed.tool_name,
+                    arguments=parsed.arguments,
+                    arguments_text=parsed.arguments_text,
+                )
             )
             self.emit("caller", parsed.render(), tool=parsed.tool_name, arguments=parsed.arguments)
             text, ok = self.run_tool(parsed)
@@ -229,8 +247,13 @@ class _Episode:
         self.observe(text, ok)
 
     def finish(self, status: Status, answer: str | None) -> AgentResult:
-        totals: dict[str, float] = {"prompt_tokens": 0, "prefill_tokens": 0, "reused_tokens": 0, "new_tokens": 0,
-                                    "generation_seconds": 0.0}
+        totals: dict[str, float] = {
+            "prompt_tokens": 0,
+            "prefill_tokens": 0,
+            "reused_tokens": 0,
+            "new_tokens": 0,
+            "generation_seconds": 0.0,
+        }
         for g in self.generations:
             for key in ("prompt_tokens", "prefill_tokens", "reused_tokens", "new_tokens"):
                 totals[key] += g[key]

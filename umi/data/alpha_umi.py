@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from umi.data.importing import MAX_RECORD_CHARS, UnreadableRecord, iter_jsonl, json_problem, validation_problem
-
 from umi.data.toolbench import clean, parse_arguments, query_group, steps_from_messages
 from umi.schema import RecordError, Step, ToolSpec, Trajectory
 

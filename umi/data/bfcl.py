@@ -514,15 +514,17 @@ def _single_turn(category: str, entry: Mapping[str, Any], answer: Any, record_id
         names.append(name)
     key = (entry_id, len(steps))
     steps.append(
-        Step(role="assistant", content=synthetic.conclusion_rationale(key, executed=False), decision="conclusion",
-             synthetic=True)
+        Step(
+            role="assistant",
+            content=synthetic.conclusion_rationale(key, executed=False),
+            decision="conclusion",
+            synthetic=True,
+        )
     )
     steps.append(Step(role="conclusion", content=synthetic.unexecuted_answer(key, names), synthetic=True))
     meta = _meta(category, entry)
     meta.update({"possible_answer": answer, "executed": False})
-    return Trajectory(
-        id=record_id, source=SOURCE, tools=tools, instruction=request, steps=steps, meta=meta
-    )
+    return Trajectory(id=record_id, source=SOURCE, tools=tools, instruction=request, steps=steps, meta=meta)
 
 
 def _irrelevance(category: str, entry: Mapping[str, Any], record_id: str) -> Trajectory:
@@ -537,6 +539,10 @@ def _irrelevance(category: str, entry: Mapping[str, Any], record_id: str) -> Tra
         Step(role="assistant", content=thought, decision="give up", synthetic=True),
     ]
     return Trajectory(
-        id=record_id, source=SOURCE, tools=tools, instruction=requests[0], steps=steps,
+        id=record_id,
+        source=SOURCE,
+        tools=tools,
+        instruction=requests[0],
+        steps=steps,
         meta={**_meta(category, entry), "executed": False},
     )

@@ -112,7 +112,9 @@ def check_decisions(traj: Trajectory) -> None:
 
 
 def trajectory_examples(
-    traj: Trajectory, doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE, observation_limit: int | None = prompts.OBSERVATION_LIMIT
+    traj: Trajectory,
+    doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE,
+    observation_limit: int | None = prompts.OBSERVATION_LIMIT,
 ) -> list[dict[str, Any]]:
     """Every example of one trajectory in step order (per step: global, planner, then caller or summarizer), as the
     role files hold them: {"id", "trajectory_id", "role", "prompt", "target", "history_span"}."""

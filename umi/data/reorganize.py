@@ -199,7 +199,9 @@ class _EscapedHistory:
 
 
 def encode_examples(
-    traj: Trajectory, doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE, observation_limit: int | None = prompts.OBSERVATION_LIMIT
+    traj: Trajectory,
+    doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE,
+    observation_limit: int | None = prompts.OBSERVATION_LIMIT,
 ) -> list[tuple[str, list]]:
     """All (role, pieces) of one trajectory in step order; b"".join(pieces) is the example's JSONL line.
 
@@ -294,7 +296,9 @@ def encode_examples(
 
 
 def role_examples(
-    traj: Trajectory, doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE, observation_limit: int | None = prompts.OBSERVATION_LIMIT
+    traj: Trajectory,
+    doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE,
+    observation_limit: int | None = prompts.OBSERVATION_LIMIT,
 ) -> list[tuple[str, dict[str, Any]]]:
     """All (role, example) pairs of one trajectory, in step order, as the dicts the role files hold."""
     return [

@@ -10,7 +10,9 @@ import yaml
 from umi.vocabulary import ROLES
 
 
-def dataset_versions(datasets_dir: str | Path = "artifacts/datasets", lock_path: str | Path = "dvc.lock") -> dict[str, str]:
+def dataset_versions(
+    datasets_dir: str | Path = "artifacts/datasets", lock_path: str | Path = "dvc.lock"
+) -> dict[str, str]:
     """{role: version}. The version is the md5 DVC recorded for the datasets folder in dvc.lock plus a content hash
     of the role's own train file, so a role's version changes exactly when its training data does."""
     datasets_dir = Path(datasets_dir)
@@ -44,8 +46,9 @@ def reproduce_datasets(datasets_dir: str | Path, dvc_stage: str | None = "reorga
 
     said = ""
     if dvc_stage:
-        done = subprocess.run([sys.executable, "-m", "dvc", "repro", dvc_stage], env=env_with_venv(),
-                              capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "dvc", "repro", dvc_stage], env=env_with_venv(), capture_output=True, text=True
+        )
         if done.returncode != 0:
             raise RuntimeError(f"dvc repro {dvc_stage} failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
         said = (done.stdout.strip().splitlines() or [""])[-1]

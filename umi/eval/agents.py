@@ -11,7 +11,6 @@ is loaded once and shared), with the token budget evaluation prompts are fitted 
 from __future__ import annotations
 
 import json
-
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +18,16 @@ from pathlib import Path
 from umi.inference import ROLES_OF, AgentKind, AgentSpec, default_agents
 from umi.vocabulary import STAGE_MANIFEST
 
-__all__ = ["AgentKind", "AgentSpec", "ROLES_OF", "default_agents", "load_backends", "loaded_backends", "resolve_dtype",
-           "training_budget"]
+__all__ = [
+    "AgentKind",
+    "AgentSpec",
+    "ROLES_OF",
+    "default_agents",
+    "load_backends",
+    "loaded_backends",
+    "resolve_dtype",
+    "training_budget",
+]
 
 
 def resolve_dtype(name: str = "auto"):
@@ -47,8 +54,13 @@ def load_backends(
     missing = spec.missing_checkpoints()
     if missing:
         raise FileNotFoundError(f"agent {spec.name!r}: no checkpoint at {', '.join(missing)}")
-    return load(spec.roles, dtype=dtype, max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens,
-                reuse_cache=reuse_cache)  # fmt: skip
+    return load(
+        spec.roles,
+        dtype=dtype,
+        max_prompt_tokens=max_prompt_tokens,
+        max_new_tokens=max_new_tokens,
+        reuse_cache=reuse_cache,
+    )
 
 
 @contextmanager

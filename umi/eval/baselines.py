@@ -77,9 +77,17 @@ class FixedOutputBackend:
 
     def _one(self) -> Generation:
         return Generation(
-            text=self.text, token_ids=(), stop_reason="eos", prompt_tokens=0, prefill_tokens=0, reused_tokens=0,
-            new_tokens=0, dropped_turns=0, prefill_seconds=0.0, seconds=0.0,
-        )  # fmt: skip
+            text=self.text,
+            token_ids=(),
+            stop_reason="eos",
+            prompt_tokens=0,
+            prefill_tokens=0,
+            reused_tokens=0,
+            new_tokens=0,
+            dropped_turns=0,
+            prefill_seconds=0.0,
+            seconds=0.0,
+        )
 
     def generate(self, request: GenerationRequest) -> Generation:
         return self._one()

@@ -22,8 +22,9 @@ def register_commands(app: typer.Typer) -> None:
     app.add_typer(eval_app, name="eval")
 
 
-def _specs(agents: Optional[str], multi: list[str], single: list[str], runs: Path, backbone: Path,
-           one_stage_runs: Path) -> tuple[list, dict[str, str]]:  # fmt: skip
+def _specs(
+    agents: Optional[str], multi: list[str], single: list[str], runs: Path, backbone: Path, one_stage_runs: Path
+) -> tuple[list, dict[str, str]]:
     from umi.eval.agents import AgentSpec, default_agents
 
     specs, skipped = default_agents(runs, backbone, one_stage_runs)
@@ -55,14 +56,20 @@ def _run(static: bool, live: bool, **options) -> None:
     import os
 
     from umi.eval.run import evaluate
-    from umi.params import dataset_doc_style
     from umi.eval.settings import PROFILES
+    from umi.params import dataset_doc_style
 
     console = Console()
     os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")  # as `umi train` / `umi run`
     try:
-        specs, skipped = _specs(options["agents"], options["multi"] or [], options["single"] or [], options["runs"],
-                                options["backbone"], options["one_stage_runs"])  # fmt: skip
+        specs, skipped = _specs(
+            options["agents"],
+            options["multi"] or [],
+            options["single"] or [],
+            options["runs"],
+            options["backbone"],
+            options["one_stage_runs"],
+        )
         if options["profile"] not in PROFILES:
             raise ValueError(f"unknown profile {options['profile']!r} (one of {', '.join(PROFILES)})")
     except ValueError as e:
@@ -74,8 +81,9 @@ def _run(static: bool, live: bool, **options) -> None:
         console.print("[red]no agent to evaluate[/]: train one first (umi run), or give --multi / --single checkpoints")
         raise typer.Exit(1)
     try:
-        settings = PROFILES[options["profile"]].with_(batch_size=options["batch_size"], dtype=options["dtype"],
-                                                      max_prompt_tokens=options["max_prompt_tokens"])  # fmt: skip
+        settings = PROFILES[options["profile"]].with_(
+            batch_size=options["batch_size"], dtype=options["dtype"], max_prompt_tokens=options["max_prompt_tokens"]
+        )
     except ValueError as e:
         console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
@@ -174,8 +182,18 @@ def _command(static: bool, live: bool, doc: str):
     return command
 
 
-eval_app.command("static")(_command(True, False, "Static evaluation: the five metrics on the BFCL test split and "
-                                    "ToolBench out-of-domain, teacher-forced."))  # fmt: skip
-eval_app.command("live")(_command(False, True, "Live evaluation: rollouts on held-out BFCL multi-turn entries, "
-                                  "pass by tool state and by bfcl_eval's checker."))  # fmt: skip
+eval_app.command("static")(
+    _command(
+        True,
+        False,
+        "Static evaluation: the five metrics on the BFCL test split and ToolBench out-of-domain, teacher-forced.",
+    )
+)
+eval_app.command("live")(
+    _command(
+        False,
+        True,
+        "Live evaluation: rollouts on held-out BFCL multi-turn entries, pass by tool state and by bfcl_eval's checker.",
+    )
+)
 eval_app.command("all")(_command(True, True, "Static and live evaluation in one report."))

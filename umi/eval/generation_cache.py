@@ -150,8 +150,9 @@ class CachedBackend:
         return out  # type: ignore[return-value]
 
 
-def cached_backends(backends: Mapping[str, Any], roles: Mapping[str, str], cache: GenerationCache,
-                    dtype: str) -> dict[str, CachedBackend]:  # fmt: skip
+def cached_backends(
+    backends: Mapping[str, Any], roles: Mapping[str, str], cache: GenerationCache, dtype: str
+) -> dict[str, CachedBackend]:
     """{role: CachedBackend} over load_backends' result; roles: role -> checkpoint directory. One wrapper per
     distinct backend, so roles sharing a model share its key (and its KV caches, as before)."""
     from umi.vocabulary import checkpoint_fingerprint
@@ -162,9 +163,13 @@ def cached_backends(backends: Mapping[str, Any], roles: Mapping[str, str], cache
         if id(backend) not in wrapped:
             directory = roles[role]
             model_key = json.dumps(
-                [checkpoint_fingerprint(directory), getattr(backend, "adapter", None), dtype,
-                 getattr(backend, "context_length", None)]
-            )  # fmt: skip
+                [
+                    checkpoint_fingerprint(directory),
+                    getattr(backend, "adapter", None),
+                    dtype,
+                    getattr(backend, "context_length", None),
+                ]
+            )
             wrapped[id(backend)] = CachedBackend(backend, cache, model_key)
         out[role] = wrapped[id(backend)]
     return out

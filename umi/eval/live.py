@@ -45,12 +45,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from umi import prompts
 from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent
 from umi.eval.settings import EvalSettings
 from umi.eval.testsets import LiveEntry
-from umi import prompts
 from umi.prompts import DocStyle
-from umi.schema import Step, Trajectory
+from umi.schema import Step
 from umi.tools.bfcl import BFCLToolkit, state_differences
 from umi.tools.registry import Observation
 
@@ -207,8 +207,9 @@ def rollout_entry(agent, entry: LiveEntry, *, stop_on_failure: bool = True, judg
                 "step_cap": getattr(getattr(turn_agent, "config", None), "max_steps", None),
                 "steps_needed": needed,
                 "gold_calls": list(gold_calls),
-                "calls": [{"tool": n, "arguments": a, "ok": o.ok, "error_kind": o.error_kind}
-                          for n, a, o in runtime.calls],  # fmt: skip
+                "calls": [
+                    {"tool": n, "arguments": a, "ok": o.ok, "error_kind": o.error_kind} for n, a, o in runtime.calls
+                ],
                 "state_differences": {cls: sorted(attrs) for cls, attrs in differences.items()},
                 "answer": result.answer,
                 "seconds": round(float(result.trajectory.meta["totals"]["seconds"]), 3),

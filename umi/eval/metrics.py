@@ -338,8 +338,14 @@ def arguments_f1(gold: dict[str, Any], predicted: dict[str, Any]) -> float:
 
 
 # --- BFCL-grade matching (the rules of bfcl_eval's AST checker, see the module doc) -----------------------------------
-_PY_TYPES: dict[str, type] = {"string": str, "integer": int, "number": float, "boolean": bool, "array": list,
-                              "object": dict}  # fmt: skip
+_PY_TYPES: dict[str, type] = {
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "array": list,
+    "object": dict,
+}
 
 
 def _is_omission(value: Any) -> bool:
@@ -405,10 +411,11 @@ def bfcl_value_ok(value: Any, acceptable: Sequence[Any], schema: dict[str, Any] 
             return False
         if item_kind == "object":
             return any(
-                isinstance(option, list) and len(option) == len(value)
+                isinstance(option, list)
+                and len(option) == len(value)
                 and all(isinstance(v, dict) and _dict_ok(v, [o]) for v, o in zip(value, option))
                 for option in acceptable
-            )  # fmt: skip
+            )
         std_value = [_std(v) for v in value]
         return any(isinstance(o, list) and json_equal(std_value, [_std(x) for x in o]) for o in acceptable)
     if isinstance(value, str):

@@ -45,23 +45,41 @@ def summary_markdown(
     the promotion decision and the Bento built after it (`bento`: {"tag"} or {"error"}; None: none built)."""
     from umi.tracking import run_link, tracking_for_ui
 
-    lines = [f"## {title}", "", *extra, "",
-             f"MLflow: pipeline run {run_link(run_id)} (experiment `{experiment}`); "
-             f"open the UI with `mlflow ui --backend-store-uri {tracking_for_ui()}`.", ""]  # fmt: skip
+    lines = [
+        f"## {title}",
+        "",
+        *extra,
+        "",
+        f"MLflow: pipeline run {run_link(run_id)} (experiment `{experiment}`); "
+        f"open the UI with `mlflow ui --backend-store-uri {tracking_for_ui()}`.",
+        "",
+    ]
     if stages:
-        lines += ["### Training", "", "| stage | train loss | cached | MLflow run | checkpoint |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "### Training",
+            "",
+            "| stage | train loss | cached | MLflow run | checkpoint |",
+            "|---|---|---|---|---|",
+        ]
         for name, r in stages.items():
             loss = r.get("metrics", {}).get("train_loss")
-            lines.append(f"| {name} | {'-' if loss is None else f'{loss:.4f}'} | "
-                         f"{'yes' if r.get('cached') or r.get('skipped') else 'no'} | {run_link(r.get('run_id'))} | "
-                         f"`{r.get('checkpoint')}` |")  # fmt: skip
+            lines.append(
+                f"| {name} | {'-' if loss is None else f'{loss:.4f}'} | "
+                f"{'yes' if r.get('cached') or r.get('skipped') else 'no'} | {run_link(r.get('run_id'))} | "
+                f"`{r.get('checkpoint')}` |"
+            )
         lines.append("")
     if report is not None:
         cached = " (cached: these checkpoints, data and settings were evaluated before)" if report.get("cached") else ""
-        lines += ["### Evaluation", "", report.get("table", "").strip(), "",
-                  f"Evaluation run {run_link(report.get('run_id'))}{cached}; report `{report['files']['table']}`, "
-                  f"chart `{report['files']['chart']}`.", ""]  # fmt: skip
+        lines += [
+            "### Evaluation",
+            "",
+            report.get("table", "").strip(),
+            "",
+            f"Evaluation run {run_link(report.get('run_id'))}{cached}; report `{report['files']['table']}`, "
+            f"chart `{report['files']['chart']}`.",
+            "",
+        ]
         if report.get("skipped"):
             lines += [f"Not evaluated: {json.dumps(report['skipped'])}", ""]
     if versions:

@@ -28,12 +28,24 @@ METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
     ("rouge_l", "R-L"),
 )
 # the headline live metric first: bfcl_eval's multi-turn checker; our gold-state check beside it
-LIVE_COLUMNS: tuple[tuple[str, str], ...] = (("bfcl_checker_pass_rate", "live BFCL checker"), ("pass_rate", "live state"))
+LIVE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("bfcl_checker_pass_rate", "live BFCL checker"),
+    ("pass_rate", "live state"),
+)
 BFCL_GRADE_COLUMNS: tuple[tuple[str, str], ...] = (("act_em_bfcl", "Act. EM (BFCL)"), ("arg_f1_bfcl", "Arg. F1 (BFCL)"))
-PAIRED_STATIC: tuple[tuple[str, str], ...] = (("plan_acc", "Plan ACC"), ("act_em", "Act. EM"), ("arg_f1", "Arg. F1"),
-                                              ("mean_static", "mean of the three"))  # fmt: skip
-TEST_SET_TITLES = {BFCL_TEST: "BFCL test", TOOLBENCH_OOD: "ToolBench OOD", BFCL_DEV: "BFCL dev (selection)",
-                   LIVE_TEST: "live (BFCL multi-turn test)", LIVE_DEV: "live (BFCL multi-turn dev, selection)"}
+PAIRED_STATIC: tuple[tuple[str, str], ...] = (
+    ("plan_acc", "Plan ACC"),
+    ("act_em", "Act. EM"),
+    ("arg_f1", "Arg. F1"),
+    ("mean_static", "mean of the three"),
+)
+TEST_SET_TITLES = {
+    BFCL_TEST: "BFCL test",
+    TOOLBENCH_OOD: "ToolBench OOD",
+    BFCL_DEV: "BFCL dev (selection)",
+    LIVE_TEST: "live (BFCL multi-turn test)",
+    LIVE_DEV: "live (BFCL multi-turn dev, selection)",
+}
 
 
 def _fmt(value: Any) -> str:
@@ -43,7 +55,7 @@ def _fmt(value: Any) -> str:
 def _static_sets(agents: Mapping[str, dict]) -> list[str]:
     names: list[str] = []
     for result in agents.values():
-        for name in (result.get("static") or {}):
+        for name in result.get("static") or {}:
             if name not in names:
                 names.append(name)
     return names
@@ -73,7 +85,7 @@ def table_markdown(agents: Mapping[str, dict], test_sets: Mapping[str, dict] | N
             metrics = result.get("live") or {}
             row += [_fmt(metrics.get(key)) for key, _ in LIVE_COLUMNS]
         lines.append("| " + " | ".join(row) + " |")
-    notes = ["", "All numbers in %. Hallu. is lower-better; \"–\": undefined (no step of that kind) or not run."]
+    notes = ["", 'All numbers in %. Hallu. is lower-better; "–": undefined (no step of that kind) or not run.']
     for s in sets:
         counts = {name: (r.get("static") or {}).get(s, {}).get("steps") for name, r in agents.items()}
         steps = next((c for c in counts.values() if c is not None), None)
@@ -92,13 +104,20 @@ def table_markdown(agents: Mapping[str, dict], test_sets: Mapping[str, dict] | N
         line = f"- live: {entries} BFCL multi_turn_base test entries"
         if info.get("available") is not None:
             line += f" of {info['available']}"
-        notes.append(line + "; BFCL checker = bfcl_eval's multi-turn checker on the executed calls (the headline); "
-                     "state = every turn ends in the gold tool state")  # fmt: skip
+        notes.append(
+            line + "; BFCL checker = bfcl_eval's multi-turn checker on the executed calls (the headline); "
+            "state = every turn ends in the gold tool state"
+        )
     switched_off = [n for n, i in (test_sets or {}).items() if i.get("switched_off")]
     if switched_off:
         notes.append(f"- switched off by name: {', '.join(switched_off)}")
-    sections = [_training_section(agents), _intervals_section(agents), _paired_section(agents),
-                _categories_section(agents), _significance_section(agents)]  # fmt: skip
+    sections = [
+        _training_section(agents),
+        _intervals_section(agents),
+        _paired_section(agents),
+        _categories_section(agents),
+        _significance_section(agents),
+    ]
     return "\n".join(lines + notes) + "\n" + "".join(s for s in sections if s)
 
 
@@ -108,8 +127,10 @@ def _training_section(agents: Mapping[str, dict]) -> str:
     if not rows:
         return ""
     out = ["", "## Training compute", "", "| agent | training tokens | optimiser steps | stages |", "|---|---|---|---|"]
-    out += [f"| {n} | {t['tokens']:,} | {t['optimizer_steps']} | {', '.join(t['stages']) or '– (untrained)'} |"
-            for n, t in rows]  # fmt: skip
+    out += [
+        f"| {n} | {t['tokens']:,} | {t['optimizer_steps']} | {', '.join(t['stages']) or '– (untrained)'} |"
+        for n, t in rows
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -127,37 +148,58 @@ def _live_sets(agents: Mapping[str, dict]) -> list[str]:
 
 def _intervals_section(agents: Mapping[str, dict]) -> str:
     """Per test set: every metric with its 95% interval and the n behind it."""
-    out = ["", "## Intervals", "",
-           "95% percentile intervals of a bootstrap that resamples whole trajectories (static) or entries (live); "
-           "n = steps / trajectories (static), entries (live). Baselines: the plan rules and the no-call agent "
-           "(umi.eval.baselines).", ""]  # fmt: skip
+    out = [
+        "",
+        "## Intervals",
+        "",
+        "95% percentile intervals of a bootstrap that resamples whole trajectories (static) or entries (live); "
+        "n = steps / trajectories (static), entries (live). Baselines: the plan rules and the no-call agent "
+        "(umi.eval.baselines).",
+        "",
+    ]
     any_rows = False
     for s in _static_sets(agents):
-        columns = list(METRIC_COLUMNS) + [c for c in BFCL_GRADE_COLUMNS
-                                          if any(((r.get("static") or {}).get(s) or {}).get("intervals", {}).get(c[0])
-                                                 for r in agents.values())]  # fmt: skip
-        out += [f"### {TEST_SET_TITLES.get(s, s)}", "", "| agent | n | " + " | ".join(l for _, l in columns) + " |",
-                "|" + "---|" * (len(columns) + 2)]  # fmt: skip
+        columns = list(METRIC_COLUMNS) + [
+            c
+            for c in BFCL_GRADE_COLUMNS
+            if any(((r.get("static") or {}).get(s) or {}).get("intervals", {}).get(c[0]) for r in agents.values())
+        ]
+        out += [
+            f"### {TEST_SET_TITLES.get(s, s)}",
+            "",
+            "| agent | n | " + " | ".join(label for _, label in columns) + " |",
+            "|" + "---|" * (len(columns) + 2),
+        ]
         for name, result in agents.items():
             entry = ((result.get("static") or {}).get(s)) or {}
             if "intervals" not in entry:
                 continue
             any_rows = True
             n = entry.get("n", {})
-            out.append(f"| {name} | {n.get('items', '?')} / {n.get('trajectories', '?')} | "
-                       + " | ".join(_ci(entry["intervals"].get(k)) for k, _ in columns) + " |")  # fmt: skip
+            out.append(
+                f"| {name} | {n.get('items', '?')} / {n.get('trajectories', '?')} | "
+                + " | ".join(_ci(entry["intervals"].get(k)) for k, _ in columns)
+                + " |"
+            )
         out.append("")
     for key in _live_sets(agents):
         metrics = (("bfcl_checker_pass_rate", "BFCL checker"), ("pass_rate", "state"), ("turn_pass_rate", "turns"))
-        out += [f"### {TEST_SET_TITLES[key]}", "", "| agent | entries | " + " | ".join(l for _, l in metrics) + " |",
-                "|" + "---|" * (len(metrics) + 2)]  # fmt: skip
+        out += [
+            f"### {TEST_SET_TITLES[key]}",
+            "",
+            "| agent | entries | " + " | ".join(label for _, label in metrics) + " |",
+            "|" + "---|" * (len(metrics) + 2),
+        ]
         for name, result in agents.items():
             entry = result.get(key) or {}
             if "intervals" not in entry:
                 continue
             any_rows = True
-            out.append(f"| {name} | {entry.get('entries', '?')} | "
-                       + " | ".join(_ci(entry["intervals"].get(k)) for k, _ in metrics) + " |")  # fmt: skip
+            out.append(
+                f"| {name} | {entry.get('entries', '?')} | "
+                + " | ".join(_ci(entry["intervals"].get(k)) for k, _ in metrics)
+                + " |"
+            )
         out.append("")
     return "\n".join(out) if any_rows else ""
 
@@ -186,15 +228,25 @@ def _paired_section(agents: Mapping[str, dict]) -> str:
     rows = list(_paired_rows(agents))
     if not rows:
         return ""
-    out = ["", "## Paired comparisons", "",
-           "Agent minus reference on the same items, in points: difference [95% bootstrap interval], two-sided p of a "
-           "sign-flip permutation test over trajectories / entries.", ""]  # fmt: skip
+    out = [
+        "",
+        "## Paired comparisons",
+        "",
+        "Agent minus reference on the same items, in points: difference [95% bootstrap interval], two-sided p of a "
+        "sign-flip permutation test over trajectories / entries.",
+        "",
+    ]
     current = None
     for key, title, name, ref, cmp, columns in rows:
         if key != current:
             current = key
-            out += ["", f"### {title}", "", "| agent | vs | " + " | ".join(l for _, l in columns) + " |",
-                    "|" + "---|" * (len(columns) + 2)]  # fmt: skip
+            out += [
+                "",
+                f"### {title}",
+                "",
+                "| agent | vs | " + " | ".join(label for _, label in columns) + " |",
+                "|" + "---|" * (len(columns) + 2),
+            ]
         out.append(f"| {name} | {ref} | " + " | ".join(_diff(cmp.get(k)) for k, _ in columns) + " |")
     return "\n".join(out) + "\n"
 
@@ -204,13 +256,18 @@ def _categories_section(agents: Mapping[str, dict]) -> str:
     for s in _static_sets(agents):
         cats: list[str] = []
         for r in agents.values():
-            for c in (((r.get("static") or {}).get(s) or {}).get("categories") or {}):
+            for c in ((r.get("static") or {}).get(s) or {}).get("categories") or {}:
                 if c not in cats:
                     cats.append(c)
         if len(cats) < 2:
             continue
-        out += ["", f"### {TEST_SET_TITLES.get(s, s)} by category (Plan ACC / Act. EM / Arg. F1, n = steps)", "",
-                "| agent | " + " | ".join(cats) + " |", "|" + "---|" * (len(cats) + 1)]  # fmt: skip
+        out += [
+            "",
+            f"### {TEST_SET_TITLES.get(s, s)} by category (Plan ACC / Act. EM / Arg. F1, n = steps)",
+            "",
+            "| agent | " + " | ".join(cats) + " |",
+            "|" + "---|" * (len(cats) + 1),
+        ]
         for name, r in agents.items():
             per = ((r.get("static") or {}).get(s) or {}).get("categories") or {}
             if not per:
@@ -234,9 +291,10 @@ def _significance_section(agents: Mapping[str, dict]) -> str:
         if entry.get("difference") is None:
             continue
         label = dict(columns).get(headline, headline)
-        verdict = {"better": "better (significant: interval above 0 and p < 0.05)",
-                   "worse": "worse (significant: interval below 0 and p < 0.05)"}.get(
-            significant(entry) or "", "**not significantly different** (the interval contains 0, or p >= 0.05)")  # fmt: skip
+        verdict = {
+            "better": "better (significant: interval above 0 and p < 0.05)",
+            "worse": "worse (significant: interval below 0 and p < 0.05)",
+        }.get(significant(entry) or "", "**not significantly different** (the interval contains 0, or p >= 0.05)")
         lines.append(f"- {title}: {name} vs {ref}, {label}: {_diff(entry)}: {verdict}")
     if not lines:
         return ""
@@ -269,12 +327,27 @@ def write_chart(agents: Mapping[str, dict], path: str | Path, title: str = "umi 
             values = [metrics.get(key) for key, _ in columns]
             heights = [v if v is not None else 0.0 for v in values]
             intervals = metrics.get("intervals") or {}
-            errors = np.array([[max(h - ((intervals.get(key) or {}).get("ci_low") or h), 0.0) for (key, _), h
-                                in zip(columns, heights)],
-                               [max(((intervals.get(key) or {}).get("ci_high") or h) - h, 0.0) for (key, _), h
-                                in zip(columns, heights)]])  # fmt: skip
-            bars = ax.bar(x + (k - (len(names) - 1) / 2) * width, heights, width, label=name,
-                          yerr=errors if intervals else None, capsize=2, error_kw={"elinewidth": 0.8})
+            errors = np.array(
+                [
+                    [
+                        max(h - ((intervals.get(key) or {}).get("ci_low") or h), 0.0)
+                        for (key, _), h in zip(columns, heights)
+                    ],
+                    [
+                        max(((intervals.get(key) or {}).get("ci_high") or h) - h, 0.0)
+                        for (key, _), h in zip(columns, heights)
+                    ],
+                ]
+            )
+            bars = ax.bar(
+                x + (k - (len(names) - 1) / 2) * width,
+                heights,
+                width,
+                label=name,
+                yerr=errors if intervals else None,
+                capsize=2,
+                error_kw={"elinewidth": 0.8},
+            )
             for bar, v in zip(bars, values):
                 if v is None:
                     bar.set_hatch("//")

@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from umi import prompts
 from umi.eval import baselines as base
 from umi.eval import evidence
-from umi.eval.generation_cache import GenerationCache, cached_backends
 from umi.eval.agents import AgentSpec, loaded_backends, resolve_dtype, training_budget
+from umi.eval.generation_cache import GenerationCache, cached_backends
 from umi.eval.report import table_markdown, write_chart
 from umi.eval.settings import PROFILES, EvalSettings
 from umi.eval.testsets import TestSet, live_entries, load_bfcl_test, load_toolbench_ood
-from umi import prompts
 from umi.prompts import DocStyle
 from umi.vocabulary import CHAMPION, LIVE_DEV, LIVE_TEST, SINGLE_LLM, SINGLE_MATCHED, TOOLBENCH_OOD
 
@@ -45,7 +45,11 @@ def _default_ood() -> Path:
 # The ToolBench out-of-domain set is part of every evaluation unless switched off by name (toolbench_ood=None,
 # `--no-toolbench-ood`): a configured test set that is missing is an error, never a silently shorter report.
 DEFAULT_TOOLBENCH_OOD: Path = _default_ood()
-REFERENCES: tuple[str, ...] = (SINGLE_LLM, SINGLE_MATCHED, CHAMPION)  # every agent is compared, paired, against these and the baselines
+REFERENCES: tuple[str, ...] = (
+    SINGLE_LLM,
+    SINGLE_MATCHED,
+    CHAMPION,
+)  # every agent is compared, paired, against these and the baselines
 
 
 @dataclass
@@ -198,13 +202,17 @@ def _add_paired(results: dict, records: dict, categories: dict[str, dict[str, st
             theirs = records[ref]
             for ts, recs in mine.get("static", {}).items():
                 if ts in theirs.get("static", {}):
-                    cmp = evidence.compare(evidence.static_items(recs, categories.get(ts)),
-                                           evidence.static_items(theirs["static"][ts], categories.get(ts)), static=True)
+                    cmp = evidence.compare(
+                        evidence.static_items(recs, categories.get(ts)),
+                        evidence.static_items(theirs["static"][ts], categories.get(ts)),
+                        static=True,
+                    )
                     result["static"][ts].setdefault("paired", {})[ref] = cmp
             for key, recs in mine.get("live", {}).items():
                 if key in theirs.get("live", {}) and result.get(key) is not None:
-                    cmp = evidence.compare(evidence.live_items(recs), evidence.live_items(theirs["live"][key]),
-                                           static=False)
+                    cmp = evidence.compare(
+                        evidence.live_items(recs), evidence.live_items(theirs["live"][key]), static=False
+                    )
                     result[key].setdefault("paired", {})[ref] = cmp
 
 
@@ -314,16 +322,18 @@ def evaluate(
         if static:
             result["static"] = {}
             for t in (*test_sets, *(dev_sets if with_dev else ())):
-                r = run_static(backends, t.trajectories, settings=cfg, doc_style=doc_style,
-                               progress=bars.static(name, t.name))  # fmt: skip
+                r = run_static(
+                    backends, t.trajectories, settings=cfg, doc_style=doc_style, progress=bars.static(name, t.name)
+                )
                 result["static"][t.name] = r.summary()
                 recs["static"][t.name] = r.records
                 _write_jsonl(details / f"static-{_file_part(name)}-{t.name}.jsonl", r.records)
         for key, entries in live_sets.items():
             if key == LIVE_DEV and not with_dev:
                 continue
-            r = run_live(backends, entries, settings=cfg, doc_style=doc_style, judge=judge,
-                         progress=bars.live(f"{name} {key}"))  # fmt: skip
+            r = run_live(
+                backends, entries, settings=cfg, doc_style=doc_style, judge=judge, progress=bars.live(f"{name} {key}")
+            )
             result[key] = r.summary()
             recs["live"][key] = r.records
             _write_jsonl(details / f"{key.replace('_', '-')}-{_file_part(name)}.jsonl", r.records)
@@ -378,11 +388,19 @@ def evaluate(
         chart_path=out / "eval.png",
         test_sets=info,
         skipped=skipped,
-        settings={**cfg.to_dict(), "doc_style": doc_style, "static": static, "live": live, "judge": judge,
-                  "selection": selected, "references": list(references),
-                  "resolved_dtype": resolved_dtype,
-                  "generation_cache": None if generations is None else {"path": str(generations.path),
-                                                                        **generations.stats.to_dict()}},  # fmt: skip
+        settings={
+            **cfg.to_dict(),
+            "doc_style": doc_style,
+            "static": static,
+            "live": live,
+            "judge": judge,
+            "selection": selected,
+            "references": list(references),
+            "resolved_dtype": resolved_dtype,
+            "generation_cache": None
+            if generations is None
+            else {"path": str(generations.path), **generations.stats.to_dict()},
+        },
         specs={a.name: a.to_dict() for a in agents},
     )
     report.table_path.write_text(report.table_markdown(), encoding="utf-8")

@@ -76,7 +76,12 @@ class EvalSettings:
 # needs more); for a GPU.
 PROFILES: dict[str, EvalSettings] = {
     "cpu": EvalSettings(limit=6, ood_limit=2, live_limit=1, max_steps=4),
-    "full": EvalSettings(max_prompt_tokens=4096, max_new_tokens=EVALUATION_FULL.caps(),
-                         planner_retries=EVALUATION_FULL.planner_retries, max_steps=MAX_STEPS, stop_on_failure=False,
-                         batch_size=16),
+    "full": EvalSettings(
+        max_prompt_tokens=4096,
+        max_new_tokens=EVALUATION_FULL.caps(),
+        planner_retries=EVALUATION_FULL.planner_retries,
+        max_steps=MAX_STEPS,
+        stop_on_failure=False,
+        batch_size=16,
+    ),
 }

@@ -34,10 +34,10 @@ from umi.eval.metrics import (
     StaticMetrics,
     StaticStep,
     StepScore,
+    aggregate,
     gold_steps,
     prediction_from_global,
     prediction_from_roles,
-    aggregate,
     score_step,
 )
 from umi.eval.settings import EvalSettings
@@ -199,18 +199,32 @@ def run_static(
         records.append(
             {
                 "id": step.id,
-                "gold": {"plan": step.gold_plan, "tool": step.gold_tool, "arguments": step.gold_arguments,
-                         "answer": step.gold_answer},
-                "predicted": {"plan": step.predicted_plan, "tool": step.predicted_tool,
-                              "arguments": step.predicted_arguments, "answer": step.predicted_answer},
+                "gold": {
+                    "plan": step.gold_plan,
+                    "tool": step.gold_tool,
+                    "arguments": step.gold_arguments,
+                    "answer": step.gold_answer,
+                },
+                "predicted": {
+                    "plan": step.predicted_plan,
+                    "tool": step.predicted_tool,
+                    "arguments": step.predicted_arguments,
+                    "answer": step.predicted_answer,
+                },
                 "outputs": {role: _shown(text) for role, text in item.outputs.items()},
                 "trajectory_id": step.trajectory_id,
                 "category": step.category,
-                "score": {"plan_correct": score.plan_correct, "action_correct": score.action_correct,
-                          "hallucinated": score.hallucinated, "arg_f1": score.arg_f1, "rouge_l": score.rouge_l,
-                          "action_correct_bfcl": score.action_correct_bfcl, "arg_f1_bfcl": score.arg_f1_bfcl,
-                          "ast_correct_bfcl": score.ast_correct_bfcl},
-            }  # fmt: skip
+                "score": {
+                    "plan_correct": score.plan_correct,
+                    "action_correct": score.action_correct,
+                    "hallucinated": score.hallucinated,
+                    "arg_f1": score.arg_f1,
+                    "rouge_l": score.rouge_l,
+                    "action_correct_bfcl": score.action_correct_bfcl,
+                    "arg_f1_bfcl": score.arg_f1_bfcl,
+                    "ast_correct_bfcl": score.ast_correct_bfcl,
+                },
+            }
         )
     return StaticResult(
         metrics=aggregate(s for _, s in scored),

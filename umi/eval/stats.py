@@ -120,7 +120,7 @@ class Paired:
 
 
 def significant(entry: Mapping | None, alpha: float = ALPHA) -> str | None:
-    """"better" / "worse" when a paired entry's interval excludes 0 on that side AND its permutation p-value is below
+    """ "better" / "worse" when a paired entry's interval excludes 0 on that side AND its permutation p-value is below
     `alpha`; else None. Both, because with few clusters the percentile interval is too narrow (2 trajectories that
     agree give a zero-width interval) while the exact permutation test cannot go below 2 / 2**clusters."""
     if not entry or entry.get("ci_low") is None or entry.get("p_value") is None:

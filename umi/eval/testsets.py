@@ -175,7 +175,9 @@ def load_bfcl_test(
     """The BFCL test (or dev) split from the trajectories under `data_dir` (FileNotFoundError when there are none)."""
     trajectories = _bfcl_split(data_dir, split, params)
     if not trajectories:
-        raise FileNotFoundError(f"no BFCL {split}-split trajectories under {data_dir} (run `umi data import bfcl` first)")
+        raise FileNotFoundError(
+            f"no BFCL {split}-split trajectories under {data_dir} (run `umi data import bfcl` first)"
+        )
     return TestSet(BFCL_SETS[split], select(trajectories, limit), str(data_dir), len(trajectories))
 
 

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import hmac
 import logging
-from contextlib import asynccontextmanager
 from collections.abc import Callable
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -82,8 +82,11 @@ class RequestGuard:
         self.api_key = api_key.encode() if api_key else None
 
     def _too_large(self, size: str) -> JSONResponse:
-        return ApiError(413, f"the request body is {size}, over this service's limit of {self.max_bytes} bytes",
-                        code="body_too_large").response()
+        return ApiError(
+            413,
+            f"the request body is {size}, over this service's limit of {self.max_bytes} bytes",
+            code="body_too_large",
+        ).response()
 
     def _authorised(self, headers: dict[bytes, bytes], path: str) -> bool:
         if self.api_key is None or path in OPEN_PATHS:
@@ -97,8 +100,12 @@ class RequestGuard:
             return
         headers = dict(scope.get("headers") or [])
         if not self._authorised(headers, scope.get("path", "")):
-            response = ApiError(401, "a valid API key is needed: send 'Authorization: Bearer <key>'",
-                                type="authentication_error", code="invalid_api_key").response()
+            response = ApiError(
+                401,
+                "a valid API key is needed: send 'Authorization: Bearer <key>'",
+                type="authentication_error",
+                code="invalid_api_key",
+            ).response()
             response.headers["WWW-Authenticate"] = "Bearer"
             await response(scope, receive, send)
             return
@@ -201,8 +208,11 @@ def create_app(
     toolkits: ToolkitRegistry | None = None,
 ) -> FastAPI:
     """The API over `engine` (or a callable giving it, None while the models load)."""
-    toolkits = toolkits if toolkits is not None else default_toolkits(settings.tool_timeout_s, settings.toolkits,
-                                                                      settings.sandbox_limits())
+    toolkits = (
+        toolkits
+        if toolkits is not None
+        else default_toolkits(settings.tool_timeout_s, settings.toolkits, settings.sandbox_limits())
+    )
     get_engine = engine if callable(engine) and not isinstance(engine, AgentEngine) else (lambda: engine)
 
     @asynccontextmanager
@@ -215,14 +225,17 @@ def create_app(
 
     app = FastAPI(title="umi α-UMi agent", version="1", description=__doc__.split("\n\n")[0], lifespan=lifespan)
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
-    app.add_middleware(RequestGuard, max_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth,
-                       api_key=api_key)
+    app.add_middleware(
+        RequestGuard, max_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth, api_key=api_key
+    )
     app.state.settings = settings
     app.state.toolkits = toolkits
     install_error_handlers(app)
-    for router in (models_router(ModelServing(settings, get_engine, toolkits)),
-                   agent_router(AgentServing(settings, get_engine, toolkits)),
-                   chat_router(ChatServing(settings, get_engine, toolkits))):
+    for router in (
+        models_router(ModelServing(settings, get_engine, toolkits)),
+        agent_router(AgentServing(settings, get_engine, toolkits)),
+        chat_router(ChatServing(settings, get_engine, toolkits)),
+    ):
         # the routes themselves, not include_router: FastAPI mounts an included router as one branch without a path,
         # and BentoML reads each route's path from app.routes (the Bento's schema, its `openai_endpoint` label)
         app.router.routes.extend(router.routes)

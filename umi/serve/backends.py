@@ -151,10 +151,13 @@ def load_role_backends(
     out: dict[str, RoleBackend] = {}
     for role, backend in backends.items():
         if id(backend) not in wrapped:
-            model = shared.setdefault(id(backend.model), SharedModel(
-                peft=backend.model if backend.adapter is not None else None,
-                source=str(getattr(backend.model, "name_or_path", "")),
-            ))  # fmt: skip
+            model = shared.setdefault(
+                id(backend.model),
+                SharedModel(
+                    peft=backend.model if backend.adapter is not None else None,
+                    source=str(getattr(backend.model, "name_or_path", "")),
+                ),
+            )
             if max_batch > 1 and model.batcher is None:
                 model.batcher = MicroBatcher(model.lock, max_batch, batch_wait_s, name=Path(model.source).name)
             wrapped[id(backend)] = RoleBackend(backend, model, adapter=backend.adapter)

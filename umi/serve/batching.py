@@ -78,8 +78,9 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._work, name=f"umi-batcher-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, backend: "TransformersBackend", request: "GenerationRequest",
-               deadline: "Deadline | None" = None) -> "Generation":  # fmt: skip
+    def submit(
+        self, backend: "TransformersBackend", request: "GenerationRequest", deadline: "Deadline | None" = None
+    ) -> "Generation":
         """Generate `request` with `backend` in the model's next batch; raises what the generation raised."""
         from umi.serve.backends import RequestTimeout
 

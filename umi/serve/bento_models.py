@@ -22,8 +22,14 @@ from umi.inference import ADAPTER_CONFIG, is_adapter_dir
 from umi.prompts import checkpoint_prompt_format
 from umi.vocabulary import AGENT_ROLES, STAGE_MANIFEST, checkpoint_fingerprint
 
-__all__ = ["RoleSource", "BASE_MODEL", "bento_model_name", "import_role_models", "sources_from_dirs",
-           "sources_from_registry"]  # fmt: skip
+__all__ = [
+    "RoleSource",
+    "BASE_MODEL",
+    "bento_model_name",
+    "import_role_models",
+    "sources_from_dirs",
+    "sources_from_registry",
+]
 
 BASE_MODEL = "umi-base"
 
@@ -84,13 +90,20 @@ def sources_from_registry(download_root: str | Path, alias_or_version: str | Non
             raise ValueError(f"{e} in the MLflow registry: promote one first, or give checkpoint directories") from None
         except Exception as e:  # the registered model itself does not exist
             if registry._is_not_found(e):
-                raise ValueError(f"the MLflow registry has no model {name}: register and promote one first, or give "
-                                 "checkpoint directories") from None  # fmt: skip
+                raise ValueError(
+                    f"the MLflow registry has no model {name}: register and promote one first, or give "
+                    "checkpoint directories"
+                ) from None
             raise
         path = Path(registry.download_role(role, Path(download_root) / role, str(version.version)))
         tags = dict(version.tags or {})
-        labels = {**_stage_labels(path), "source": "mlflow", "mlflow_model": name,
-                  "mlflow_version": str(version.version), "mlflow_alias": wanted}  # fmt: skip
+        labels = {
+            **_stage_labels(path),
+            "source": "mlflow",
+            "mlflow_model": name,
+            "mlflow_version": str(version.version),
+            "mlflow_alias": wanted,
+        }
         if version.run_id:
             labels["mlflow_run_id"] = str(version.run_id)
         if tags.get(registry.TAG_DATA_VERSION):
@@ -156,21 +169,31 @@ def import_role_models(
     if adapters:
         base = Path(base_dir) if base_dir else None
         if base is None:
-            bases = {json.loads((sources[r].path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-                     for r in AGENT_ROLES}  # fmt: skip
+            bases = {
+                json.loads((sources[r].path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+                for r in AGENT_ROLES
+            }
             if len(bases) != 1 or not bases or not Path(str(next(iter(bases)))).is_dir():
                 raise ValueError(f"the adapters' base {sorted(map(str, bases))} is not one local directory: give it")
             base = Path(str(bases.pop()))
-        out["base"] = _import(BASE_MODEL, base, {"kind": "base", "fingerprint": checkpoint_fingerprint(base)},
-                              {"path": str(base.resolve())}, store_bf16=bf16)  # fmt: skip
+        out["base"] = _import(
+            BASE_MODEL,
+            base,
+            {"kind": "base", "fingerprint": checkpoint_fingerprint(base)},
+            {"path": str(base.resolve())},
+            store_bf16=bf16,
+        )
     for role in AGENT_ROLES:
         src = sources[role]
-        labels = {"fingerprint": checkpoint_fingerprint(src.path), **src.labels, "role": role,
-                  "kind": "lora-adapter" if adapters else "checkpoint"}  # fmt: skip
+        labels = {
+            "fingerprint": checkpoint_fingerprint(src.path),
+            **src.labels,
+            "role": role,
+            "kind": "lora-adapter" if adapters else "checkpoint",
+        }
         fmt = checkpoint_prompt_format(src.path)
         if fmt:
             labels["prompt_format"] = json.dumps(fmt, sort_keys=True, separators=(",", ":"))
         labels["stored_dtype"] = "float32" if adapters or not bf16 else "bfloat16"
-        out[role] = _import(bento_model_name(role), src.path, labels, src.metadata,
-                            store_bf16=bf16 and not adapters)  # fmt: skip
+        out[role] = _import(bento_model_name(role), src.path, labels, src.metadata, store_bf16=bf16 and not adapters)
     return out

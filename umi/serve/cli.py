@@ -67,7 +67,9 @@ def build_cmd(
         return
     console.print(f"[green]built[/] {built.tag}", highlight=False)
     console.print(f"serve it:        bentoml serve {built.tag or 'umi-agent:latest'}", highlight=False)
-    console.print(f"containerize it: deploy/image.sh {built.tag or 'umi-agent:latest'}   (docs/serving.md)", highlight=False)
+    console.print(
+        f"containerize it: deploy/image.sh {built.tag or 'umi-agent:latest'}   (docs/serving.md)", highlight=False
+    )
 
 
 @deploy_app.command("serve")

@@ -29,10 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from umi.backend import Backend
 from umi.agent.loop import AgentConfig, AgentEvent, AgentResult, AlphaUMiAgent, ToolRuntime
-from umi.data.examples import PromptBuilder
 from umi.agent.step import AgentStep, Plan
+from umi.backend import Backend
+from umi.data.examples import PromptBuilder
 from umi.parsing import ParseFailure, ToolCall
 from umi.schema import Decision, Step, ToolSpec
 from umi.serve.backends import Deadline, guarded
@@ -175,8 +175,15 @@ class AgentEngine:
         )
         failures, generations = step.log.failures, step.log.generations
         if outcome.plan is None:
-            return TurnResult("failed", [], "", None, message="Error: the planner wrote nothing, even when retried.",
-                              failures=failures, generations=generations)
+            return TurnResult(
+                "failed",
+                [],
+                "",
+                None,
+                message="Error: the planner wrote nothing, even when retried.",
+                failures=failures,
+                generations=generations,
+            )
         thought, decision = outcome.plan.thought, outcome.plan.decision
         overridden = None
         if decision != outcome.planned:
@@ -185,8 +192,16 @@ class AgentEngine:
         new_steps = [outcome.plan.step()]
 
         def result(kind: TurnKind, **kw: Any) -> TurnResult:
-            return TurnResult(kind, new_steps, thought, decision, overridden=overridden, failures=failures,
-                              generations=generations, **kw)
+            return TurnResult(
+                kind,
+                new_steps,
+                thought,
+                decision,
+                overridden=overridden,
+                failures=failures,
+                generations=generations,
+                **kw,
+            )
 
         if outcome.kind == "give_up":
             return result("give_up", finish="stop")
@@ -196,10 +211,12 @@ class AgentEngine:
             return result("answer", answer=outcome.answer, finish=finish)
         call = outcome.call
         if outcome.problem or not isinstance(call, ToolCall):
-            return result("failed", message=f"Error: the caller's output could not be used as a tool call: "
-                                            f"{outcome.problem}")
-        new_steps.append(Step(role="caller", tool_name=call.tool_name, arguments=call.arguments,
-                              arguments_text=call.arguments_text))
+            return result(
+                "failed", message=f"Error: the caller's output could not be used as a tool call: {outcome.problem}"
+            )
+        new_steps.append(
+            Step(role="caller", tool_name=call.tool_name, arguments=call.arguments, arguments_text=call.arguments_text)
+        )
         return result("call", call=call, finish="tool_calls")
 
     @staticmethod

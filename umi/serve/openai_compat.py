@@ -171,8 +171,10 @@ def _text(content: Content, where: str) -> str:
 
 
 def tool_specs(tools: list[FunctionTool] | None) -> list[ToolSpec]:
-    return [ToolSpec(name=t.function.name, description=t.function.description, parameters=t.function.parameters)
-            for t in tools or []]  # fmt: skip
+    return [
+        ToolSpec(name=t.function.name, description=t.function.description, parameters=t.function.parameters)
+        for t in tools or []
+    ]
 
 
 def _arguments(call: ToolCallOut, index: int) -> dict[str, Any]:
@@ -180,11 +182,15 @@ def _arguments(call: ToolCallOut, index: int) -> dict[str, Any]:
         text = call.function.arguments
         value = loads_untrusted_json(text, MAX_ARGUMENTS_DEPTH) if text.strip() else {}
     except JSONProblem as e:
-        raise MessageError(f"messages[{index}]: the arguments of tool call {call.id!r} are not acceptable: {e}",
-                           f"messages.{index}.tool_calls") from None  # fmt: skip
+        raise MessageError(
+            f"messages[{index}]: the arguments of tool call {call.id!r} are not acceptable: {e}",
+            f"messages.{index}.tool_calls",
+        ) from None
     if not isinstance(value, dict):
-        raise MessageError(f"messages[{index}]: the arguments of tool call {call.id!r} must be a JSON object",
-                           f"messages.{index}.tool_calls")  # fmt: skip
+        raise MessageError(
+            f"messages[{index}]: the arguments of tool call {call.id!r} must be a JSON object",
+            f"messages.{index}.tool_calls",
+        )
     return value
 
 
@@ -192,7 +198,9 @@ def messages_to_steps(messages: list[Any]) -> list[Step]:
     """The α-UMi steps of a conversation (see the module doc); MessageError if it cannot be one."""
     try:
         return _messages_to_steps(messages)
-    except ValidationError as e:  # a step the messages describe cannot be (the model checks what the wire format lets by)
+    except (
+        ValidationError
+    ) as e:  # a step the messages describe cannot be (the model checks what the wire format lets by)
         problems = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors()[:4])
         raise MessageError(f"messages: {problems}", "messages") from None
 
@@ -220,18 +228,26 @@ def _messages_to_steps(messages: list[Any]) -> list[Step]:
                 while j < len(messages) and isinstance(messages[j], ToolMessage):
                     tm = messages[j]
                     if tm.tool_call_id in results:
-                        raise MessageError(f"messages[{j}]: a second result for tool call {tm.tool_call_id!r}",
-                                           f"messages.{j}.tool_call_id")  # fmt: skip
+                        raise MessageError(
+                            f"messages[{j}]: a second result for tool call {tm.tool_call_id!r}",
+                            f"messages.{j}.tool_call_id",
+                        )
                     results[tm.tool_call_id] = _text(tm.content, f"messages[{j}]")
                     j += 1
                 ids = [c.id for c in m.tool_calls]
                 for extra in results.keys() - set(ids):
-                    raise MessageError(f"messages[{i + 1}..{j - 1}]: a tool message answers {extra!r}, which the "
-                                       f"assistant message at messages[{i}] did not call", "messages")  # fmt: skip
+                    raise MessageError(
+                        f"messages[{i + 1}..{j - 1}]: a tool message answers {extra!r}, which the "
+                        f"assistant message at messages[{i}] did not call",
+                        "messages",
+                    )
                 for n, call in enumerate(m.tool_calls):
                     if call.id not in results:
-                        raise MessageError(f"messages[{i}]: tool call {call.id!r} ({call.function.name}) has no tool "
-                                           "message with its result after it", f"messages.{i}.tool_calls")  # fmt: skip
+                        raise MessageError(
+                            f"messages[{i}]: tool call {call.id!r} ({call.function.name}) has no tool "
+                            "message with its result after it",
+                            f"messages.{i}.tool_calls",
+                        )
                     steps.append(Step(role="assistant", content=thought if n == 0 else "", decision="caller"))
                     steps.append(Step(role="caller", tool_name=call.function.name, arguments=_arguments(call, i)))
                     steps.append(Step(role="observation", content=results[call.id]))
@@ -240,14 +256,18 @@ def _messages_to_steps(messages: list[Any]) -> list[Step]:
             steps.append(Step(role="assistant", content="", decision="conclusion"))
             steps.append(Step(role="conclusion", content=thought))
         elif isinstance(m, ToolMessage):
-            raise MessageError(f"messages[{i}]: a tool message must follow the assistant message that called it",
-                               f"messages.{i}")  # fmt: skip
+            raise MessageError(
+                f"messages[{i}]: a tool message must follow the assistant message that called it", f"messages.{i}"
+            )
         i += 1
     if not steps:
         raise MessageError("messages: there is no user message", "messages")
     if steps[-1].role not in ("user", "observation"):
-        raise MessageError("messages: the last message must be a user message or the results of the last tool calls "
-                           "(it is the assistant's turn then)", "messages")  # fmt: skip
+        raise MessageError(
+            "messages: the last message must be a user message or the results of the last tool calls "
+            "(it is the assistant's turn then)",
+            "messages",
+        )
     return steps
 
 
@@ -256,9 +276,14 @@ def new_call_id() -> str:
 
 
 def completion(
-    *, completion_id: str, model: str, message: dict[str, Any], finish_reason: str, usage: dict[str, int],
+    *,
+    completion_id: str,
+    model: str,
+    message: dict[str, Any],
+    finish_reason: str,
+    usage: dict[str, int],
     extension: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """A `chat.completion` object; `umi` carries what OpenAI's format has no place for (thought, decision, timings)."""
     return {
         "id": completion_id,

@@ -98,8 +98,11 @@ class _Worker:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", "from umi.serve.sandbox import _child_main; _child_main()", spec],
-                pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, env=env, close_fds=True,
-            )  # fmt: skip
+                pass_fds=(to_child_r, from_child_w),
+                stdin=subprocess.DEVNULL,
+                env=env,
+                close_fds=True,
+            )
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
@@ -125,8 +128,10 @@ class _Worker:
                 self.kill()
                 raise _Stopped(f"its worker could not be reached ({e})") from None
             except (pickle.PicklingError, AttributeError, TypeError) as e:
-                raise SandboxError(f"it cannot be sent to a worker process ({e}): a toolkit factory must be a "
-                                   "module-level function or class") from None
+                raise SandboxError(
+                    f"it cannot be sent to a worker process ({e}): a toolkit factory must be a "
+                    "module-level function or class"
+                ) from None
         until = time.monotonic() + timeout
         while True:
             if deadline is not None and deadline.cancelled:
@@ -289,8 +294,9 @@ class ToolSandbox:
                 self._refilling += 1
             job.add_done_callback(self._add_spare)  # started late: the next episode's
             if deadline is not None and deadline.remaining <= 0:
-                raise RequestTimeout(f"the request ran past its time limit of {deadline.seconds:g} s waiting for a "
-                                     "tool worker") from None  # fmt: skip
+                raise RequestTimeout(
+                    f"the request ran past its time limit of {deadline.seconds:g} s waiting for a tool worker"
+                ) from None
             raise SandboxError("a tool worker did not start in time") from None
 
     def warm(self, wait: bool = False) -> None:
@@ -302,8 +308,13 @@ class ToolSandbox:
                 self._spare_ready.wait_for(lambda: not self._refilling, timeout=START_TIMEOUT_S)
 
     # --- episodes -----------------------------------------------------------------------------------------------------
-    def open(self, factory: Callable[[Mapping[str, Any]], Any], config: Mapping[str, Any], *,
-             deadline: Deadline | None = None) -> "SandboxedRuntime":  # fmt: skip
+    def open(
+        self,
+        factory: Callable[[Mapping[str, Any]], Any],
+        config: Mapping[str, Any],
+        *,
+        deadline: Deadline | None = None,
+    ) -> "SandboxedRuntime":
         """A runtime of `factory(config)` built in a worker of its own. SandboxError with the factory's message if it
         refuses the config; SandboxBusy if no worker frees up before the deadline."""
         wait = None if deadline is None else max(deadline.remaining, 0.0)
@@ -353,8 +364,9 @@ class SandboxedRuntime:
         worker = self._sandbox._take(self._deadline)
         self._worker = worker
         try:
-            specs = worker.request(("open", self._factory, self._config), max(self._sandbox.limits.wall_s, OPEN_MIN_S),
-                                   self._deadline)  # fmt: skip
+            specs = worker.request(
+                ("open", self._factory, self._config), max(self._sandbox.limits.wall_s, OPEN_MIN_S), self._deadline
+            )
         except _Stopped as e:
             self._drop_worker()
             why = "it did not finish in time" if e.reason == "timeout" else e.reason
@@ -381,8 +393,9 @@ class SandboxedRuntime:
             restarted = " (the toolkit was restarted from its initial state after the last call was stopped)"
         assert self._worker is not None
         try:
-            ok, text, tool_name, kind = self._worker.request(("call", name, dict(arguments or {})), limits.wall_s,
-                                                             self._deadline)  # fmt: skip
+            ok, text, tool_name, kind = self._worker.request(
+                ("call", name, dict(arguments or {})), limits.wall_s, self._deadline
+            )
         except _Stopped as e:
             self._drop_worker()
             if e.reason == "timeout":
@@ -472,8 +485,17 @@ def _child_main() -> None:
                     raise RuntimeError("no toolkit is open")
                 obs = runtime.dispatch(name, arguments)
                 text = str(getattr(obs, "text", obs))
-                out.send(("ok", (bool(getattr(obs, "ok", True)), text, str(getattr(obs, "tool_name", name)),
-                                 getattr(obs, "error_kind", None))))  # fmt: skip
+                out.send(
+                    (
+                        "ok",
+                        (
+                            bool(getattr(obs, "ok", True)),
+                            text,
+                            str(getattr(obs, "tool_name", name)),
+                            getattr(obs, "error_kind", None),
+                        ),
+                    )
+                )
             else:
                 raise ValueError(f"unknown message {kind!r}")
         except MemoryError:

@@ -56,10 +56,15 @@ def build_engine(settings: ServeSettings, dirs: dict[str, Path], base_dir: Path 
     from umi.serve.engine import AgentEngine
 
     trained_format = agreed_prompt_format(dirs, prompt_format(settings.doc_style, None))
-    backends = load_role_backends(dirs, base_dir=base_dir, device=settings.device, dtype=settings.dtype,
-                                  backend_options={"max_cache_slots": settings.cache_slots},
-                                  max_batch=settings.max_batch,
-                                  batch_wait_s=settings.batch_wait_ms / 1000)  # fmt: skip
+    backends = load_role_backends(
+        dirs,
+        base_dir=base_dir,
+        device=settings.device,
+        dtype=settings.dtype,
+        backend_options={"max_cache_slots": settings.cache_slots},
+        max_batch=settings.max_batch,
+        batch_wait_s=settings.batch_wait_ms / 1000,
+    )
     return AgentEngine(backends, settings, models=info, doc_style=trained_format["doc_style"])
 
 

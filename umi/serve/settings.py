@@ -43,14 +43,22 @@ class ServeSettings(BaseSettings):
     model_name: str = Field("umi-agent", min_length=1, description="the model id /v1/models lists and chat accepts")
     device: str | None = Field(None, description="torch device (default: cuda when present, else cpu)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    doc_style: DocStyle = Field(DEFAULT_DOC_STYLE, description="tool doc rendering for checkpoints that record no prompt "
-                                "format (an imported backbone); a trained checkpoint's own format always wins")
+    doc_style: DocStyle = Field(
+        DEFAULT_DOC_STYLE,
+        description="tool doc rendering for checkpoints that record no prompt "
+        "format (an imported backbone); a trained checkpoint's own format always wins",
+    )
     cache_slots: int = Field(
         6, ge=1, le=64, description="KV caches kept per model: concurrent conversations reuse their prefixes"
     )
     workers: int = Field(1, ge=1, le=32, description="server processes; each loads its own copy of the models")
-    max_batch: int = Field(8, ge=1, le=64, description="concurrent generations on one model run as one batch of up "
-                           "to this many (umi.serve.batching); 1: each alone")
+    max_batch: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="concurrent generations on one model run as one batch of up "
+        "to this many (umi.serve.batching); 1: each alone",
+    )
     batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a lone generation waits for company")
     # --- request limits
     max_body_bytes: int = Field(1_000_000, gt=0)
@@ -96,8 +104,11 @@ class ServeSettings(BaseSettings):
     @model_validator(mode="after")
     def _consistent(self) -> "ServeSettings":
         prefix = self.model_config["env_prefix"]
-        unknown = sorted(k for k in os.environ if k.upper().startswith(prefix) and
-                         k[len(prefix):].lower() not in type(self).model_fields)
+        unknown = sorted(
+            k
+            for k in os.environ
+            if k.upper().startswith(prefix) and k[len(prefix) :].lower() not in type(self).model_fields
+        )
         if unknown:
             raise ValueError(f"unknown settings in the environment: {unknown}")
         given = [r for r in AGENT_ROLES if getattr(self, f"{r}_dir") is not None]
@@ -121,8 +132,12 @@ class ServeSettings(BaseSettings):
     def sandbox_limits(self):
         from umi.serve.sandbox import SandboxLimits
 
-        return SandboxLimits(wall_s=self.tool_timeout_s, cpu_s=self.tool_cpu_s or self.tool_timeout_s,
-                             memory_mb=self.tool_memory_mb, max_workers=self.max_tool_workers)
+        return SandboxLimits(
+            wall_s=self.tool_timeout_s,
+            cpu_s=self.tool_cpu_s or self.tool_timeout_s,
+            memory_mb=self.tool_memory_mb,
+            max_workers=self.max_tool_workers,
+        )
 
     def schema_limits(self):
         from umi.tools.registry import SchemaLimits

@@ -65,8 +65,10 @@ class ToolkitRegistry:
         try:
             pickle.dumps(factory)
         except Exception as e:  # noqa: BLE001 -- a lambda, a closure, a bound method of a local object
-            raise ValueError(f"toolkit {name!r}: the factory must be importable by a worker process (a module-level "
-                             f"function or class): {e}") from None  # fmt: skip
+            raise ValueError(
+                f"toolkit {name!r}: the factory must be importable by a worker process (a module-level "
+                f"function or class): {e}"
+            ) from None
         doc = description or (getattr(factory, "__doc__", None) or "").strip()
         self._toolkits[name] = Toolkit(name, factory, doc)
 
@@ -80,8 +82,9 @@ class ToolkitRegistry:
     def describe(self) -> list[dict[str, str]]:
         return [{"name": t.name, "description": t.description.split("\n\n")[0]} for t in self._toolkits.values()]
 
-    def create(self, name: str, config: Mapping[str, Any] | None = None, *,
-               deadline: Deadline | None = None) -> SandboxedRuntime:  # fmt: skip
+    def create(
+        self, name: str, config: Mapping[str, Any] | None = None, *, deadline: Deadline | None = None
+    ) -> SandboxedRuntime:
         """A fresh runtime of toolkit `name` in a worker process of its own (close it when the episode ends);
         ToolkitError (naming the toolkit) if it is unknown or refuses `config`; SandboxBusy if no worker is free."""
         toolkit = self._toolkits.get(name)
@@ -134,8 +137,9 @@ class BFCLFactory:
         return BFCLToolkit(classes, config.get("initial_config") or {}, long_context=long_context, timeout_s=None)
 
 
-def default_toolkits(tool_timeout_s: float = 10.0, entries: str = "", limits: SandboxLimits | None = None
-                     ) -> ToolkitRegistry:  # fmt: skip
+def default_toolkits(
+    tool_timeout_s: float = 10.0, entries: str = "", limits: SandboxLimits | None = None
+) -> ToolkitRegistry:
     """The built-in toolkits plus the `name=module:factory` entries given."""
     registry = ToolkitRegistry(tool_timeout_s, limits)
     registry.register("bfcl", BFCLFactory())

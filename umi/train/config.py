@@ -107,13 +107,25 @@ class TrainConfig(BaseModel):
             return self.stages[stage]
         base, local = self.stages["global"], [self.stages[s] for s in LOCAL_STAGES]
         if all(s.max_tokens for s in local):
-            return base.model_copy(update={"max_tokens": sum(s.max_tokens for s in local), "max_examples": None,
-                                           "max_steps": None, "epochs": max(s.epochs for s in local)})  # fmt: skip
+            return base.model_copy(
+                update={
+                    "max_tokens": sum(s.max_tokens for s in local),
+                    "max_examples": None,
+                    "max_steps": None,
+                    "epochs": max(s.epochs for s in local),
+                }
+            )
         if all(s.max_steps for s in local):
             return base.model_copy(update={"max_steps": sum(s.max_steps for s in local)})
         if all(s.max_examples for s in local):
-            return base.model_copy(update={"max_examples": sum(s.max_examples for s in local), "max_tokens": None,
-                                           "max_steps": None, "epochs": max(s.epochs for s in local)})  # fmt: skip
+            return base.model_copy(
+                update={
+                    "max_examples": sum(s.max_examples for s in local),
+                    "max_tokens": None,
+                    "max_steps": None,
+                    "epochs": max(s.epochs for s in local),
+                }
+            )
         return base.model_copy(update={"epochs": max(s.epochs for s in local), "max_steps": None})
 
     def pack_budget(self) -> int:

@@ -21,8 +21,9 @@ from umi.vocabulary import TRAINABLE_STAGES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m umi.train.launch", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m umi.train.launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--stage", required=True, choices=TRAINABLE_STAGES)
     p.add_argument("--profile", default="paper", help="profile name (paper, cpu, tiny) or a YAML file")
     p.add_argument("--datasets", required=True, help="directory holding <role>/train.jsonl")

@@ -95,13 +95,15 @@ def train_in_worker(request: Mapping[str, Any], device: int | None, threads: int
         env["CUDA_VISIBLE_DEVICES"] = str(device)
     Path(request["out_dir"]).mkdir(parents=True, exist_ok=True)
     where = f"GPU {device}" if device is not None else f"{env['OMP_NUM_THREADS']} CPU threads"
-    (log or logging.getLogger(__name__)).info("training %s from %s into %s (%s)", request["stage"],
-                                              request["init_from"], request["out_dir"], where)  # fmt: skip
+    (log or logging.getLogger(__name__)).info(
+        "training %s from %s into %s (%s)", request["stage"], request["init_from"], request["out_dir"], where
+    )
     with tempfile.TemporaryDirectory(prefix=f"umi-{request['stage']}-") as tmp:
         request_file, result_file = Path(tmp) / "request.json", Path(tmp) / "result.json"
         request_file.write_text(json.dumps(dict(request)))
-        returncode = run_stage_process([sys.executable, "-m", "umi.train.worker", str(request_file),
-                                        str(result_file)], env)  # fmt: skip
+        returncode = run_stage_process(
+            [sys.executable, "-m", "umi.train.worker", str(request_file), str(result_file)], env
+        )
         if returncode != 0:
             raise RuntimeError(f"training stage {request['stage']} failed (exit {returncode}); its output is above")
         return json.loads(result_file.read_text())

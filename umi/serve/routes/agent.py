@@ -68,25 +68,41 @@ class AgentServing(Serving):
         settings = self.settings
         current = self.ready()
         if len(req.query) > settings.max_query_chars:
-            raise ApiError(400, f"query is {len(req.query)} characters, over the limit of {settings.max_query_chars}",
-                           param="query")
+            raise ApiError(
+                400,
+                f"query is {len(req.query)} characters, over the limit of {settings.max_query_chars}",
+                param="query",
+            )
         if (req.toolkit is None) == (req.tools is None):
-            raise ApiError(400, "give exactly one of 'toolkit' (server-side tools) or 'tools' (schemas the client "
-                                "runs)", param="toolkit")
+            raise ApiError(
+                400,
+                "give exactly one of 'toolkit' (server-side tools) or 'tools' (schemas the client runs)",
+                param="toolkit",
+            )
         if req.toolkit is None and req.toolkit_config:
             raise ApiError(400, "'toolkit_config' needs a 'toolkit'", param="toolkit_config")
         if req.toolkit is not None and req.toolkit not in self.toolkits:
-            raise ApiError(400, f"unknown toolkit {req.toolkit!r} (registered: {', '.join(self.toolkits.names)})",
-                           param="toolkit", code="unknown_toolkit")
+            raise ApiError(
+                400,
+                f"unknown toolkit {req.toolkit!r} (registered: {', '.join(self.toolkits.names)})",
+                param="toolkit",
+                code="unknown_toolkit",
+            )
         max_steps = req.max_steps or settings.default_steps
         if max_steps > settings.max_steps:
-            raise ApiError(400, f"max_steps {max_steps} exceeds this service's limit of {settings.max_steps}",
-                           param="max_steps")
+            raise ApiError(
+                400, f"max_steps {max_steps} exceeds this service's limit of {settings.max_steps}", param="max_steps"
+            )
         self.check_tokens(req.max_new_tokens, "max_new_tokens")
         if req.history:  # the steps must be in an order a trajectory can have (the episode's result is one)
             try:
-                Trajectory(id="history", source="request", tools=[], instruction=req.query,
-                           steps=[*req.history, Step(role="user", content=req.query)])
+                Trajectory(
+                    id="history",
+                    source="request",
+                    tools=[],
+                    instruction=req.query,
+                    steps=[*req.history, Step(role="user", content=req.query)],
+                )
             except ValidationError as e:
                 problems = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
                 raise ApiError(400, f"history: {problems}", param="history") from None
@@ -112,48 +128,90 @@ class AgentServing(Serving):
 
     @staticmethod
     def _episode_response(result: AgentResult, current: AgentEngine) -> dict[str, Any]:
-        return {"id": result.trajectory.id, "status": result.status, "answer": result.answer, "steps": result.steps,
-                "pending_tool_call": None, "trajectory": result.trajectory.model_dump(mode="json"),
-                "models": current.models}
+        return {
+            "id": result.trajectory.id,
+            "status": result.status,
+            "answer": result.answer,
+            "steps": result.steps,
+            "pending_tool_call": None,
+            "trajectory": result.trajectory.model_dump(mode="json"),
+            "models": current.models,
+        }
 
     @staticmethod
-    def _turn_response(req: AgentRequest, turn: TurnResult, specs: list[ToolSpec], task_id: str,
-                       current: AgentEngine) -> dict[str, Any]:
+    def _turn_response(
+        req: AgentRequest, turn: TurnResult, specs: list[ToolSpec], task_id: str, current: AgentEngine
+    ) -> dict[str, Any]:
         status = TURN_STATUS[turn.kind]
         steps = [*req.history, Step(role="user", content=req.query), *turn.steps]
         if turn.kind == "answer":
             steps.append(Step(role="conclusion", content=turn.answer or ""))
-        meta = {"agent": "alpha-umi", "status": status, "planner_steps": 1, "failures": turn.failures,
-                "generations": turn.generations, "tool_choice_override": turn.overridden}
+        meta = {
+            "agent": "alpha-umi",
+            "status": status,
+            "planner_steps": 1,
+            "failures": turn.failures,
+            "generations": turn.generations,
+            "tool_choice_override": turn.overridden,
+        }
         if turn.message:
             meta["error"] = turn.message
         trajectory = Trajectory(id=task_id, source="agent", tools=specs, instruction=req.query, steps=steps, meta=meta)
         pending = None
         if turn.call is not None:
             pending = {"id": new_call_id(), "name": turn.call.tool_name, "arguments": turn.call.arguments}
-        return {"id": task_id, "status": status, "answer": turn.answer, "steps": 1, "pending_tool_call": pending,
-                "trajectory": trajectory.model_dump(mode="json"), "models": current.models}
+        return {
+            "id": task_id,
+            "status": status,
+            "answer": turn.answer,
+            "steps": 1,
+            "pending_tool_call": pending,
+            "trajectory": trajectory.model_dump(mode="json"),
+            "models": current.models,
+        }
 
-    def run(self, req: AgentRequest, current: AgentEngine, deadline: Deadline, plan: dict[str, Any],
-            on_event: Callable[[AgentEvent], None] | None = None) -> dict[str, Any]:
+    def run(
+        self,
+        req: AgentRequest,
+        current: AgentEngine,
+        deadline: Deadline,
+        plan: dict[str, Any],
+        on_event: Callable[[AgentEvent], None] | None = None,
+    ) -> dict[str, Any]:
         """The response body of a prepared request (blocking: run it in a worker thread)."""
         task_id = f"agent-{uuid.uuid4().hex[:12]}"
         if req.toolkit is not None:
             try:
-                result = current.run_agent(req.query, plan["runtime"], deadline=deadline, max_steps=plan["max_steps"],
-                                           max_new_tokens=plan["tokens"], history=req.history, task_id=task_id,
-                                           on_event=on_event)
+                result = current.run_agent(
+                    req.query,
+                    plan["runtime"],
+                    deadline=deadline,
+                    max_steps=plan["max_steps"],
+                    max_new_tokens=plan["tokens"],
+                    history=req.history,
+                    task_id=task_id,
+                    on_event=on_event,
+                )
             finally:
                 self.release(plan)
             return self._episode_response(result, current)
         steps = [*req.history, Step(role="user", content=req.query)]
-        turn = current.next_turn(steps, plan["specs"], deadline=deadline, validator=plan["validator"],
-                                 max_new_tokens=plan["tokens"], record_id=task_id)
+        turn = current.next_turn(
+            steps,
+            plan["specs"],
+            deadline=deadline,
+            validator=plan["validator"],
+            max_new_tokens=plan["tokens"],
+            record_id=task_id,
+        )
         if on_event is not None:
             on_event(AgentEvent("planner", 1, turn.thought, {"decision": turn.decision}))
             if turn.call is not None:
-                on_event(AgentEvent("caller", 1, turn.call.render(), {"tool": turn.call.tool_name,
-                                                                       "arguments": turn.call.arguments}))
+                on_event(
+                    AgentEvent(
+                        "caller", 1, turn.call.render(), {"tool": turn.call.tool_name, "arguments": turn.call.arguments}
+                    )
+                )
             elif turn.kind == "answer":
                 on_event(AgentEvent("answer", 1, turn.answer or ""))
             elif turn.kind == "give_up":
@@ -178,8 +236,9 @@ class AgentServing(Serving):
 
         async def work() -> None:
             try:
-                body = await in_thread(lambda: self.run(req, current, deadline, plan,
-                                                        lambda ev: put(("step", _event_json(ev)))))
+                body = await in_thread(
+                    lambda: self.run(req, current, deadline, plan, lambda ev: put(("step", _event_json(ev))))
+                )
                 put(("result", body))
             except ApiError as e:
                 put(("error", {"error": {"message": e.message, "type": e.type, "code": e.code, "status": e.status}}))
@@ -202,8 +261,9 @@ class AgentServing(Serving):
                 # a client that left stops the episode at its next generation (a no-op once it has ended)
                 deadline.cancel()
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
 
 def agent_router(serving: AgentServing) -> APIRouter:

@@ -43,8 +43,11 @@ class ChatServing(Serving):
         if req.n not in (None, 1):
             raise ApiError(400, "n must be 1: this service returns one choice", param="n")
         if len(req.messages) > settings.max_messages:
-            raise ApiError(400, f"{len(req.messages)} messages, over this service's limit of {settings.max_messages}",
-                           param="messages")
+            raise ApiError(
+                400,
+                f"{len(req.messages)} messages, over this service's limit of {settings.max_messages}",
+                param="messages",
+            )
         specs = tool_specs(req.tools)
         if len(specs) > settings.max_tools:
             raise ApiError(400, f"{len(specs)} tools, over this service's limit of {settings.max_tools}", param="tools")
@@ -59,8 +62,9 @@ class ChatServing(Serving):
         if max_tokens is not None:
             name = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
             if max_tokens > settings.max_new_tokens:
-                raise ApiError(400, f"{name} {max_tokens} exceeds this service's limit of {settings.max_new_tokens}",
-                               param=name)
+                raise ApiError(
+                    400, f"{name} {max_tokens} exceeds this service's limit of {settings.max_new_tokens}", param=name
+                )
             requested = {"caller": max_tokens, "summarizer": max_tokens}
         try:
             steps = messages_to_steps(req.messages)
@@ -68,8 +72,14 @@ class ChatServing(Serving):
             raise ApiError(400, str(e), param=e.param) from None
         if sum(len(s.content) for s in steps if s.role == "user") > settings.max_query_chars * 4:
             raise ApiError(400, "the user messages are too long for this service", param="messages")
-        return {"engine": current, "steps": steps, "specs": specs, "validator": validator, "choice": choice,
-                "tokens": requested}
+        return {
+            "engine": current,
+            "steps": steps,
+            "specs": specs,
+            "validator": validator,
+            "choice": choice,
+            "tokens": requested,
+        }
 
     @staticmethod
     def message(turn: TurnResult) -> dict[str, Any]:
@@ -78,8 +88,16 @@ class ChatServing(Serving):
         if turn.kind == "call":
             assert turn.call is not None
             message["content"] = turn.thought or None
-            message["tool_calls"] = [{"id": new_call_id(), "type": "function", "function": {
-                "name": turn.call.tool_name, "arguments": json.dumps(turn.call.arguments, ensure_ascii=False)}}]
+            message["tool_calls"] = [
+                {
+                    "id": new_call_id(),
+                    "type": "function",
+                    "function": {
+                        "name": turn.call.tool_name,
+                        "arguments": json.dumps(turn.call.arguments, ensure_ascii=False),
+                    },
+                }
+            ]
         elif turn.kind == "answer":
             message["content"] = turn.answer or ""
         elif turn.kind == "give_up":
@@ -93,15 +111,37 @@ class ChatServing(Serving):
         current = plan["engine"]
         deadline = self.deadline_for(None)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        turn: TurnResult = await in_thread(lambda: current.next_turn(
-            plan["steps"], plan["specs"], deadline=deadline, tool_choice=plan["choice"], validator=plan["validator"],
-            max_new_tokens=plan["tokens"], temperature=req.temperature or 0.0, seed=req.seed or 0,
-            record_id=completion_id), request, deadline)
-        extension = {"status": turn.kind, "thought": turn.thought, "decision": turn.decision,
-                     "tool_choice_override": turn.overridden, "failures": turn.failures,
-                     "generations": turn.generations}
-        full = completion(completion_id=completion_id, model=self.settings.model_name, message=self.message(turn),
-                          finish_reason=turn.finish, usage=turn.usage(), extension=extension)
+        turn: TurnResult = await in_thread(
+            lambda: current.next_turn(
+                plan["steps"],
+                plan["specs"],
+                deadline=deadline,
+                tool_choice=plan["choice"],
+                validator=plan["validator"],
+                max_new_tokens=plan["tokens"],
+                temperature=req.temperature or 0.0,
+                seed=req.seed or 0,
+                record_id=completion_id,
+            ),
+            request,
+            deadline,
+        )
+        extension = {
+            "status": turn.kind,
+            "thought": turn.thought,
+            "decision": turn.decision,
+            "tool_choice_override": turn.overridden,
+            "failures": turn.failures,
+            "generations": turn.generations,
+        }
+        full = completion(
+            completion_id=completion_id,
+            model=self.settings.model_name,
+            message=self.message(turn),
+            finish_reason=turn.finish,
+            usage=turn.usage(),
+            extension=extension,
+        )
         if not req.stream:
             return JSONResponse(full)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -26,16 +26,31 @@ from umi.tools.registry import SchemaLimits, UnsafeSchema, check_untrusted_schem
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ApiError", "EngineSource", "Serving", "in_thread", "parse_tools", "sse", "tool_registry",
-           "validation_message"]
+__all__ = [
+    "ApiError",
+    "EngineSource",
+    "Serving",
+    "in_thread",
+    "parse_tools",
+    "sse",
+    "tool_registry",
+    "validation_message",
+]
 
 DISCONNECT_POLL_S = 0.25
 EngineSource = Callable[[], AgentEngine | None]  # the engine, None while the models load
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -114,8 +129,11 @@ async def in_thread(fn: Callable[[], Any], request: Request | None = None, deadl
     except RequestCancelled as e:
         raise ApiError(499, str(e), type="cancelled", code="client_closed_request") from None
     except TooLong as e:
-        raise ApiError(400, f"the conversation does not fit the model's context even with its history dropped: "
-                            f"{e}", code="context_length_exceeded") from None
+        raise ApiError(
+            400,
+            f"the conversation does not fit the model's context even with its history dropped: {e}",
+            code="context_length_exceeded",
+        ) from None
     except SandboxBusy as e:
         raise ApiError(503, f"{e}; try again shortly", type="service_unavailable", code="tools_busy") from None
 
@@ -140,19 +158,28 @@ class Serving:
     def deadline_for(self, requested: float | None) -> Deadline:
         limit = self.settings.request_timeout_s
         if requested is not None and requested > limit:
-            raise ApiError(400, f"timeout_s {requested:g} exceeds this service's limit of {limit:g} s",
-                           param="timeout_s")
+            raise ApiError(
+                400, f"timeout_s {requested:g} exceeds this service's limit of {limit:g} s", param="timeout_s"
+            )
         return Deadline(requested or limit)
 
     def check_tokens(self, requested: dict[str, int] | None, param: str) -> None:
         for role, value in (requested or {}).items():
             if value < 1 or value > self.settings.max_new_tokens:
-                raise ApiError(400, f"{param}.{role} = {value}: must be between 1 and this service's limit of "
-                                    f"{self.settings.max_new_tokens}", param=f"{param}.{role}")
+                raise ApiError(
+                    400,
+                    f"{param}.{role} = {value}: must be between 1 and this service's limit of "
+                    f"{self.settings.max_new_tokens}",
+                    param=f"{param}.{role}",
+                )
 
     def check_model(self, model_id: str) -> None:
         """A 404 unless `model_id` is the one model this service serves."""
         name = self.settings.model_name
         if model_id != name:
-            raise ApiError(404, f"the model {model_id!r} does not exist (this service serves {name!r})",
-                           param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"the model {model_id!r} does not exist (this service serves {name!r})",
+                param="model",
+                code="model_not_found",
+            )
