@@ -20,8 +20,9 @@ history (the count is printed), so both sides see the same tokens; the losses of
 as a check. The speed-up is the mean of the roles' target-token/s ratios weighted by each role's share of the
 train split (its characters, proportional to its tokens in an epoch). `tok x` is per-step tokens / packed tokens:
 for compute-bound training the ceiling of the speed-up (attention shares a little more). --layers N keeps only the
-first N decoder layers: cheaper, but it overstates the speed-up (the embedding, LM head and optimiser costs per
-micro-batch, which packing also saves, weigh more against 4 layers than against 30).
+first N decoder layers: cheaper, but it overstates the speed-up (each micro-batch's fixed costs, such as the dense
+gradient of the tied embedding / LM head and its accumulation into every weight's gradient, which packing also
+saves, weigh far more against 4 layers than against 30).
 
 Data: artifacts/datasets/<role>/train.jsonl (or --datasets) when the reorganised datasets exist, otherwise (or with
 --fixtures) the α-UMi fixtures' reference_train_<role>.json (real ToolBench prompts, longer than BFCL's). The sample
