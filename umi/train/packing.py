@@ -291,7 +291,10 @@ def tree_attention_forward(module, query, key, value, attention_mask, dropout: f
     if tree_layout is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)  # fmt: skip
-    gqa = query.shape[1] != key.shape[1]
+    groups = query.shape[1] // key.shape[1]
+    # Grouped-query keys: SDPA's own GQA on CPU (its flash kernel takes a mask); elsewhere repeated, since CUDA's
+    # GQA kernels take no mask and would fall back to the math kernel.
+    gqa = groups > 1 and query.device.type == "cpu"
     rows = []
     for b, blocks in enumerate(tree_layout.prepared(query.device)):
         outs, covered = [], 0
@@ -300,6 +303,8 @@ def tree_attention_forward(module, query, key, value, attention_mask, dropout: f
                 k, v = key[b : b + 1, :, keys], value[b : b + 1, :, keys]
             else:
                 k, v = key[b : b + 1].index_select(2, keys), value[b : b + 1].index_select(2, keys)
+            if groups > 1 and not gqa:
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             outs.append(torch.nn.functional.scaled_dot_product_attention(
                 query[b : b + 1, :, start:end], k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout,
                 scale=scaling, enable_gqa=gqa))  # fmt: skip
