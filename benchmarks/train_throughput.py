@@ -14,11 +14,15 @@ Shared-prefix section (after the reference comparison; its last line is `shared-
 the same whole trajectories (drawn with probability proportional to their examples, i.e. an epoch's mix) trained
 for one pass with the same optimiser steps (--prefix-batch examples each, AdamW) by today's per-step engine
 (micro-batches of one example, never padded) and by tree packing (umi.train.packing: each step's examples in
-sequences of at most --pack-length tokens). --prefix-max-length is large enough that no per-step example loses
+sequences of at most --pack-length tokens, tree attention: only the blocks its tree mask lets it see; --attention
+dense: SDPA over the dense [L, L] mask, for comparison). --prefix-max-length is large enough that no per-step example loses
 history (the count is printed), so both sides see the same tokens; the losses of the two are printed side by side
 as a check. The speed-up is the mean of the roles' target-token/s ratios weighted by each role's share of the
-train split (its characters, proportional to its tokens in an epoch). --layers N keeps only the first N decoder
-layers of the model (same per-layer shapes, so the same balance of attention and matmul cost, N/L of the time).
+train split (its characters, proportional to its tokens in an epoch). `tok x` is per-step tokens / packed tokens:
+for compute-bound training the ceiling of the speed-up (attention shares a little more). --layers N keeps only the
+first N decoder layers: cheaper, but it overstates the speed-up (each micro-batch's fixed costs, such as the dense
+gradient of the tied embedding / LM head and its accumulation into every weight's gradient, which packing also
+saves, weigh far more against 4 layers than against 30).
 
 Data: artifacts/datasets/<role>/train.jsonl (or --datasets) when the reorganised datasets exist, otherwise (or with
 --fixtures) the α-UMi fixtures' reference_train_<role>.json (real ToolBench prompts, longer than BFCL's). The sample
@@ -114,7 +118,7 @@ def time_engines(model_dir: Path, examples: list, tokenizer, args) -> dict:
     import torch
 
     from umi.train.engine import completion_loss
-    from umi.train.packing import PackedCollator, pack
+    from umi.train.packing import PackedCollator, pack, use_tree_attention
     from umi.train.tokenize import CompletionCollator
 
     steps = [examples[i : i + args.prefix_batch] for i in range(0, len(examples), args.prefix_batch)]
@@ -126,6 +130,8 @@ def time_engines(model_dir: Path, examples: list, tokenizer, args) -> dict:
         torch.manual_seed(args.seed)
         models[kind] = load_model(model_dir, args.layers)
         optimizers[kind] = torch.optim.AdamW(models[kind].parameters(), lr=1e-5)
+    if args.attention == "tree":
+        use_tree_attention(models["packed"])  # as the engine does with packing on
     out = {k: {"seconds": 0.0, "tokens": 0, "steps": len(steps), "losses": []} for k in kinds}
     # The engines take turns step by step, so both see the same load on a shared machine.
     for step in steps:
@@ -141,6 +147,8 @@ def time_engines(model_dir: Path, examples: list, tokenizer, args) -> dict:
             total = 0.0
             for batch in batches:
                 batch.pop("real_tokens", None)
+                if args.attention == "dense":
+                    batch.pop("tree_layout", None)  # SDPA over the dense [L, L] tree mask
                 out[kind]["tokens"] += int(batch["input_ids"].numel())
                 loss, _ = completion_loss(models[kind], batch, n_targets)
                 loss.backward()
@@ -189,13 +197,16 @@ def shared_prefix(model_dir: Path, tokenizer, args) -> dict:
 
 def print_shared_prefix(result: dict, args) -> None:
     print(f"shared prefix: steps of {args.prefix_batch} examples, pack length {args.pack_length}, "
-          f"max length {args.prefix_max_length}" + (f", first {args.layers} layers" if args.layers else ""))
+          f"max length {args.prefix_max_length}, {args.attention} attention"
+          + (f", first {args.layers} layers" if args.layers else ""))
     print(f"{'role':<11} {'traj':>4} {'n':>4} {'cut':>3} {'fb':>3} {'target':>7} {'per-step tok':>12} {'packed tok':>10}"
-          f" {'per-step s':>10} {'packed s':>9} {'per-step t/s':>12} {'packed t/s':>10} {'loss p-s/pk':>13} {'x':>6}")
+          f" {'tok x':>5} {'per-step s':>10} {'packed s':>9} {'per-step t/s':>12} {'packed t/s':>10} {'loss p-s/pk':>13}"
+          f" {'x':>6}")  # fmt: skip
     for role, r in result["roles"].items():
         ps, pk = r["per-step"], r["packed"]
         print(f"{role:<11} {r['trajectories']:>4} {r['examples']:>4} {r['history_cut']:>3} {r['fallbacks']:>3}"
-              f" {r['target_tokens']:>7} {ps['tokens']:>12} {pk['tokens']:>10} {ps['seconds']:>10.1f}"
+              f" {r['target_tokens']:>7} {ps['tokens']:>12} {pk['tokens']:>10} {ps['tokens'] / pk['tokens']:>5.2f}"
+              f" {ps['seconds']:>10.1f}"
               f" {pk['seconds']:>9.1f} {r['target_tokens_per_second']['per-step']:>12.1f}"
               f" {r['target_tokens_per_second']['packed']:>10.1f}"
               f" {ps['mean_step_loss']:>6.3f}/{pk['mean_step_loss']:<6.3f} {r['speedup']:>5.2f}x")  # fmt: skip
@@ -294,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix-max-length", type=int, default=4096, help="per-step budget (no history cut)")
     parser.add_argument("--pack-length", type=int, default=4096, help="tokens of one packed sequence")
     parser.add_argument("--layers", type=int, default=None, help="keep only the first N decoder layers")
+    parser.add_argument("--attention", choices=("tree", "dense"), default="tree",
+                        help="packed attention: tree attention (the engine's) or SDPA over the dense tree mask")
     parser.add_argument("--no-reference", action="store_true", help="skip the pad-to-max reference comparison")
     args = parser.parse_args(argv)
 

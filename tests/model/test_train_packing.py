@@ -10,13 +10,22 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
 
 from umi.data.reorganize import role_examples
 from umi.schema import Step, ToolSpec, Trajectory
 from umi.train.config import load_config
 from umi.train.engine import completion_loss, encode_role_dataset, encode_role_dataset_packed
-from umi.train.packing import PackedCollator, pack, tree_attention_mask, tree_example
+from umi.train.packing import (
+    TREE_ATTENTION,
+    TreeLayout,
+    PackedCollator,
+    pack,
+    tree_attention_forward,
+    tree_attention_mask,
+    tree_example,
+    use_tree_attention,
+)
 from umi.train.stages import train_stage
 from umi.train.tokenize import IGNORE_INDEX, CompletionCollator
 
@@ -96,11 +105,26 @@ def assert_packed_equals_per_step(model, tokenizer, records: list[dict], max_len
     packed = [collate([{k: [s.to_row()[k]] for k in s.to_row()}]) for s in seqs]
     per_step = [CompletionCollator(tokenizer.pad_token_id)([{"input_ids": ex.encoded.input_ids,
                                                              "labels": ex.encoded.labels}]) for ex in examples]  # fmt: skip
-    loss_p, grads_p = _loss_and_grads(model, packed, n_targets)
     loss_s, grads_s = _loss_and_grads(model, per_step, n_targets)
-    assert grads_p.keys() == grads_s.keys() and grads_s
-    assert abs(loss_p - loss_s) <= 1e-4 * abs(loss_s), (loss_p, loss_s)
-    assert _relative(grads_p, grads_s) <= 1e-4
+    # both ways of attending along the tree: SDPA over the dense mask, and tree attention (only the visible blocks)
+    for attention in ("sdpa", "tree"):
+        calls = []
+        if attention == "tree":
+            use_tree_attention(model)
+
+            def counting(*args, tree_layout=None, **kwargs):
+                calls.append(tree_layout is not None)
+                return tree_attention_forward(*args, tree_layout=tree_layout, **kwargs)
+
+            AttentionInterface.register(TREE_ATTENTION, counting)
+        loss_p, grads_p = _loss_and_grads(model, packed, n_targets)
+        if attention == "tree":  # every layer of every packed batch took the tree path
+            AttentionInterface.register(TREE_ATTENTION, tree_attention_forward)
+            assert calls.count(True) == model.config.num_hidden_layers * sum("tree_layout" in b for b in packed) > 0
+        assert grads_p.keys() == grads_s.keys() and grads_s
+        assert abs(loss_p - loss_s) <= 1e-4 * abs(loss_s), (attention, loss_p, loss_s)
+        assert _relative(grads_p, grads_s) <= 1e-4, attention
+    model.set_attn_implementation("sdpa")
     return {"examples": len(examples), "fallbacks": sum(ex.fallback for ex in examples), "sequences": len(seqs),
             "per_step_tokens": sum(ex.length for ex in examples), "packed_tokens": sum(len(s.input_ids) for s in seqs)}  # fmt: skip
 
@@ -118,6 +142,41 @@ def test_tree_mask_sees_only_the_root_path():
         [0, 0, 0, 0, 0, 0, 1],  # padding sees only itself
     ]
     assert mask.int().tolist() == expected
+
+
+def test_tree_layout_chains_a_segment_with_the_child_that_follows_it():
+    # token order: 0 root, 1 child of 0, 2 child of 0, 3 child of 2, 4 child of 1; a padded second row
+    layout = TreeLayout.from_segments([([0, 0, 1, 2, 2, 3, 4], [-1, 0, 0, 2, 1]), ([0, 0, 0], [-1])])
+    assert layout.rows[0] == [(0, 3, ()), (3, 6, ((0, 2),)), (6, 7, ((0, 3),))]  # adjacent ancestors: one range
+    assert layout.rows[1] == [(0, 3, ())]
+
+
+def test_tree_attention_equals_sdpa_over_the_dense_tree_mask():
+    """Outputs and gradients of tree attention equal SDPA with the dense mask, padding and GQA included."""
+    torch.manual_seed(0)
+    rows = [([0, 0, 0, 1, 1, 2, 2, 2, 3, 4, 4, 5], [-1, 0, 0, 2, 1, 4]), ([0, 0, 1, 1, 2], [-1, 0, -1])]
+    length, heads, kv_heads, dim = 14, 4, 2, 8
+    query = torch.randn(2, heads, length, dim, requires_grad=True)
+    key = torch.randn(2, kv_heads, length, dim, requires_grad=True)
+    value = torch.randn(2, kv_heads, length, dim, requires_grad=True)
+    mask = torch.stack([tree_attention_mask(ids, parents, length) for ids, parents in rows])[:, None]
+    real = torch.tensor([[i < len(ids) for i in range(length)] for ids, _ in rows])
+    weights = torch.randn(2, length, heads, dim) * real[:, :, None, None]  # padding outputs are never used
+
+    def run(layout):
+        for t in (query, key, value):
+            t.grad = None
+        module = torch.nn.Module()
+        module.num_key_value_groups = heads // kv_heads
+        out, _ = tree_attention_forward(module, query, key, value, mask, scaling=dim**-0.5, tree_layout=layout)
+        (out * weights).sum().backward()
+        return out * real[:, :, None, None], [t.grad.clone() for t in (query, key, value)]
+
+    dense_out, dense_grads = run(None)  # SDPA over the dense mask
+    tree_out, tree_grads = run(TreeLayout.from_segments(rows))
+    assert torch.allclose(tree_out, dense_out, atol=1e-6)
+    for a, b in zip(tree_grads, dense_grads):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_a_row_of_single_examples_keeps_the_causal_per_step_layout(tiny_backbone, multi_turn_datasets):

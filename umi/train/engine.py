@@ -359,7 +359,8 @@ def completion_loss(model, inputs: dict, num_items_in_batch=None):
     labels = inputs["labels"]
     next_labels = labels[:, 1:]
     keep = (next_labels != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-    extra = {"position_ids": inputs["position_ids"]} if "position_ids" in inputs else {}  # packed: tree positions
+    # packed: tree positions, and the layout tree attention computes only the visible blocks from (umi.train.packing)
+    extra = {k: inputs[k] for k in ("position_ids", "tree_layout") if k in inputs}
     outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep,
                     **extra)  # fmt: skip
     logits = outputs.logits

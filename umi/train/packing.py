@@ -19,12 +19,21 @@ the example falls back to its own per-step token sequence (one unshared segment)
 Memory: a packed sequence holds at most `pack_length` tokens. When the next example would overflow it, a new
 sequence starts again from the docs (each example's own, per-step history cut included); no target is ever cut,
 and `pack_length >= max_length` guarantees any single example fits.
+
+Attention cost: the dense [L, L] tree mask is exact with any SDPA backend, but attention over it costs O(L^2) per
+head and layer however little of it is visible: at L ~ 4k that is as much attention work as the per-step examples
+together, and more than a layer's matmuls, so it ate the shared-prefix saving at full depth (30 layers). Tree
+attention (`tree_attention_forward`, registered for transformers as TREE_ATTENTION and switched on per model by
+`use_tree_attention`) computes only the visible blocks: each chain of segments (a segment followed by its own
+child: e.g. a new history turn and the branch after it) is one SDPA call over its ancestors' keys and its own
+(causal), so the work is what the per-step examples need minus what they share. The collator passes it a
+`TreeLayout` beside the dense mask; a model without tree attention ignores the layout and uses the mask.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from umi.train.tokenize import (
     IGNORE_INDEX,
@@ -194,9 +203,133 @@ def tree_attention_mask(segment_ids, segment_parents, length: int):
     return mask
 
 
+TREE_ATTENTION = "umi_tree"  # the attention implementation name under which tree attention is registered
+
+
+@dataclass
+class TreeLayout:
+    """The block structure of a packed batch, for tree attention: per batch row, its chains in token order as
+    (start, end, ancestor ranges). A chain is a maximal run of consecutive segments each the child of the one
+    before, so causal attention within it is exactly the tree mask; the ancestor ranges ([start, end) token ranges,
+    root first) are seen whole. Tokens after a row's last chain are padding."""
+
+    rows: list[list[tuple[int, int, tuple[tuple[int, int], ...]]]]
+    _prepared: dict = field(default_factory=dict, repr=False, compare=False)  # device -> index tensors and masks
+
+    @classmethod
+    def from_segments(cls, sequences: Sequence[tuple[Sequence[int], Sequence[int]]]) -> "TreeLayout":
+        """From each row's (segment_ids, segment_parents); a segment's tokens are contiguous (PackedSequence)."""
+        rows = []
+        for segment_ids, parents in sequences:
+            bounds: dict[int, list[int]] = {}
+            for i, s in enumerate(segment_ids):
+                bounds.setdefault(s, [i, i])[1] = i + 1
+            chains: list[list[int]] = []  # [start, end, first segment]
+            previous = None
+            for s in sorted(bounds, key=lambda s: bounds[s][0]):
+                start, end = bounds[s]
+                if chains and parents[s] == previous and chains[-1][1] == start:
+                    chains[-1][1] = end  # s continues the chain of its parent
+                else:
+                    chains.append([start, end, s])
+                previous = s
+            row = []
+            for start, end, first in chains:
+                ancestors, a = [], parents[first]
+                while a >= 0:
+                    ancestors.append(tuple(bounds[a]))
+                    a = parents[a]
+                merged: list[tuple[int, int]] = []
+                for lo, hi in reversed(ancestors):  # root first; adjacent ranges as one
+                    if merged and merged[-1][1] == lo:
+                        merged[-1] = (merged[-1][0], hi)
+                    else:
+                        merged.append((lo, hi))
+                row.append((start, end, tuple(merged)))
+            rows.append(row)
+        return cls(rows)
+
+    def prepared(self, device) -> list[list[tuple]]:
+        """Per row, per chain: (start, end, key slice or index tensor, mask or None for plain causal)."""
+        import torch
+
+        key = str(device)
+        if key not in self._prepared:
+            out = []
+            for row in self.rows:
+                blocks = []
+                for start, end, ancestors in row:
+                    n = end - start
+                    seen = sum(hi - lo for lo, hi in ancestors)
+                    if not ancestors:
+                        keys, mask = slice(start, end), None
+                    else:
+                        if len(ancestors) == 1 and ancestors[0][1] == start:
+                            keys = slice(ancestors[0][0], end)  # ancestors right before the chain: a view
+                        else:
+                            keys = torch.cat([torch.arange(lo, hi) for lo, hi in (*ancestors, (start, end))]).to(device)
+                        mask = torch.ones(n, seen + n, dtype=torch.bool)
+                        mask[:, seen:] = torch.ones(n, n, dtype=torch.bool).tril()
+                        mask = mask.to(device)
+                    blocks.append((start, end, keys, mask))
+                out.append(blocks)
+            self._prepared[key] = out
+        return self._prepared[key]
+
+
+def tree_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                           tree_layout: TreeLayout | None = None, **kwargs):  # fmt: skip
+    """A transformers attention function: tree attention when the batch brings a `tree_layout`, SDPA otherwise.
+
+    query [batch, heads, L, dim], key/value [batch, kv_heads, L, dim] (positions already applied); returns
+    ([batch, L, heads, dim], None) as transformers' SDPA function does. Each chain's queries attend to its
+    ancestors' keys and, causally, its own, in one SDPA call; padding gets zeros (its labels are ignored and no
+    real token attends to it)."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if tree_layout is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)  # fmt: skip
+    groups = query.shape[1] // key.shape[1]
+    # Grouped-query keys: SDPA's own GQA on CPU (its flash kernel takes a mask); elsewhere repeated, since CUDA's
+    # GQA kernels take no mask and would fall back to the math kernel.
+    gqa = groups > 1 and query.device.type == "cpu"
+    rows = []
+    for b, blocks in enumerate(tree_layout.prepared(query.device)):
+        outs, covered = [], 0
+        for start, end, keys, mask in blocks:
+            if isinstance(keys, slice):
+                k, v = key[b : b + 1, :, keys], value[b : b + 1, :, keys]
+            else:
+                k, v = key[b : b + 1].index_select(2, keys), value[b : b + 1].index_select(2, keys)
+            if groups > 1 and not gqa:
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            outs.append(torch.nn.functional.scaled_dot_product_attention(
+                query[b : b + 1, :, start:end], k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout,
+                scale=scaling, enable_gqa=gqa))  # fmt: skip
+            covered = end
+        if covered < query.shape[2]:
+            outs.append(query.new_zeros(1, query.shape[1], query.shape[2] - covered, value.shape[-1]))
+        rows.append(torch.cat(outs, dim=2))
+    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def use_tree_attention(model) -> None:
+    """Switch a transformers model to tree attention (SDPA for batches without a TreeLayout: per-step batches and
+    evaluation run as before). Registers TREE_ATTENTION with transformers once."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(TREE_ATTENTION, tree_attention_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(TREE_ATTENTION, sdpa_mask)  # masks of per-step batches as for SDPA
+    model.set_attn_implementation(TREE_ATTENTION)
+
+
 class PackedCollator:
     """Collates rows of packed micro-batches: every sequence of every row becomes one batch row, padded to the
-    longest, with a 4D boolean tree mask ([n, 1, L, L]) and explicit position ids. Rows without `segment_ids`
+    longest, with a 4D boolean tree mask ([n, 1, L, L]), explicit position ids and the TreeLayout that tree
+    attention uses instead of the mask (see use_tree_attention). Rows without `segment_ids`
     (per-step examples, e.g. the evaluation set) are collated as CompletionCollator does."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
@@ -238,5 +371,6 @@ class PackedCollator:
             "labels": torch.tensor(labels, dtype=torch.long),
             "position_ids": torch.tensor(positions, dtype=torch.long),
             "attention_mask": torch.stack(masks)[:, None],
+            "tree_layout": TreeLayout.from_segments([(s["segment_ids"], s["segment_parents"]) for s in seqs]),
             "real_tokens": torch.tensor(real, dtype=torch.long),
         }

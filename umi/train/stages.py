@@ -48,7 +48,7 @@ from umi.train.engine import (
     use_gradient_checkpointing,
     world_size,
 )
-from umi.train.packing import PackedCollator
+from umi.train.packing import PackedCollator, use_tree_attention
 from umi.train.tokenize import CompletionCollator
 from umi.vocabulary import (
     CONTROL_STAGE,
@@ -293,6 +293,8 @@ def train_stage(
 
     model = AutoModelForCausalLM.from_pretrained(str(init_from), dtype=torch.float32)
     model.config.use_cache = False  # no generation during training; the cache only costs memory
+    if config.packing:
+        use_tree_attention(model)  # packed batches attend only where their tree mask lets them (same result)
     if config.lora is not None:
         from peft import LoraConfig, get_peft_model
 
