@@ -62,8 +62,9 @@ def fixture_records(role: str) -> list[dict]:
                 break
         last_turn_end = prompt.rfind("</s>")
         end = last_turn_end + len("</s>") if last_turn_end >= start else start
-        records.append({"id": f"fixture-{role}-{i}", "prompt": prompt, "target": ex["target"],
-                        "history_span": [start, end]})  # fmt: skip
+        records.append(
+            {"id": f"fixture-{role}-{i}", "prompt": prompt, "target": ex["target"], "history_span": [start, end]}
+        )
     return records
 
 
@@ -139,11 +140,13 @@ def time_engines(model_dir: Path, examples: list, tokenizer, args) -> dict:
         for kind in kinds:
             start = time.perf_counter()
             if kind == "per-step":
-                batches = [per_step_collate([{"input_ids": ex.encoded.input_ids, "labels": ex.encoded.labels}])
-                           for ex in step]  # fmt: skip
+                batches = [
+                    per_step_collate([{"input_ids": ex.encoded.input_ids, "labels": ex.encoded.labels}]) for ex in step
+                ]
             else:
-                batches = [packed_collate([{k: [v] for k, v in seq.to_row().items()}])
-                           for seq in pack(step, args.pack_length)]  # fmt: skip
+                batches = [
+                    packed_collate([{k: [v] for k, v in seq.to_row().items()}]) for seq in pack(step, args.pack_length)
+                ]
             total = 0.0
             for batch in batches:
                 batch.pop("real_tokens", None)
@@ -175,43 +178,60 @@ def shared_prefix(model_dir: Path, tokenizer, args) -> dict:
         for r in sample:
             cache = cache_of.setdefault(trajectory_of(r), {})
             try:
-                examples.append(tree_example(tokenizer, r["prompt"], r["target"], r["history_span"],
-                                             args.prefix_max_length, r["id"], cache))  # fmt: skip
+                examples.append(
+                    tree_example(
+                        tokenizer, r["prompt"], r["target"], r["history_span"], args.prefix_max_length, r["id"], cache
+                    )
+                )
             except TooLong:
                 too_long += 1
         timing = time_engines(model_dir, examples, tokenizer, args)
         target = sum(ex.target_tokens for ex in examples)
         speed = {k: target / v["seconds"] for k, v in timing.items()}
-        print(f"{role}: {len(examples)} examples, per-step {timing['per-step']['seconds']:.1f} s, packed "
-              f"{timing['packed']['seconds']:.1f} s", flush=True)  # progress; the table comes at the end
+        print(
+            f"{role}: {len(examples)} examples, per-step {timing['per-step']['seconds']:.1f} s, packed "
+            f"{timing['packed']['seconds']:.1f} s",
+            flush=True,
+        )  # progress; the table comes at the end
         roles[role] = {
-            "source": source, "trajectories": len({trajectory_of(r) for r in sample}), "examples": len(examples),
-            "too_long": too_long, "history_cut": sum(1 for ex in examples if ex.encoded.dropped_turns),
-            "fallbacks": sum(1 for ex in examples if ex.fallback), "target_tokens": target, **timing,
-            "target_tokens_per_second": speed, "speedup": speed["packed"] / speed["per-step"],
-        }  # fmt: skip
+            "source": source,
+            "trajectories": len({trajectory_of(r) for r in sample}),
+            "examples": len(examples),
+            "too_long": too_long,
+            "history_cut": sum(1 for ex in examples if ex.encoded.dropped_turns),
+            "fallbacks": sum(1 for ex in examples if ex.fallback),
+            "target_tokens": target,
+            **timing,
+            "target_tokens_per_second": speed,
+            "speedup": speed["packed"] / speed["per-step"],
+        }
     total = sum(weights.values())
     mean = sum(weights[r] / total * roles[r]["speedup"] for r in roles)
     return {"roles": roles, "weights": {r: weights[r] / total for r in roles}, "speedup": mean}
 
 
 def print_shared_prefix(result: dict, args) -> None:
-    print(f"shared prefix: steps of {args.prefix_batch} examples, pack length {args.pack_length}, "
-          f"max length {args.prefix_max_length}, {args.attention} attention"
-          + (f", first {args.layers} layers" if args.layers else ""))
-    print(f"{'role':<11} {'traj':>4} {'n':>4} {'cut':>3} {'fb':>3} {'target':>7} {'per-step tok':>12} {'packed tok':>10}"
-          f" {'tok x':>5} {'per-step s':>10} {'packed s':>9} {'per-step t/s':>12} {'packed t/s':>10} {'loss p-s/pk':>13}"
-          f" {'x':>6}")  # fmt: skip
+    print(
+        f"shared prefix: steps of {args.prefix_batch} examples, pack length {args.pack_length}, "
+        f"max length {args.prefix_max_length}, {args.attention} attention"
+        + (f", first {args.layers} layers" if args.layers else "")
+    )
+    print(
+        f"{'role':<11} {'traj':>4} {'n':>4} {'cut':>3} {'fb':>3} {'target':>7} {'per-step tok':>12} {'packed tok':>10}"
+        f" {'tok x':>5} {'per-step s':>10} {'packed s':>9} {'per-step t/s':>12} {'packed t/s':>10} {'loss p-s/pk':>13}"
+        f" {'x':>6}"
+    )
     for role, r in result["roles"].items():
         ps, pk = r["per-step"], r["packed"]
-        print(f"{role:<11} {r['trajectories']:>4} {r['examples']:>4} {r['history_cut']:>3} {r['fallbacks']:>3}"
-              f" {r['target_tokens']:>7} {ps['tokens']:>12} {pk['tokens']:>10} {ps['tokens'] / pk['tokens']:>5.2f}"
-              f" {ps['seconds']:>10.1f}"
-              f" {pk['seconds']:>9.1f} {r['target_tokens_per_second']['per-step']:>12.1f}"
-              f" {r['target_tokens_per_second']['packed']:>10.1f}"
-              f" {ps['mean_step_loss']:>6.3f}/{pk['mean_step_loss']:<6.3f} {r['speedup']:>5.2f}x")  # fmt: skip
-    print("weights (share of the train split): "
-          + ", ".join(f"{k} {v:.2f}" for k, v in result["weights"].items()))  # fmt: skip
+        print(
+            f"{role:<11} {r['trajectories']:>4} {r['examples']:>4} {r['history_cut']:>3} {r['fallbacks']:>3}"
+            f" {r['target_tokens']:>7} {ps['tokens']:>12} {pk['tokens']:>10} {ps['tokens'] / pk['tokens']:>5.2f}"
+            f" {ps['seconds']:>10.1f}"
+            f" {pk['seconds']:>9.1f} {r['target_tokens_per_second']['per-step']:>12.1f}"
+            f" {r['target_tokens_per_second']['packed']:>10.1f}"
+            f" {ps['mean_step_loss']:>6.3f}/{pk['mean_step_loss']:<6.3f} {r['speedup']:>5.2f}x"
+        )
+    print("weights (share of the train split): " + ", ".join(f"{k} {v:.2f}" for k, v in result["weights"].items()))
     print(f"shared-prefix speed-up: {result['speedup']:.2f}x")
 
 
@@ -236,7 +256,7 @@ class PadToMaxCollator:
 
 def run_engine(kind: str, model_dir: Path, dataset, tokenizer, args, workdir: Path, checkpointing: bool) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from umi.train.engine import CompletionTrainer
     from umi.train.tokenize import CompletionCollator
@@ -270,7 +290,9 @@ def run_engine(kind: str, model_dir: Path, dataset, tokenizer, args, workdir: Pa
         disable_tqdm=True,
     )
     if kind == "ours":
-        collator = CompletionCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
+        collator = CompletionCollator(
+            tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None
+        )
         trainer = CompletionTrainer(model=model, args=training_args, data_collator=collator, train_dataset=dataset)
     else:
         collator = PadToMaxCollator(tokenizer.pad_token_id, args.max_length)
@@ -280,8 +302,13 @@ def run_engine(kind: str, model_dir: Path, dataset, tokenizer, args, workdir: Pa
     seconds = time.perf_counter() - start
     steps = out.global_step
     padded = len(dataset) * args.max_length if kind == "reference" else None
-    return {"seconds": seconds, "steps": steps, "seconds_per_step": seconds / max(steps, 1), "loss": out.training_loss,
-            "padded_tokens": padded}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "steps": steps,
+        "seconds_per_step": seconds / max(steps, 1),
+        "loss": out.training_loss,
+        "padded_tokens": padded,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,22 +318,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=4096)
     parser.add_argument("--examples", type=int, default=4)
     parser.add_argument("--datasets", type=Path, default=ROOT / "artifacts" / "datasets", help="role datasets dir")
-    parser.add_argument("--fixtures", action="store_true",
-                        help="use the ToolBench fixtures even when artifacts/datasets exists (longer prompts)")
+    parser.add_argument(
+        "--fixtures",
+        action="store_true",
+        help="use the ToolBench fixtures even when artifacts/datasets exists (longer prompts)",
+    )
     parser.add_argument("--pool", type=int, default=2000, help="examples encoded to draw the sample from")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--micro-batch", type=int, default=1, help="our engine's micro-batch (see run_engine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--roles", nargs="+", default=list(FIXTURE_NAME), choices=list(FIXTURE_NAME),
-                        help="roles of the shared-prefix section")
+    parser.add_argument(
+        "--roles",
+        nargs="+",
+        default=list(FIXTURE_NAME),
+        choices=list(FIXTURE_NAME),
+        help="roles of the shared-prefix section",
+    )
     parser.add_argument("--prefix-examples", type=int, default=16, help="examples per role (whole trajectories)")
     parser.add_argument("--prefix-batch", type=int, default=16, help="examples per optimiser step")
     parser.add_argument("--prefix-max-length", type=int, default=4096, help="per-step budget (no history cut)")
     parser.add_argument("--pack-length", type=int, default=4096, help="tokens of one packed sequence")
     parser.add_argument("--layers", type=int, default=None, help="keep only the first N decoder layers")
-    parser.add_argument("--attention", choices=("tree", "dense"), default="tree",
-                        help="packed attention: tree attention (the engine's) or SDPA over the dense tree mask")
+    parser.add_argument(
+        "--attention",
+        choices=("tree", "dense"),
+        default="tree",
+        help="packed attention: tree attention (the engine's) or SDPA over the dense tree mask",
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip the pad-to-max reference comparison")
     args = parser.parse_args(argv)
 
@@ -335,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         encoded, too_long = [], 0
         for rec in records:
             try:
-                enc = encode_example(tokenizer, rec["prompt"], rec["target"], rec["history_span"], args.max_length, rec["id"])
+                enc = encode_example(
+                    tokenizer, rec["prompt"], rec["target"], rec["history_span"], args.max_length, rec["id"]
+                )
             except TooLong:
                 too_long += 1
                 continue
@@ -367,22 +408,41 @@ def main(argv: list[str] | None = None) -> int:
         reference_speed = results["reference"]["target_tokens_per_second"]
         ratio = results["ours"]["target_tokens_per_second"] / reference_speed
 
-        print(f"data: {source} ({args.role}): {len(rows)} examples at the length quantiles of {len(encoded)} "
-              f"(mean {pool_mean:.0f} tokens; {too_long} too long for {args.max_length} left out)")
-        print(f"model: {model_dir}   batch {args.batch_size} (ours: micro-batches of {args.micro_batch})   "
-              f"max length {args.max_length}   device: {'cuda' if gpu else 'cpu'}")
-        print(f"example lengths: min {lengths[0]}  median {lengths[len(lengths) // 2]}  mean {real_tokens / len(rows):.0f}"
-              f"  max {lengths[-1]}   target tokens {target_tokens}")  # fmt: skip
-        print(f"{'engine':<10} {'ckpt':>5} {'seconds':>9} {'s/step':>8} {'target tok/s':>13} {'real tok/s':>11} {'loss':>7}")
+        print(
+            f"data: {source} ({args.role}): {len(rows)} examples at the length quantiles of {len(encoded)} "
+            f"(mean {pool_mean:.0f} tokens; {too_long} too long for {args.max_length} left out)"
+        )
+        print(
+            f"model: {model_dir}   batch {args.batch_size} (ours: micro-batches of {args.micro_batch})   "
+            f"max length {args.max_length}   device: {'cuda' if gpu else 'cpu'}"
+        )
+        print(
+            f"example lengths: min {lengths[0]}  median {lengths[len(lengths) // 2]}  mean {real_tokens / len(rows):.0f}"
+            f"  max {lengths[-1]}   target tokens {target_tokens}"
+        )
+        print(
+            f"{'engine':<10} {'ckpt':>5} {'seconds':>9} {'s/step':>8} {'target tok/s':>13} {'real tok/s':>11} {'loss':>7}"
+        )
         for name, r in results.items():
-            print(f"{name:<10} {'on' if r['checkpointing'] else 'off':>5} {r['seconds']:>9.1f} {r['seconds_per_step']:>8.2f}"
-                  f" {r['target_tokens_per_second']:>13.1f} {r['real_tokens_per_second']:>11.1f} {r['loss']:>7.3f}")  # fmt: skip
+            print(
+                f"{name:<10} {'on' if r['checkpointing'] else 'off':>5} {r['seconds']:>9.1f} {r['seconds_per_step']:>8.2f}"
+                f" {r['target_tokens_per_second']:>13.1f} {r['real_tokens_per_second']:>11.1f} {r['loss']:>7.3f}"
+            )
         print(f"speed-up (target tokens/s, ours / reference): {ratio:.2f}x  (goal >= 4x)")
         if "ours+ckpt" in results:
             same = results["ours+ckpt"]["target_tokens_per_second"] / reference_speed
             print(f"speed-up with activation checkpointing on in both: {same:.2f}x")
-        summary.update({"ratio": ratio, "examples": len(rows), "max_length": args.max_length, "data": source,
-                        "target_tokens": target_tokens, "real_tokens": real_tokens, **results})  # fmt: skip
+        summary.update(
+            {
+                "ratio": ratio,
+                "examples": len(rows),
+                "max_length": args.max_length,
+                "data": source,
+                "target_tokens": target_tokens,
+                "real_tokens": real_tokens,
+                **results,
+            }
+        )
     prefix = shared_prefix(Path(model_dir), tokenizer, args)
     summary["shared_prefix"] = prefix
     print_shared_prefix(prefix, args)

@@ -18,8 +18,8 @@ from umi.train.config import load_config
 from umi.train.engine import completion_loss, encode_role_dataset, encode_role_dataset_packed
 from umi.train.packing import (
     TREE_ATTENTION,
-    TreeLayout,
     PackedCollator,
+    TreeLayout,
     pack,
     tree_attention_forward,
     tree_attention_mask,
@@ -32,9 +32,15 @@ from umi.train.tokenize import IGNORE_INDEX, CompletionCollator
 ROLES = ("global", "planner", "caller", "summarizer")
 REPO = Path(__file__).resolve().parents[2]
 
-WEATHER = ToolSpec(name="get_weather", description="Get the weather of a city",
-                   parameters={"type": "object", "properties": {"city": {"type": "string", "description": "the city"}},
-                               "required": ["city"]})  # fmt: skip
+WEATHER = ToolSpec(
+    name="get_weather",
+    description="Get the weather of a city",
+    parameters={
+        "type": "object",
+        "properties": {"city": {"type": "string", "description": "the city"}},
+        "required": ["city"],
+    },
+)
 
 
 def multi_turn(i: int, turns: int = 2, calls: int = 2) -> Trajectory:
@@ -93,8 +99,10 @@ def _relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def assert_packed_equals_per_step(model, tokenizer, records: list[dict], max_length: int, pack_length: int) -> dict:
     """Packed vs per-step on the same examples: loss and gradients within relative 1e-4 (float32)."""
     cache: dict = {}
-    examples = [tree_example(tokenizer, r["prompt"], r["target"], r["history_span"], max_length, r["id"], cache)
-                for r in records]  # fmt: skip
+    examples = [
+        tree_example(tokenizer, r["prompt"], r["target"], r["history_span"], max_length, r["id"], cache)
+        for r in records
+    ]
     n_targets = sum(ex.target_tokens for ex in examples)
     seqs = pack(examples, pack_length)
     assert all(len(s.input_ids) <= pack_length for s in seqs)
@@ -103,8 +111,10 @@ def assert_packed_equals_per_step(model, tokenizer, records: list[dict], max_len
     assert packed_targets == [t for ex in examples for t in ex.encoded.labels if t != IGNORE_INDEX]
     collate = PackedCollator(tokenizer.pad_token_id)
     packed = [collate([{k: [s.to_row()[k]] for k in s.to_row()}]) for s in seqs]
-    per_step = [CompletionCollator(tokenizer.pad_token_id)([{"input_ids": ex.encoded.input_ids,
-                                                             "labels": ex.encoded.labels}]) for ex in examples]  # fmt: skip
+    per_step = [
+        CompletionCollator(tokenizer.pad_token_id)([{"input_ids": ex.encoded.input_ids, "labels": ex.encoded.labels}])
+        for ex in examples
+    ]
     loss_s, grads_s = _loss_and_grads(model, per_step, n_targets)
     # both ways of attending along the tree: SDPA over the dense mask, and tree attention (only the visible blocks)
     for attention in ("sdpa", "tree"):
@@ -125,8 +135,13 @@ def assert_packed_equals_per_step(model, tokenizer, records: list[dict], max_len
         assert abs(loss_p - loss_s) <= 1e-4 * abs(loss_s), (attention, loss_p, loss_s)
         assert _relative(grads_p, grads_s) <= 1e-4, attention
     model.set_attn_implementation("sdpa")
-    return {"examples": len(examples), "fallbacks": sum(ex.fallback for ex in examples), "sequences": len(seqs),
-            "per_step_tokens": sum(ex.length for ex in examples), "packed_tokens": sum(len(s.input_ids) for s in seqs)}  # fmt: skip
+    return {
+        "examples": len(examples),
+        "fallbacks": sum(ex.fallback for ex in examples),
+        "sequences": len(seqs),
+        "per_step_tokens": sum(ex.length for ex in examples),
+        "packed_tokens": sum(len(s.input_ids) for s in seqs),
+    }
 
 
 def test_tree_mask_sees_only_the_root_path():
@@ -195,7 +210,9 @@ def test_packed_loss_and_gradients_equal_per_step_on_the_tiny_model(tiny_backbon
     model = AutoModelForCausalLM.from_pretrained(str(tiny_backbone), dtype=torch.float32)
     records = _records(multi_turn_datasets / role / "train.jsonl")
     stats = assert_packed_equals_per_step(model, tok, records, max_length=1024, pack_length=8192)
-    assert stats["fallbacks"] == 0 and stats["sequences"] == 1  # both trajectories in one sequence (same docs: one root)
+    assert (
+        stats["fallbacks"] == 0 and stats["sequences"] == 1
+    )  # both trajectories in one sequence (same docs: one root)
     if role in ("global", "planner"):  # the history is shared: far fewer tokens than per-step
         assert stats["packed_tokens"] < 0.6 * stats["per_step_tokens"]
 
@@ -209,8 +226,9 @@ def test_history_cut_and_pack_length_cut_keep_every_target_whole(tiny_backbone, 
     longest = max(ex.length for ex in full)
     # a per-example budget that cuts history from the left, and a packed budget that holds only a few examples
     max_length = longest - 60
-    examples = [tree_example(tok, r["prompt"], r["target"], r["history_span"], max_length, r["id"], cache)
-                for r in records]  # fmt: skip
+    examples = [
+        tree_example(tok, r["prompt"], r["target"], r["history_span"], max_length, r["id"], cache) for r in records
+    ]
     assert any(ex.encoded.dropped_turns for ex in examples)
     pack_length = max_length + 100
     seqs = pack(examples, pack_length)
@@ -228,20 +246,32 @@ def test_history_cut_and_pack_length_cut_keep_every_target_whole(tiny_backbone, 
 def test_a_boundary_that_changes_tokenisation_falls_back_to_per_step_and_is_counted(tmp_path):
     tok = _word_tokenizer()
     # "Head:" glued to the history: as one string "Head:user:" is one (unknown) word, as segments two known words
-    glued = {"id": "g#1", "trajectory_id": "g", "prompt": "Head:user: hi </s> TAIL ", "target": "T1",
-             "history_span": [5, 18]}  # fmt: skip
-    clean = {"id": "c#1", "trajectory_id": "c", "prompt": "Head: user: hi </s> TAIL ", "target": "T2",
-             "history_span": [6, 19]}  # fmt: skip
+    glued = {
+        "id": "g#1",
+        "trajectory_id": "g",
+        "prompt": "Head:user: hi </s> TAIL ",
+        "target": "T1",
+        "history_span": [5, 18],
+    }
+    clean = {
+        "id": "c#1",
+        "trajectory_id": "c",
+        "prompt": "Head: user: hi </s> TAIL ",
+        "target": "T2",
+        "history_span": [6, 19],
+    }
     a = tree_example(tok, glued["prompt"], glued["target"], glued["history_span"], 64, glued["id"])
     b = tree_example(tok, clean["prompt"], clean["target"], clean["history_span"], 64, clean["id"])
     assert a.fallback and not b.fallback
     assert [i for seg in a.path for i in seg] + list(a.branch) == a.encoded.input_ids  # the per-step ids, unshared
     assert b.path == ((ID["Head:"],), (ID["user:"], ID["hi"], ID["</s>"])) and b.branch[0] == ID["TAIL"]
     (tmp_path / "planner").mkdir()
-    (tmp_path / "planner" / "train.jsonl").write_text("".join(json.dumps({**r, "role": "planner"}) + "\n"
-                                                              for r in (glued, clean)))  # fmt: skip
-    enc = encode_role_dataset_packed(tmp_path / "planner" / "train.jsonl", "planner", tok, 64, examples_per_row=2,
-                                     pack_length=128)  # fmt: skip
+    (tmp_path / "planner" / "train.jsonl").write_text(
+        "".join(json.dumps({**r, "role": "planner"}) + "\n" for r in (glued, clean))
+    )
+    enc = encode_role_dataset_packed(
+        tmp_path / "planner" / "train.jsonl", "planner", tok, 64, examples_per_row=2, pack_length=128
+    )
     assert enc.fallback_examples == 1 and enc.examples == 2 and len(enc.dataset) == 1
 
 
@@ -279,8 +309,9 @@ def _weights(model_dir) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_two_training_steps_give_the_same_weights_with_packing_on_and_off(tiny_backbone, multi_turn_datasets,
-                                                                          tmp_path, lora):  # fmt: skip
+def test_two_training_steps_give_the_same_weights_with_packing_on_and_off(
+    tiny_backbone, multi_turn_datasets, tmp_path, lora
+):
     # every step holds the whole dataset (2 trajectories, 10 planner examples), so both engines take the same steps
     n = len(_records(multi_turn_datasets / "planner" / "train.jsonl"))
     overrides = {"per_device_batch_size": n // 2, "global_batch_size": n, "max_length": 1024}
@@ -289,8 +320,9 @@ def test_two_training_steps_give_the_same_weights_with_packing_on_and_off(tiny_b
     results = {}
     for packing in (True, False):
         config = load_config("tiny", packing=packing, **overrides)
-        results[packing] = train_stage("planner", config, multi_turn_datasets, tmp_path / f"p{packing}",
-                                       tiny_backbone, tracking=False)  # fmt: skip
+        results[packing] = train_stage(
+            "planner", config, multi_turn_datasets, tmp_path / f"p{packing}", tiny_backbone, tracking=False
+        )
         assert results[packing].metrics["global_step"] == 2
     on, off, start = _weights(results[True].checkpoint), _weights(results[False].checkpoint), _weights(tiny_backbone)
     moved = [k for k in start if not torch.equal(start[k], off[k])]

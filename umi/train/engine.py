@@ -23,7 +23,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from umi.schema import RecordError
 from umi.train.config import StageSettings, TrainConfig
-from umi.train.tokenize import IGNORE_INDEX, CompletionCollator, TooLong, encode_example
+from umi.train.tokenize import IGNORE_INDEX, TooLong, encode_example
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,13 @@ def _read_records(path: str, role: str, stamp: tuple = ()):
             if rec.get("role", role) != role:
                 raise RecordError(record_id, f"role {rec.get('role')!r} in the {role} dataset")
             trajectory = rec.get("trajectory_id") or record_id.rsplit("#", 1)[0]
-            yield {"id": record_id, "trajectory_id": str(trajectory), "prompt": rec["prompt"], "target": rec["target"],
-                   "history_span": [int(x) for x in rec["history_span"]]}  # fmt: skip
+            yield {
+                "id": record_id,
+                "trajectory_id": str(trajectory),
+                "prompt": rec["prompt"],
+                "target": rec["target"],
+                "history_span": [int(x) for x in rec["history_span"]],
+            }
 
 
 def _load_records(path: str | Path, role: str, cache_dir: str | Path | None):
@@ -146,10 +151,22 @@ def encode_role_dataset(
         try:
             enc = encode_example(tokenizer, rec["prompt"], rec["target"], rec["history_span"], max_length, rec["id"])
         except TooLong:
-            return {"input_ids": [], "labels": [], "length": 0, "target_tokens": 0, "dropped_turns": 0,
-                    "too_long": True}  # fmt: skip
-        return {"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids),
-                "target_tokens": enc.target_tokens, "dropped_turns": enc.dropped_turns, "too_long": False}  # fmt: skip
+            return {
+                "input_ids": [],
+                "labels": [],
+                "length": 0,
+                "target_tokens": 0,
+                "dropped_turns": 0,
+                "too_long": True,
+            }
+        return {
+            "input_ids": enc.input_ids,
+            "labels": enc.labels,
+            "length": len(enc.input_ids),
+            "target_tokens": enc.target_tokens,
+            "dropped_turns": enc.dropped_turns,
+            "too_long": False,
+        }
 
     if max_tokens is not None:
         # Encode in a seeded random order until the budget is full; only as many examples as needed are encoded.
@@ -169,15 +186,26 @@ def encode_role_dataset(
     too_long_ids = [rid for rid, bad in zip(ds["id"], ds["too_long"]) if bad]
     if too_long_ids:
         shown = ", ".join(too_long_ids[:10]) + (" ..." if len(too_long_ids) > 10 else "")
-        log.warning("%s: %d example(s) longer than %d tokens without history, left out: %s",
-                    path, len(too_long_ids), max_length, shown)  # fmt: skip
+        log.warning(
+            "%s: %d example(s) longer than %d tokens without history, left out: %s",
+            path,
+            len(too_long_ids),
+            max_length,
+            shown,
+        )
         ds = ds.filter(lambda bad: not bad, input_columns="too_long")
     if len(ds) == 0:
         raise ValueError(f"{path}: every example is longer than max_length={max_length} tokens even without history")
     truncated = int(sum(1 for d in ds["dropped_turns"] if d))
     ds = ds.remove_columns([c for c in ds.column_names if c not in ("input_ids", "labels", "length", "target_tokens")])
-    return EncodedDataset(ds, too_long_ids, truncated, source_examples, example_lengths=list(ds["length"]),
-                          target_tokens=int(sum(ds["target_tokens"])))  # fmt: skip
+    return EncodedDataset(
+        ds,
+        too_long_ids,
+        truncated,
+        source_examples,
+        example_lengths=list(ds["length"]),
+        target_tokens=int(sum(ds["target_tokens"])),
+    )
 
 
 def encode_role_dataset_packed(
@@ -218,8 +246,9 @@ def encode_role_dataset_packed(
         for i in groups[trajectory]:
             rec = ds[i]
             try:
-                ex = tree_example(tokenizer, rec["prompt"], rec["target"], rec["history_span"], max_length,
-                                  rec["id"], cache)  # fmt: skip
+                ex = tree_example(
+                    tokenizer, rec["prompt"], rec["target"], rec["history_span"], max_length, rec["id"], cache
+                )
             except TooLong:
                 too_long_ids.append(rec["id"])
                 continue
@@ -235,8 +264,13 @@ def encode_role_dataset_packed(
             break
     if too_long_ids:
         shown = ", ".join(too_long_ids[:10]) + (" ..." if len(too_long_ids) > 10 else "")
-        log.warning("%s: %d example(s) longer than %d tokens without history, left out: %s",
-                    path, len(too_long_ids), max_length, shown)  # fmt: skip
+        log.warning(
+            "%s: %d example(s) longer than %d tokens without history, left out: %s",
+            path,
+            len(too_long_ids),
+            max_length,
+            shown,
+        )
     if not examples:
         raise ValueError(f"{path}: every example is longer than max_length={max_length} tokens even without history")
     rows = []
@@ -361,8 +395,9 @@ def completion_loss(model, inputs: dict, num_items_in_batch=None):
     keep = (next_labels != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
     # packed: tree positions, and the layout tree attention computes only the visible blocks from (umi.train.packing)
     extra = {k: inputs[k] for k in ("position_ids", "tree_layout") if k in inputs}
-    outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep,
-                    **extra)  # fmt: skip
+    outputs = model(
+        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep, **extra
+    )
     logits = outputs.logits
     targets = next_labels[:, keep]
     loss_sum = torch.nn.functional.cross_entropy(
@@ -396,7 +431,9 @@ def checkpoint_is_complete(folder: str | Path, meta: dict | None = None) -> bool
     return meta is None or all(marker.get(k) == v for k, v in meta.items())
 
 
-def last_complete_checkpoint(checkpoints_dir: str | Path, meta: dict | None = None, *, clean: bool = False) -> str | None:
+def last_complete_checkpoint(
+    checkpoints_dir: str | Path, meta: dict | None = None, *, clean: bool = False
+) -> str | None:
     """The newest `checkpoint-<step>` with its completeness marker (matching `meta`); a checkpoint without one
     (killed or out of disk during its save) never counts. clean: remove those that do not count (the main process,
     before resuming, so the Trainer's rotation and a later save of the same step never meet them)."""
@@ -443,8 +480,12 @@ class CompletionTrainer(Trainer):
         if self.args.should_save:
             _fsync_tree(folder)
             write_json(folder / CHECKPOINT_COMPLETE, {"step": self.state.global_step, **self.checkpoint_meta})
-            rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)  # fmt: skip
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = completion_loss(model, inputs, num_items_in_batch)
@@ -482,10 +523,10 @@ class MlflowStageCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
+        import time
+
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
-
-        import time
 
         now = int(time.time() * 1000)
         metrics = [
@@ -510,7 +551,10 @@ def dataset_stats(encoded: EncodedDataset) -> dict[str, float]:
         "max_length_seen": max(lengths),
     }
     if encoded.packed_tokens is not None:
-        stats.update(packed_tokens=encoded.packed_tokens, packed_rows=len(encoded.dataset),
-                     examples_packing_fallback=encoded.fallback_examples,
-                     packing_token_ratio=encoded.tokens / max(encoded.packed_tokens, 1))  # fmt: skip
+        stats.update(
+            packed_tokens=encoded.packed_tokens,
+            packed_rows=len(encoded.dataset),
+            examples_packing_fallback=encoded.fallback_examples,
+            packing_token_ratio=encoded.tokens / max(encoded.packed_tokens, 1),
+        )
     return stats

@@ -277,8 +277,17 @@ class TreeLayout:
         return self._prepared[key]
 
 
-def tree_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                           tree_layout: TreeLayout | None = None, **kwargs):  # fmt: skip
+def tree_attention_forward(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling=None,
+    tree_layout: TreeLayout | None = None,
+    **kwargs,
+):
     """A transformers attention function: tree attention when the batch brings a `tree_layout`, SDPA otherwise.
 
     query [batch, heads, L, dim], key/value [batch, kv_heads, L, dim] (positions already applied); returns
@@ -289,8 +298,9 @@ def tree_attention_forward(module, query, key, value, attention_mask, dropout: f
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if tree_layout is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)  # fmt: skip
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     groups = query.shape[1] // key.shape[1]
     # Grouped-query keys: SDPA's own GQA on CPU (its flash kernel takes a mask); elsewhere repeated, since CUDA's
     # GQA kernels take no mask and would fall back to the math kernel.
@@ -305,9 +315,18 @@ def tree_attention_forward(module, query, key, value, attention_mask, dropout: f
                 k, v = key[b : b + 1].index_select(2, keys), value[b : b + 1].index_select(2, keys)
             if groups > 1 and not gqa:
                 k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-            outs.append(torch.nn.functional.scaled_dot_product_attention(
-                query[b : b + 1, :, start:end], k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout,
-                scale=scaling, enable_gqa=gqa))  # fmt: skip
+            outs.append(
+                torch.nn.functional.scaled_dot_product_attention(
+                    query[b : b + 1, :, start:end],
+                    k,
+                    v,
+                    attn_mask=mask,
+                    is_causal=mask is None,
+                    dropout_p=dropout,
+                    scale=scaling,
+                    enable_gqa=gqa,
+                )
+            )
             covered = end
         if covered < query.shape[2]:
             outs.append(query.new_zeros(1, query.shape[1], query.shape[2] - covered, value.shape[-1]))

@@ -72,6 +72,8 @@ def dataset_prompt_format(datasets_dir: str | Path) -> dict | None:
         return None
     data = json.loads(layout.read_text(encoding="utf-8"))
     return prompts.prompt_format(data["doc_style"], data.get("observation_limit"))
+
+
 STATE_FILE = "stage_state.json"
 DEFAULT_EXPERIMENT = "umi-train"
 
@@ -114,8 +116,10 @@ def read_state(state_path: Path) -> dict:
     the same fingerprint (the checkpoint's marker names it), or starts over."""
     state = read_json_or_none(state_path)
     if state is None and state_path.exists():
-        log.error("%s: state lost; resuming from the last complete checkpoint of this configuration, if any",
-                  state_path.parent)  # fmt: skip
+        log.error(
+            "%s: state lost; resuming from the last complete checkpoint of this configuration, if any",
+            state_path.parent,
+        )
     return state or {}
 
 
@@ -259,13 +263,22 @@ def train_stage(
                 shutil.rmtree(model_dir, ignore_errors=True)
             state = {}
         # only a checkpoint marked complete, and by a run of this very fingerprint, is resumed from
-        last_checkpoint = (last_complete_checkpoint(checkpoints_dir, {"fingerprint": fingerprint}, clean=is_main)
-                           if resume else None)  # fmt: skip
+        last_checkpoint = (
+            last_complete_checkpoint(checkpoints_dir, {"fingerprint": fingerprint}, clean=is_main) if resume else None
+        )
     manifest = read_json_or_none(model_dir / STAGE_MANIFEST) if state.get("complete") else None
     if manifest is not None and manifest.get("fingerprint") == fingerprint and "metrics" in manifest:
         log.info("stage %s already complete in %s", stage, model_dir)
-        return StageResult(stage, model_dir, manifest["metrics"], init_from, manifest.get("run_id"),
-                           None, manifest.get("too_long_ids", []), skipped=True)  # fmt: skip
+        return StageResult(
+            stage,
+            model_dir,
+            manifest["metrics"],
+            init_from,
+            manifest.get("run_id"),
+            None,
+            manifest.get("too_long_ids", []),
+            skipped=True,
+        )
 
     tokenizer = AutoTokenizer.from_pretrained(str(init_from))
     if tokenizer.pad_token_id is None:
@@ -275,18 +288,40 @@ def train_stage(
         # the control draws its subset with another seed: more of the global data, not the global stage's again
         subset_seed = config.seed + (1 if stage == CONTROL_STAGE else 0)
         if config.packing:
-            train = encode_role_dataset_packed(train_path, dataset_role(stage), tokenizer, config.max_length,
-                                               examples_per_row=config.per_device_batch_size,
-                                               pack_length=config.pack_budget(), max_examples=settings.max_examples,
-                                               max_tokens=settings.max_tokens, seed=subset_seed,
-                                               cache_dir=cache_dir)  # fmt: skip
+            train = encode_role_dataset_packed(
+                train_path,
+                dataset_role(stage),
+                tokenizer,
+                config.max_length,
+                examples_per_row=config.per_device_batch_size,
+                pack_length=config.pack_budget(),
+                max_examples=settings.max_examples,
+                max_tokens=settings.max_tokens,
+                seed=subset_seed,
+                cache_dir=cache_dir,
+            )
         else:
-            train = encode_role_dataset(train_path, dataset_role(stage), tokenizer, config.max_length,
-                                        max_examples=settings.max_examples, max_tokens=settings.max_tokens,
-                                        seed=subset_seed, workers=config.tokenize_workers, cache_dir=cache_dir)  # fmt: skip
+            train = encode_role_dataset(
+                train_path,
+                dataset_role(stage),
+                tokenizer,
+                config.max_length,
+                max_examples=settings.max_examples,
+                max_tokens=settings.max_tokens,
+                seed=subset_seed,
+                workers=config.tokenize_workers,
+                cache_dir=cache_dir,
+            )
         evaluation = (
-            encode_role_dataset(eval_path, dataset_role(stage), tokenizer, config.max_length,
-                                max_examples=settings.eval_examples, seed=config.seed, cache_dir=cache_dir)  # fmt: skip
+            encode_role_dataset(
+                eval_path,
+                dataset_role(stage),
+                tokenizer,
+                config.max_length,
+                max_examples=settings.eval_examples,
+                seed=config.seed,
+                cache_dir=cache_dir,
+            )
             if eval_enabled
             else None
         )
@@ -302,8 +337,16 @@ def train_stage(
             model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
         lora = config.lora
         torch.manual_seed(config.seed)  # LoRA's A matrices are random: the same start for the same config
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=lora.target_modules, task_type="CAUSAL_LM"))  # fmt: skip
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=lora.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
 
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -312,13 +355,21 @@ def train_stage(
     if tracking and is_main:
         import mlflow
 
-        run = _start_mlflow_run(state.get("run_id") if last_checkpoint else None, experiment,
-                                f"{stage}-{config.profile}", parent_run_id)  # fmt: skip
+        run = _start_mlflow_run(
+            state.get("run_id") if last_checkpoint else None, experiment, f"{stage}-{config.profile}", parent_run_id
+        )
         if not (last_checkpoint and state.get("run_id")):  # params are immutable in MLflow: log them once per run
-            mlflow.log_params({**_flat_params(config, stage), "init_from": str(init_from),
-                               "data_version": data_version or "unknown", "dataset_sha256": fingerprint_src["data_sha256"]})  # fmt: skip
-            mlflow.set_tags({"umi.stage": stage, "umi.profile": config.profile,
-                             "umi.data_version": data_version or "unknown"})  # fmt: skip
+            mlflow.log_params(
+                {
+                    **_flat_params(config, stage),
+                    "init_from": str(init_from),
+                    "data_version": data_version or "unknown",
+                    "dataset_sha256": fingerprint_src["data_sha256"],
+                }
+            )
+            mlflow.set_tags(
+                {"umi.stage": stage, "umi.profile": config.profile, "umi.data_version": data_version or "unknown"}
+            )
     if is_main:
         state = {"fingerprint": fingerprint, "complete": False, "run_id": run.info.run_id if run else None}
         write_json(state_path, state)
@@ -369,8 +420,9 @@ def train_stage(
         trainer.save_model(str(model_dir))
     trainer.accelerator.wait_for_everyone()
 
-    result = StageResult(stage, model_dir, metrics, init_from, run.info.run_id if run else None,
-                         last_checkpoint, train.too_long_ids)  # fmt: skip
+    result = StageResult(
+        stage, model_dir, metrics, init_from, run.info.run_id if run else None, last_checkpoint, train.too_long_ids
+    )
     if is_main:
         manifest = {
             "stage": stage,
@@ -391,7 +443,9 @@ def train_stage(
         if run is not None:
             import mlflow
 
-            mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith(("data_", "eval_", "target_", "tokens_"))})
+            mlflow.log_metrics(
+                {k: v for k, v in metrics.items() if k.startswith(("data_", "eval_", "target_", "tokens_"))}
+            )
             if train.too_long_ids:
                 mlflow.log_text("\n".join(train.too_long_ids) + "\n", "too_long_ids.txt")
             if config.log_model_artifact:
@@ -434,14 +488,30 @@ def train_glpft(
 
     global_model = Path(backbone)
     if not from_backbone and "global" in stages:
-        results["global"] = train_stage("global", config, datasets_dir, out_root / "global", backbone,
-                                        data_version=version("global"), tracking=tracking, experiment=experiment)  # fmt: skip
+        results["global"] = train_stage(
+            "global",
+            config,
+            datasets_dir,
+            out_root / "global",
+            backbone,
+            data_version=version("global"),
+            tracking=tracking,
+            experiment=experiment,
+        )
         global_model = results["global"].checkpoint
     elif not from_backbone:
         global_model = out_root / "global" / "model"
         if not (global_model / STAGE_MANIFEST).exists():
             raise FileNotFoundError(f"local stages start from the global model, but {global_model} is not trained yet")
     for stage in (s for s in LOCAL_STAGES if s in stages):
-        results[stage] = train_stage(stage, config, datasets_dir, out_root / stage, global_model,
-                                     data_version=version(stage), tracking=tracking, experiment=experiment)  # fmt: skip
+        results[stage] = train_stage(
+            stage,
+            config,
+            datasets_dir,
+            out_root / stage,
+            global_model,
+            data_version=version(stage),
+            tracking=tracking,
+            experiment=experiment,
+        )
     return results
