@@ -156,6 +156,7 @@ def test_workers_die_with_the_server_process_even_when_it_is_killed():
         "box = ToolSandbox(SandboxLimits(wall_s=600, cpu_s=600))\n"
         "box.warm(wait=True)\n"
         "rt = box.open(hostile_toolkit, {})\n"
+        "box.warm(wait=True)\n"  # the spare that replaces the one the episode took (started in the background)
         "print(' '.join(map(str, box.processes)), flush=True)\n"
         "rt.dispatch('spin', {'seconds': 3600})\n"
     )
