@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from umi.data.splits import Split, split_of
+from umi.params import split_fractions
 from umi.schema import RecordError, Trajectory
 from umi.vocabulary import BFCL_DEV, BFCL_TEST, TOOLBENCH_OOD
 
 __all__ = [
     "TestSet",
     "LiveEntry",
-    "split_fractions",
     "load_bfcl_test",
     "load_toolbench_ood",
     "live_entries",
@@ -116,13 +116,6 @@ class LiveEntry:
         )
 
 
-def split_fractions(params: str | Path | None = "params.yaml") -> dict[Split, float]:
-    """The split fractions the reorganisation used (umi.params)."""
-    from umi.params import split_fractions as from_params
-
-    return from_params(params)  # type: ignore[return-value]
-
-
 def _category(traj: Trajectory) -> str:
     return str(traj.meta.get("category") or traj.source)
 
@@ -157,7 +150,7 @@ def _bfcl_split(data_dir: str | Path, split: Split, params: str | Path | None) -
     from umi.data.reorganize import input_files
     from umi.schema import read_trajectories
 
-    fractions = split_fractions(params)
+    fractions = split_fractions(params)  # the shares the reorganisation split by
     out = []
     for f in input_files(data_dir):
         for traj in read_trajectories(f):
