@@ -11,7 +11,8 @@ paired on the same items, with the champion, the single LLM and the baselines (u
    handful of clusters the interval alone is too narrow), and no other metric says it got worse (interval below
    zero with p < 0.05; for Hallu., lower is better: above zero).
 3. No champion yet: the candidate must beat, that way, the single LLM (with no metric significantly worse) and every
-   baseline on the headline (the plan rules when the headline is static, the no-call agent when it is live).
+   baseline: the no-call agent on the live headline; the plan rules, when the headline is static, on Plan ACC (a
+   rule predicts a plan and nothing else, so Plan ACC is all it is scored on).
 4. A comparison the rule needs is missing (no dev evaluation, no single LLM in it, a paired section without the
    headline): **no promotion**. A missing number never counts as a win.
 
@@ -56,6 +57,7 @@ class PromotionRule:
     live_test_set: str = LIVE_DEV
     live_metric: str = "bfcl_checker_pass_rate"
     static_headline: str = "mean_static"  # umi.eval.evidence: the mean of Plan ACC, Act. EM and Arg. F1
+    plan_rule_metric: str = "plan_acc"  # what the static baselines (plan rules) are compared on
     champion: str = CHAMPION
     single_llm: str = SINGLE_LLM
     lower_is_better: tuple[str, ...] = ("hallu",)
@@ -144,19 +146,26 @@ def decide(
         baselines = LIVE_BASELINES if test_set == rule.live_test_set else STATIC_BASELINES
         must_beat, no_worse = [rule.single_llm, *baselines], [rule.single_llm]
     evidence: dict[str, dict] = {}
+
+    def metric_of(ref: str) -> str:
+        return rule.plan_rule_metric if ref in STATIC_BASELINES else metric
+
     for ref in must_beat:
-        entry = (paired.get(ref) or {}).get(metric)
+        entry = (paired.get(ref) or {}).get(metric_of(ref))
         if not isinstance(entry, Mapping) or not all(
             _finite(entry.get(k)) for k in ("difference", "ci_low", "ci_high", "p_value")
         ):
-            return Decision(False, f"no paired comparison with {ref} on {name}: cannot decide", name, evidence)
+            return Decision(
+                False, f"no paired comparison with {ref} on {test_set}.{metric_of(ref)}: cannot decide", name, evidence
+            )
         evidence[ref] = {k: entry.get(k) for k in ("difference", "ci_low", "ci_high", "p_value", "n", "clusters")}
+        evidence[ref]["metric"] = metric_of(ref)
     for ref in must_beat:
         entry = evidence[ref]
         if not (entry["ci_low"] > 0 and entry["p_value"] < rule.alpha):
             return Decision(
                 False,
-                f"not better than {ref} on {name} beyond noise: {_fmt(entry)} (needs the "
+                f"not better than {ref} on {test_set}.{entry['metric']} beyond noise: {_fmt(entry)} (needs the "
                 f"interval's lower bound above 0 and p < {rule.alpha:g})",
                 name,
                 evidence,
@@ -171,7 +180,10 @@ def decide(
             )
     what = "the champion" if has_champion else "the single LLM and the baselines"
     return Decision(
-        True, f"beats {what} on {name}: " + "; ".join(f"vs {r} {_fmt(e)}" for r, e in evidence.items()), name, evidence
+        True,
+        f"beats {what} on {name}: " + "; ".join(f"vs {r} ({e['metric']}) {_fmt(e)}" for r, e in evidence.items()),
+        name,
+        evidence,
     )
 
 

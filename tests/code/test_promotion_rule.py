@@ -133,3 +133,26 @@ def test_live_checker_on_dev_is_the_headline_when_it_ran():
     ev["live_dev"] = live
     d = decide(ev, has_champion=True)  # static says better, the live headline does not: not promoted
     assert d.headline == "live_dev.bfcl_checker_pass_rate" and not d.promote
+
+
+def plan_only(records: list[dict], plan_correct: list[bool]) -> list[dict]:
+    """A plan rule's records (umi.eval.baselines): the same steps, scored on the plan only."""
+    return [{"id": r["id"], "score": {"plan_correct": ok}} for r, ok in zip(records, plan_correct, strict=True)]
+
+
+def test_the_plan_rules_are_compared_on_plan_acc_not_on_a_mean_of_their_zeros():
+    # the candidate gets every tool call right but half of its plans wrong; the rule gets every plan right. On the
+    # mean of the three the rule would score 33 (Act. EM and Arg. F1 0 by construction) and lose; on Plan ACC it wins.
+    n = 60
+    grid = [[k % 2 == 0, True] for k in range(n)]
+    cand = step_records(grid)
+    for r in cand:
+        r["score"].update(action_correct=True, arg_f1=1.0)
+    weak = step_records([[False, False]] * n)
+    rule = plan_only(cand, [True] * len(cand))
+    ev = candidate_eval(cand, {"single-llm": weak, "rule: last turn": rule, "rule: always caller": rule})
+    assert "mean_static" not in ev["static"]["bfcl-dev"]["paired"]["rule: last turn"]
+    d = decide(ev, has_champion=False)
+    assert not d.promote and "not better than rule: last turn on bfcl-dev.plan_acc" in d.reason
+    assert d.evidence["rule: last turn"]["metric"] == "plan_acc"
+    assert d.evidence["rule: last turn"]["difference"] == pytest.approx(-25.0)  # 90 of 120 plans right vs 120

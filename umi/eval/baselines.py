@@ -1,7 +1,9 @@
 """Trivial agents every report shows beside the trained ones, so a number can be read against what no learning gets.
 
 - `rule: last turn` (static): "after the user's turn: caller; after an observation: conclusion". It sees only
-  the role of the previous step, predicts a plan and nothing else (no tool, no arguments, no answer).
+  the role of the previous step, predicts a plan and nothing else (no tool, no arguments, no answer), so it is scored
+  on Plan ACC only: its other metrics are undefined ("–"), not 0, and every comparison with a rule is on Plan ACC
+  (a trained agent would otherwise "beat" a rule on a mean that counts the rule's by-construction zeros).
 - `rule: always caller` (static): every step `caller`, the plan an untrained planner that echoes the instruction
   is read as.
 - `no call` (static and live): an agent whose planner always concludes and whose summarizer writes a fixed answer;
@@ -14,7 +16,7 @@ code as every other agent, over fixed-output backends.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from umi.backend import Generation, GenerationRequest
 from umi.eval.metrics import PlanLabel, Prediction, StaticMetrics, StaticStep, aggregate, gold_steps, score_step
@@ -57,16 +59,12 @@ def rule_records(trajectories: Sequence[Trajectory], rule: str) -> tuple[list[di
                 {
                     "id": gold.id,
                     "predicted": {"plan": plan},
-                    "score": {
-                        "plan_correct": score.plan_correct,
-                        "action_correct": score.action_correct,
-                        "hallucinated": score.hallucinated,
-                        "arg_f1": score.arg_f1,
-                        "rouge_l": score.rouge_l,
-                    },
+                    "score": {"plan_correct": score.plan_correct},
                 }
             )
-    return records, aggregate(scores)
+    metrics = aggregate(scores)
+    undefined = dict.fromkeys(("act_em", "hallu", "arg_f1", "rouge_l", "act_em_bfcl", "arg_f1_bfcl", "ast_acc_bfcl"))
+    return records, replace(metrics, **undefined)
 
 
 @dataclass

@@ -286,7 +286,10 @@ def _significance_section(agents: Mapping[str, dict]) -> str:
     """What the intervals support, in words: each comparison is significant or it is not."""
     lines = []
     for key, title, name, ref, cmp, columns in _paired_rows(agents):
-        headline = "mean_static" if columns is PAIRED_STATIC else "bfcl_checker_pass_rate"
+        # static: the mean of the three, or Plan ACC against a plan rule (it predicts nothing else); live: the checker
+        headline = "bfcl_checker_pass_rate"
+        if columns is PAIRED_STATIC:
+            headline = "mean_static" if "mean_static" in cmp else "plan_acc"
         entry = cmp.get(headline) or {}
         if entry.get("difference") is None:
             continue

@@ -345,7 +345,8 @@ def training_arguments(
         output_dir=str(checkpoints_dir),
         # packed: a train row is a whole micro-batch of per_device_batch_size examples; evaluation stays per-step
         per_device_train_batch_size=1 if config.packing else config.per_device_batch_size,
-        per_device_eval_batch_size=config.per_device_batch_size,
+        # the dev loss is the mean of per-example losses: comparable across batch sizes and packing on or off
+        per_device_eval_batch_size=1,
         gradient_accumulation_steps=config.gradient_accumulation(world_size()),
         num_train_epochs=stage.epochs,
         max_steps=stage.max_steps or -1,
