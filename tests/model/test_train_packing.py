@@ -373,3 +373,17 @@ def test_packed_equals_per_step_on_smollm2_with_real_bfcl_multi_turn_examples():
         stats = assert_packed_equals_per_step(model, tok, picked, max_length=4096, pack_length=16384)
         assert stats["fallbacks"] == 0, role
         assert stats["per_step_tokens"] > stats["packed_tokens"], role
+
+
+def test_packed_token_budget_counts_the_packed_tokens_and_buys_more_examples(tiny_backbone, multi_turn_datasets):
+    # max_tokens is compute: packed, the shared docs and history count once, so the same budget holds more examples
+    tok = AutoTokenizer.from_pretrained(str(tiny_backbone))
+    path = multi_turn_datasets / "planner" / "train.jsonl"
+    whole = encode_role_dataset_packed(path, "planner", tok, 1024, examples_per_row=3, pack_length=4096)
+    budget = whole.packed_tokens // 2
+    packed = encode_role_dataset_packed(
+        path, "planner", tok, 1024, examples_per_row=3, pack_length=4096, max_tokens=budget
+    )
+    per_step = encode_role_dataset(path, "planner", tok, 1024, max_tokens=budget)
+    assert packed.packed_tokens <= budget < whole.packed_tokens
+    assert packed.examples > per_step.examples and per_step.tokens <= budget

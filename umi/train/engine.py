@@ -226,8 +226,10 @@ def encode_role_dataset_packed(
     Every example is the per-step one (encode_example with `max_length`: same history cut, same labels). Examples
     are taken whole trajectory by whole trajectory in a seeded random order of trajectories (each trajectory's
     examples in file, i.e. step, order), so that a micro-batch holds the steps of one trajectory and shares their
-    docs and history. max_examples / max_tokens: the subset ends at that many examples / per-step tokens, as in
-    encode_role_dataset, but drawn by trajectory instead of by example.
+    docs and history. max_examples: the subset ends at that many examples. max_tokens: a compute budget, as in
+    encode_role_dataset, of the tokens the model runs over: here the packed tokens (shared docs and history
+    counted once), so the same budget costs about the same time packed or not and buys more examples packed.
+    Both subsets are drawn by trajectory instead of by example.
     """
     import datasets
 
@@ -240,7 +242,12 @@ def encode_role_dataset_packed(
         groups.setdefault(trajectory, []).append(i)
     order = list(groups)
     random.Random(seed).shuffle(order)
-    examples, too_long_ids, total, full = [], [], 0, False
+
+    def packed_tokens(row: list) -> int:
+        return sum(len(seq.input_ids) for seq in pack(row, pack_length))
+
+    examples, too_long_ids, full = [], [], False
+    closed_tokens, row = 0, []  # packed tokens of the finished micro-batches; the micro-batch being filled
     for trajectory in order:
         cache: dict = {}  # this trajectory's head and turns, tokenised once
         for i in groups[trajectory]:
@@ -252,11 +259,13 @@ def encode_role_dataset_packed(
             except TooLong:
                 too_long_ids.append(rec["id"])
                 continue
-            if max_tokens is not None and examples and total + ex.length > max_tokens:
+            if max_tokens is not None and examples and closed_tokens + packed_tokens([*row, ex]) > max_tokens:
                 full = True
                 break
             examples.append(ex)
-            total += ex.length
+            row.append(ex)
+            if len(row) == examples_per_row:
+                closed_tokens, row = closed_tokens + packed_tokens(row), []
             if max_examples is not None and len(examples) >= max_examples:
                 full = True
                 break
