@@ -55,7 +55,7 @@ def test_stage_settings_become_trainer_arguments(tmp_path):
     assert args.lr_scheduler_type == "cosine"  # a str enum
     assert args.get_warmup_steps(100) == 20  # warmup ratio 0.2 of the steps
     # packed (the default): a train row is a whole micro-batch of 6 examples; evaluation stays per-step
-    assert args.per_device_train_batch_size == 1 and args.per_device_eval_batch_size == 6
+    assert args.per_device_train_batch_size == 1 and args.per_device_eval_batch_size == 1  # dev loss: per example
     assert args.gradient_accumulation_steps == 8
     per_step = training_arguments(load_config("paper", deepspeed=None, packing=False), c.stages["planner"], tmp_path)
     assert per_step.per_device_train_batch_size == 6 and per_step.gradient_accumulation_steps == 8
