@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from umi.backend import Generation, GenerationRequest
+from umi.eval.evidence import STATIC_METRICS
 from umi.eval.metrics import PlanLabel, Prediction, StaticMetrics, StaticStep, aggregate, gold_steps, score_step
 from umi.schema import RecordError, Trajectory
 from umi.vocabulary import BASELINES, NO_CALL, RULE_ALWAYS_CALLER, RULE_LAST_TURN
@@ -63,8 +64,7 @@ def rule_records(trajectories: Sequence[Trajectory], rule: str) -> tuple[list[di
                 }
             )
     metrics = aggregate(scores)
-    undefined = dict.fromkeys(("act_em", "hallu", "arg_f1", "rouge_l", "act_em_bfcl", "arg_f1_bfcl", "ast_acc_bfcl"))
-    return records, replace(metrics, **undefined)
+    return records, replace(metrics, **{m: None for m in STATIC_METRICS if m != "plan_acc"})
 
 
 @dataclass
