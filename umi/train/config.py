@@ -37,6 +37,10 @@ class StageSettings(BaseModel):
     )
     max_steps: int | None = Field(default=None, gt=0, description="stop after this many optimiser steps")
     eval_examples: int = Field(default=0, ge=0, description="dev-split examples for a final dev loss; 0: none")
+    # a stage whose examples share nothing (the summarizer: one per trajectory) gains no speed from big packed
+    # micro-batches, only fewer optimiser steps; so a stage may keep its own batch
+    per_device_batch_size: int | None = Field(default=None, gt=0, description="this stage's; default the profile's")
+    global_batch_size: int | None = Field(default=None, gt=0, description="this stage's; default the profile's")
 
 
 class LoraSettings(BaseModel):
@@ -87,11 +91,13 @@ class TrainConfig(BaseModel):
         unknown = [s for s in self.stages if s not in STAGES]
         if missing or unknown:
             raise ValueError(f"stages must be exactly {list(STAGES)}; missing {missing}, unknown {unknown}")
-        if self.global_batch_size % self.per_device_batch_size:
-            raise ValueError(
-                f"global_batch_size {self.global_batch_size} is not a multiple of "
-                f"per_device_batch_size {self.per_device_batch_size}"
-            )
+        for name, s in self.stages.items():
+            per_device = s.per_device_batch_size or self.per_device_batch_size
+            total = s.global_batch_size or self.global_batch_size
+            if total % per_device:
+                raise ValueError(
+                    f"stage {name}: global_batch_size {total} is not a multiple of per_device_batch_size {per_device}"
+                )
         if self.pack_length is not None and self.pack_length < self.max_length:
             raise ValueError(f"pack_length {self.pack_length} < max_length {self.max_length}: an example might not fit")
         if self.lora is not None and self.deepspeed is not None:
@@ -127,6 +133,18 @@ class TrainConfig(BaseModel):
                 }
             )
         return base.model_copy(update={"epochs": max(s.epochs for s in local), "max_steps": None})
+
+    def for_stage(self, stage: str) -> "TrainConfig":
+        """This profile as `stage` trains with it: the stage's own batch sizes, where it sets them, at the top
+        level (idempotent), so that everything reading `per_device_batch_size` reads the stage's."""
+        s = self.stage_settings(stage)
+        update = {
+            "per_device_batch_size": s.per_device_batch_size or self.per_device_batch_size,
+            "global_batch_size": s.global_batch_size or self.global_batch_size,
+        }
+        if all(getattr(self, k) == v for k, v in update.items()):
+            return self
+        return TrainConfig.model_validate({**self.model_dump(), **update})
 
     def pack_budget(self) -> int:
         """The most tokens of one packed sequence: never more than a per-step micro-batch padded to max_length."""

@@ -135,7 +135,7 @@ def stage_fingerprint(
     with the same fingerprint is not trained again (the pipeline's task cache uses the same key)."""
     init_from = Path(init_from)
     src = {
-        "config": config.model_dump(mode="json"),
+        "config": config.for_stage(stage).model_dump(mode="json"),
         "stage": stage,
         "init": checkpoint_fingerprint(init_from),
         "data_sha256": _sha256_file(role_dataset_path(datasets_dir, dataset_role(stage), "train")),
@@ -238,6 +238,7 @@ def train_stage(
         raise ValueError(f"unknown stage {stage!r}; one of {list(TRAINABLE_STAGES)}")
     if isinstance(config, str):
         config = load_config(config)
+    config = config.for_stage(stage)
     settings = config.stage_settings(stage)
     out_dir, init_from = Path(out_dir), Path(init_from)
     checkpoints_dir, model_dir = out_dir / "checkpoints", out_dir / "model"
