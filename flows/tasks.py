@@ -120,9 +120,10 @@ def promote_models(versions: dict, evaluations: dict, candidate: str, champions:
 @task(persist_result=True, cache_policy=Inputs(exclude=TRACKING))
 def evaluate_agents(agents: list, out_dir: str, key: str, options: dict, data_dir: str, parent_run_id, experiment):
     """umi.eval.pipeline.evaluate_agents; `key` (umi.eval.pipeline.evaluation_key) is part of the cache key."""
+    from umi.agent.loop import build_agent
     from umi.eval.pipeline import evaluate_agents
 
-    return evaluate_agents(agents, out_dir, options, data_dir, parent_run_id, experiment)
+    return evaluate_agents(agents, out_dir, options, data_dir, parent_run_id, experiment, build_agent)
 
 
 def evaluate(agents: list[dict], options: dict, data_dir: str, out_prefix: str, results_dir: str, parent) -> dict:

@@ -344,9 +344,10 @@ def _run_flow(name: str, params: dict) -> dict:
 
 
 from umi.agent.chat import chat_cmd  # noqa: E402 -- `umi chat`
+from umi.agent.loop import build_agent  # noqa: E402 -- the agents `umi eval live` rolls out
 from umi.eval.cli import register_commands as _register_eval_commands  # noqa: E402 -- `umi eval ...`
 
-_register_eval_commands(app)
+_register_eval_commands(app, build_agent)
 app.command("chat")(chat_cmd)
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent
+from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent, build_agent
 from umi.backend import Generation, GenerationRequest
 from umi.data.bfcl import import_category
 from umi.data.examples import role_of_prompt
@@ -220,7 +220,9 @@ def test_live_runs_an_agent_that_never_calls_a_tool(entry):
 
     reads_only = entry.no_call_turns()
     assert not all(reads_only)
-    result = run_live(no_call_backends(), [entry], settings=EvalSettings(stop_on_failure=False))
+    result = run_live(
+        no_call_backends(), [entry], build_agent=build_agent, settings=EvalSettings(stop_on_failure=False)
+    )
     (record,) = result.records
     assert record["passed"] is False and record["bfcl_checker"]["valid"] is False
     assert [t["passed"] for t in record["turn_log"]] == list(reads_only)
@@ -242,13 +244,12 @@ def test_a_read_only_entry_is_passed_by_the_no_call_agent():
     """Some held-out scenarios only read: the no-call agent passes our state check there (not BFCL's checker, which
     also wants every gold call's result); the live sample leaves them out."""
     from umi.eval.baselines import no_call_backends
-    from umi.eval.live import build_agent
     from umi.eval.settings import EvalSettings
 
     entries = [LiveEntry.from_trajectory(t) for t in import_category("multi_turn_base") if isinstance(t, Trajectory)]
     read_only = [e for e in entries if all(e.no_call_turns())]
     assert read_only  # multi_turn_base_{...}: every turn lists or reads
-    agent = build_agent(no_call_backends(), EvalSettings(), "compact")
+    agent = build_agent(no_call_backends(), EvalSettings().generation(), doc_style="compact")
     record = rollout_entry(agent, read_only[0], stop_on_failure=False)
     assert record["passed"] is True and record["bfcl_checker"]["valid"] is False
 

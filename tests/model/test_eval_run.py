@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from umi.agent.loop import build_agent
 from umi.data.bfcl import import_category
 from umi.eval.agents import AgentSpec, default_agents, load_backends, resolve_dtype
 from umi.eval.report import LIVE_COLUMNS, METRIC_COLUMNS
@@ -79,6 +80,7 @@ def test_evaluate_end_to_end(tiny_backbone, data_dir, eval_store, tmp_path):
         params=data_dir / "params.yaml",
         parent_run_id=parent.info.run_id,
         progress=False,
+        build_agent=build_agent,
     )
 
     assert set(report.agents) == {"alpha-umi", "single-llm", "rule: last turn", "rule: always caller", "no call"}
@@ -332,6 +334,7 @@ def test_a_stopped_evaluation_resumes_from_its_generation_cache(tiny_backbone, d
         toolbench_ood=None,
         live_limit=1,
         baselines=False,
+        build_agent=build_agent,
         cache=tmp_path / "gen.sqlite",
     )
     first = evaluate(agents, out_dir=tmp_path / "a", **common)

@@ -40,6 +40,8 @@ timing and prefill counts, every failure, and tool timings. `on_event` receives 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -282,7 +284,19 @@ class _Episode:
         return AgentResult(trajectory=trajectory, answer=answer, status=status)
 
 
-class AlphaUMiAgent:
+class _StepCapped:
+    config: AgentConfig
+
+    def with_max_steps(self, at_least: int):
+        """This agent with at least `at_least` planner turns per episode (a shallow copy: the backends are shared)."""
+        if self.config.max_steps >= at_least:
+            return self
+        capped = copy.copy(self)
+        capped.config = dataclasses.replace(self.config, max_steps=at_least)
+        return capped
+
+
+class AlphaUMiAgent(_StepCapped):
     """The three-role agent. Pass one backend to play every role, or one per role."""
 
     name = ALPHA_UMI
@@ -357,7 +371,7 @@ class AlphaUMiAgent:
             return ep.finish("context_exhausted", None)
 
 
-class SingleLLMAgent:
+class SingleLLMAgent(_StepCapped):
     """The single-LLM baseline: the global model writes thought and action (or conclusion) in one generation."""
 
     name = SINGLE_LLM
@@ -410,3 +424,18 @@ class SingleLLMAgent:
         except TooLong as e:
             ep.fail("context", "too_long", str(e))
             return ep.finish("context_exhausted", None)
+
+
+def build_agent(
+    backends: Mapping[str, Backend],
+    generation: GenerationSettings,
+    *,
+    max_steps: int = MAX_STEPS,
+    doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE,
+) -> AlphaUMiAgent | SingleLLMAgent:
+    """The agent over loaded backends: single-LLM when there is a `global` backend, else α-UMi. Evaluation gets this
+    function from its caller (umi.cli, flows): it rolls agents out without importing them."""
+    config = AgentConfig.from_generation(generation, max_steps=max_steps, doc_style=doc_style)
+    if "global" in backends:
+        return SingleLLMAgent(backends["global"], config=config)
+    return AlphaUMiAgent(backends["planner"], backends["caller"], backends["summarizer"], config=config)

@@ -17,8 +17,13 @@ eval_app = typer.Typer(
 )
 
 
-def register_commands(app: typer.Typer) -> None:
-    """Add `umi eval ...` to the main command."""
+_build_agent = None  # umi.agent.loop.build_agent, given by the main command (evaluation does not import the agent)
+
+
+def register_commands(app: typer.Typer, build_agent) -> None:
+    """Add `umi eval ...` to the main command; live rollouts run the agents `build_agent` makes."""
+    global _build_agent
+    _build_agent = build_agent
     app.add_typer(eval_app, name="eval")
 
 
@@ -110,6 +115,7 @@ def _run(static: bool, live: bool, **options) -> None:
         params=options["params"],
         judge=options["judge"],
         cache=options["cache"],
+        build_agent=_build_agent,
         **kwargs,
     )
     from rich.markdown import Markdown

@@ -34,8 +34,6 @@ SDKs this project does not install).
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import keyword
 import math
 import re
@@ -43,12 +41,13 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from umi import prompts
-from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent
+from umi.backend import Backend
 from umi.eval.settings import EvalSettings
 from umi.eval.testsets import LiveEntry
+from umi.generation import GenerationSettings
 from umi.prompts import DocStyle
 from umi.schema import Step
 from umi.tools.bfcl import BFCLToolkit, state_differences
@@ -57,9 +56,10 @@ from umi.tools.registry import Observation
 __all__ = [
     "HEADLINE_METRIC",
     "LiveResult",
+    "AgentBuilder",
+    "LiveAgent",
     "RecordingRuntime",
     "bfcl_judge",
-    "build_agent",
     "render_call",
     "rollout_entry",
     "run_live",
@@ -159,22 +159,26 @@ def bfcl_judge(entry: LiveEntry, calls_per_turn: Sequence[Sequence[str]]) -> dic
 
 
 # --- rollouts ---------------------------------------------------------------------------------------------------------
-def build_agent(backends: dict, settings: EvalSettings, doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE):
-    """The agent loop over loaded backends: single-LLM when there is a `global` backend, else α-UMi."""
-    config = AgentConfig.from_generation(settings.generation(), max_steps=settings.max_steps, doc_style=doc_style)
-    if "global" in backends:
-        return SingleLLMAgent(backends["global"], config=config)
-    return AlphaUMiAgent(backends["planner"], backends["caller"], backends["summarizer"], config=config)
+class LiveAgent(Protocol):
+    """What a rollout needs of an agent (umi.agent.loop's agents are such)."""
+
+    def run(self, query: str, tools, *, history: Sequence[Step] = (), task_id: str | None = None): ...
+
+    def with_max_steps(self, at_least: int) -> "LiveAgent": ...
 
 
-def _with_step_cap(agent, cap: int):
-    """`agent` with at least `cap` planner turns per episode (a shallow copy: backends are shared)."""
-    config = getattr(agent, "config", None)
-    if not isinstance(config, AgentConfig) or config.max_steps >= cap:
-        return agent
-    capped = copy.copy(agent)
-    capped.config = dataclasses.replace(config, max_steps=cap)
-    return capped
+class AgentBuilder(Protocol):
+    """umi.agent.loop.build_agent: the agent over loaded backends. Passed in by the caller of the evaluation, so that
+    evaluation (below the agent in the layering) rolls agents out without importing them."""
+
+    def __call__(
+        self,
+        backends: Mapping[str, Backend],
+        generation: GenerationSettings,
+        *,
+        max_steps: int,
+        doc_style: DocStyle,
+    ) -> LiveAgent: ...
 
 
 def rollout_entry(agent, entry: LiveEntry, *, stop_on_failure: bool = True, judge: bool = True) -> dict[str, Any]:
@@ -193,7 +197,7 @@ def rollout_entry(agent, entry: LiveEntry, *, stop_on_failure: bool = True, judg
             gold.dispatch(name, arguments, validate=False)  # as the importer: BFCL runs its gold calls unvalidated
         runtime.calls.clear()
         needed = entry.steps_needed[t]
-        turn_agent = _with_step_cap(agent, needed)
+        turn_agent = agent.with_max_steps(needed)
         result = turn_agent.run(query, runtime, history=history, task_id=f"{entry.entry_id}#turn{t}")
         history = list(result.trajectory.steps)
         calls_per_turn.append(runtime.executed())
@@ -277,15 +281,16 @@ def run_live(
     backends: dict,
     entries: Sequence[LiveEntry],
     *,
+    build_agent: AgentBuilder,
     settings: EvalSettings | None = None,
     doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE,
     judge: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> LiveResult:
-    """Roll out every entry with the agent over `backends` (see build_agent); caches are reset between entries.
+    """Roll out every entry with the agent `build_agent` makes over `backends`; caches are reset between entries.
     The no-call baseline is umi.eval.baselines.no_call_backends() here like any agent."""
     settings = settings or EvalSettings()
-    agent = build_agent(backends, settings, doc_style)
+    agent = build_agent(backends, settings.generation(), max_steps=settings.max_steps, doc_style=doc_style)
     started = time.perf_counter()
     records = []
     if progress:

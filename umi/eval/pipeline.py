@@ -74,9 +74,11 @@ def evaluate_agents(
     data_dir: str,
     parent_run_id: str | None,
     experiment: str,
+    build_agent=None,
 ) -> dict:
     """umi.eval.run.evaluate on the agents (AgentSpec.params dicts) with `options` (evaluation_options), tracked
-    under the parent run; the report (to_dict) and its Markdown table."""
+    under the parent run; the report (to_dict) and its Markdown table. build_agent: umi.agent.loop.build_agent,
+    for live rollouts."""
     from umi.eval.agents import AgentSpec
     from umi.eval.run import DEFAULT_TOOLBENCH_OOD, evaluate
 
@@ -96,5 +98,6 @@ def evaluate_agents(
         tracking=True,
         experiment=experiment,
         parent_run_id=parent_run_id,
+        build_agent=build_agent,
     )
     return {**report.to_dict(), "table": report.table_markdown()}

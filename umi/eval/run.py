@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from umi import prompts
 from umi.eval import baselines as base
@@ -30,6 +30,9 @@ from umi.eval.settings import PROFILES, EvalSettings
 from umi.eval.testsets import TestSet, live_entries, load_bfcl_test, load_toolbench_ood
 from umi.prompts import DocStyle
 from umi.vocabulary import CHAMPION, LIVE_DEV, LIVE_TEST, SINGLE_LLM, SINGLE_MATCHED, TOOLBENCH_OOD
+
+if TYPE_CHECKING:  # live.py imports bfcl_eval's tool classes: loaded only when a live evaluation runs
+    from umi.eval.live import AgentBuilder
 
 __all__ = ["EvalReport", "evaluate", "DEFAULT_TOOLBENCH_OOD", "REFERENCES"]
 
@@ -240,6 +243,7 @@ def evaluate(
     baselines: bool = True,
     references: Sequence[str] = REFERENCES,
     cache: str | Path | None = None,
+    build_agent: AgentBuilder | None = None,
 ) -> EvalReport:
     """Evaluate `agents` and write the report to `out_dir`.
 
@@ -260,6 +264,7 @@ def evaluate(
     cache: a generation cache file (umi.eval.generation_cache): finished generations are stored as they are made
     and reused by a rerun with the same checkpoints and settings, so a stopped evaluation resumes where it was.
     tracking: log a run to MLflow experiment `experiment` (a child of `parent_run_id` when given).
+    build_agent: umi.agent.loop.build_agent, needed when `live` (evaluation rolls agents out without importing them).
     Agents whose checkpoints are missing are skipped and listed in `skipped`; the report then covers the rest.
     """
     from umi.eval.live import run_live
@@ -267,6 +272,8 @@ def evaluate(
 
     if not agents:
         raise ValueError("no agents to evaluate")
+    if live and build_agent is None:
+        raise ValueError("live evaluation needs build_agent (umi.agent.loop.build_agent)")
     names = [a.name for a in agents]
     if len(set(names)) != len(names):
         raise ValueError(f"agent names must be unique, got {names}")
@@ -332,7 +339,13 @@ def evaluate(
             if key == LIVE_DEV and not with_dev:
                 continue
             r = run_live(
-                backends, entries, settings=cfg, doc_style=doc_style, judge=judge, progress=bars.live(f"{name} {key}")
+                backends,
+                entries,
+                build_agent=build_agent,
+                settings=cfg,
+                doc_style=doc_style,
+                judge=judge,
+                progress=bars.live(f"{name} {key}"),
             )
             result[key] = r.summary()
             recs["live"][key] = r.records
