@@ -93,6 +93,22 @@ class Generation:
     prefill_seconds: float
     seconds: float
 
+    @classmethod
+    def of_text(cls, text: str, *, prompt_tokens: int = 0, new_tokens: int = 0) -> "Generation":
+        """A generation made without a model (a baseline's fixed text, a scripted backend): stopped at EOS, no time."""
+        return cls(
+            text=text,
+            token_ids=(),
+            stop_reason="eos",
+            prompt_tokens=prompt_tokens,
+            prefill_tokens=prompt_tokens,
+            reused_tokens=0,
+            new_tokens=new_tokens,
+            dropped_turns=0,
+            prefill_seconds=0.0,
+            seconds=0.0,
+        )
+
     def timing(self) -> dict:
         """The numbers the agent records per step (JSON-ready)."""
         return {

@@ -5,48 +5,17 @@ names and JSON literals."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 import pytest
 
 from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent, build_agent
-from umi.backend import Generation, GenerationRequest
 from umi.data.bfcl import import_category
 from umi.data.examples import role_of_prompt
 from umi.eval.live import RecordingRuntime, bfcl_judge, render_call, rollout_entry
 from umi.eval.testsets import LiveEntry
 from umi.schema import Step, Trajectory
+from umi.testing import ScriptedBackend
 from umi.tools.bfcl import BFCLToolkit
-
-
-@dataclass
-class ScriptedBackend:
-    """Answers role prompts from a queue of (role, text); a role mismatch fails the test."""
-
-    script: list[tuple[str, str]]
-    seen: list[str] = field(default_factory=list)
-
-    def generate(self, request: GenerationRequest) -> Generation:
-        role = role_of_prompt(request.prompt)
-        assert self.script, f"unscripted {role} request"
-        expected, text = self.script.pop(0)
-        assert role == expected, f"expected a {expected} prompt, got {role}"
-        self.seen.append(role)
-        return Generation(
-            text=text,
-            token_ids=(),
-            stop_reason="eos",
-            prompt_tokens=1,
-            prefill_tokens=1,
-            reused_tokens=0,
-            new_tokens=1,
-            dropped_turns=0,
-            prefill_seconds=0.0,
-            seconds=0.0,
-        )
-
-    def reset(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")

@@ -43,20 +43,7 @@ class OracleBackend:
         for r in requests:
             assert r.prompt not in self.too_long
             text = self.fixed if self.fixed is not None else self.targets[r.prompt]
-            out.append(
-                Generation(
-                    text=text,
-                    token_ids=(),
-                    stop_reason="eos",
-                    prompt_tokens=1,
-                    prefill_tokens=1,
-                    reused_tokens=0,
-                    new_tokens=3,
-                    dropped_turns=0,
-                    prefill_seconds=0.0,
-                    seconds=0.0,
-                )
-            )
+            out.append(Generation.of_text(text, prompt_tokens=1, new_tokens=3))
         return out
 
 

@@ -123,18 +123,7 @@ def test_umi_chat_runs_the_chat_preset(monkeypatch, tmp_path):
     class Silent:
         def generate(self, request):
             requests.append((role_of_prompt(request.prompt), request))
-            return Generation(
-                text=" ",
-                token_ids=(),
-                stop_reason="eos",
-                prompt_tokens=1,
-                prefill_tokens=1,
-                reused_tokens=0,
-                new_tokens=1,
-                dropped_turns=0,
-                prefill_seconds=0.0,
-                seconds=0.0,
-            )
+            return Generation.of_text(" ", prompt_tokens=1, new_tokens=1)
 
     def load_backends(dirs, **options):
         loaded.update(options)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -16,10 +15,11 @@ from hypothesis import strategies as st
 from umi.agent.loop import NO_ACTION, AgentConfig, AgentEvent, AlphaUMiAgent, SingleLLMAgent, ToolRuntime
 from umi.agent.loop import Observation as AgentObservation
 from umi.backend import Generation, GenerationRequest, TooLong, TransformersBackend
-from umi.data.examples import PromptBuilder, role_of_prompt
+from umi.data.examples import PromptBuilder
 from umi.data.reorganize import role_examples
 from umi.prompts import OBSERVATION_LIMIT, TURN_END
 from umi.schema import Step, ToolSpec, Trajectory, parse_trajectory
+from umi.testing import ScriptedBackend
 from umi.tools.registry import ToolRegistry
 from umi.train.backbone import load_backbone
 
@@ -83,42 +83,6 @@ class LeakyTools(ToolRegistry):
 
     def dispatch(self, name, arguments=None, *, validate=True):
         raise TimeoutError("no answer within 5 s")
-
-
-def role_of(prompt: str) -> str:
-    role = role_of_prompt(prompt)
-    assert role is not None, f"not a role prompt: {prompt[-80:]!r}"
-    return role
-
-
-@dataclass
-class ScriptedBackend:
-    """Plays a fixed list of (role, output) in order and records the requests; fails the test on a role mismatch."""
-
-    script: list[tuple[str, str]]
-    requests: list[tuple[str, GenerationRequest]] = field(default_factory=list)
-
-    def generate(self, request: GenerationRequest) -> Generation:
-        role = role_of(request.prompt)
-        assert self.script, f"unscripted {role} request"
-        expected, text = self.script.pop(0)
-        assert role == expected, f"expected a {expected} request, got {role}"
-        self.requests.append((role, request))
-        return Generation(
-            text=text,
-            token_ids=(),
-            stop_reason="eos",
-            prompt_tokens=len(request.prompt),
-            prefill_tokens=len(request.prompt),
-            reused_tokens=0,
-            new_tokens=len(text),
-            dropped_turns=0,
-            prefill_seconds=0.0,
-            seconds=0.0,
-        )
-
-    def reset(self) -> None:
-        pass
 
 
 def plan(thought: str, decision: str = "caller") -> tuple[str, str]:
@@ -449,18 +413,7 @@ class DrawnBackend:
 
     def generate(self, request: GenerationRequest) -> Generation:
         text = self.data.draw(model_output)
-        return Generation(
-            text=text,
-            token_ids=(),
-            stop_reason="eos",
-            prompt_tokens=1,
-            prefill_tokens=1,
-            reused_tokens=0,
-            new_tokens=1,
-            dropped_turns=0,
-            prefill_seconds=0.0,
-            seconds=0.0,
-        )
+        return Generation.of_text(text, prompt_tokens=1, new_tokens=1)
 
     def reset(self) -> None:
         pass

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import textwrap
-from dataclasses import dataclass, field
 
 import pytest
 from rich.console import Console
@@ -15,38 +14,8 @@ from typer.testing import CliRunner
 
 from umi.agent.chat import ChatSession, SchemaOnlyTools, load_runtime
 from umi.agent.loop import AgentConfig, AlphaUMiAgent
-from umi.backend import Generation, GenerationRequest
-from umi.data.examples import role_of_prompt
+from umi.testing import ScriptedBackend
 from umi.tools.bfcl import BFCLToolkit, ToolkitError
-
-
-@dataclass
-class ScriptedBackend:
-    script: list[tuple[str, str]]
-    prompts: list[tuple[str, str]] = field(default_factory=list)
-    resets: int = 0
-
-    def generate(self, request: GenerationRequest) -> Generation:
-        role = role_of_prompt(request.prompt)
-        expected, text = self.script.pop(0)
-        assert role == expected, f"expected {expected}, got {role}"
-        self.prompts.append((role, request.prompt))
-        return Generation(
-            text=text,
-            token_ids=(),
-            stop_reason="eos",
-            prompt_tokens=1,
-            prefill_tokens=1,
-            reused_tokens=0,
-            new_tokens=2,
-            dropped_turns=0,
-            prefill_seconds=0.0,
-            seconds=0.0,
-        )
-
-    def reset(self) -> None:
-        self.resets += 1
-
 
 ADD_TURN = [
     ("planner", "I should add the two numbers.\n Next: caller."),

@@ -47,18 +47,7 @@ class RuleBackend:
         assert role is not None, request.prompt[-80:]
         self.requests.append((role, request))
         text = self.rule(role, request.prompt, request)
-        return Generation(
-            text=text,
-            token_ids=(),
-            stop_reason="eos",
-            prompt_tokens=len(request.prompt) // 4,
-            prefill_tokens=len(request.prompt) // 4,
-            reused_tokens=0,
-            new_tokens=len(text) // 4,
-            dropped_turns=0,
-            prefill_seconds=0.0,
-            seconds=0.0,
-        )
+        return Generation.of_text(text, prompt_tokens=len(request.prompt) // 4, new_tokens=len(text) // 4)
 
     def roles(self) -> list[str]:
         return [role for role, _ in self.requests]

@@ -74,18 +74,7 @@ class FixedOutputBackend:
     text: str
 
     def _one(self) -> Generation:
-        return Generation(
-            text=self.text,
-            token_ids=(),
-            stop_reason="eos",
-            prompt_tokens=0,
-            prefill_tokens=0,
-            reused_tokens=0,
-            new_tokens=0,
-            dropped_turns=0,
-            prefill_seconds=0.0,
-            seconds=0.0,
-        )
+        return Generation.of_text(self.text)
 
     def generate(self, request: GenerationRequest) -> Generation:
         return self._one()
