@@ -72,3 +72,39 @@ def checkpoint_fingerprint(checkpoint: str | Path) -> str:
     return hashlib.sha256(
         json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode()
     ).hexdigest()
+
+
+# the files whose bytes decide what a checkpoint generates (weights, model and generation config, tokenizer);
+# not the stage manifest (timings) nor training_args.bin (a pickle of the run's paths)
+GENERATION_FILES: tuple[str, ...] = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
+
+def content_digest(checkpoint: str | Path) -> str:
+    """sha256 over the bytes of the files that decide what a checkpoint generates (GENERATION_FILES and its weight
+    files), for caches of its outputs: a retrain to the same bytes is the same model however its training stage was
+    fingerprinted, and other bytes are never taken for it. A directory without weights (a hub id): `ref:<path>`.
+    Reads every weight byte (about 1 s per 500 MB)."""
+    path = Path(checkpoint)
+    if not path.is_dir():
+        return f"ref:{path}"
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file()
+        and (p.name in GENERATION_FILES or (p.suffix in WEIGHT_SUFFIXES and p.name != "training_args.bin"))
+    )
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in files):
+        return f"ref:{path}"
+    digest = hashlib.sha256()
+    for p in files:
+        with p.open("rb") as f:
+            digest.update(f"{p.name}\0".encode())
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()

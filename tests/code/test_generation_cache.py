@@ -87,3 +87,31 @@ def test_a_prompt_that_does_not_fit_is_remembered_too(tmp_path):
     with pytest.raises(TooLong, match="needs 99 tokens"):
         again.generate(GenerationRequest(prompt="long"))
     assert again.inner.asked == [] and again.cache.stats.hits == 1
+
+
+def test_the_cache_key_of_a_checkpoint_is_its_bytes(tmp_path):
+    """A retrain to the same bytes (another folder, another machine, other timestamps and stage manifest) keys the same
+    generations; a changed weight, config or tokenizer file does not; the run's own records do not count."""
+    import json
+    import os
+    from pathlib import Path
+
+    from umi.vocabulary import STAGE_MANIFEST, content_digest
+
+    def checkpoint(name: str, weights: bytes) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(weights)
+        (d / "config.json").write_text('{"n_layer": 2}')
+        (d / "tokenizer.json").write_text("{}")
+        (d / STAGE_MANIFEST).write_text(json.dumps({"fingerprint": name, "metrics": {"train_runtime": len(name)}}))
+        (d / "training_args.bin").write_bytes(name.encode())
+        return d
+
+    a, b = checkpoint("a", b"\x01\x02"), checkpoint("run-b", b"\x01\x02")
+    os.utime(b / "model.safetensors", (1, 1))
+    assert content_digest(a) == content_digest(b)
+    assert content_digest(a) != content_digest(checkpoint("c", b"\x01\x03"))
+    (b / "tokenizer.json").write_text('{"added": 1}')
+    assert content_digest(a) != content_digest(b)
+    assert content_digest(tmp_path / "HuggingFaceTB/SmolLM2") == f"ref:{tmp_path / 'HuggingFaceTB/SmolLM2'}"

@@ -93,6 +93,9 @@ def test_a_stage_may_keep_its_own_batch(tmp_path):
     assert args.per_device_train_batch_size == 1 and args.gradient_accumulation_steps == 4
     assert c.for_stage(CONTROL_STAGE).global_batch_size == 8  # the control trains as the global stage does
     stages = {name: s.model_dump() for name, s in c.stages.items()}
+    stages["caller"].update(packing=False)
+    assert not load_config("cpu", stages=stages).for_stage("caller").packing
+    assert load_config("cpu", stages=stages).for_stage("planner").packing
     stages["caller"].update(per_device_batch_size=3)
     with pytest.raises(pydantic.ValidationError, match="stage caller: global_batch_size 8 is not a multiple"):
         load_config("cpu", stages=stages)

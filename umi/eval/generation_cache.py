@@ -2,8 +2,9 @@
 
 A full evaluation on a 2-core CPU takes hours: every generation it finishes is stored at once (sqlite, one committed
 row per generation), and a rerun with the same cache answers those requests from disk and computes only the rest.
-The key is everything the text depends on: the checkpoint's fingerprint (umi.vocabulary.checkpoint_fingerprint:
-its training stage's, else its weight files' names, sizes and times), the adapter, the dtype, the context length, and the request
+The key is everything the text depends on: the checkpoint's bytes (umi.vocabulary.content_digest of its weights,
+config and tokenizer: a retrain to the same bytes, on another machine, hits the cache; other weights never do),
+the adapter, the dtype, the context length, and the request
 (prompt, history span, caps, stop strings, temperature and seed: sampled retries are seeded, so they are repeatable
 too). Two runs that share a cache therefore see the same texts; a resumed run batches its remaining prompts among
 themselves, which in bfloat16 can change a rare low-margin token versus an uninterrupted run (padding changes the
@@ -155,7 +156,7 @@ def cached_backends(
 ) -> dict[str, CachedBackend]:
     """{role: CachedBackend} over load_backends' result; roles: role -> checkpoint directory. One wrapper per
     distinct backend, so roles sharing a model share its key (and its KV caches, as before)."""
-    from umi.vocabulary import checkpoint_fingerprint
+    from umi.vocabulary import content_digest
 
     wrapped: dict[int, CachedBackend] = {}
     out = {}
@@ -164,7 +165,7 @@ def cached_backends(
             directory = roles[role]
             model_key = json.dumps(
                 [
-                    checkpoint_fingerprint(directory),
+                    content_digest(directory),
                     getattr(backend, "adapter", None),
                     dtype,
                     getattr(backend, "context_length", None),

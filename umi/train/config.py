@@ -37,10 +37,11 @@ class StageSettings(BaseModel):
     )
     max_steps: int | None = Field(default=None, gt=0, description="stop after this many optimiser steps")
     eval_examples: int = Field(default=0, ge=0, description="dev-split examples for a final dev loss; 0: none")
-    # a stage whose examples share nothing (the summarizer: one per trajectory) gains no speed from big packed
-    # micro-batches, only fewer optimiser steps; so a stage may keep its own batch
+    # a stage whose examples share little (the summarizer: one per user turn) gains no speed from big packed
+    # micro-batches, only fewer optimiser steps; so a stage may keep its own batch and engine
     per_device_batch_size: int | None = Field(default=None, gt=0, description="this stage's; default the profile's")
     global_batch_size: int | None = Field(default=None, gt=0, description="this stage's; default the profile's")
+    packing: bool | None = Field(default=None, description="this stage's; default the profile's")
 
 
 class LoraSettings(BaseModel):
@@ -135,12 +136,13 @@ class TrainConfig(BaseModel):
         return base.model_copy(update={"epochs": max(s.epochs for s in local), "max_steps": None})
 
     def for_stage(self, stage: str) -> "TrainConfig":
-        """This profile as `stage` trains with it: the stage's own batch sizes, where it sets them, at the top
-        level (idempotent), so that everything reading `per_device_batch_size` reads the stage's."""
+        """This profile as `stage` trains with it: the stage's own batch sizes and packing, where it sets them, at
+        the top level (idempotent), so that everything reading `per_device_batch_size` or `packing` reads the stage's."""
         s = self.stage_settings(stage)
         update = {
             "per_device_batch_size": s.per_device_batch_size or self.per_device_batch_size,
             "global_batch_size": s.global_batch_size or self.global_batch_size,
+            "packing": self.packing if s.packing is None else s.packing,
         }
         if all(getattr(self, k) == v for k, v in update.items()):
             return self

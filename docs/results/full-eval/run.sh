@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The full evaluation of the `make run` models (issue 10, item 10), one stage at a time, resumable across machines.
+#
+#   make run                                        # trains the models (same commit, same seed: same weights)
+#   bash docs/results/full-eval/run.sh check        # their weights are the ones this evaluation is of (weights.sha256)
+#   bash docs/results/full-eval/run.sh 1a           # a stage (see below); stop it at any time and run it again
+#
+# Every generation goes to the generation cache docs/results/full-eval/generations.sqlite as it is made (committed
+# with the stage reports), so a new machine that retrains the same weights resumes where the last one stopped. The
+# cache is keyed by each checkpoint's bytes (umi.vocabulary.content_digest), so it is never applied to other weights;
+# `check` says beforehand whether these weights are the ones on record (weights.sha256), i.e. whether a stage will
+# resume or compute afresh.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+here=docs/results/full-eval
+umi=.venv/bin/umi
+runs=artifacts/runs
+
+roles=(global planner caller summarizer global-matched)
+hashes() {
+  for role in "${roles[@]}"; do
+    for f in "$runs/$role/model"/*.safetensors; do
+      printf '%s  %s\n' "$(sha256sum "$f" | cut -d' ' -f1)" "$role/$(basename "$f")"
+    done
+  done
+}
+
+check() {
+  if [ ! -f "$here/weights.sha256" ]; then
+    hashes > "$here/weights.sha256"
+    echo "recorded the weights of $runs in $here/weights.sha256 (commit it with the stage reports)"
+    return
+  fi
+  if ! diff <(hashes) "$here/weights.sha256"; then
+    echo "the weights in $runs differ from the ones on record ($here/weights.sha256; the lines above): the roles" \
+      "that differ are evaluated afresh, not from the cache; retrain at the commit named in $here/README.md to" \
+      "resume instead" >&2
+    [ "${UMI_FULL_EVAL_ANYWAY:-0}" = 1 ] || exit 1
+  else
+    echo "weights match $here/weights.sha256: the cache applies"
+  fi
+}
+
+common=(--profile full --max-prompt-tokens 1024 --cache "$here/generations.sqlite" --no-tracking)
+alpha=(--multi "alpha-umi=$runs/planner/model,$runs/caller/model,$runs/summarizer/model")
+single=(--single "single-llm=$runs/global/model")
+matched=(--single "single-matched=$runs/global-matched/model")
+backbone=(--multi "backbone=artifacts/backbone,artifacts/backbone,artifacts/backbone")
+
+stage="${1:?a stage: check | 1a | 1b | 1c | 1d | 2a | 2b | 2c | 3 | all}"
+[ "$stage" = check ] && { check; exit 0; }
+check
+# on any exit (a stage stopped half way included) the cache's write-ahead log is folded into the file, so that the one
+# file committed holds every generation made
+fold() {
+  [ -f "$here/generations.sqlite" ] && .venv/bin/python -c \
+    "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('PRAGMA wal_checkpoint(TRUNCATE)')" "$here/generations.sqlite"
+}
+trap fold EXIT
+case "$stage" in
+  1a) $umi eval static "${common[@]}" "${alpha[@]}" --no-toolbench-ood --out "$here/stage-1a" ;;  # BFCL test split
+  1b) $umi eval static "${common[@]}" "${single[@]}" --no-toolbench-ood --out "$here/stage-1b" ;;
+  1c) $umi eval static "${common[@]}" "${matched[@]}" --no-toolbench-ood --out "$here/stage-1c" ;;
+  1d) $umi eval static "${common[@]}" "${backbone[@]}" --no-toolbench-ood --out "$here/stage-1d" ;;
+  2a) $umi eval live "${common[@]}" "${alpha[@]}" --out "$here/stage-2a" ;;  # the 71 held-out live entries
+  2b) $umi eval live "${common[@]}" "${single[@]}" --out "$here/stage-2b" ;;
+  2c) $umi eval live "${common[@]}" "${matched[@]}" --out "$here/stage-2c" ;;
+  3) $umi eval static "${common[@]}" "${alpha[@]}" "${single[@]}" "${matched[@]}" --out "$here/stage-3" ;;  # + OOD
+  all) $umi eval all "${common[@]}" "${alpha[@]}" "${single[@]}" "${matched[@]}" "${backbone[@]}" --out "$here/full" ;;
+  *) echo "unknown stage $stage" >&2; exit 2 ;;
+esac
