@@ -16,7 +16,7 @@ here=docs/results/full-eval
 umi=.venv/bin/umi
 runs=artifacts/runs
 
-roles=(global planner caller summarizer global-matched)
+roles=(global planner caller summarizer single-matched)
 hashes() {
   for role in "${roles[@]}"; do
     for f in "$runs/$role/model"/*.safetensors; do
@@ -44,7 +44,7 @@ check() {
 common=(--profile full --max-prompt-tokens 1024 --cache "$here/generations.sqlite" --no-tracking)
 alpha=(--multi "alpha-umi=$runs/planner/model,$runs/caller/model,$runs/summarizer/model")
 single=(--single "single-llm=$runs/global/model")
-matched=(--single "single-matched=$runs/global-matched/model")
+matched=(--single "single-matched=$runs/single-matched/model")
 backbone=(--multi "backbone=artifacts/backbone,artifacts/backbone,artifacts/backbone")
 
 stage="${1:?a stage: check | 1a | 1b | 1c | 1d | 2a | 2b | 2c | 3 | all}"
