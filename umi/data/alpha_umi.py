@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from umi.data.importing import MAX_RECORD_CHARS, UnreadableRecord, iter_jsonl, json_problem, validation_problem
-from umi.data.toolbench import clean, parse_arguments, query_group, steps_from_messages
+from umi.data.toolbench import clean, parse_arguments, steps_from_messages, trajectory_of
 from umi.schema import RecordError, Step, ToolSpec, Trajectory
 
 SOURCE = "alpha-umi"
@@ -300,18 +300,7 @@ def convert_record(record: Any, record_id: str) -> Trajectory:
         instruction = steps[0].content
     meta: dict[str, Any] = {"stage": stage}
     meta.update({k: v for k, v in dropped.items() if v and k != "system_messages"})
-    try:
-        return Trajectory(
-            id=record_id,
-            source=SOURCE,
-            group=query_group(instruction),
-            tools=tools,
-            instruction=instruction,
-            steps=steps,
-            meta=meta,
-        )
-    except ValueError as e:
-        raise RecordError(record_id, validation_problem(e)) from None
+    return trajectory_of(record_id, SOURCE, tools, instruction, steps, meta)
 
 
 def import_alpha_umi(path: str | Path, max_chars: int = MAX_RECORD_CHARS) -> Iterator[Trajectory | RecordError]:

@@ -65,6 +65,25 @@ def query_group(instruction: str) -> str:
     return "query:" + hashlib.sha256(instruction.strip().encode("utf-8")).hexdigest()[:16]
 
 
+def trajectory_of(
+    record_id: str, source: str, tools: list[ToolSpec], instruction: str, steps: list[Step], meta: dict[str, Any]
+) -> Trajectory:
+    """The Trajectory of an imported ToolBench-format record, grouped by its query (umi.data.split), or the
+    RecordError that says why the record is not one."""
+    try:
+        return Trajectory(
+            id=record_id,
+            source=source,
+            group=query_group(instruction),
+            tools=tools,
+            instruction=instruction,
+            steps=steps,
+            meta=meta,
+        )
+    except ValueError as e:
+        raise RecordError(record_id, validation_problem(e)) from None
+
+
 _BEGIN = "Begin!"
 
 
@@ -312,18 +331,7 @@ def convert_answer(record: Any, record_id: str) -> Trajectory:
     instruction = query.strip() if isinstance(query, str) and query.strip() else steps[0].content
     meta: dict[str, Any] = {"finish_type": gen.get("finish_type")}
     meta.update({k: v for k, v in dropped.items() if v and k != "system_messages"})
-    try:
-        return Trajectory(
-            id=record_id,
-            source=SOURCE,
-            group=query_group(instruction),
-            tools=tools,
-            instruction=instruction,
-            steps=steps,
-            meta=meta,
-        )
-    except ValueError as e:
-        raise RecordError(record_id, validation_problem(e)) from None
+    return trajectory_of(record_id, SOURCE, tools, instruction, steps, meta)
 
 
 # --- files ----------------------------------------------------------------------------------------------------------
