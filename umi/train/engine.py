@@ -118,6 +118,17 @@ def _load_records(path: str | Path, role: str, cache_dir: str | Path | None):
     return ds
 
 
+def _warn_too_long(path: str | Path, too_long_ids: list[str], max_length: int) -> None:
+    shown = ", ".join(too_long_ids[:10]) + (" ..." if len(too_long_ids) > 10 else "")
+    log.warning(
+        "%s: %d example(s) longer than %d tokens without history, left out: %s",
+        path,
+        len(too_long_ids),
+        max_length,
+        shown,
+    )
+
+
 def encode_role_dataset(
     path: str | Path,
     role: str,
@@ -185,14 +196,7 @@ def encode_role_dataset(
         ds = ds.map(encode, num_proc=workers, desc=f"encoding {role}", load_from_cache_file=False)
     too_long_ids = [rid for rid, bad in zip(ds["id"], ds["too_long"]) if bad]
     if too_long_ids:
-        shown = ", ".join(too_long_ids[:10]) + (" ..." if len(too_long_ids) > 10 else "")
-        log.warning(
-            "%s: %d example(s) longer than %d tokens without history, left out: %s",
-            path,
-            len(too_long_ids),
-            max_length,
-            shown,
-        )
+        _warn_too_long(path, too_long_ids, max_length)
         ds = ds.filter(lambda bad: not bad, input_columns="too_long")
     if len(ds) == 0:
         raise ValueError(f"{path}: every example is longer than max_length={max_length} tokens even without history")
@@ -272,14 +276,7 @@ def encode_role_dataset_packed(
         if full:
             break
     if too_long_ids:
-        shown = ", ".join(too_long_ids[:10]) + (" ..." if len(too_long_ids) > 10 else "")
-        log.warning(
-            "%s: %d example(s) longer than %d tokens without history, left out: %s",
-            path,
-            len(too_long_ids),
-            max_length,
-            shown,
-        )
+        _warn_too_long(path, too_long_ids, max_length)
     if not examples:
         raise ValueError(f"{path}: every example is longer than max_length={max_length} tokens even without history")
     rows = []
