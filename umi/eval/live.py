@@ -169,7 +169,7 @@ class LiveAgent(Protocol):
 
 class AgentBuilder(Protocol):
     """umi.agent.loop.build_agent: the agent over loaded backends. Passed in by the caller of the evaluation, so that
-    evaluation (below the agent in the layering) rolls agents out without importing them."""
+    evaluation, which must not import the agent (a sibling layer), rolls agents out all the same."""
 
     def __call__(
         self,
