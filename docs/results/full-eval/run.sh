@@ -41,7 +41,10 @@ check() {
   fi
 }
 
-common=(--profile full --max-prompt-tokens 1024 --cache "$here/generations.sqlite" --no-tracking)
+# float32 on every machine: stage 1a ran where the dtype rule resolves float32 (a CPU without native bf16); a machine
+# with it would resolve bf16, and the stages would then describe two different numerics (and miss the cache, which
+# is keyed by dtype)
+common=(--profile full --max-prompt-tokens 1024 --dtype float32 --cache "$here/generations.sqlite" --no-tracking)
 alpha=(--multi "alpha-umi=$runs/planner/model,$runs/caller/model,$runs/summarizer/model")
 single=(--single "single-llm=$runs/global/model")
 matched=(--single "single-matched=$runs/single-matched/model")
