@@ -4,7 +4,7 @@ One rule for evaluation, `umi chat` and the service, so the served model is the 
 
 - device (`inference_device`): the CUDA GPU when there is one, else the CPU;
 - dtype (`inference_dtype`): bfloat16 where the device computes in it natively (a CUDA GPU with bf16; a CPU with
-  AVX512-BF16 or AMX), else float32: emulated bf16 is slower than float32, and float16 on a CPU is slower still;
+  AVX512-BF16 or AMX whose AVX-512 kernels torch uses), else float32: emulated bf16 is slower than float32, and float16 on a CPU is slower still;
 - loading (`load_role_models`): {role: checkpoint directory} to {role: LoadedRole}. A directory named for several roles
   is loaded once and plays each of them; role directories that are LoRA adapters (an `adapter_config.json`, as peft
   saves them) on one base load that base once, the adapters attached to it under the role's name (the backend switches
@@ -60,13 +60,16 @@ def inference_device() -> str:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX tiles)."""
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX tiles) and torch dispatches to its AVX-512
+    kernels: with those capped (ATEN_CPU_CAPABILITY=avx2, as for portable numerics, docs/training.md), torch 2.13's
+    bf16 attention fails on such a CPU ("pack_vnni2 is only supported when avx512 is supported"), so it is float32."""
     import torch
 
     try:  # private but long-standing helpers; a torch without them gets float32
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        hardware = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # pragma: no cover
         return False
+    return hardware and torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def inference_dtype(device: str | None = None, name: str = "auto"):

@@ -34,6 +34,27 @@ def test_the_dtype_rule(monkeypatch):
         inference.inference_dtype("cpu", "float8")
 
 
+def test_native_bf16_needs_torch_on_its_avx512_kernels(monkeypatch):
+    # ATEN_CPU_CAPABILITY=avx2 (portable numerics) on an AMX CPU: bf16 attention would fail there, so float32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert inference.cpu_has_native_bf16()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not inference.cpu_has_native_bf16()
+
+
+def test_native_bf16_follows_the_capability_torch_was_started_with(tmp_path):
+    # the real variable, in a fresh interpreter (torch reads it once)
+    import os
+    import subprocess
+    import sys
+
+    code = "import torch; from umi import inference; print(torch.backends.cpu.get_cpu_capability(), inference.cpu_has_native_bf16())"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["AVX2", "False"]
+
+
 @pytest.mark.parametrize("dtype", ["auto", "float32"])
 def test_eval_chat_and_serving_load_the_same_model(tiny_backbone, monkeypatch, dtype):
     # chat's command loads through umi.backend.load_backends: record what it is given and returns

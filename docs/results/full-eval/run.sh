@@ -19,7 +19,8 @@ cd "$(dirname "$0")/../../.."
 # (what MKL documents for that mode; not yet seen on a second machine: `check` will say). Measured on one machine:
 # two pinned runs gave identical weights, the pins change the bytes (each of the two on its own does), at about
 # 1.24x the training time (42 s vs 34 s on a 6k-token global stage). oneDNN is left alone: float32 training does not
-# go through it (pinning it as well gave the same bytes), and make run's own bf16 evaluation keeps its AMX kernels.
+# go through it (pinning it as well gave the same bytes). With ATen capped, the dtype rule resolves float32 for make
+# run's own evaluation too (umi.inference.cpu_has_native_bf16: torch's bf16 attention fails there otherwise).
 export MKL_CBWR=AVX2 ATEN_CPU_CAPABILITY=avx2
 here=docs/results/full-eval
 umi=.venv/bin/umi
