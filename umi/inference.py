@@ -4,7 +4,8 @@ One rule for evaluation, `umi chat` and the service, so the served model is the 
 
 - device (`inference_device`): the CUDA GPU when there is one, else the CPU;
 - dtype (`inference_dtype`): bfloat16 where the device computes in it natively (a CUDA GPU with bf16; a CPU with
-  AVX512-BF16 or AMX whose AVX-512 kernels torch uses), else float32: emulated bf16 is slower than float32, and float16 on a CPU is slower still;
+  AVX512-BF16 or AMX whose AVX-512 kernels torch uses), else float32: emulated bf16 is slower than float32, and
+  float16 on a CPU is slower still;
 - loading (`load_role_models`): {role: checkpoint directory} to {role: LoadedRole}. A directory named for several roles
   is loaded once and plays each of them; role directories that are LoRA adapters (an `adapter_config.json`, as peft
   saves them) on one base load that base once, the adapters attached to it under the role's name (the backend switches

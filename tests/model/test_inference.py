@@ -43,7 +43,7 @@ def test_native_bf16_needs_torch_on_its_avx512_kernels(monkeypatch):
     assert not inference.cpu_has_native_bf16()
 
 
-def test_native_bf16_follows_the_capability_torch_was_started_with(tmp_path):
+def test_native_bf16_follows_the_capability_torch_was_started_with():
     # the real variable, in a fresh interpreter (torch reads it once)
     import os
     import subprocess

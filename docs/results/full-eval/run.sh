@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full evaluation of the `make run` models (issue 10, item 10), one stage at a time, resumable across machines.
 #
-#   bash docs/results/full-eval/run.sh train        # make run with the portable numerics below (same weights anywhere)
+#   bash docs/results/full-eval/run.sh train        # make run with the portable numerics below (see there)
 #   bash docs/results/full-eval/run.sh check        # their weights are the ones this evaluation is of (weights.sha256)
 #   bash docs/results/full-eval/run.sh 1a           # a stage (see below); stop it at any time and run it again
 #
