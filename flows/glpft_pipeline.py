@@ -26,8 +26,7 @@ from umi.eval.pipeline import evaluation_options
 from umi.promotion import champion_to_compare
 from umi.tracking import ParentRun
 from umi.train.config import CONTROL_STAGE, LOCAL_STAGES, dataset_role
-
-SINGLE_MATCHED = "single-matched"  # the compute-matched single-LLM control (umi.eval.run.REFERENCES)
+from umi.vocabulary import SINGLE_MATCHED
 
 ARTIFACT_KEY = "glpft-pipeline"
 

@@ -115,3 +115,68 @@ def test_the_cache_key_of_a_checkpoint_is_its_bytes(tmp_path):
     (b / "tokenizer.json").write_text('{"added": 1}')
     assert content_digest(a) != content_digest(b)
     assert content_digest(tmp_path / "HuggingFaceTB/SmolLM2") == f"ref:{tmp_path / 'HuggingFaceTB/SmolLM2'}"
+
+
+class Lower(Echo):
+    """Another model: writes the prompt back in lower case."""
+
+    def generate_batch(self, requests, batch_size=8):
+        self.asked.extend(r.prompt for r in requests)
+        return [_generation(r.prompt.lower()) for r in requests]
+
+
+def test_other_bytes_are_answered_from_a_twin_only_after_writing_the_same_and_never_after_one_difference(tmp_path):
+    """A retrain on another machine kind (other bytes, same outputs) resumes from the first checkpoint's rows once
+    `twin_checks` fresh generations equal them; a checkpoint that writes one thing differently never does, and a
+    checkpoint of another dtype is no candidate."""
+    import json
+
+    def key(digest: str, dtype: str = "float32") -> str:
+        return json.dumps([digest, None, dtype, 64])
+
+    path = tmp_path / "c.sqlite"
+    requests = [GenerationRequest(prompt=p) for p in "abcdefghij"]
+    first = CachedBackend(Echo(), GenerationCache(path), key("bytes-1"), twin_checks=3)
+    first.generate_batch(requests, batch_size=2)
+    assert first.twin is None and first.inner.asked == list("abcdefghij")
+
+    retrain = CachedBackend(Echo(), GenerationCache(path), key("bytes-2"), twin_checks=3)
+    out = retrain.generate_batch(requests, batch_size=2)
+    assert [g.text for g in out] == list("ABCDEFGHIJ")
+    assert retrain.inner.asked == list("abcd")  # two batches computed (3 identical settle it), then the twin answers
+    assert retrain.twin == key("bytes-1")
+    assert (retrain.cache.stats.twin_hits, retrain.cache.stats.misses) == (6, 4)
+    assert retrain.cache.stats.to_dict()["twins"][key("bytes-2")] == {
+        "twin": key("bytes-1"),
+        "matched": 3,
+        "differed": 0,
+    }
+
+    again = CachedBackend(Echo(), GenerationCache(path), key("bytes-2"), twin_checks=3)  # a new process: no recheck
+    assert again.twin == key("bytes-1")
+    assert [g.text for g in again.generate_batch(requests, batch_size=2)] == list("ABCDEFGHIJ")
+    assert again.inner.asked == [] and again.cache.stats.twin_hits == 6 and again.generate(requests[9]).text == "J"
+
+    other = CachedBackend(Lower(), GenerationCache(path), key("bytes-3"), twin_checks=3)
+    assert [g.text for g in other.generate_batch(requests, batch_size=2)] == list("abcdefghij")
+    assert other.twin is None and other.inner.asked == list("abcdefghij") and other.cache.stats.twin_hits == 0
+    counts = other.cache.twin_counts(key("bytes-3"))
+    assert counts == {key("bytes-1"): (0, 1), key("bytes-2"): (0, 1)}  # refused at the first difference
+    assert CachedBackend(Echo(), GenerationCache(path), key("bytes-3"), twin_checks=3).twin is None  # for good
+
+    bf16 = CachedBackend(Echo(), GenerationCache(path), key("bytes-1", "bfloat16"), twin_checks=1)
+    bf16.generate_batch(requests, batch_size=5)
+    assert bf16.twin is None and bf16.inner.asked == list("abcdefghij")
+
+
+def test_the_report_says_how_much_the_cache_and_a_twin_answered():
+    from umi.eval.report import table_markdown
+
+    agents = {"a": {"static": {"bfcl-test": {"steps": 3, "plan_acc": 100.0}}, "live": None}}
+    twins = {"k2": {"twin": "k1", "matched": 64, "differed": 0}}
+    text = table_markdown(agents, {}, {"hits": 10, "misses": 70, "twin_hits": 6, "twins": twins})
+    assert (
+        "- generation cache: 10 generations answered from it, 70 computed; 6 of the answers were made by twin" in text
+    )
+    assert "64 identical of 64" in text
+    assert "generation cache" not in table_markdown(agents, {}, {"hits": 0, "misses": 5})

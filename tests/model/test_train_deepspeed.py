@@ -118,4 +118,9 @@ def test_zero3_two_rank_cpu_launch_saves_the_complete_model(tiny_backbone, role_
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     reference = load_file(str(plain / "model" / "model.safetensors"))
-    assert all(torch.allclose(saved[k], reference[k], atol=1e-5) for k in saved)
+    # Same to float rounding, measured against the update itself: the two runs sum the same gradients in another
+    # order, and Adam's first steps (about lr * g / |g|) blow a rounding-sized difference up wherever a gradient
+    # element is near zero, so an elementwise atol passes on one CPU and fails on another (CI's, 2026-12-03). A wrong
+    # gather or a missing shard differs by the order of the update; seen here: at most 1.1e-5 of it.
+    drift = {k: float((saved[k] - reference[k]).norm() / (reference[k] - backbone[k]).norm()) for k in saved}
+    assert max(drift.values()) < 1e-2, sorted(drift.items(), key=lambda kv: -kv[1])[:5]

@@ -65,8 +65,11 @@ def _has_live(agents: Mapping[str, dict]) -> bool:
     return any(r.get("live") for r in agents.values())
 
 
-def table_markdown(agents: Mapping[str, dict], test_sets: Mapping[str, dict] | None = None) -> str:
-    """The Table-1-shaped markdown: rows = agents, columns = the five metrics per test set, then live pass rates."""
+def table_markdown(
+    agents: Mapping[str, dict], test_sets: Mapping[str, dict] | None = None, cache: Mapping[str, Any] | None = None
+) -> str:
+    """The Table-1-shaped markdown: rows = agents, columns = the five metrics per test set, then live pass rates.
+    cache: the generation cache's counts (umi.eval.generation_cache.CacheStats), said where it answered anything."""
     sets = _static_sets(agents)
     live = _has_live(agents)
     header = ["agent"]
@@ -111,6 +114,17 @@ def table_markdown(agents: Mapping[str, dict], test_sets: Mapping[str, dict] | N
     switched_off = [n for n, i in (test_sets or {}).items() if i.get("switched_off")]
     if switched_off:
         notes.append(f"- switched off by name: {', '.join(switched_off)}")
+    if cache and cache.get("hits"):
+        line = f"- generation cache: {cache['hits']} generations answered from it, {cache.get('misses', 0)} computed"
+        if cache.get("twin_hits"):
+            checks = ", ".join(
+                f"{t['matched']} identical of {t['matched'] + t['differed']}" for t in cache["twins"].values()
+            )
+            line += (
+                f"; {cache['twin_hits']} of the answers were made by twin weights (other bytes that wrote the same "
+                f"as these on their first generations: {checks})"
+            )
+        notes.append(line)
     sections = [
         _training_section(agents),
         _intervals_section(agents),

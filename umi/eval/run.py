@@ -101,7 +101,7 @@ class EvalReport:
         }
 
     def table_markdown(self) -> str:
-        return table_markdown(self.agents, self.test_sets)
+        return table_markdown(self.agents, self.test_sets, (self.settings or {}).get("generation_cache"))
 
     @classmethod
     def load(cls, path: str | Path) -> "EvalReport":
