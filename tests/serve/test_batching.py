@@ -1,4 +1,4 @@
-"""Batched generation (TransformersBackend.generate_many) and the service's micro-batcher (umi.serve.batching).
+"""Batched generation (TransformersBackend.generate_many) and the service's micro-batcher (umi.batching).
 
 Exactness is tested in float32: greedy batched outputs equal the outputs of each request alone. (In bfloat16 the
 padded batch sums in another order and a near-tie can flip a greedy token, so exact equality is not promised there.)"""

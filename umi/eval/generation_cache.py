@@ -94,17 +94,16 @@ class GenerationCache:
     def get(self, key: str, twin_key: str | None = None) -> Generation | TooLong | None:
         """The stored generation, or the TooLong the request raised (a prompt that cannot fit is as repeatable as a
         text), or None. `twin_key`: where to look when `key` has no row (the same request on a verified twin)."""
-        with self._lock:
-            row = self._db.execute("SELECT generation, cost_seconds FROM generations WHERE key = ?", (key,)).fetchone()
+        query = "SELECT generation, cost_seconds FROM generations WHERE key = ?"
+        with self._lock:  # rows and counts: live rollouts call from several threads
+            row = self._db.execute(query, (key,)).fetchone()
             if row is None and twin_key is not None:
-                row = self._db.execute(
-                    "SELECT generation, cost_seconds FROM generations WHERE key = ?", (twin_key,)
-                ).fetchone()
+                row = self._db.execute(query, (twin_key,)).fetchone()
                 self.stats.twin_hits += row is not None
-        if row is None:
-            return None  # a miss is counted when its generation is stored (put)
-        self.stats.hits += 1
-        self.stats.cost_seconds += float(row[1])
+            if row is None:
+                return None  # a miss is counted when its generation is stored (put)
+            self.stats.hits += 1
+            self.stats.cost_seconds += float(row[1])
         return _decode(row[0])
 
     def put(self, key: str, generation: Generation | TooLong, cost_seconds: float) -> None:
@@ -117,8 +116,8 @@ class GenerationCache:
             self._db.execute(
                 "INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?)", (key, data, float(cost_seconds), time.time())
             )
-        self.stats.misses += 1
-        self.stats.cost_seconds += float(cost_seconds)
+            self.stats.misses += 1
+            self.stats.cost_seconds += float(cost_seconds)
 
     def register_model(self, model_key: str) -> None:
         """Name `model_key` as a checkpoint of this cache (a twin candidate for checkpoints that come later)."""
@@ -202,6 +201,7 @@ class CachedBackend:
         ]
         self.twin: str | None = None
         self._counts = cache.twin_counts(model_key)
+        self._checking = threading.Lock()  # twin checks from concurrent live rollouts
         self._settle()
 
     def __getattr__(self, name: str):
@@ -227,6 +227,10 @@ class CachedBackend:
         """Compare a generation computed afresh with each candidate's row for the same request, if it has one."""
         if self.twin is not None or not self._candidates or isinstance(made, TooLong):
             return
+        with self._checking:
+            self._compare(request, made)
+
+    def _compare(self, request: GenerationRequest, made: Generation) -> None:
         for candidate in self._candidates:
             theirs = self.cache.peek(request_key(candidate, request))
             if isinstance(theirs, Generation):

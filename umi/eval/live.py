@@ -40,6 +40,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -288,17 +289,34 @@ def run_live(
     progress: Callable[[int, int], None] | None = None,
 ) -> LiveResult:
     """Roll out every entry with the agent `build_agent` makes over `backends`; caches are reset between entries.
-    The no-call baseline is umi.eval.baselines.no_call_backends() here like any agent."""
+    The no-call baseline is umi.eval.baselines.no_call_backends() here like any agent. With
+    `settings.live_concurrency` > 1 that many entries roll out at once (threads; the backends must be safe to call
+    from several: TransformersBackend and umi.batching's are); records keep the order of `entries`."""
     settings = settings or EvalSettings()
     agent = build_agent(backends, settings.generation(), max_steps=settings.max_steps, doc_style=doc_style)
     started = time.perf_counter()
-    records = []
     if progress:
         progress(0, len(entries))
-    for k, entry in enumerate(entries, 1):
-        for backend in {id(b): b for b in backends.values()}.values():
-            backend.reset()
-        records.append(rollout_entry(agent, entry, stop_on_failure=settings.stop_on_failure, judge=judge))
-        if progress:
-            progress(k, len(entries))
-    return LiveResult(records, time.perf_counter() - started)
+
+    def roll(entry: LiveEntry) -> dict[str, Any]:
+        return rollout_entry(agent, entry, stop_on_failure=settings.stop_on_failure, judge=judge)
+
+    if settings.live_concurrency <= 1 or len(entries) <= 1:
+        records = []
+        for k, entry in enumerate(entries, 1):
+            for backend in {id(b): b for b in backends.values()}.values():
+                backend.reset()
+            records.append(roll(entry))
+            if progress:
+                progress(k, len(entries))
+        return LiveResult(records, time.perf_counter() - started)
+    # Several entries at once, each in its own thread; with umi.batching.batched_backends under `backends` their
+    # generations decode together. No resets: the entries share the models' KV caches (LRU-bounded).
+    out: list[dict[str, Any] | None] = [None] * len(entries)
+    with ThreadPoolExecutor(settings.live_concurrency, thread_name_prefix="umi-live") as pool:
+        futures = {pool.submit(roll, entry): k for k, entry in enumerate(entries)}
+        for done, future in enumerate(as_completed(futures), 1):
+            out[futures[future]] = future.result()
+            if progress:
+                progress(done, len(entries))
+    return LiveResult([r for r in out if r is not None], time.perf_counter() - started)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from umi import prompts
+from umi.batching import batched_backends
 from umi.eval import baselines as base
 from umi.eval import evidence
 from umi.eval.agents import AgentSpec, loaded_backends, resolve_dtype, training_budget
@@ -366,7 +367,8 @@ def evaluate(
             continue
         agent_started = time.perf_counter()
         loading = {"max_prompt_tokens": cfg.max_prompt_tokens, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
-        with loaded_backends(spec, **loading) as backends:
+        concurrent = cfg.live_concurrency if live_sets else 1  # live entries at once: their generations batch
+        with loaded_backends(spec, **loading) as loaded, batched_backends(loaded, concurrent) as backends:
             if generations is not None:
                 backends = cached_backends(backends, spec.roles, generations, resolved_dtype)
             result, recs = run_agent(spec.name, backends, spec.name in selected, agent_format["doc_style"])

@@ -28,6 +28,9 @@ class EvalSettings:
     planner_retries: live retries of a planner that wrote nothing. stop_on_failure: end a live entry at its first
     failed turn (it cannot pass any more; saves the rest of the rollout, but the external judge then sees only the
     turns that ran).
+    live_concurrency: live entries rolled out at once, their generations decoded together (umi.batching: continuous
+    batching per model); 1: one entry after another. A batch changes the kernels' reduction order, so in rare
+    low-margin steps a text can differ from the one the entry gets alone, as with any batch size.
     dtype: weights at evaluation: float32, bfloat16, or auto (bfloat16 on a GPU that has it and on a CPU with native
     bf16 arithmetic, AVX512-BF16 or AMX, where it runs about twice as fast as float32; float32 elsewhere).
     limit / ood_limit / live_limit: trajectories of the BFCL test split / of the ToolBench out-of-domain set (None:
@@ -39,14 +42,15 @@ class EvalSettings:
     max_steps: int = MAX_STEPS
     planner_retries: int = EVALUATION.planner_retries
     stop_on_failure: bool = True
+    live_concurrency: int = 1
     dtype: str = "auto"
     limit: int | None = None
     ood_limit: int | None = None
     live_limit: int | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_steps < 1 or self.planner_retries < 0:
-            raise ValueError("batch_size and max_steps must be >= 1, planner_retries >= 0")
+        if self.batch_size < 1 or self.max_steps < 1 or self.planner_retries < 0 or self.live_concurrency < 1:
+            raise ValueError("batch_size, max_steps and live_concurrency must be >= 1, planner_retries >= 0")
         self.generation()  # checks the caps (every role, each >= 1)
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 16:
             raise ValueError(f"max_prompt_tokens {self.max_prompt_tokens} leaves no room for a prompt")
@@ -73,7 +77,7 @@ class EvalSettings:
 # one live entry: the cheapest held-out entry a no-call agent cannot pass, umi.eval.testsets.live_sample; measured
 # per-step costs in docs/evaluation.md). Small samples: a smoke test and a coarse ranking.
 # full: every trajectory and every held-out live entry (71), the paper's step cap (raised per turn where the gold
-# needs more); for a GPU.
+# needs more), 8 live entries at once (decoded together); for a GPU.
 PROFILES: dict[str, EvalSettings] = {
     "cpu": EvalSettings(limit=6, ood_limit=2, live_limit=1, max_steps=4),
     "full": EvalSettings(
@@ -83,5 +87,6 @@ PROFILES: dict[str, EvalSettings] = {
         max_steps=MAX_STEPS,
         stop_on_failure=False,
         batch_size=16,
+        live_concurrency=8,
     ),
 }

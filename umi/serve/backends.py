@@ -14,7 +14,7 @@ generation: a request past its time ends at the next generation with `RequestTim
 One generation is bounded by its max_new_tokens.
 
 Batching (`max_batch` > 1): a `MicroBatcher` per model takes the place of queuing on the lock: concurrent
-generations run as one batch (umi.serve.batching), with the same deadline rules.
+generations run as one batch (umi.batching), with the same deadline rules.
 
 Device and dtype follow umi.inference's rule (bf16 where the device computes it natively), as evaluation's do.
 """
@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from umi.backend import Backend, Generation, GenerationRequest, TransformersBackend, load_backends
+from umi.batching import Deadline, MicroBatcher, RequestCancelled, RequestTimeout
 from umi.inference import ADAPTER_CONFIG, is_adapter_dir
-from umi.serve.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
 
@@ -46,36 +45,6 @@ __all__ = [
     "guarded",
     "is_adapter_dir",
 ]
-
-
-class RequestTimeout(Exception):
-    """The request ran past its time limit (waiting for a model included)."""
-
-
-class RequestCancelled(Exception):
-    """The client went away; the request stops at its next generation."""
-
-
-@dataclass
-class Deadline:
-    """A request's time budget. `cancel()` (the client disconnected) makes the next check raise."""
-
-    seconds: float
-    started: float = field(default_factory=time.monotonic)
-    cancelled: bool = False
-
-    @property
-    def remaining(self) -> float:
-        return self.seconds - (time.monotonic() - self.started)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def check(self, doing: str) -> None:
-        if self.cancelled:
-            raise RequestCancelled(f"the client went away before {doing}")
-        if self.remaining <= 0:
-            raise RequestTimeout(f"the request ran past its time limit of {self.seconds:g} s before {doing}")
 
 
 @dataclass
@@ -144,7 +113,7 @@ def load_role_backends(
 ) -> dict[str, RoleBackend]:
     """{role: RoleBackend} for {role: checkpoint or adapter directory}, by the loader evaluation and chat use
     (umi.backend.load_backends, umi.inference's device and dtype rule). See the module doc for what is shared.
-    max_batch > 1: concurrent generations on one model run as batches of up to that many (umi.serve.batching)."""
+    max_batch > 1: concurrent generations on one model run as batches of up to that many (umi.batching)."""
     backends = load_backends(dirs, base_dir=base_dir, device=device, dtype=dtype, **dict(backend_options or {}))
     shared: dict[int, SharedModel] = {}
     wrapped: dict[int, RoleBackend] = {}

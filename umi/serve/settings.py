@@ -57,7 +57,7 @@ class ServeSettings(BaseSettings):
         ge=1,
         le=64,
         description="concurrent generations on one model run as one batch of up "
-        "to this many (umi.serve.batching); 1: each alone",
+        "to this many (umi.batching); 1: each alone",
     )
     batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a lone generation waits for company")
     # --- request limits
