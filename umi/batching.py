@@ -145,8 +145,13 @@ class MicroBatcher:
         raise RequestTimeout(f"the request ran past its time limit of {deadline.seconds:g} s during a generation")
 
     def close(self) -> None:
+        """Stop the worker; generations still queued fail (RuntimeError) rather than wait for ever."""
         with self._cond:
             self._closed = True
+            while self._queue:
+                item = self._queue.popleft()
+                item.result = RuntimeError("the model's batcher was closed before this generation ran")
+                item.done.set()
             self._cond.notify_all()
 
     # --- the worker -------------------------------------------------------------------------------------------------

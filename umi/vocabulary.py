@@ -108,3 +108,31 @@ def content_digest(checkpoint: str | Path) -> str:
             digest.update(f"{p.name}\0".encode())
             digest.update(hashlib.file_digest(f, "sha256").digest())
     return digest.hexdigest()
+
+
+# the stage manifest's fields that say how a checkpoint was trained, not where or when (no run id, timings, paths of
+# this machine's checkout other than the init's as the pipeline names it, nor fingerprints of file timestamps)
+RECIPE_FIELDS: tuple[str, ...] = (
+    "stage",
+    "profile",
+    "config",
+    "dataset_sha256",
+    "data_version",
+    "init_from",
+    "prompt_format",
+)
+
+
+def training_recipe(checkpoint: str | Path) -> str | None:
+    """sha256 of how a trained checkpoint was made (its STAGE_MANIFEST's RECIPE_FIELDS): the same on every machine
+    that runs the same stage of the same commit and seed, whatever bytes its kernels produce. None for a checkpoint
+    without a manifest (an imported backbone: its bytes are its identity)."""
+    manifest = Path(checkpoint) / STAGE_MANIFEST
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not data.get("stage"):
+        return None
+    fields = {k: data.get(k) for k in RECIPE_FIELDS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()

@@ -126,9 +126,10 @@ class Lower(Echo):
 
 
 def test_other_bytes_are_answered_from_a_twin_only_after_writing_the_same_and_never_after_one_difference(tmp_path):
-    """A retrain on another machine kind (other bytes, same outputs) resumes from the first checkpoint's rows once
-    `twin_checks` fresh generations equal them; a checkpoint that writes one thing differently never does, and a
-    checkpoint of another dtype is no candidate."""
+    """A retrain on another machine kind (other bytes, same recipe, same outputs) resumes from the first checkpoint's
+    rows once `twin_checks` fresh generations (and `twin_tokens` tokens) equal them; a checkpoint that writes one
+    thing differently never does; a checkpoint of another recipe (a model trained on from it, another role) or
+    another dtype is no candidate, whatever it writes."""
     import json
 
     def key(digest: str, dtype: str = "float32") -> str:
@@ -136,47 +137,71 @@ def test_other_bytes_are_answered_from_a_twin_only_after_writing_the_same_and_ne
 
     path = tmp_path / "c.sqlite"
     requests = [GenerationRequest(prompt=p) for p in "abcdefghij"]
-    first = CachedBackend(Echo(), GenerationCache(path), key("bytes-1"), twin_checks=3)
+
+    def backend(inner, digest, recipe="recipe-1", dtype="float32", checks=3, tokens=4):
+        return CachedBackend(
+            inner, GenerationCache(path), key(digest, dtype), recipe, twin_checks=checks, twin_tokens=tokens
+        )
+
+    first = backend(Echo(), "bytes-1")
     first.generate_batch(requests, batch_size=2)
     assert first.twin is None and first.inner.asked == list("abcdefghij")
 
-    retrain = CachedBackend(Echo(), GenerationCache(path), key("bytes-2"), twin_checks=3)
+    retrain = backend(Echo(), "bytes-2")
     out = retrain.generate_batch(requests, batch_size=2)
     assert [g.text for g in out] == list("ABCDEFGHIJ")
     assert retrain.inner.asked == list("abcd")  # two batches computed (3 identical settle it), then the twin answers
     assert retrain.twin == key("bytes-1")
     assert (retrain.cache.stats.twin_hits, retrain.cache.stats.misses) == (6, 4)
-    assert retrain.cache.stats.to_dict()["twins"][key("bytes-2")] == {
-        "twin": key("bytes-1"),
-        "matched": 3,
-        "differed": 0,
-    }
+    check = retrain.cache.stats.to_dict()["twins"][key("bytes-2")]
+    assert check == {"twin": key("bytes-1"), "matched": 3, "tokens": 6, "differed": 0}
 
-    again = CachedBackend(Echo(), GenerationCache(path), key("bytes-2"), twin_checks=3)  # a new process: no recheck
+    again = backend(Echo(), "bytes-2")  # a new process: no recheck
     assert again.twin == key("bytes-1")
     assert [g.text for g in again.generate_batch(requests, batch_size=2)] == list("ABCDEFGHIJ")
     assert again.inner.asked == [] and again.cache.stats.twin_hits == 6 and again.generate(requests[9]).text == "J"
 
-    other = CachedBackend(Lower(), GenerationCache(path), key("bytes-3"), twin_checks=3)
+    few_tokens = backend(Echo(), "bytes-4", tokens=100)  # 3 identical generations but too few tokens: no twin yet
+    few_tokens.generate_batch(requests[:4], batch_size=2)
+    assert few_tokens.twin is None and few_tokens.inner.asked == list("abcd")
+
+    other = backend(Lower(), "bytes-3")
     assert [g.text for g in other.generate_batch(requests, batch_size=2)] == list("abcdefghij")
     assert other.twin is None and other.inner.asked == list("abcdefghij") and other.cache.stats.twin_hits == 0
     counts = other.cache.twin_counts(key("bytes-3"))
-    assert counts == {key("bytes-1"): (0, 1), key("bytes-2"): (0, 1)}  # refused at the first difference
-    assert CachedBackend(Echo(), GenerationCache(path), key("bytes-3"), twin_checks=3).twin is None  # for good
+    assert {k: v[2] for k, v in counts.items()} == {key("bytes-1"): 1, key("bytes-2"): 1, key("bytes-4"): 1}
+    assert backend(Echo(), "bytes-3").twin is None  # refused for good
 
-    bf16 = CachedBackend(Echo(), GenerationCache(path), key("bytes-1", "bfloat16"), twin_checks=1)
+    for not_a_candidate in (backend(Echo(), "bytes-5", recipe="recipe-2"), backend(Echo(), "bytes-6", recipe=None)):
+        not_a_candidate.generate_batch(requests, batch_size=5)
+        assert not_a_candidate.twin is None and not_a_candidate.inner.asked == list("abcdefghij")
+    bf16 = backend(Echo(), "bytes-1", dtype="bfloat16", checks=1, tokens=0)
     bf16.generate_batch(requests, batch_size=5)
     assert bf16.twin is None and bf16.inner.asked == list("abcdefghij")
+
+
+def test_a_prompt_that_fits_one_twin_and_not_the_other_is_a_difference(tmp_path):
+    import json
+
+    key = json.dumps(["bytes-1", None, "float32", 64])
+    first = CachedBackend(Echo(), GenerationCache(tmp_path / "c.sqlite"), key, "r", twin_checks=1, twin_tokens=0)
+    with pytest.raises(TooLong):
+        first.generate(GenerationRequest(prompt="long"))
+    other = key.replace("bytes-1", "bytes-2")
+    fits = CachedBackend(Echo(), GenerationCache(tmp_path / "c.sqlite"), other, "r", twin_checks=1, twin_tokens=0)
+    fits.inner.generate = lambda request: _generation("fits")  # this one fits it: not the same model after all
+    assert fits.generate(GenerationRequest(prompt="long")).text == "fits"
+    assert fits.twin is None and fits.cache.twin_counts(other) == {key: (0, 0, 1)}
 
 
 def test_the_report_says_how_much_the_cache_and_a_twin_answered():
     from umi.eval.report import table_markdown
 
     agents = {"a": {"static": {"bfcl-test": {"steps": 3, "plan_acc": 100.0}}, "live": None}}
-    twins = {"k2": {"twin": "k1", "matched": 64, "differed": 0}}
+    twins = {"k2": {"twin": "k1", "matched": 64, "tokens": 5000, "differed": 0}}
     text = table_markdown(agents, {}, {"hits": 10, "misses": 70, "twin_hits": 6, "twins": twins})
     assert (
         "- generation cache: 10 generations answered from it, 70 computed; 6 of the answers were made by twin" in text
     )
-    assert "64 identical of 64" in text
+    assert "64 identical of 64 (5000 tokens)" in text
     assert "generation cache" not in table_markdown(agents, {}, {"hits": 0, "misses": 5})

@@ -13,9 +13,11 @@ kernels' reduction order), as any change of batch composition can.
 **Twins.** Kernels are chosen by the CPU, so the same commit and seed train different bytes on machines of other
 kinds (docs/training.md "Same seed, same weights"), and such a retrain would start a long evaluation from nothing.
 A checkpoint whose bytes have no rows may be answered from another checkpoint's rows once it has shown, on requests
-it had to compute anyway, that it writes the same: TWIN_CHECKS generations identical token for token (text,
-token ids, stop reason, prompt fitting) and none different. One difference and that candidate is refused for good.
-Candidates are the cache's other checkpoints with the same adapter, dtype and context length; every comparison is
+it had to compute anyway, that it writes the same: TWIN_CHECKS generations (TWIN_TOKENS generated tokens) identical
+token for token (text, token ids, stop reason, prompt fitting) and none different. One difference and that candidate
+is refused for good. Candidates are the cache's other checkpoints trained by the same recipe (the same stage of the
+same config, data and init: umi.vocabulary.training_recipe; never a model trained on from it, nor another role) with
+the same adapter, dtype and context length; every comparison is
 kept in the cache (table `twins`), and `CacheStats.twin_hits` counts the answers a twin gave, so a report says how
 many of its texts came from the twin's bytes.
 
@@ -37,23 +39,35 @@ from typing import Any
 
 from umi.backend import Generation, GenerationRequest, TooLong
 
-__all__ = ["GenerationCache", "CachedBackend", "CacheStats", "cached_backends", "model_key", "TWIN_CHECKS"]
+__all__ = [
+    "GenerationCache",
+    "CachedBackend",
+    "CacheStats",
+    "cached_backends",
+    "model_key",
+    "TWIN_CHECKS",
+    "TWIN_TOKENS",
+]
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS generations (
     key TEXT PRIMARY KEY, generation TEXT NOT NULL, cost_seconds REAL NOT NULL, created REAL NOT NULL)""",
-    # every checkpoint (model key) that has stored a generation: the candidates of a twin check
-    "CREATE TABLE IF NOT EXISTS models (model_key TEXT PRIMARY KEY, created REAL NOT NULL)",
-    # what a twin check has seen so far: generations of `model_key` computed afresh and found identical (matched)
-    # or not (differed) to the rows of `twin` for the same requests
+    # every checkpoint (model key) this cache has served, with how it was trained (umi.vocabulary.training_recipe):
+    # the candidates of a twin check are the other checkpoints of the same recipe
+    "CREATE TABLE IF NOT EXISTS models (model_key TEXT PRIMARY KEY, recipe TEXT, created REAL NOT NULL)",
+    # what a twin check has seen so far: generations of `model_key` computed afresh and found identical (matched,
+    # with their generated tokens) or not (differed) to the rows of `twin` for the same requests
     """CREATE TABLE IF NOT EXISTS twins (model_key TEXT NOT NULL, twin TEXT NOT NULL, matched INTEGER NOT NULL,
-    differed INTEGER NOT NULL, PRIMARY KEY (model_key, twin))""",
+    tokens INTEGER NOT NULL, differed INTEGER NOT NULL, PRIMARY KEY (model_key, twin))""",
 )
 
-# How many identical generations, and no different one, make another checkpoint's rows this one's. At 64 of 64 the
-# 95% upper bound on the share of its answers that would differ is about 4.6% (rule of three); measured between two
-# trainings on two machine kinds: 0 of 1,751 differed (docs/results/full-eval).
+# How many identical generations (and generated tokens), and no different one, make another checkpoint's rows this
+# one's. The first generations of a static run are its shortest prompts, so a token floor too: long outputs are where
+# rounding would show. At 64 of 64 the 95% upper bound on the share of answers that would differ is about 4.6% (rule
+# of three, were they a random sample); measured between two trainings on two machine kinds: 0 of 1,751 differed
+# (docs/results/full-eval).
 TWIN_CHECKS = 64
+TWIN_TOKENS = 4096
 
 # the fields of a Generation that the weights decide (not the timings, not the prefix-cache reuse)
 _COMPARED = ("text", "token_ids", "stop_reason", "prompt_tokens", "new_tokens", "dropped_turns")
@@ -119,27 +133,38 @@ class GenerationCache:
             self.stats.misses += 1
             self.stats.cost_seconds += float(cost_seconds)
 
-    def register_model(self, model_key: str) -> None:
-        """Name `model_key` as a checkpoint of this cache (a twin candidate for checkpoints that come later)."""
-        with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO models VALUES (?, ?)", (model_key, time.time()))
-
-    def models(self) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute("SELECT model_key FROM models ORDER BY created, model_key")]
-
-    def twin_counts(self, model_key: str) -> dict[str, tuple[int, int]]:
-        """{candidate: (matched, differed)} of `model_key`'s twin checks so far."""
-        with self._lock:
-            rows = self._db.execute("SELECT twin, matched, differed FROM twins WHERE model_key = ?", (model_key,))
-            return {twin: (int(m), int(d)) for twin, m, d in rows}
-
-    def add_twin_counts(self, model_key: str, twin: str, matched: int, differed: int) -> None:
+    def register_model(self, model_key: str, recipe: str | None = None) -> None:
+        """Name `model_key` as a checkpoint of this cache, trained by `recipe` (a twin candidate for checkpoints of the
+        same recipe that come later; None: never one)."""
         with self._lock:
             self._db.execute(
-                """INSERT INTO twins VALUES (?, ?, ?, ?) ON CONFLICT (model_key, twin) DO UPDATE
-                SET matched = matched + excluded.matched, differed = differed + excluded.differed""",
-                (model_key, twin, matched, differed),
+                "INSERT INTO models VALUES (?, ?, ?) ON CONFLICT (model_key) DO UPDATE SET recipe = excluded.recipe",
+                (model_key, recipe, time.time()),
+            )
+
+    def models(self, recipe: str) -> list[str]:
+        """The checkpoints of `recipe`, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT model_key FROM models WHERE recipe = ? ORDER BY created, model_key", (recipe,)
+            )
+            return [r[0] for r in rows]
+
+    def twin_counts(self, model_key: str) -> dict[str, tuple[int, int, int]]:
+        """{candidate: (matched, matched tokens, differed)} of `model_key`'s twin checks so far."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT twin, matched, tokens, differed FROM twins WHERE model_key = ?", (model_key,)
+            )
+            return {twin: (int(m), int(t), int(d)) for twin, m, t, d in rows}
+
+    def add_twin_counts(self, model_key: str, twin: str, matched: int, tokens: int, differed: int) -> None:
+        with self._lock:
+            self._db.execute(
+                """INSERT INTO twins VALUES (?, ?, ?, ?, ?) ON CONFLICT (model_key, twin) DO UPDATE
+                SET matched = matched + excluded.matched, tokens = tokens + excluded.tokens,
+                differed = differed + excluded.differed""",
+                (model_key, twin, matched, tokens, differed),
             )
 
     def peek(self, key: str) -> Generation | TooLong | None:
@@ -165,6 +190,15 @@ def _decode(text: str) -> Generation | TooLong:
     return Generation(**data)
 
 
+def _kind(model_key: str) -> list | None:
+    """A model key's adapter, dtype and context length (what a twin must share besides the recipe)."""
+    try:
+        parts = json.loads(model_key)
+    except ValueError:
+        return None
+    return parts[1:] if isinstance(parts, list) else None
+
+
 def _same(a: Generation, b: Generation) -> bool:
     return all(getattr(a, f) == getattr(b, f) for f in _COMPARED)
 
@@ -187,18 +221,27 @@ def request_key(model_key: str, request: GenerationRequest) -> str:
 
 class CachedBackend:
     """A backend whose generate / generate_batch answer from `cache` where they can; everything else (prompt_ids,
-    reset, stats, the model) is the wrapped backend's."""
+    reset, stats, the model) is the wrapped backend's. `recipe` (umi.vocabulary.training_recipe of the checkpoint):
+    other checkpoints of the same recipe, adapter, dtype and context length are its twin candidates (module doc)."""
 
-    def __init__(self, inner, cache: GenerationCache, model_key: str, twin_checks: int = TWIN_CHECKS):
+    def __init__(
+        self,
+        inner,
+        cache: GenerationCache,
+        model_key: str,
+        recipe: str | None = None,
+        *,
+        twin_checks: int = TWIN_CHECKS,
+        twin_tokens: int = TWIN_TOKENS,
+    ):
         self.inner = inner
         self.cache = cache
         self.model_key = model_key
-        self.twin_checks = twin_checks
-        cache.register_model(model_key)
-        same_kind = json.loads(model_key)[1:] if model_key.startswith("[") else None
-        self._candidates = [
-            k for k in cache.models() if k != model_key and k.startswith("[") and json.loads(k)[1:] == same_kind
-        ]
+        self.twin_checks, self.twin_tokens = twin_checks, twin_tokens
+        cache.register_model(model_key, recipe)
+        kind = _kind(model_key)
+        same = cache.models(recipe) if recipe is not None and kind is not None else []
+        self._candidates = [k for k in same if k != model_key and _kind(k) == kind]
         self.twin: str | None = None
         self._counts = cache.twin_counts(model_key)
         self._checking = threading.Lock()  # twin checks from concurrent live rollouts
@@ -211,34 +254,37 @@ class CachedBackend:
         return request_key(self.model_key, request)
 
     def _settle(self) -> None:
-        """Take the first candidate that has passed its check; drop those that failed theirs."""
+        """Drop the candidates with a difference (the twin too, should it be one); take the first that passed."""
+        self._candidates = [c for c in self._candidates if self._counts.get(c, (0, 0, 0))[2] == 0]
+        if self.twin is not None and self.twin not in self._candidates:
+            self.twin = None
+            self.cache.stats.twins.pop(self.model_key, None)
         for candidate in self._candidates:
-            matched, differed = self._counts.get(candidate, (0, 0))
-            if differed == 0 and matched >= self.twin_checks:
+            matched, tokens, _ = self._counts.get(candidate, (0, 0, 0))
+            if self.twin is None and matched >= self.twin_checks and tokens >= self.twin_tokens:
                 self.twin = candidate
-                self.cache.stats.twins[self.model_key] = {"twin": candidate, "matched": matched, "differed": 0}
-                return
-        self._candidates = [c for c in self._candidates if self._counts.get(c, (0, 0))[1] == 0]
+                check = {"twin": candidate, "matched": matched, "tokens": tokens, "differed": 0}
+                self.cache.stats.twins[self.model_key] = check
 
     def _lookup(self, request: GenerationRequest, key: str) -> Generation | TooLong | None:
-        return self.cache.get(key, None if self.twin is None else request_key(self.twin, request))
+        twin = self.twin
+        return self.cache.get(key, None if twin is None else request_key(twin, request))
 
     def _check_twins(self, request: GenerationRequest, made: Generation | TooLong) -> None:
         """Compare a generation computed afresh with each candidate's row for the same request, if it has one."""
-        if self.twin is not None or not self._candidates or isinstance(made, TooLong):
+        if not self._candidates:
             return
         with self._checking:
-            self._compare(request, made)
-
-    def _compare(self, request: GenerationRequest, made: Generation) -> None:
-        for candidate in self._candidates:
-            theirs = self.cache.peek(request_key(candidate, request))
-            if isinstance(theirs, Generation):
-                same = _same(made, theirs)
-                self.cache.add_twin_counts(self.model_key, candidate, int(same), int(not same))
-                matched, differed = self._counts.get(candidate, (0, 0))
-                self._counts[candidate] = (matched + same, differed + (not same))
-        self._settle()
+            for candidate in self._candidates:
+                theirs = self.cache.peek(request_key(candidate, request))
+                if theirs is None or (isinstance(theirs, TooLong) and isinstance(made, TooLong)):
+                    continue  # nothing to compare (a prompt that fits neither says nothing about the weights)
+                same = isinstance(made, Generation) and isinstance(theirs, Generation) and _same(made, theirs)
+                tokens = made.new_tokens if same and isinstance(made, Generation) else 0
+                self.cache.add_twin_counts(self.model_key, candidate, int(same), tokens, int(not same))
+                matched, counted, differed = self._counts.get(candidate, (0, 0, 0))
+                self._counts[candidate] = (matched + same, counted + tokens, differed + (not same))
+            self._settle()
 
     def _store(self, request: GenerationRequest, key: str, made: Generation | TooLong, seconds: float) -> None:
         self.cache.put(key, made, seconds)
@@ -269,10 +315,11 @@ class CachedBackend:
             started = time.perf_counter()
             made = self.inner.generate_batch([requests[i] for i in chunk], batch_size=batch_size)
             share = (time.perf_counter() - started) / max(1, len(chunk))
+            twin = self.twin
             for i, g in zip(chunk, made):
                 self._store(requests[i], keys[i], g, share)
                 out[i] = g
-            if self.twin is not None:  # a twin check passed in this batch: the rest may be the twin's
+            if self.twin is not None and self.twin != twin:  # a twin check passed in this batch: the rest may be its
                 for i in todo:
                     out[i] = self._lookup(requests[i], keys[i])
                 todo = [i for i in todo if out[i] is None]
@@ -284,13 +331,13 @@ def cached_backends(
 ) -> dict[str, CachedBackend]:
     """{role: CachedBackend} over load_backends' result; roles: role -> checkpoint directory. One wrapper per
     distinct backend, so roles sharing a model share its key (and its KV caches, as before)."""
-    from umi.vocabulary import content_digest
+    from umi.vocabulary import content_digest, training_recipe
 
     wrapped: dict[int, CachedBackend] = {}
     out = {}
     for role, backend in backends.items():
         if id(backend) not in wrapped:
             key = model_key(content_digest(roles[role]), backend, dtype)
-            wrapped[id(backend)] = CachedBackend(backend, cache, key)
+            wrapped[id(backend)] = CachedBackend(backend, cache, key, training_recipe(roles[role]))
         out[role] = wrapped[id(backend)]
     return out

@@ -51,7 +51,7 @@ from umi.eval.testsets import LiveEntry
 from umi.generation import GenerationSettings
 from umi.prompts import DocStyle
 from umi.schema import Step
-from umi.tools.bfcl import BFCLToolkit, state_differences
+from umi.tools.bfcl import BFCL_PROCESS_LOCK, BFCLToolkit, state_differences
 from umi.tools.registry import Observation
 
 __all__ = [
@@ -142,16 +142,17 @@ def bfcl_judge(entry: LiveEntry, calls_per_turn: Sequence[Sequence[str]]) -> dic
         "initial_config": entry.initial_config,
         "involved_classes": list(entry.involved_classes),
     }
-    try:
-        result = multi_turn_checker(
-            decoded, [list(t) for t in entry.gold_calls], test_entry, "multi_turn_base", model_name
-        )
-    except Exception as e:  # noqa: BLE001 -- the checker asserts internally; report, do not crash the evaluation
-        result = {"valid": False, "error_type": "checker_exception", "error_message": f"{type(e).__name__}: {e}"}
-    finally:
-        prefix = re.sub(r"[-./:]", "_", model_name)
-        for key in [k for k in vars(multi_turn_utils) if k.startswith(prefix)]:
-            del vars(multi_turn_utils)[key]
+    with BFCL_PROCESS_LOCK:  # its instances live in its module's globals, as do mpmath's settings
+        try:
+            result = multi_turn_checker(
+                decoded, [list(t) for t in entry.gold_calls], test_entry, "multi_turn_base", model_name
+            )
+        except Exception as e:  # noqa: BLE001 -- the checker asserts internally; report, do not crash the evaluation
+            result = {"valid": False, "error_type": "checker_exception", "error_message": f"{type(e).__name__}: {e}"}
+        finally:
+            prefix = re.sub(r"[-./:]", "_", model_name)
+            for key in [k for k in list(vars(multi_turn_utils)) if k.startswith(prefix)]:
+                del vars(multi_turn_utils)[key]
     return {
         "valid": bool(result.get("valid")),
         "error_type": result.get("error_type"),
@@ -313,10 +314,15 @@ def run_live(
     # Several entries at once, each in its own thread; with umi.batching.batched_backends under `backends` their
     # generations decode together. No resets: the entries share the models' KV caches (LRU-bounded).
     out: list[dict[str, Any] | None] = [None] * len(entries)
-    with ThreadPoolExecutor(settings.live_concurrency, thread_name_prefix="umi-live") as pool:
+    pool = ThreadPoolExecutor(settings.live_concurrency, thread_name_prefix="umi-live")
+    try:
         futures = {pool.submit(roll, entry): k for k, entry in enumerate(entries)}
         for done, future in enumerate(as_completed(futures), 1):
             out[futures[future]] = future.result()
             if progress:
                 progress(done, len(entries))
+    except BaseException:  # a failed entry or Ctrl-C: the queued entries never start (the running ones finish)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return LiveResult([r for r in out if r is not None], time.perf_counter() - started)

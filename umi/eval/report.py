@@ -118,11 +118,12 @@ def table_markdown(
         line = f"- generation cache: {cache['hits']} generations answered from it, {cache.get('misses', 0)} computed"
         if cache.get("twin_hits"):
             checks = ", ".join(
-                f"{t['matched']} identical of {t['matched'] + t['differed']}" for t in cache["twins"].values()
+                f"{t['matched']} identical of {t['matched'] + t['differed']} ({t.get('tokens', '?')} tokens)"
+                for t in cache["twins"].values()
             )
             line += (
-                f"; {cache['twin_hits']} of the answers were made by twin weights (other bytes that wrote the same "
-                f"as these on their first generations: {checks})"
+                f"; {cache['twin_hits']} of the answers were made by twin weights (other bytes of the same training "
+                f"recipe that wrote the same as these on their first generations: {checks})"
             )
         notes.append(line)
     sections = [

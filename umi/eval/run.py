@@ -368,10 +368,13 @@ def evaluate(
         agent_started = time.perf_counter()
         loading = {"max_prompt_tokens": cfg.max_prompt_tokens, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
         concurrent = cfg.live_concurrency if live_sets else 1  # live entries at once: their generations batch
+        if concurrent > 1:  # each entry's roles keep their prompts' KV caches (TransformersBackend keeps 3 by default)
+            loading["max_cache_slots"] = 3 * concurrent
         with loaded_backends(spec, **loading) as loaded, batched_backends(loaded, concurrent) as backends:
             if generations is not None:
                 backends = cached_backends(backends, spec.roles, generations, resolved_dtype)
             result, recs = run_agent(spec.name, backends, spec.name in selected, agent_format["doc_style"])
+            del backends  # the wrappers hold the models: free them before the next agent loads
         result["seconds"] = round(time.perf_counter() - agent_started, 3)
         result["training"] = training_budget(spec)
         results[spec.name], records[spec.name] = result, recs

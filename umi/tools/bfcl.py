@@ -23,6 +23,7 @@ import copy
 import datetime
 import importlib
 import json
+import threading
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -79,6 +80,12 @@ ARGUMENT_BOUNDS: dict[tuple[str, str], dict[str, Any]] = {
     },
 }
 MPMATH_DEFAULT_DPS = 15
+
+
+# BFCL's tool classes and bfcl_eval's checker keep state for the whole process (mpmath's precision, the checker's
+# instances in its module's globals): a call or a check runs alone, so concurrent live rollouts (threads) do not
+# see each other's precision or instances. Reentrant: the checker's own calls run inside a check.
+BFCL_PROCESS_LOCK = threading.RLock()
 
 
 def _reset_numeric_state() -> None:
@@ -202,16 +209,19 @@ class BFCLToolkit:
         return self.registry.specs
 
     def dispatch(self, name: str, arguments: Mapping[str, Any] | None = None, *, validate: bool = True) -> Observation:
-        _reset_numeric_state()
-        return self.registry.dispatch(name, arguments, validate=validate)
+        with BFCL_PROCESS_LOCK:
+            _reset_numeric_state()
+            return self.registry.dispatch(name, arguments, validate=validate)
 
     def dispatch_call(self, call: PythonCall) -> Observation:
-        _reset_numeric_state()
-        return self.registry.dispatch_call(call)
+        with BFCL_PROCESS_LOCK:
+            _reset_numeric_state()
+            return self.registry.dispatch_call(call)
 
     def execute(self, call_text: str) -> Observation:
-        _reset_numeric_state()
-        return self.registry.dispatch_text(call_text)
+        with BFCL_PROCESS_LOCK:
+            _reset_numeric_state()
+            return self.registry.dispatch_text(call_text)
 
     def bind(self, call: PythonCall) -> dict[str, Any]:
         """The call's arguments as one object (positional ones named); ToolCallError if they do not fit."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full evaluation of the `make run` models (issue 10, item 10), one stage at a time, resumable across machines.
 #
-#   bash docs/results/full-eval/run.sh train [STAGE...]   # train what the evaluation needs, as make run does (below)
+#   bash docs/results/full-eval/run.sh train [MODEL...]   # train what the evaluation needs, as make run does (below)
 #   bash docs/results/full-eval/run.sh check              # are these weights on record (weights-*.sha256)?
 #   bash docs/results/full-eval/run.sh 1a                 # a stage (see below); stop it at any time, run it again
 #
@@ -12,7 +12,7 @@
 # generations must equal the cache's, token for token, for the same requests; one difference and they are
 # evaluated afresh. `check` says which weights on record these are, if any.
 #
-# `train` with no stage names trains every model the evaluation uses (global, planner, caller, summarizer and the
+# `train` with no model names trains every model the evaluation uses (global, planner, caller, summarizer and the
 # compute-matched control, single-matched; about 20 min on a fast 2-core machine); a stage needs only its own:
 # 1b global; 1c global single-matched; 1a/2a global planner caller summarizer; 1d none (the backbone import).
 set -euo pipefail
@@ -44,7 +44,11 @@ hashes() {  # of the models trained here (those not trained are left out)
 check() {
   local now on_record
   now=$(hashes)
-  for on_record in "$here"/weights-*.sha256; do
+  if [ -z "$now" ]; then
+    echo "no trained models in $runs (the backbone needs none; the cache applies to its bytes as they are)"
+    return
+  fi
+  for on_record in "$here"/weights-2*.sha256; do  # the dated records, not weights-new.sha256
     if diff -q <(echo "$now") <(grep -Ff <(echo "$now" | cut -d' ' -f3) "$on_record") >/dev/null; then
       echo "weights match $on_record: the cache applies as it is"
       return
@@ -69,7 +73,8 @@ stage="${1:?a stage: train | check | 1a | 1b | 1c | 1d | 2a | 2b | 2c | 3 | all}
 if [ "$stage" = train ]; then
   shift
   make setup
-  .venv/bin/python "$here/train.py" "${@:-${roles[@]}}"
+  # the weights on record were trained with 2 threads (2-core machines); MKL's reproducible mode needs the same count
+  OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" .venv/bin/python "$here/train.py" "${@:-${roles[@]}}"
   check
   exit 0
 fi

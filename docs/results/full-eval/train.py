@@ -14,7 +14,7 @@ import sys
 
 from umi.cli import DEFAULT_DATA, import_bfcl_cmd
 from umi.data.versions import reproduce_datasets
-from umi.devices import cpu_count
+from umi.devices import cpu_count, default_local_concurrency, gpu_count
 from umi.train.backbone import import_backbone
 from umi.train.config import dataset_role
 from umi.train.worker import train_in_worker
@@ -42,7 +42,9 @@ def main(names: list[str]) -> None:
             data_version=versions.get(dataset_role(stage)),
             experiment="full-eval-train",
         )
-        result = train_in_worker(request, None, cpu_count())  # the pipeline's one CPU slot: every core
+        slots = 1 if name == "global" else default_local_concurrency()  # as the flow shares the machine out
+        device = 0 if gpu_count() else None
+        result = train_in_worker(request, device, max(1, cpu_count() // slots))
         print(f"{name}: {result['checkpoint']} {result['metrics'].get('eval_loss')}", flush=True)
 
 
