@@ -69,7 +69,7 @@ single=(--single "single-llm=$runs/global/model")
 matched=(--single "single-matched=$runs/single-matched/model")
 backbone=(--multi "backbone=artifacts/backbone,artifacts/backbone,artifacts/backbone")
 
-stage="${1:?a stage: train | check | 1a | 1b | 1c | 1d | 2a | 2b | 2c | 3 | all}"
+stage="${1:?a stage: train | check | 1a | 1b | 1c | 1d | 1 | 2a | 2b | 2c | 3 | all}"
 if [ "$stage" = train ]; then
   shift
   make setup
@@ -92,6 +92,8 @@ case "$stage" in
   1b) $umi eval static "${common[@]}" "${single[@]}" --no-toolbench-ood --out "$here/stage-1b" ;;
   1c) $umi eval static "${common[@]}" "${matched[@]}" --no-toolbench-ood --out "$here/stage-1c" ;;
   1d) $umi eval static "${common[@]}" "${backbone[@]}" --no-toolbench-ood --out "$here/stage-1d" ;;
+  1) $umi eval static "${common[@]}" "${alpha[@]}" "${single[@]}" "${matched[@]}" --no-toolbench-ood \
+    --out "$here/stage-1" ;;  # 1a-1c in one report, paired with each other (from the cache once they are done)
   2a) $umi eval live "${common[@]}" "${alpha[@]}" --out "$here/stage-2a" ;;  # the 71 held-out live entries
   2b) $umi eval live "${common[@]}" "${single[@]}" --out "$here/stage-2b" ;;
   2c) $umi eval live "${common[@]}" "${matched[@]}" --out "$here/stage-2c" ;;
