@@ -370,3 +370,31 @@ def test_a_stopped_evaluation_resumes_from_its_generation_cache(tiny_backbone, d
             == second.agents[agent]["static"]["bfcl-test"]["plan_acc"]
         )
         assert first.agents[agent]["live"]["turn_pass_rate"] == second.agents[agent]["live"]["turn_pass_rate"]
+
+
+def test_live_with_entries_at_once_loads_batched_and_cached_backends(tiny_backbone, data_dir, tmp_path):
+    """The live_concurrency path of evaluate: more KV slots per backend, a batcher under the generation cache."""
+    tiny = str(tiny_backbone)
+    common = dict(
+        static=False,
+        toolbench_ood=None,
+        data_dir=data_dir / "data",
+        params=data_dir / "params.yaml",
+        tracking=False,
+        progress=False,
+        build_agent=build_agent,
+        baselines=False,
+    )
+    at_once = SMALL.with_(live_concurrency=4)
+    report = evaluate(
+        [AgentSpec.multi("a", tiny, tiny, tiny)],
+        out_dir=tmp_path / "e",
+        settings=at_once,
+        cache=tmp_path / "gen.sqlite",
+        **common,
+    )
+    alone = evaluate([AgentSpec.multi("a", tiny, tiny, tiny)], out_dir=tmp_path / "f", settings=SMALL, **common)
+    assert report.agents["a"]["live"]["entries"] == alone.agents["a"]["live"]["entries"] == 1
+    assert report.settings["generation_cache"]["misses"] > 0
+    for key in ("passed", "turns_passed", "bfcl_checker_passed"):
+        assert report.agents["a"]["live"][key] == alone.agents["a"]["live"][key]

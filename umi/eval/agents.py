@@ -44,11 +44,12 @@ def load_backends(
     max_prompt_tokens: int | None = None,
     max_new_tokens: Mapping[str, int] | None = None,
     reuse_cache: bool = True,
+    max_cache_slots: int = 3,
     dtype: str = "auto",
 ) -> dict:
     """role -> TransformersBackend for `spec`, by the one loader (umi.backend.load_backends): one backend per
     distinct directory, shared by the roles it plays. max_prompt_tokens / max_new_tokens: the prompt budget (see
-    there); dtype: see resolve_dtype."""
+    there); max_cache_slots: prompts whose KV caches a backend keeps for reuse; dtype: see resolve_dtype."""
     from umi.backend import load_backends as load
 
     missing = spec.missing_checkpoints()
@@ -60,6 +61,7 @@ def load_backends(
         max_prompt_tokens=max_prompt_tokens,
         max_new_tokens=max_new_tokens,
         reuse_cache=reuse_cache,
+        max_cache_slots=max_cache_slots,
     )
 
 

@@ -41,23 +41,26 @@ hashes() {  # of the models trained here (those not trained are left out)
   return 0
 }
 
-check() {
-  local now on_record
+check() {  # per model: which dated record holds its bytes, if any
+  local now hash name records new=0
   now=$(hashes)
   if [ -z "$now" ]; then
     echo "no trained models in $runs (the backbone needs none; the cache applies to its bytes as they are)"
     return
   fi
-  for on_record in "$here"/weights-2*.sha256; do  # the dated records, not weights-new.sha256
-    if diff -q <(echo "$now") <(grep -Ff <(echo "$now" | cut -d' ' -f3) "$on_record") >/dev/null; then
-      echo "weights match $on_record: the cache applies as it is"
-      return
+  while read -r hash name; do
+    records=$(grep -lx "$hash  $name" "$here"/weights-2*.sha256 | xargs -r -n1 basename | tr '\n' ' ')
+    if [ -n "$records" ]; then
+      echo "$name: the bytes of $records(the cache applies as it is)"
+    else
+      echo "$name: bytes on no record (resumes from the cache only through a twin check: 64 identical generations)"
+      new=1
     fi
-  done
-  echo "$now" >"$here/weights-new.sha256"
-  echo "these weights ($here/weights-new.sha256) are none of the ones on record: each checkpoint resumes from the" \
-    "cache only through a twin check (64 identical generations first); commit the file, renamed with the date, with" \
-    "the stage reports"
+  done <<<"$now"
+  if [ "$new" = 1 ]; then
+    echo "$now" >"$here/weights-new.sha256"
+    echo "all hashes in $here/weights-new.sha256: commit it, renamed with the date, with the stage reports"
+  fi
 }
 
 # float32 on every machine: stage 1a ran where the dtype rule resolves float32 (a CPU without native bf16); a machine
