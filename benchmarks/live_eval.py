@@ -5,7 +5,7 @@
 The same held-out BFCL multi-turn entries are rolled out twice by the α-UMi agent with --model in every role (the
 untrained backbone by default: it rarely stops early, so every generation runs to --max-new-tokens), float32, first
 one entry after another, then --concurrency entries at once with their generations decoded together (umi.batching).
-Prints each run's wall time, how many entries got the identical record both ways (timings aside), and last the line
+Prints each run's wall time (model loading and a warm-up generation left out), how many entries got the identical record both ways (timings aside), and last the line
 `live batching speed-up: N.NNx` (sequential time / concurrent time).
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from umi.agent.loop import build_agent
+from umi.backend import GenerationRequest
 from umi.batching import batched_backends
 from umi.eval.agents import AgentSpec, loaded_backends
 from umi.eval.live import run_live
@@ -50,21 +51,25 @@ def main() -> None:
     loading = dict(max_prompt_tokens=settings.max_prompt_tokens, max_new_tokens=caps, dtype="float32")
     console.print(f"{len(entries)} of {available} held-out live entries, {args.model} in every role, caps {caps}")
 
-    started = time.perf_counter()
+    warm_up = GenerationRequest(prompt="warm up", max_new_tokens=2)  # first-call costs outside the timed part
+
     with loaded_backends(spec, **loading) as backends:
+        backends["planner"].generate(warm_up)
+        started = time.perf_counter()
         alone = run_live(backends, entries, build_agent=build_agent, settings=settings, doc_style="compact")
-    sequential = time.perf_counter() - started
+        sequential = time.perf_counter() - started
     console.print(f"one at a time: {sequential:.1f} s")
 
-    started = time.perf_counter()
     together = settings.with_(live_concurrency=args.concurrency)
     with (
         loaded_backends(spec, max_cache_slots=3 * args.concurrency, **loading) as loaded,
         batched_backends(loaded, args.concurrency) as backends,
     ):
+        backends["planner"].generate(warm_up)
+        started = time.perf_counter()
         batched = run_live(backends, entries, build_agent=build_agent, settings=together, doc_style="compact")
+        concurrent = time.perf_counter() - started
         largest = backends["planner"].batcher.stats.largest
-    concurrent = time.perf_counter() - started
     same = sum(_without_timings(a) == _without_timings(b) for a, b in zip(alone.records, batched.records))
     console.print(f"{args.concurrency} at once: {concurrent:.1f} s (largest batch {largest})")
     console.print(f"identical records: {same} of {len(entries)} entries")
