@@ -21,17 +21,9 @@ from umi.agent.loop import build_agent
 from umi.backend import GenerationRequest
 from umi.batching import batched_backends
 from umi.eval.agents import AgentSpec, loaded_backends
-from umi.eval.live import run_live
+from umi.eval.live import run_live, without_timings
 from umi.eval.settings import EvalSettings
 from umi.eval.testsets import live_entries
-
-
-def _without_timings(value):
-    if isinstance(value, dict):
-        return {k: _without_timings(v) for k, v in value.items() if k != "seconds"}
-    if isinstance(value, list):
-        return [_without_timings(v) for v in value]
-    return value
 
 
 def main() -> None:
@@ -70,7 +62,7 @@ def main() -> None:
         batched = run_live(backends, entries, build_agent=build_agent, settings=together, doc_style="compact")
         concurrent = time.perf_counter() - started
         largest = backends["planner"].batcher.stats.largest
-    same = sum(_without_timings(a) == _without_timings(b) for a, b in zip(alone.records, batched.records))
+    same = sum(without_timings(a) == without_timings(b) for a, b in zip(alone.records, batched.records))
     console.print(f"{args.concurrency} at once: {concurrent:.1f} s (largest batch {largest})")
     console.print(f"identical records: {same} of {len(entries)} entries")
     console.print(f"live batching speed-up: {sequential / concurrent:.2f}x", highlight=False)

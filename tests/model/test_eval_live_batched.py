@@ -9,17 +9,9 @@ from umi.agent.loop import build_agent
 from umi.batching import batched_backends
 from umi.data.bfcl import import_category
 from umi.eval.agents import AgentSpec, loaded_backends
-from umi.eval.live import run_live
+from umi.eval.live import run_live, without_timings
 from umi.eval.settings import EvalSettings
 from umi.eval.testsets import LiveEntry
-
-
-def _without_timings(value):
-    if isinstance(value, dict):
-        return {k: _without_timings(v) for k, v in value.items() if k != "seconds"}
-    if isinstance(value, list):
-        return [_without_timings(v) for v in value]
-    return value
 
 
 def test_entries_rolled_out_together_get_the_records_they_get_alone(tiny_backbone):
@@ -46,5 +38,5 @@ def test_entries_rolled_out_together_get_the_records_they_get_alone(tiny_backbon
         assert backends["caller"].batcher is backends["planner"].batcher  # one model in every role: one batcher
     assert stats.largest > 1  # entries' generations did decode together
     assert [r["entry_id"] for r in batched.records] == [e.entry_id for e in entries]
-    assert _without_timings(batched.records) == _without_timings(alone.records)
+    assert without_timings(batched.records) == without_timings(alone.records)
     assert shown[0] == (0, 4) and shown[-1] == (4, 4)

@@ -241,6 +241,15 @@ def rollout_entry(agent, entry: LiveEntry, *, stop_on_failure: bool = True, judg
     return record
 
 
+def without_timings(value: Any) -> Any:
+    """A rollout record (or any JSON value) without its `seconds` fields: what two rollouts of one entry must share."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
 @dataclass
 class LiveResult:
     """records: one JSON-ready dict per entry (rollout_entry). `items()`: the per-entry outcomes, for intervals."""
