@@ -170,22 +170,22 @@ class MicroBatcher:
 
     def _more(self, backend: Any, room: int) -> list[_Item]:
         """Up to `room` queued generations of `backend` (dropping the expired). None once another backend waits, so a
-        running batch drains and the other adapter gets the model."""
+        running batch drains and the other adapter gets the model. The queue keeps arrival order: the next batch is
+        the oldest waiting generation's backend, so a busy adapter cannot keep another from the model for ever."""
         with self._cond:
-            taken, rest = [], deque()
-            while self._queue:
-                item = self._queue.popleft()
+            waiting = []
+            for item in self._queue:
                 if item.gone():
                     self.stats.dropped += 1
                     item.done.set()  # result None: the waiter raises its timeout
-                elif item.backend is backend and len(taken) < room:
-                    taken.append(item)
                 else:
-                    rest.append(item)
-            self._queue.extendleft(reversed(rest))
-            if any(item.backend is not backend for item in rest) and self._running:
-                self._queue.extendleft(reversed(taken))  # keep their order; they go after the other backend's turn
+                    waiting.append(item)
+            if self._running and any(item.backend is not backend for item in waiting):
+                self._queue = deque(waiting)
                 return []
+            taken = [item for item in waiting if item.backend is backend][:room]
+            chosen = set(taken)
+            self._queue = deque(item for item in waiting if item not in chosen)
             return taken
 
     def _work(self) -> None:

@@ -215,6 +215,63 @@ def test_requests_joining_a_running_batch_get_their_results(sharp_model):
     assert [got[i].token_ids for i in range(len(reqs))] == expected
 
 
+class GatedBackend:
+    """A scripted backend for the batcher's scheduling: its first batch holds until `gate` opens, then finishes one
+    row per step; every batch's backend name goes to `batches`."""
+
+    def __init__(self, name: str, batches: list, gate: threading.Event):
+        self.name, self.batches, self.gate = name, batches, gate
+
+    def decode_together(self, take, finish, gone, max_rows):
+        self.batches.append(self.name)
+        active = [item for item, _ in take(max_rows)]
+        self.gate.wait(10)
+        while True:
+            active += [item for item, _ in take(max_rows - len(active))]
+            if not active:
+                return
+            item = active.pop(0)
+            finish(item, f"{self.name}:{item.request.record_id}")
+
+
+def test_a_busy_adapter_does_not_keep_another_from_the_model():
+    """Two backends on one model (LoRA adapters): a generation of B queued while A's batch runs goes before A's
+    generations queued after it (arrival order), rather than waiting while A keeps the model busy."""
+    from umi.batching import MicroBatcher
+
+    batches: list[str] = []
+    gate = threading.Event()
+    a, b = GatedBackend("A", batches, gate), GatedBackend("B", batches, threading.Event())
+    b.gate.set()
+    batcher = MicroBatcher(threading.Lock(), max_batch=8, wait_s=0.0)
+    results: dict = {}
+
+    def submit(backend, rid):
+        results[rid] = batcher.submit(backend, GenerationRequest(prompt="x", max_new_tokens=1, record_id=rid))
+
+    def queued(n):
+        deadline = time.monotonic() + 10
+        while len(batcher._queue) < n and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(batcher._queue) == n
+
+    threads = [threading.Thread(target=submit, args=(a, "a1"))]
+    threads[0].start()
+    deadline = time.monotonic() + 10
+    while batches != ["A"] and time.monotonic() < deadline:  # A's batch is running, holding at its gate
+        time.sleep(0.005)
+    for backend, rid, n in ((b, "b1", 1), (a, "a2", 2)):
+        threads.append(threading.Thread(target=submit, args=(backend, rid)))
+        threads[-1].start()
+        queued(n)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    batcher.close()
+    assert results == {"a1": "A:a1", "b1": "B:b1", "a2": "A:a2"}
+    assert batches == ["A", "B", "A"]  # a2 did not join A's running batch ahead of b1, nor start the next one
+
+
 @pytest.mark.slow
 def test_the_compare_benchmark_runs_both_modes(tmp_path):
     import json
