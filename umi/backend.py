@@ -344,11 +344,18 @@ class TransformersBackend:
             return out  # type: ignore[return-value]
 
     def generate_many(
-        self, requests: Sequence[GenerationRequest], *, dropped: Callable[[int], bool] | None = None
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        max_rows: int | None = None,
+        dropped: Callable[[int], bool] | None = None,
+        done: Callable[[int, Generation | Exception | None], None] | None = None,
     ) -> list[Generation | Exception | None]:
-        """Requests decoded as one batch (see `decode_together`); results in the order of `requests`. `dropped(i)`,
-        checked before each step, takes request i out: its result is None. A request that cannot run (too long,
-        empty) gets its exception as result; the others go on."""
+        """Requests decoded by continuous batching (see `decode_together`), taken in their order, at most `max_rows`
+        at a time (default: all); results in the order of `requests`. Static evaluation passes a trajectory's steps
+        in order, so each prompt reuses the KV cache of the one before it (its prefix). `dropped(i)`, checked before
+        each step, takes request i out: its result is None. A request that cannot run (too long, empty) gets its
+        exception as result; the others go on. `done(i, result)` is called as each one finishes."""
         requests = list(requests)
         results: list[Generation | Exception | None] = [None] * len(requests)
         pending = list(enumerate(requests))
@@ -360,8 +367,11 @@ class TransformersBackend:
 
         def finish(i: int, result: Generation | Exception | None) -> None:
             results[i] = result
+            if done is not None:
+                done(i, result)
 
-        self.decode_together(take, finish, dropped or (lambda _: False), max_rows=max(len(requests), 1))
+        rows = max(len(requests), 1) if max_rows is None else max_rows
+        self.decode_together(take, finish, dropped or (lambda _: False), max_rows=rows)
         return results
 
     def decode_together(
@@ -414,6 +424,11 @@ class TransformersBackend:
         elif best_shared < self.min_shared_tokens:
             best = min(self._slots, key=lambda s: s.last_used)
             best_shared = _shared_prefix(best.ids, ids)
+        elif best_shared < len(best.ids) and self.max_cache_slots > 1:
+            # the best slot holds more than this prompt shares (another trajectory or entry on the same docs, a
+            # prompt whose tail differs): copy the shared prefix into a slot of its own rather than crop a cache
+            # its own sequence still needs (a free slot, else the least recently used other one)
+            best = self._fork(best, min(best_shared, len(ids) - 1))
         # the last prompt token always runs: its logits give the first new token
         keep = min(best_shared, len(ids) - 1)
         held = best.cache.get_seq_length()
@@ -424,6 +439,22 @@ class TransformersBackend:
         best.ids = ids[:keep]
         best.last_used = self._clock
         return best, keep
+
+    def _fork(self, source: _Slot, keep: int) -> _Slot:
+        """A slot holding the first `keep` tokens of `source` (whose own cache is left as it is)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        if keep > 0:
+            for layer, held in zip(cache.layers, source.cache.layers):
+                layer.update(held.keys[:, :, :keep], held.values[:, :, :keep])
+        fork = _Slot(cache, source.ids[:keep])
+        if len(self._slots) < self.max_cache_slots:
+            self._slots.append(fork)
+        else:
+            oldest = min((s for s in self._slots if s is not source), key=lambda s: s.last_used)
+            self._slots[self._slots.index(oldest)] = fork
+        return fork
 
     def _next_token(self, logits, request: GenerationRequest, generator) -> int:
         torch = self._torch

@@ -231,8 +231,8 @@ class MicroBatcher:
 
 class BatchedBackend:
     """A TransformersBackend as many threads see it: `generate` joins its model's MicroBatcher, so concurrent callers
-    (live rollouts of several entries) decode together; `generate_batch` (static prompts, one caller) runs alone
-    under the model's lock; `reset` is a no-op, since concurrent episodes share the model's KV caches (the backend
+    (live rollouts of several entries) decode together; `generate_batch` and `generate_many` (static prompts, one
+    caller) run alone under the model's lock; `reset` is a no-op, since concurrent episodes share the model's KV caches (the backend
     keeps them LRU-bounded). Everything else is the wrapped backend's."""
 
     def __init__(self, inner: "TransformersBackend", batcher: MicroBatcher):
@@ -248,6 +248,10 @@ class BatchedBackend:
     def generate_batch(self, requests, batch_size: int = 8) -> list:
         with self.batcher.lock:
             return self.inner.generate_batch(requests, batch_size=batch_size)
+
+    def generate_many(self, requests, **options) -> list:
+        with self.batcher.lock:
+            return self.inner.generate_many(requests, **options)
 
     def reset(self) -> None:
         pass

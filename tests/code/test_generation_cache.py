@@ -205,3 +205,41 @@ def test_the_report_says_how_much_the_cache_and_a_twin_answered():
     )
     assert "64 identical of 64 (5000 tokens)" in text
     assert "generation cache" not in table_markdown(agents, {}, {"hits": 0, "misses": 5})
+
+
+class EchoInOrder(Echo):
+    """Echo with continuous batching's interface: finishes requests in order, calling `done` for each; the prompt
+    'long' does not fit (its TooLong is its result), 'boom' kills the process."""
+
+    def decode_together(self, *args, **kwargs):  # pragma: no cover - a capability marker for static evaluation
+        raise AssertionError("static evaluation calls generate_many")
+
+    def generate_many(self, requests, *, max_rows=None, done=None):
+        out = []
+        for i, r in enumerate(requests):
+            if r.prompt == "boom":
+                raise RuntimeError("killed")
+            self.asked.append(r.prompt)
+            made = TooLong("r", 99, 64) if r.prompt == "long" else _generation(r.prompt.upper())
+            out.append(made)
+            done(i, made)
+        return out
+
+
+def test_generate_many_stores_each_generation_as_it_finishes_and_answers_hits_first(tmp_path):
+    path = tmp_path / "c.sqlite"
+    inner = EchoInOrder()
+    backend = CachedBackend(inner, GenerationCache(path), "model-a")
+    requests = [GenerationRequest(prompt=p) for p in ("a", "long", "b", "boom", "c")]
+    with pytest.raises(RuntimeError):
+        backend.generate_many(requests, max_rows=2)  # killed half way: what finished is kept
+    assert inner.asked == ["a", "long", "b"]
+
+    resumed_inner = EchoInOrder()
+    resumed = CachedBackend(resumed_inner, GenerationCache(path), "model-a")
+    finished: list[int] = []
+    out = resumed.generate_many([requests[i] for i in (0, 1, 2, 4)], max_rows=2, done=lambda i, g: finished.append(i))
+    assert resumed_inner.asked == ["c"]  # only what the killed run did not finish
+    assert [g.text for g in (out[0], out[2], out[3])] == ["A", "B", "C"] and isinstance(out[1], TooLong)
+    assert sorted(finished) == [0, 1, 2, 3]
+    assert resumed.cache.stats.hits == 3 and resumed.cache.stats.misses == 1

@@ -128,6 +128,38 @@ def test_batched_generation_matches_one_at_a_time(tiny):
         assert g.new_tokens == request.max_new_tokens or g.stop_reason != "max_new_tokens"
 
 
+def test_continuous_batching_in_trajectory_order_reuses_each_steps_prefix_and_matches_alone(tiny):
+    """Static evaluation's path: a trajectory's steps through generate_many in order, a few rows at a time. Each
+    step's prompt is prefilled from the cache of the step before it, and every output is the one it gets alone."""
+    model, tokenizer = tiny
+    backend = TransformersBackend(model, tokenizer, reuse_cache=True)
+    recompute = TransformersBackend(model, tokenizer, reuse_cache=False)
+    requests = [planner_request(k, max_new_tokens=6 + 4 * (k % 3)) for k in range(6)]
+    finished = []
+    got = backend.generate_many(requests, max_rows=2, done=lambda i, g: finished.append(i))
+    assert sorted(finished) == list(range(6))
+    for request, g in zip(requests, got):
+        assert g.token_ids == recompute.generate(request).token_ids
+    for previous, g in zip(requests, got[1:]):  # the docs and the history of the step before
+        assert g.reused_tokens >= len(encode_prompt(tokenizer, previous.prompt[: previous.history_span[1]])) - 1
+    assert backend.stats.prefill_tokens < recompute.stats.prefill_tokens / 2
+
+
+def test_a_prompt_sharing_part_of_a_cache_copies_that_part_and_leaves_the_cache(tiny):
+    """Another trajectory on the same docs shares only their prefix with a slot: it gets a copy of that prefix in a
+    slot of its own, and the first trajectory's next step still finds its whole history cached."""
+    model, tokenizer = tiny
+    backend = TransformersBackend(model, tokenizer, reuse_cache=True, max_cache_slots=3)
+    recompute = TransformersBackend(model, tokenizer, reuse_cache=False)
+    other = GenerationRequest(planner_prompt(DOC, "user: Is it raining in Lima?" + TURN_END), max_new_tokens=5)
+    first, second, again = planner_request(3, max_new_tokens=5), other, planner_request(4, max_new_tokens=5)
+    outputs = [backend.generate(r) for r in (first, second, again)]
+    assert [g.token_ids for g in outputs] == [recompute.generate(r).token_ids for r in (first, second, again)]
+    assert outputs[1].reused_tokens >= len(encode_prompt(tokenizer, planner_prompt(DOC, ""))) // 2  # the docs
+    shared = encode_prompt(tokenizer, first.prompt[: first.history_span[1]])
+    assert outputs[2].reused_tokens >= len(shared) - 1  # not cropped to the docs by the other trajectory
+
+
 def test_prompt_ids_are_trainings_and_history_is_dropped_from_the_left(tiny):
     model, tokenizer = tiny
     request = planner_request(6, max_new_tokens=16)
@@ -223,3 +255,29 @@ def test_reuse_is_off_for_sliding_window_caches(tiny, caplog):
     for k in (1, 2):
         g = backend.generate(planner_request(k, max_new_tokens=4))
         assert g.reused_tokens == 0 and g.prefill_tokens == g.prompt_tokens
+
+
+def test_static_evaluation_in_trajectory_order_equals_the_padded_batches_and_prefills_less(tiny):
+    """The whole static path on real BFCL trajectories (a multi-turn one included), one lively model in every role:
+    continuous batching in trajectory order gives every step the prediction the padded path gives it."""
+    import itertools
+
+    from umi.data.bfcl import import_category
+    from umi.eval.settings import EvalSettings
+    from umi.eval.static import run_static
+
+    model, tokenizer = tiny
+    trajectories = [
+        *itertools.islice(import_category("simple_python"), 2),
+        *itertools.islice(import_category("multi_turn_base"), 1),
+    ]
+    settings = EvalSettings(batch_size=3, max_new_tokens={"planner": 12, "caller": 12, "summarizer": 12, "global": 12})
+    in_order = TransformersBackend(model, tokenizer, context_length=2048)
+    padded = TransformersBackend(model, tokenizer, context_length=2048)
+    roles = ("planner", "caller", "summarizer")
+    a = run_static({r: in_order for r in roles}, trajectories, settings=settings)
+    b = run_static({r: padded for r in roles}, trajectories, settings=settings.with_(static_batching="padded"))
+    assert a.metrics.steps > 8 and a.generations == b.generations
+    assert [r["outputs"] for r in a.records] == [r["outputs"] for r in b.records]
+    assert in_order.stats.reused_tokens > 0
+    assert in_order.stats.prefill_tokens < padded.stats.prefill_tokens / 2

@@ -347,6 +347,7 @@ def test_a_stopped_evaluation_resumes_from_its_generation_cache(tiny_backbone, d
 
     monkeypatch.setattr(TransformersBackend, "generate", no_generation)
     monkeypatch.setattr(TransformersBackend, "generate_batch", no_generation)
+    monkeypatch.setattr(TransformersBackend, "decode_together", no_generation)
     second = evaluate(agents, out_dir=tmp_path / "b", **common)
     again = second.settings["generation_cache"]
     assert again["misses"] == 0 and again["hits"] == made["misses"]

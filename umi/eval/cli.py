@@ -87,7 +87,10 @@ def _run(static: bool, live: bool, **options) -> None:
         raise typer.Exit(1)
     try:
         settings = PROFILES[options["profile"]].with_(
-            batch_size=options["batch_size"], dtype=options["dtype"], max_prompt_tokens=options["max_prompt_tokens"]
+            batch_size=options["batch_size"],
+            dtype=options["dtype"],
+            max_prompt_tokens=options["max_prompt_tokens"],
+            static_batching=options["static_batching"],
         )
     except ValueError as e:
         console.print(f"[red]{escape(str(e))}[/]")
@@ -142,6 +145,9 @@ Dtype = Annotated[Optional[str], typer.Option(help="auto | float32 | bfloat16 (d
 PromptTokens = Annotated[Optional[int], typer.Option(min=16, help="Prompt token budget (default: the profile's).")]
 Cache = Annotated[Optional[Path], typer.Option(help="Generation cache file: a stopped evaluation resumes from it.")]
 BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Static prompts decoded together.")]
+StaticBatching = Annotated[
+    Optional[str], typer.Option(help="continuous (trajectory order, KV reuse; default) | padded (by length).")
+]
 Out = Annotated[Path, typer.Option(help="Report folder.")]
 Data = Annotated[Path, typer.Option(help="Trajectories folder (the BFCL test split is taken from it).")]
 Ood = Annotated[Optional[Path], typer.Option(help="ToolBench out-of-domain test set (default: the shared fixture).")]
@@ -168,6 +174,7 @@ def _command(static: bool, live: bool, doc: str):
         live_limit: LiveLimit = None,
         max_steps: MaxSteps = None,
         batch_size: BatchSize = None,
+        static_batching: StaticBatching = None,
         max_prompt_tokens: PromptTokens = None,
         cache: Cache = None,
         dtype: Dtype = None,

@@ -32,7 +32,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,6 +324,43 @@ class CachedBackend:
                     out[i] = self._lookup(requests[i], keys[i])
                 todo = [i for i in todo if out[i] is None]
         return out  # type: ignore[return-value]
+
+    def generate_many(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        max_rows: int | None = None,
+        done: Callable[[int, Generation | Exception | None], None] | None = None,
+    ) -> list[Generation | Exception | None]:
+        """TransformersBackend.generate_many from the cache where it can: the rest decoded by the wrapped backend
+        (continuous batching, in order), each stored as it finishes, so a run stopped half way keeps what it made.
+        A prompt that does not fit gets its TooLong as result (and is stored as such)."""
+        keys = [self._key(r) for r in requests]
+        out: list[Generation | Exception | None] = [None] * len(requests)
+        todo = []
+        for i, (request, key) in enumerate(zip(requests, keys)):
+            hit = self._lookup(request, key)
+            if hit is None:
+                todo.append(i)
+                continue
+            out[i] = hit
+            if done is not None:
+                done(i, hit)
+        if not todo:
+            return out
+
+        def finished(j: int, made: Generation | Exception | None) -> None:
+            i = todo[j]
+            if isinstance(made, Generation):
+                self._store(requests[i], keys[i], made, made.seconds)
+            elif isinstance(made, TooLong):
+                self._store(requests[i], keys[i], made, 0.0)
+            out[i] = made
+            if done is not None:
+                done(i, made)
+
+        self.inner.generate_many([requests[i] for i in todo], max_rows=max_rows, done=finished)
+        return out
 
 
 def cached_backends(

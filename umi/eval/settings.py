@@ -21,6 +21,10 @@ __all__ = ["EvalSettings", "PROFILES"]
 @dataclass(frozen=True)
 class EvalSettings:
     """max_new_tokens: per role (planner, caller, summarizer, global). batch_size: static prompts decoded together.
+    static_batching: `continuous` (a role's prompts in trajectory order, each prefilled from the KV cache of the step
+    before it, a finished row replaced at once) or `padded` (left-padded batches of prompts sorted by length, each
+    prefilled whole; how static evaluation ran until 2026-12-07). Both are greedy and give the same texts up to
+    floating-point summation order (benchmarks/static_eval.py counts how many differ).
     max_prompt_tokens: the token budget of a prompt (history dropped from the left to fit, as training does; the cpu
     training profile's max_length is 1024); None: the model's own maximum context.
     max_steps: planner (or single-LLM) turns per user turn in live rollouts; a turn whose gold needs more (one per
@@ -38,6 +42,7 @@ class EvalSettings:
 
     max_new_tokens: dict[str, int] = field(default_factory=EVALUATION.caps)
     batch_size: int = 8
+    static_batching: str = "continuous"
     max_prompt_tokens: int | None = 1024
     max_steps: int = MAX_STEPS
     planner_retries: int = EVALUATION.planner_retries
@@ -54,6 +59,8 @@ class EvalSettings:
         self.generation()  # checks the caps (every role, each >= 1)
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 16:
             raise ValueError(f"max_prompt_tokens {self.max_prompt_tokens} leaves no room for a prompt")
+        if self.static_batching not in ("continuous", "padded"):
+            raise ValueError(f"static_batching must be continuous or padded, got {self.static_batching!r}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         for name in ("limit", "ood_limit", "live_limit"):

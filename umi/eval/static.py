@@ -10,8 +10,12 @@ paper's five metrics (umi.eval.metrics).
    the same), and scores as a missing plan.
 Single-LLM: the global model writes thought and action (or conclusion) in one generation per gold step.
 
-Every prompt of a role is known once the previous role is done, so each role is decoded in left-padded batches
-(TransformersBackend.generate_batch), prompts sorted by length so batches carry little padding. Decoding is greedy,
+Every prompt of a role is known once the previous role is done, so each role's prompts are decoded together by
+continuous batching (TransformersBackend.generate_many: `batch_size` rows at a time, a finished row's place taken by
+the next prompt at once), in trajectory order, so that a step's prompt is prefilled from the KV cache of the step
+before it (the same docs and history, one turn longer). With `static_batching="padded"`, and for backends that
+cannot decode together (scripted ones, the baselines): left-padded batches of prompts sorted by length
+(generate_batch). Decoding is greedy,
 as in the paper; there are no retries (the live loop's sampled retries of an empty planner output are not part of
 a teacher-forced step). A prompt that does not fit the context even with its whole history dropped gets no
 prediction (it scores as wrong) and is counted in `too_long`.
@@ -126,6 +130,8 @@ class _Runner:
             )
             for item, p in jobs
         ]
+        if self.settings.static_batching == "continuous" and getattr(backend, "decode_together", None) is not None:
+            return self._decode_in_order(backend, role, requests)
         results: list[Generation | None] = [None] * len(requests)
         sized = []
         for i, r in enumerate(requests):
@@ -148,6 +154,37 @@ class _Runner:
             done += len(chunk)
             if self.progress:
                 self.progress(role, done + (len(requests) - len(order)), len(requests))
+        return results
+
+    def _decode_in_order(self, backend, role: str, requests: list[GenerationRequest]) -> list[Generation | None]:
+        """Continuous batching in the jobs' order (a trajectory's steps one after another), so each prompt's prefill
+        starts from the KV cache of the step before it, and a finished row's place goes to the next prompt at once."""
+        size = self.settings.batch_size
+
+        def done(i: int, result) -> None:
+            nonlocal finished
+            finished += 1
+            if self.progress and (finished % size == 0 or finished == len(requests)):
+                self.progress(role, finished, len(requests))
+
+        fits = []
+        for i, r in enumerate(requests):  # as the padded path: a prompt that cannot fit is counted, not asked for
+            try:
+                backend.prompt_ids(r)
+                fits.append(i)
+            except TooLong:
+                self.too_long += 1
+        finished = len(requests) - len(fits)
+        if self.progress:
+            self.progress(role, finished, len(requests))
+        results: list[Generation | None] = [None] * len(requests)
+        for i, made in zip(fits, backend.generate_many([requests[i] for i in fits], max_rows=size, done=done)):
+            if isinstance(made, BaseException):
+                raise made
+            if made is not None:
+                self.generations += 1
+                self.new_tokens += made.new_tokens
+            results[i] = made
         return results
 
 
