@@ -1,7 +1,7 @@
 """Static evaluation with continuous batching in trajectory order against left-padded batches by length.
 
     .venv/bin/python benchmarks/static_eval.py [--single artifacts/runs/global/model | --multi PLANNER,CALLER,SUMMARIZER]
-        [--test-set bfcl|ood] [--trajectories 12] [--batch 16] [--max-prompt-tokens 1024]
+        [--test-set bfcl|ood] [--trajectories 12] [--batch 16] [--max-prompt-tokens 1024] [--max-new-tokens N]
 
 The same trajectories are evaluated twice by one agent (float32, the `full` profile's generation caps, no generation
 cache): first with `static_batching="padded"` (prompts sorted by length, decoded in left-padded batches, every prompt
@@ -30,7 +30,7 @@ from umi.fixtures import TOOLBENCH_OOD_TEST
 from umi.params import dataset_doc_style
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     agent = parser.add_mutually_exclusive_group()
     agent.add_argument("--single", default="artifacts/runs/global/model", help="a single-LLM checkpoint")
@@ -40,7 +40,9 @@ def main() -> None:
     parser.add_argument("--trajectories", type=int, default=12)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max-prompt-tokens", type=int, default=1024)
-    args = parser.parse_args()
+    parser.add_argument("--max-new-tokens", type=int, help="one cap for every role (default: the full profile's)")
+    parser.add_argument("--params", default="params.yaml", help="split fractions and doc style")
+    args = parser.parse_args(argv)
     console = Console()
 
     if args.multi:
@@ -48,15 +50,17 @@ def main() -> None:
     else:
         spec = AgentSpec.single("bench", args.single)
     if args.test_set == "bfcl":
-        test_set = load_bfcl_test(Path(args.data), args.trajectories)
+        test_set = load_bfcl_test(Path(args.data), args.trajectories, params=args.params)
     else:
         test_set = load_toolbench_ood(TOOLBENCH_OOD_TEST, args.trajectories)
     settings = PROFILES["full"].with_(batch_size=args.batch, max_prompt_tokens=args.max_prompt_tokens, dtype="float32")
+    if args.max_new_tokens:
+        settings = settings.with_(max_new_tokens={role: args.max_new_tokens for role in settings.max_new_tokens})
     loading = dict(
         max_prompt_tokens=settings.max_prompt_tokens, max_new_tokens=settings.max_new_tokens, dtype="float32"
     )
     # the prompt format the checkpoints were trained with, as umi.eval.run takes it
-    doc_style = prompts.agreed_prompt_format(spec.roles, prompts.prompt_format(dataset_doc_style("params.yaml"), None))
+    doc_style = prompts.agreed_prompt_format(spec.roles, prompts.prompt_format(dataset_doc_style(args.params), None))
     doc_style = doc_style["doc_style"]
     console.print(f"{spec.name}: {dict(spec.roles)}; {len(test_set.trajectories)} {args.test_set} trajectories")
 
@@ -81,7 +85,8 @@ def main() -> None:
     same = sum(a["outputs"] == b["outputs"] for a, b in zip(padded.records, continuous.records))
     console.print(f"identical outputs: {same} of {len(padded.records)} steps")
     console.print(f"static continuous batching speed-up: {padded_s / continuous_s:.2f}x", highlight=False)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
