@@ -232,8 +232,8 @@ class MicroBatcher:
 class BatchedBackend:
     """A TransformersBackend as many threads see it: `generate` joins its model's MicroBatcher, so concurrent callers
     (live rollouts of several entries) decode together; `generate_batch` and `generate_many` (static prompts, one
-    caller) run alone under the model's lock; `reset` is a no-op, since concurrent episodes share the model's KV caches (the backend
-    keeps them LRU-bounded). Everything else is the wrapped backend's."""
+    caller) run alone under the model's lock; `reset` is a no-op, since concurrent episodes share the model's KV
+    caches (the backend keeps them LRU-bounded). Everything else is the wrapped backend's."""
 
     def __init__(self, inner: "TransformersBackend", batcher: MicroBatcher):
         self.inner = inner

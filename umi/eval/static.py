@@ -130,61 +130,45 @@ class _Runner:
             )
             for item, p in jobs
         ]
-        if self.settings.static_batching == "continuous" and getattr(backend, "decode_together", None) is not None:
-            return self._decode_in_order(backend, role, requests)
-        results: list[Generation | None] = [None] * len(requests)
-        sized = []
+        sized = []  # (prompt tokens, index) of the prompts that fit; one that cannot is counted, not asked for
         for i, r in enumerate(requests):
             try:
                 sized.append((len(backend.prompt_ids(r)[0]), i))
             except TooLong:
                 self.too_long += 1
-        sized.sort()
-        order = [i for _, i in sized]
-        done = 0
+        results: list[Generation | None] = [None] * len(requests)
+        finished = len(requests) - len(sized)
+        size = self.settings.batch_size
         if self.progress:
-            self.progress(role, 0, len(requests))
-        size = self.settings.batch_size
-        for start in range(0, len(order), size):
-            chunk = order[start : start + size]
-            for i, g in zip(chunk, backend.generate_batch([requests[i] for i in chunk], batch_size=size)):
-                results[i] = g
-                self.generations += 1
-                self.new_tokens += g.new_tokens
-            done += len(chunk)
-            if self.progress:
-                self.progress(role, done + (len(requests) - len(order)), len(requests))
-        return results
+            self.progress(role, finished, len(requests))
 
-    def _decode_in_order(self, backend, role: str, requests: list[GenerationRequest]) -> list[Generation | None]:
-        """Continuous batching in the jobs' order (a trajectory's steps one after another), so each prompt's prefill
-        starts from the KV cache of the step before it, and a finished row's place goes to the next prompt at once."""
-        size = self.settings.batch_size
-
-        def done(i: int, result) -> None:
+        def record(i: int, g: Generation) -> None:
             nonlocal finished
+            results[i] = g
+            self.generations += 1
+            self.new_tokens += g.new_tokens
             finished += 1
             if self.progress and (finished % size == 0 or finished == len(requests)):
                 self.progress(role, finished, len(requests))
 
-        fits = []
-        for i, r in enumerate(requests):  # as the padded path: a prompt that cannot fit is counted, not asked for
-            try:
-                backend.prompt_ids(r)
-                fits.append(i)
-            except TooLong:
-                self.too_long += 1
-        finished = len(requests) - len(fits)
-        if self.progress:
-            self.progress(role, finished, len(requests))
-        results: list[Generation | None] = [None] * len(requests)
-        for i, made in zip(fits, backend.generate_many([requests[i] for i in fits], max_rows=size, done=done)):
-            if isinstance(made, BaseException):
-                raise made
-            if made is not None:
-                self.generations += 1
-                self.new_tokens += made.new_tokens
-            results[i] = made
+        if self.settings.static_batching == "continuous" and getattr(backend, "decode_together", None) is not None:
+            # in the jobs' order (a trajectory's steps one after another): each prompt's prefill starts from the KV
+            # cache of the step before it, and a finished row's place goes to the next prompt at once
+            order = [i for _, i in sized]
+
+            def done(j: int, g) -> None:
+                if isinstance(g, Generation):
+                    record(order[j], g)
+
+            for g in backend.generate_many([requests[i] for i in order], max_rows=size, done=done):
+                if isinstance(g, BaseException):
+                    raise g
+            return results
+        order = [i for _, i in sorted(sized)]  # by length: little padding
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            for i, g in zip(chunk, backend.generate_batch([requests[i] for i in chunk], batch_size=size)):
+                record(i, g)
         return results
 
 
