@@ -83,13 +83,15 @@ GENERATION_FILES: tuple[str, ...] = (
     "tokenizer_config.json",
     "special_tokens_map.json",
     "chat_template.jinja",
+    "adapter_config.json",  # a LoRA adapter's rank, scale and target modules
 )
 
 
 def content_digest(checkpoint: str | Path) -> str:
     """sha256 over the bytes of the files that decide what a checkpoint generates (GENERATION_FILES and its weight
     files), for caches of its outputs: a retrain to the same bytes is the same model however its training stage was
-    fingerprinted, and other bytes are never taken for it. A directory without weights (a hub id): `ref:<path>`.
+    fingerprinted, and other bytes are never taken for it. A LoRA adapter's digest covers its base's (named in its
+    adapter_config.json). A directory without weights (a hub id): `ref:<path>`.
     Reads every weight byte (about 1 s per 500 MB)."""
     path = Path(checkpoint)
     if not path.is_dir():
@@ -107,6 +109,14 @@ def content_digest(checkpoint: str | Path) -> str:
         with p.open("rb") as f:
             digest.update(f"{p.name}\0".encode())
             digest.update(hashlib.file_digest(f, "sha256").digest())
+    # a LoRA adapter generates with its base: the same adapter bytes on a retrained base are another model
+    adapter_config = path / "adapter_config.json"
+    if adapter_config.is_file():
+        try:
+            base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
+        except (OSError, ValueError, AttributeError):
+            base = ""
+        digest.update(f"base\0{content_digest(base) if base else 'none'}".encode())
     return digest.hexdigest()
 
 

@@ -117,6 +117,26 @@ def test_the_cache_key_of_a_checkpoint_is_its_bytes(tmp_path):
     assert content_digest(tmp_path / "HuggingFaceTB/SmolLM2") == f"ref:{tmp_path / 'HuggingFaceTB/SmolLM2'}"
 
 
+def test_the_cache_key_of_a_lora_adapter_covers_its_base(tmp_path):
+    """The same adapter bytes over a retrained base generate other text: another key. So do another rank or scale."""
+    import json
+
+    from umi.vocabulary import content_digest
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "model.safetensors").write_bytes(b"\x01")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x02")
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base), "r": 8}))
+    before = content_digest(adapter)
+    (base / "model.safetensors").write_bytes(b"\x03")
+    after_base = content_digest(adapter)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base), "r": 16}))
+    assert len({before, after_base, content_digest(adapter)}) == 3
+
+
 class Lower(Echo):
     """Another model: writes the prompt back in lower case."""
 
