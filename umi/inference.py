@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from umi.vocabulary import AGENT_ROLES, ALPHA_UMI, SINGLE_LLM
+from umi.vocabulary import ADAPTER_CONFIG, AGENT_ROLES, ALPHA_UMI, SINGLE_LLM
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ __all__ = [
     "load_role_models",
 ]
 
-ADAPTER_CONFIG = "adapter_config.json"
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 DTYPE_NAMES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 

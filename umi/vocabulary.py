@@ -74,6 +74,8 @@ def checkpoint_fingerprint(checkpoint: str | Path) -> str:
     ).hexdigest()
 
 
+ADAPTER_CONFIG = "adapter_config.json"  # what peft saves beside a LoRA adapter (its base, rank, scale, targets)
+
 # the files whose bytes decide what a checkpoint generates (weights, model and generation config, tokenizer);
 # not the stage manifest (timings) nor training_args.bin (a pickle of the run's paths)
 GENERATION_FILES: tuple[str, ...] = (
@@ -83,7 +85,7 @@ GENERATION_FILES: tuple[str, ...] = (
     "tokenizer_config.json",
     "special_tokens_map.json",
     "chat_template.jinja",
-    "adapter_config.json",  # a LoRA adapter's rank, scale and target modules
+    ADAPTER_CONFIG,
 )
 
 
@@ -110,7 +112,7 @@ def content_digest(checkpoint: str | Path) -> str:
             digest.update(f"{p.name}\0".encode())
             digest.update(hashlib.file_digest(f, "sha256").digest())
     # a LoRA adapter generates with its base: the same adapter bytes on a retrained base are another model
-    adapter_config = path / "adapter_config.json"
+    adapter_config = path / ADAPTER_CONFIG
     if adapter_config.is_file():
         try:
             base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
