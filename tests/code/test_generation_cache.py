@@ -135,6 +135,8 @@ def test_the_cache_key_of_a_lora_adapter_covers_its_base(tmp_path):
     after_base = content_digest(adapter)
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base), "r": 16}))
     assert len({before, after_base, content_digest(adapter)}) == 3
+    (adapter / "adapter_config.json").write_text("{not json")  # a damaged config keys as its bytes, never crashes
+    assert content_digest(adapter) not in {before, after_base}
 
 
 class Lower(Echo):
