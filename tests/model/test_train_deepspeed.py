@@ -37,9 +37,13 @@ def _profile(tmp_path: Path, **changes) -> Path:
     return path
 
 
-def _cpu_env() -> dict[str, str]:
+def _cpu_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
     env.update(
+        # DeepSpeed's CPU backend JIT-builds its shared-memory op behind a lock file in the extensions dir, and a
+        # build killed midway leaves that file for good: every later launch on the machine then waits on it forever
+        # (CI, 2026-12-07). A dir of this test's own costs one ~25 s build and cannot inherit a stale lock.
+        TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_extensions"),
         DS_ACCELERATOR="cpu",
         CUDA_VISIBLE_DEVICES="",
         OMP_NUM_THREADS="1",
@@ -79,7 +83,7 @@ def test_zero3_two_rank_cpu_launch_saves_the_complete_model(tiny_backbone, role_
         str(tiny_backbone),
         "--no-tracking",
     ]
-    done = subprocess.run(cmd, env=_cpu_env(), capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    done = subprocess.run(cmd, env=_cpu_env(tmp_path), capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     result = json.loads(done.stdout[done.stdout.index('{\n  "stage"') :].split("\n}\n")[0] + "\n}")
     assert result["metrics"]["global_step"] == 2
@@ -114,7 +118,7 @@ def test_zero3_two_rank_cpu_launch_saves_the_complete_model(tiny_backbone, role_
         str(tiny_backbone),
         "--no-tracking",
     ]
-    env = {k: v for k, v in _cpu_env().items() if k != "LOCAL_SIZE"}
+    env = {k: v for k, v in _cpu_env(tmp_path).items() if k != "LOCAL_SIZE"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     reference = load_file(str(plain / "model" / "model.safetensors"))
