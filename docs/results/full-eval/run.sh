@@ -14,7 +14,7 @@
 #
 # `train` with no model names trains every model the evaluation uses (global, planner, caller, summarizer and the
 # compute-matched control, single-matched; about 20 min on a fast 2-core machine); a stage needs only its own:
-# 1b global; 1c global single-matched; 1a/2a global planner caller summarizer; 1d none (the backbone import).
+# 1b global; 1c global single-matched; 1a/2a global planner caller summarizer; 1d/2d/3d none (the backbone import).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 # Portable numerics, for training and evaluation alike. Kernels are chosen by the CPU: MKL's GEMMs and ATen's
@@ -72,7 +72,7 @@ single=(--single "single-llm=$runs/global/model")
 matched=(--single "single-matched=$runs/single-matched/model")
 backbone=(--multi "backbone=artifacts/backbone,artifacts/backbone,artifacts/backbone")
 
-stage="${1:?a stage: train | check | 1a | 1b | 1c | 1d | 1 | 2a | 2b | 2c | 3 | all}"
+stage="${1:?a stage: train | check | 1a | 1b | 1c | 1d | 1 | 2a | 2b | 2c | 2d | 3 | 3d | all}"
 if [ "$stage" = train ]; then
   shift
   make setup
@@ -100,7 +100,9 @@ case "$stage" in
   2a) $umi eval live "${common[@]}" "${alpha[@]}" --out "$here/stage-2a" ;;  # the 71 held-out live entries
   2b) $umi eval live "${common[@]}" "${single[@]}" --out "$here/stage-2b" ;;
   2c) $umi eval live "${common[@]}" "${matched[@]}" --out "$here/stage-2c" ;;
+  2d) $umi eval live "${common[@]}" "${backbone[@]}" --out "$here/stage-2d" ;;
   3) $umi eval static "${common[@]}" "${alpha[@]}" "${single[@]}" "${matched[@]}" --out "$here/stage-3" ;;  # + OOD
+  3d) $umi eval static "${common[@]}" "${backbone[@]}" --out "$here/stage-3d" ;;  # BFCL from 1d's cache, + OOD
   all) $umi eval all "${common[@]}" "${alpha[@]}" "${single[@]}" "${matched[@]}" "${backbone[@]}" --out "$here/full" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
