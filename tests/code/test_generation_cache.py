@@ -265,3 +265,48 @@ def test_generate_many_stores_each_generation_as_it_finishes_and_answers_hits_fi
     assert [g.text for g in (out[0], out[2], out[3])] == ["A", "B", "C"] and isinstance(out[1], TooLong)
     assert sorted(finished) == [0, 1, 2, 3]
     assert resumed.cache.stats.hits == 3 and resumed.cache.stats.misses == 1
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_overlapping_generations_share_their_wall_time_in_the_stored_cost(tmp_path):
+    clock = Clock()
+    cache = GenerationCache(tmp_path / "c.sqlite", clock=clock)
+
+    class Overlapping(EchoInOrder):
+        """Continuous batching: every row lives from the call's start, one finishing every 2 s; each reports its
+        whole lifetime as its seconds (2, 4, 6), which summed would say 12 s for 6 s of work."""
+
+        def generate_many(self, requests, *, max_rows=None, done=None):
+            out = []
+            for i, r in enumerate(requests):
+                clock.now += 2.0
+                made = _generation(r.prompt.upper())
+                made = Generation(**{**made.__dict__, "seconds": 2.0 * (i + 1)})
+                out.append(made)
+                done(i, made)
+            return out
+
+    backend = CachedBackend(Overlapping(), cache, "model-a")
+    backend.generate_many([GenerationRequest(prompt=p) for p in ("a", "b", "c")])
+    assert cache.stats.cost_seconds == pytest.approx(6.0)
+
+    # two live rollouts at once: both start at t, one is done at t+3, the other at t+4: 4 s of wall time, not 7
+    start = clock.now
+    clock.now = start + 3.0
+    first = cache.charge(start)
+    clock.now = start + 4.0
+    second = cache.charge(start)
+    assert (first, second) == (pytest.approx(3.0), pytest.approx(1.0))
+    clock.now += 10.0  # idle: nothing is charged for it
+    assert cache.charge(clock.now - 0.5) == pytest.approx(0.5)
+    rows = cache._db.execute("SELECT sum(cost_seconds) FROM generations").fetchone()[0]
+    assert rows == pytest.approx(6.0)  # what was stored is what the stats say

@@ -21,8 +21,11 @@ the same adapter, dtype and context length; every comparison is
 kept in the cache (table `twins`), and `CacheStats.twin_hits` counts the answers a twin gave, so a report says how
 many of its texts came from the twin's bytes.
 
-`cost_seconds` is each generation's share of the compute that produced it (a batch's wall time split evenly over
-its prompts), so a resumed report can still say what the whole evaluation cost: `CacheStats.cost_seconds`.
+`cost_seconds` is each generation's share of the wall time spent generating (`GenerationCache.charge`: the time since
+the later of its start and the last generation stored), so generations that overlapped (a batch's rows, continuous
+batching, concurrent live rollouts) share their wall time instead of each counting all of it, and a resumed report can
+still say what the whole evaluation cost: `CacheStats.cost_seconds`. Rows that continuous batching or live rollouts
+stored before this rule (most of docs/results/full-eval's) carry their own lifetime instead: their sum overstates.
 """
 
 from __future__ import annotations
@@ -94,8 +97,10 @@ class CacheStats:
 class GenerationCache:
     """key -> Generation in one sqlite file (WAL; every put is committed before it returns)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.perf_counter):
         self.path = Path(path)
+        self.clock = clock
+        self._charged_until = float("-inf")  # the clock when the last charged generation was stored
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -119,6 +124,16 @@ class GenerationCache:
             self.stats.hits += 1
             self.stats.cost_seconds += float(row[1])
         return _decode(row[0])
+
+    def charge(self, started: float) -> float:
+        """The seconds to store with a generation that started at `started` (self.clock) and is done now: the time
+        since the later of its start and the last charge, so that overlapping generations (from any backend sharing
+        this cache) split their wall time and the charges add up to the wall time spent generating."""
+        with self._lock:
+            now = self.clock()
+            seconds = max(0.0, now - max(started, self._charged_until))
+            self._charged_until = now
+            return seconds
 
     def put(self, key: str, generation: Generation | TooLong, cost_seconds: float) -> None:
         if isinstance(generation, TooLong):
@@ -297,13 +312,13 @@ class CachedBackend:
             raise hit
         if hit is not None:
             return hit
-        started = time.perf_counter()
+        started = self.cache.clock()
         try:
             g = self.inner.generate(request)
         except TooLong as e:
-            self._store(request, key, e, time.perf_counter() - started)
+            self._store(request, key, e, self.cache.charge(started))
             raise
-        self._store(request, key, g, time.perf_counter() - started)
+        self._store(request, key, g, self.cache.charge(started))
         return g
 
     def generate_batch(self, requests: Sequence[GenerationRequest], batch_size: int = 8) -> list[Generation]:
@@ -312,9 +327,9 @@ class CachedBackend:
         todo = [i for i, g in enumerate(out) if g is None]
         while todo:  # one batch at a time, so each is stored as soon as it is done
             chunk, todo = todo[:batch_size], todo[batch_size:]
-            started = time.perf_counter()
+            started = self.cache.clock()
             made = self.inner.generate_batch([requests[i] for i in chunk], batch_size=batch_size)
-            share = (time.perf_counter() - started) / max(1, len(chunk))
+            share = self.cache.charge(started) / max(1, len(chunk))
             twin = self.twin
             for i, g in zip(chunk, made):
                 self._store(requests[i], keys[i], g, share)
@@ -349,12 +364,12 @@ class CachedBackend:
         if not todo:
             return out
 
+        started = self.cache.clock()
+
         def finished(j: int, made: Generation | Exception | None) -> None:
             i = todo[j]
-            if isinstance(made, Generation):
-                self._store(requests[i], keys[i], made, made.seconds)
-            elif isinstance(made, TooLong):
-                self._store(requests[i], keys[i], made, 0.0)
+            if isinstance(made, (Generation, TooLong)):  # not made.seconds: a row's lifetime overlaps the others'
+                self._store(requests[i], keys[i], made, self.cache.charge(started))
             out[i] = made
             if done is not None:
                 done(i, made)

@@ -103,6 +103,9 @@ case "$stage" in
   2d) $umi eval live "${common[@]}" "${backbone[@]}" --out "$here/stage-2d" ;;
   3) $umi eval static "${common[@]}" "${alpha[@]}" "${single[@]}" "${matched[@]}" --out "$here/stage-3" ;;  # + OOD
   3d) $umi eval static "${common[@]}" "${backbone[@]}" --out "$here/stage-3d" ;;  # BFCL from 1d's cache, + OOD
-  all) $umi eval all "${common[@]}" "${alpha[@]}" "${single[@]}" "${matched[@]}" "${backbone[@]}" --out "$here/full" ;;
+  # the trained agents, static and live, paired with each other in one report (every generation from the cache once
+  # 1-3 are done); the backbone's static rows are 1d/3d's. Not live: its planner never decides `conclusion`, so each
+  # of the 271 turns runs to its 12-step cap, >= 6,504 generations (~7 h here, 3.8 s each); 2d computes it, resumable
+  all) $umi eval all "${common[@]}" "${alpha[@]}" "${single[@]}" "${matched[@]}" --out "$here/full" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
