@@ -25,17 +25,29 @@ HERE = Path(__file__).parent
 RUNS = "artifacts/runs"
 COMMON = ["--profile", "full", "--max-prompt-tokens", "1024", "--dtype", "float32", "--no-tracking"]
 REPORTS = {  # as run.sh's `all` (the trained agents, static and live) and 1d/3d (the backbone, static)
-    "trained agents (run.sh all)": ["eval", "all", "--multi",
+    "trained agents (run.sh all)": [
+        "eval",
+        "all",
+        "--multi",
         f"alpha-umi={RUNS}/planner/model,{RUNS}/caller/model,{RUNS}/summarizer/model",
-        "--single", f"single-llm={RUNS}/global/model", "--single", f"single-matched={RUNS}/single-matched/model"],
-    "backbone (run.sh 1d, 3d)": ["eval", "static", "--multi",
-        "backbone=artifacts/backbone,artifacts/backbone,artifacts/backbone"],
+        "--single",
+        f"single-llm={RUNS}/global/model",
+        "--single",
+        f"single-matched={RUNS}/single-matched/model",
+    ],
+    "backbone (run.sh 1d, 3d)": [
+        "eval",
+        "static",
+        "--multi",
+        "backbone=artifacts/backbone,artifacts/backbone,artifacts/backbone",
+    ],
 }
 
 
 def wall_seconds(db: sqlite3.Connection, keys: set[str]) -> tuple[int, float]:
-    rows = sorted(db.execute("SELECT created, cost_seconds FROM generations WHERE key = ?", (k,)).fetchone()
-                  for k in keys)
+    rows = sorted(
+        db.execute("SELECT created, cost_seconds FROM generations WHERE key = ?", (k,)).fetchone() for k in keys
+    )
     created_by_cost = collections.defaultdict(list)
     for created, cost in rows:
         created_by_cost[cost].append(created)
