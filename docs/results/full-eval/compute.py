@@ -5,9 +5,8 @@ stored before umi.eval.generation_cache.GenerationCache.charge existed carry the
 others' (16 rows at once, 8 rollouts at once), so that sum overstates several times over. This script reads the
 reports' generations again from a copy of the cache (every answer a hit; the keys recorded), then counts each
 distinct generation once: padded-batch rows (one batch's rows share one stored share of its wall time) by their
-sum, every other row as the interval [created - seconds, created], overlapping intervals merged. Run from the
-repository root after run.sh's stages: `MKL_CBWR=AVX2 ATEN_CPU_CAPABILITY=avx2 .venv/bin/python
-docs/results/full-eval/compute.py` (~2 min)."""
+sum, every other row as the interval [created - seconds, created], overlapping intervals merged. Run: `bash
+docs/results/full-eval/run.sh compute` (~2 min), which passes each report's command as its stage runs it."""
 
 from __future__ import annotations
 
@@ -21,27 +20,25 @@ from pathlib import Path
 from umi.cli import app
 from umi.eval import generation_cache
 
-HERE = Path(__file__).parent
-RUNS = "artifacts/runs"
-COMMON = ["--profile", "full", "--max-prompt-tokens", "1024", "--dtype", "float32", "--no-tracking"]
-REPORTS = {  # as run.sh's `all` (the trained agents, static and live) and 1d/3d (the backbone, static)
-    "trained agents (run.sh all)": [
-        "eval",
-        "all",
-        "--multi",
-        f"alpha-umi={RUNS}/planner/model,{RUNS}/caller/model,{RUNS}/summarizer/model",
-        "--single",
-        f"single-llm={RUNS}/global/model",
-        "--single",
-        f"single-matched={RUNS}/single-matched/model",
-    ],
-    "backbone (run.sh 1d, 3d)": [
-        "eval",
-        "static",
-        "--multi",
-        "backbone=artifacts/backbone,artifacts/backbone,artifacts/backbone",
-    ],
-}
+
+def reports(argv: list[str]) -> dict[str, list[str]]:
+    """`NAME UMI-ARGS... -- NAME UMI-ARGS...` (as run.sh's `compute` passes its stages' commands) -> name: args."""
+    out, group = {}, []
+    for arg in [*argv, "--"]:
+        if arg != "--":
+            group.append(arg)
+        elif group:
+            out[group[0]] = group[1:]
+            group = []
+    return out
+
+
+def with_option(args: list[str], option: str, value: str) -> list[str]:
+    """`args` with `option` set to `value` (the copy of the cache, a scratch report folder)."""
+    if option not in args:
+        return [*args, option, value]
+    i = args.index(option)
+    return [*args[: i + 1], value, *args[i + 2 :]]
 
 
 def wall_seconds(db: sqlite3.Connection, keys: set[str]) -> tuple[int, float]:
@@ -65,6 +62,9 @@ def wall_seconds(db: sqlite3.Connection, keys: set[str]) -> tuple[int, float]:
 
 
 def main() -> None:
+    commands = reports(sys.argv[1:])
+    if not commands:
+        raise SystemExit("usage: run through run.sh: bash docs/results/full-eval/run.sh compute")
     recorded: list[str] = []
     get = generation_cache.GenerationCache.get
 
@@ -77,12 +77,14 @@ def main() -> None:
     generation_cache.GenerationCache.get = recording_get
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "generations.sqlite"
-        shutil.copy(HERE / "generations.sqlite", cache)
         keys: dict[str, set[str]] = {}
-        for name, args in REPORTS.items():
+        for name, args in commands.items():
+            if not cache.exists():  # read from a copy: opening the cache registers models, folds its log
+                shutil.copy(args[args.index("--cache") + 1], cache)
+            args = with_option(with_option(args, "--cache", str(cache)), "--out", str(Path(tmp) / "out"))
             recorded.clear()
             try:
-                app(args + COMMON + ["--cache", str(cache), "--out", str(Path(tmp) / "out")], standalone_mode=False)
+                app(args, standalone_mode=False)
             except SystemExit as e:
                 if e.code:
                     raise

@@ -72,7 +72,7 @@ single=(--single "single-llm=$runs/global/model")
 matched=(--single "single-matched=$runs/single-matched/model")
 backbone=(--multi "backbone=artifacts/backbone,artifacts/backbone,artifacts/backbone")
 
-stage="${1:?a stage: train | check | 1a | 1b | 1c | 1d | 1 | 2a | 2b | 2c | 2d | 3 | 3d | all}"
+stage="${1:?a stage: train | check | 1a | 1b | 1c | 1d | 1 | 2a | 2b | 2c | 2d | 3 | 3d | all | compute}"
 if [ "$stage" = train ]; then
   shift
   make setup
@@ -107,5 +107,8 @@ case "$stage" in
   # 1-3 are done); the backbone's static rows are 1d/3d's. Not live: its planner never decides `conclusion`, so each
   # of the 271 turns runs to its 12-step cap, >= 6,504 generations (~7 h here, 3.8 s each); 2d computes it, resumable
   all) $umi eval all "${common[@]}" "${alpha[@]}" "${single[@]}" "${matched[@]}" --out "$here/full" ;;
+  # what the record's generations cost (compute.py: each report's command, read again from a copy of the cache)
+  compute) .venv/bin/python "$here/compute.py" "trained agents (all)" eval all "${common[@]}" "${alpha[@]}" \
+    "${single[@]}" "${matched[@]}" -- "backbone (1d, 3d)" eval static "${common[@]}" "${backbone[@]}" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
