@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,14 +118,23 @@ def _artifact_markdown(key: str) -> str:
 
 
 def _task_runs(flow_run_id: str) -> dict[str, dict]:
-    """name -> the task run (state_name, start_time, end_time, ...) of a flow run, as the Prefect API has it."""
+    """name -> the task run (state_name, start_time, end_time, ...) of a flow run, as the Prefect API has it once
+    every task run's final state has reached it (the client reports task states as events, which the server records
+    a moment later: read at once, the last task can still say Pending; seen in CI)."""
     from prefect.client.orchestration import get_client
 
+    final = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+    deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
-        found = client.request(
-            "POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200, "offset": 0}
-        )
-    return {r["name"]: r for r in found.json()}
+        while True:
+            found = client.request(
+                "POST",
+                "/task_runs/filter",
+                json={"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200, "offset": 0},
+            ).json()
+            if all(r["state_type"] in final for r in found) or time.monotonic() > deadline:
+                return {r["name"]: r for r in found}
+            time.sleep(0.5)
 
 
 def test_bad_parameters_and_a_retrain_without_champions_fail_with_a_clear_error(environment, tiny_backbone):
