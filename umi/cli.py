@@ -176,32 +176,54 @@ def backbone_import_cmd(
 
 @app.command("train")
 def train_cmd(
-    stage: Annotated[str, typer.Argument(help="global | planner | caller | summarizer | all")],
-    profile: Annotated[str, typer.Option(help="paper | cpu | tiny, or a YAML config path.")] = "cpu",
+    stage: Annotated[
+        str, typer.Argument(help="global | planner | caller | summarizer | global-matched | all | status")
+    ],
+    profile: Annotated[str, typer.Option(help="paper | cpu | bench | tiny, or a YAML config path.")] = "cpu",
     datasets: Annotated[Path, typer.Option(help="Role datasets folder.")] = DEFAULT_DATASETS,
     runs: Annotated[Path, typer.Option(help="Stage output folders: <runs>/<stage>.")] = Path("artifacts/runs"),
     backbone: Annotated[Path, typer.Option(help="The backbone checkpoint.")] = Path("artifacts/backbone"),
     from_backbone: Annotated[
         bool, typer.Option(help="One-stage ablation: local stages start from the backbone.")
     ] = False,
+    control: Annotated[
+        bool, typer.Option(help="`all` also trains the compute-matched single LLM (global-matched).")
+    ] = True,
 ) -> None:
-    """GLPFT: `global` first, then `planner`, `caller`, `summarizer` from the global checkpoint (or `all`)."""
+    """GLPFT: `global` first, then `planner`, `caller`, `summarizer` from the global checkpoint, and the
+    compute-matched control `global-matched` (or `all`, in that order). The same command again continues where it
+    stopped: finished stages are skipped, an interrupted one resumes from its last complete checkpoint. `status`
+    prints where the run in --runs stands (each stage also logs to <runs>/<stage>/train.log)."""
+    from umi.vocabulary import CONTROL_STAGE, STAGES, TRAINABLE_STAGES
+
+    if stage == "status":
+        from umi.train.config import load_config
+        from umi.train.progress import format_status, planned_examples, run_status
+
+        stages = TRAINABLE_STAGES if control else STAGES
+        planned = planned_examples(load_config(profile), datasets, stages)
+        typer.echo(format_status(run_status(runs, stages, planned)))  # a table: never wrapped to the terminal
+        return
     _default_tracking()
     from umi.data.versions import dataset_versions
+    from umi.train.config import dataset_role
     from umi.train.stages import train_glpft, train_stage
-    from umi.vocabulary import LOCAL_STAGES, STAGES
 
     versions = dataset_versions(datasets)
     if stage == "all":
-        results = train_glpft(profile, datasets, runs, backbone, from_backbone=from_backbone, data_version=versions)
-    elif stage in STAGES:
+        stages = STAGES + ((CONTROL_STAGE,) if control and not from_backbone else ())
+        results = train_glpft(
+            profile, datasets, runs, backbone, stages=stages, from_backbone=from_backbone, data_version=versions
+        )
+    elif stage in TRAINABLE_STAGES:
         init = backbone if (stage == "global" or from_backbone) else runs / "global" / "model"
-        if stage in LOCAL_STAGES and not from_backbone and not init.exists():
+        if stage != "global" and not from_backbone and not init.exists():
             console.print(f"[red]{init} does not exist: train the global stage first (umi train global)[/]")
             raise typer.Exit(1)
-        results = {stage: train_stage(stage, profile, datasets, runs / stage, init, data_version=versions.get(stage))}
+        version = versions.get(dataset_role(stage))
+        results = {stage: train_stage(stage, profile, datasets, runs / stage, init, data_version=version)}
     else:
-        console.print(f"[red]unknown stage {stage!r}[/]: one of {', '.join(STAGES)} or all")
+        console.print(f"[red]unknown stage {stage!r}[/]: one of {', '.join(TRAINABLE_STAGES)}, all or status")
         raise typer.Exit(2)
     for name, r in results.items():
         console.print(f"[green]{name}[/]: {r.checkpoint}  {json.dumps(r.metrics)}", highlight=False)

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from umi.devices import cpu_has_native_bf16
 from umi.vocabulary import ADAPTER_CONFIG, AGENT_ROLES, ALPHA_UMI, SINGLE_LLM
 
 log = logging.getLogger(__name__)
@@ -57,19 +58,6 @@ def inference_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX tiles) and torch dispatches to its AVX-512
-    kernels: with those capped (ATEN_CPU_CAPABILITY=avx2, as for portable numerics, docs/training.md), torch 2.13's
-    bf16 attention fails on such a CPU ("pack_vnni2 is only supported when avx512 is supported"), so it is float32."""
-    import torch
-
-    try:  # private but long-standing helpers; a torch without them gets float32
-        hardware = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # pragma: no cover
-        return False
-    return hardware and torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def inference_dtype(device: str | None = None, name: str = "auto"):

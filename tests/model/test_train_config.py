@@ -6,7 +6,7 @@ import pydantic
 import pytest
 
 from umi.train.config import available_profiles, load_config
-from umi.train.engine import training_arguments, use_bf16, use_gradient_checkpointing
+from umi.train.engine import training_arguments, training_precision, use_gradient_checkpointing
 from umi.vocabulary import CONTROL_STAGE
 
 
@@ -105,7 +105,10 @@ def test_precision_policy_without_a_gpu(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    import umi.devices
+
+    monkeypatch.setattr(umi.devices, "cpu_has_native_bf16", lambda: False)
     paper = load_config("paper")
-    assert not use_bf16(paper) and not use_gradient_checkpointing(paper)  # auto: only where a GPU is
+    assert training_precision(paper) == "fp32" and not use_gradient_checkpointing(paper)  # auto: only where a GPU is
     forced = load_config("paper", precision="bf16", gradient_checkpointing="on")
-    assert use_bf16(forced) and use_gradient_checkpointing(forced)
+    assert training_precision(forced) == "bf16" and use_gradient_checkpointing(forced)

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from umi.vocabulary import CONTROL_STAGE, LOCAL_STAGES, STAGES
 
 CONFIG_DIR = Path(__file__).with_name("configs")
+# auto: bf16 autocast on a GPU, bf16 weights (float32 masters) on a CPU with native bf16, else fp32 (umi.train.precision)
+PrecisionSetting = Literal["auto", "fp32", "bf16", "bf16-autocast"]
 DEEPSPEED_DIR = Path(__file__).with_name("deepspeed")
 
 
@@ -64,7 +66,7 @@ class TrainConfig(BaseModel):
     global_batch_size: int = Field(gt=0, description="examples per optimiser step over all devices")
     lr_scheduler: str = "cosine"
     seed: int = 42
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where a GPU supports it, else fp32
+    precision: PrecisionSetting = "auto"
     gradient_checkpointing: Literal["auto", "on", "off"] = "auto"  # auto: on where a GPU is present
     deepspeed: str | None = Field(default=None, description="a file name in umi/train/deepspeed/ or a path")
     lora: LoraSettings | None = None

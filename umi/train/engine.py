@@ -4,8 +4,9 @@ What makes it cheaper than the reference recipe (pad every example to 4096 token
 - dynamic padding: a batch is padded only to its own longest example (CompletionCollator);
 - length grouping: the Trainer's `group_by_length` sampler puts examples of similar length in the same optimiser step,
   so that longest example is close to the others.
-bf16 and gradient checkpointing are switched on only where a GPU is present (profile `auto`); on CPU bf16 autocast is
-slower than fp32 and activation memory is not the constraint.
+Precision follows umi.train.precision (`auto`: bf16 autocast on a GPU, bf16 weights with float32 master weights on a
+CPU with native bf16, float32 elsewhere). Gradient checkpointing is switched on only where a GPU is present: on CPU
+activation memory is not the constraint.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from umi.schema import RecordError
 from umi.train.config import StageSettings, TrainConfig
+from umi.train.precision import Precision, resolve_precision
 from umi.train.tokenize import IGNORE_INDEX, TooLong, encode_example
 
 log = logging.getLogger(__name__)
@@ -301,10 +303,9 @@ def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def use_bf16(config: TrainConfig) -> bool:
-    if config.precision == "bf16":
-        return True
-    return config.precision == "auto" and has_gpu() and torch.cuda.is_bf16_supported()
+def training_precision(config: TrainConfig) -> Precision:
+    """The arithmetic a stage of `config` trains in on this machine (umi.train.precision)."""
+    return resolve_precision(config.precision)
 
 
 def use_gradient_checkpointing(config: TrainConfig) -> bool:
@@ -345,6 +346,7 @@ def training_arguments(
     from_pretrained partition the weights across ranks as it loads them."""
     ds_path = config.deepspeed_path()
     gpu = has_gpu()
+    mode = training_precision(config)
     configured_state = ds_path is not None and _deepspeed_on_cpu_state()
     return TrainingArguments(
         accelerator_config={"use_configured_state": configured_state},
@@ -360,7 +362,8 @@ def training_arguments(
         lr_scheduler_type=config.lr_scheduler,
         warmup_steps=stage.warmup_ratio,  # a float below 1 is a ratio of the total steps
         weight_decay=stage.weight_decay,
-        bf16=use_bf16(config),
+        # autocast; bf16 weights bring their own master weights (MasterWeightsAdamW), or DeepSpeed's bf16 engine
+        bf16=mode == "bf16-autocast" or (mode == "bf16" and ds_path is not None),
         activation_checkpointing=use_gradient_checkpointing(config),
         logging_strategy="steps",
         logging_steps=config.logging_steps,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,11 +45,13 @@ from umi.train.engine import (
     last_complete_checkpoint,
     role_dataset_path,
     training_arguments,
-    use_bf16,
+    training_precision,
     use_gradient_checkpointing,
     world_size,
 )
 from umi.train.packing import PackedCollator, use_tree_attention
+from umi.train.precision import MasterWeightsAdamW, weights_dtype
+from umi.train.progress import ProgressCallback
 from umi.train.tokenize import CompletionCollator
 from umi.vocabulary import (
     CONTROL_STAGE,
@@ -131,11 +134,13 @@ def _sha256_file(path: Path) -> str:
 def stage_fingerprint(
     stage: str, config: TrainConfig, datasets_dir: str | Path, init_from: str | Path, data_version: str | None = None
 ) -> tuple[str, dict]:
-    """(fingerprint, what it hashes): config, stage, start weights, training data and data version. A finished stage
-    with the same fingerprint is not trained again (the pipeline's task cache uses the same key)."""
+    """(fingerprint, what it hashes): config, the precision it resolves to here, stage, start weights, training data
+    and data version. A finished stage with the same fingerprint is not trained again (the pipeline's task cache uses
+    the same key); a stage begun in another precision (`auto` on another machine) is not resumed in this one."""
     init_from = Path(init_from)
     src = {
         "config": config.for_stage(stage).model_dump(mode="json"),
+        "precision": training_precision(config),
         "stage": stage,
         "init": checkpoint_fingerprint(init_from),
         "data_sha256": _sha256_file(role_dataset_path(datasets_dir, dataset_role(stage), "train")),
@@ -183,7 +188,7 @@ def _flat_params(config: TrainConfig, stage: str) -> dict[str, str]:
         "world_size": world_size(),
         "lr_scheduler": config.lr_scheduler,
         "seed": config.seed,
-        "bf16": use_bf16(config),
+        "precision": training_precision(config),
         "gradient_checkpointing": use_gradient_checkpointing(config),
         "deepspeed": config.deepspeed or "none",
         "packing": config.packing,
@@ -327,7 +332,11 @@ def train_stage(
             else None
         )
 
-    model = AutoModelForCausalLM.from_pretrained(str(init_from), dtype=torch.float32)
+    precision = training_precision(config)
+    # bf16: the weights themselves in bf16, float32 masters in the optimiser (umi.train.precision); DeepSpeed keeps
+    # its own masters from float32 weights
+    dtype = weights_dtype(precision) if config.deepspeed is None else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(init_from), dtype=dtype)
     model.config.use_cache = False  # no generation during training; the cache only costs memory
     if config.packing:
         use_tree_attention(model)  # packed batches attend only where their tree mask lets them (same result)
@@ -377,9 +386,16 @@ def train_stage(
 
     collate = PackedCollator if config.packing else CompletionCollator
     collator = _CountingCollator(collate(tokenizer.pad_token_id, pad_to_multiple_of=8 if has_gpu() else None))
-    all_callbacks = list(callbacks or [])
+    examples_total = math.ceil(train.examples * settings.epochs)
+    if settings.max_steps:
+        examples_total = min(examples_total, settings.max_steps * config.global_batch_size)
+    all_callbacks = [ProgressCallback(out_dir, stage, config.global_batch_size, examples_total), *(callbacks or [])]
     if run is not None:
         all_callbacks.append(MlflowStageCallback(run.info.run_id))
+    master_weights = dtype != torch.float32
+    optimizer = (
+        (MasterWeightsAdamW, CompletionTrainer.get_optimizer_cls_and_kwargs(args)[1]) if master_weights else None
+    )
     trainer = CompletionTrainer(
         model=model,
         args=args,
@@ -388,6 +404,7 @@ def train_stage(
         eval_dataset=evaluation.dataset if evaluation else None,
         processing_class=tokenizer,
         callbacks=all_callbacks,
+        optimizer_cls_and_kwargs=optimizer,
     )
     trainer.checkpoint_meta = {"fingerprint": fingerprint}
     try:
@@ -406,6 +423,8 @@ def train_stage(
         metrics["target_tokens_per_second"] = collator.target_tokens / runtime
         metrics["tokens_per_second"] = collator.tokens / runtime
     metrics["global_step"] = float(trainer.state.global_step)
+    if master_weights:  # the stage's result is the float32 masters, not their bf16 rounding
+        getattr(trainer.optimizer, "optimizer", trainer.optimizer).export_to(trainer.model)
     if evaluation is not None:
         metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
 
@@ -473,46 +492,47 @@ def train_glpft(
     data_version: str | dict[str, str] | None = None,
     tracking: bool = True,
     experiment: str = DEFAULT_EXPERIMENT,
+    callbacks: dict[str, list] | None = None,
 ) -> dict[str, StageResult]:
     """Global first, then each local stage from the global model (or, with from_backbone, the one-stage ablation:
-    each local stage straight from the backbone and no global stage). Stage directories: `<out_root>/<stage>`."""
+    each local stage straight from the backbone and no global stage), then the compute-matched control when
+    `stages` names it (CONTROL_STAGE: the global model trained on for the local stages' budget). Stage directories:
+    `<out_root>/<stage>`. Called again on the same folders it continues where it stopped: finished stages are
+    skipped, an interrupted one resumes from its last complete checkpoint. callbacks: {stage: TrainerCallbacks}."""
     if isinstance(config, str):
         config = load_config(config)
-    unknown = [s for s in stages if s not in STAGES]
+    unknown = [s for s in stages if s not in TRAINABLE_STAGES]
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; known {list(STAGES)}")
+        raise ValueError(f"unknown stage(s) {unknown}; known {list(TRAINABLE_STAGES)}")
     out_root = Path(out_root)
     results: dict[str, StageResult] = {}
 
     def version(stage: str) -> str | None:
         return data_version.get(stage) if isinstance(data_version, dict) else data_version
 
-    global_model = Path(backbone)
-    if not from_backbone and "global" in stages:
-        results["global"] = train_stage(
-            "global",
+    def train(stage: str, init_from: Path) -> StageResult:
+        return train_stage(
+            stage,
             config,
             datasets_dir,
-            out_root / "global",
-            backbone,
-            data_version=version("global"),
+            out_root / stage,
+            init_from,
+            data_version=version(dataset_role(stage)),
             tracking=tracking,
             experiment=experiment,
+            callbacks=(callbacks or {}).get(stage),
         )
+
+    if from_backbone and CONTROL_STAGE in stages:
+        raise ValueError("the compute-matched control continues the global model: not part of the one-stage ablation")
+    global_model = Path(backbone)
+    if not from_backbone and "global" in stages:
+        results["global"] = train("global", Path(backbone))
         global_model = results["global"].checkpoint
     elif not from_backbone:
         global_model = out_root / "global" / "model"
         if not (global_model / STAGE_MANIFEST).exists():
             raise FileNotFoundError(f"local stages start from the global model, but {global_model} is not trained yet")
-    for stage in (s for s in LOCAL_STAGES if s in stages):
-        results[stage] = train_stage(
-            stage,
-            config,
-            datasets_dir,
-            out_root / stage,
-            global_model,
-            data_version=version(stage),
-            tracking=tracking,
-            experiment=experiment,
-        )
+    for stage in (s for s in (*LOCAL_STAGES, CONTROL_STAGE) if s in stages):
+        results[stage] = train(stage, global_model)
     return results
