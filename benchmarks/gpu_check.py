@@ -241,9 +241,10 @@ def environment() -> dict:
     return env
 
 
-def check_imports() -> int:
-    """What `gpu_check.sh run` asks before the real run: exit 0 when training and generation can import (the wheels
-    installed fit this machine's torch); the service's packages are only reported."""
+def check_imports(args) -> int:
+    """What `gpu_check.sh run` asks before the real run: exit 0 when training and generation import (the wheels
+    installed fit this machine's torch) and, with CUDA, one packed and one per-step bf16 step of a two-layer model
+    runs there; the service's packages are only reported."""
     env = environment()
     print(json.dumps(env, indent=2))
     missing = missing_modules(CORE_MODULES)
@@ -251,14 +252,48 @@ def check_imports() -> int:
         print(f"cannot import {name}: {why}")
     for name, why in missing_modules(SERVICE_MODULES).items():
         print(f"(the serve check will be skipped) cannot import {name}: {why}")
-    if not missing and env["cuda"]:
-        import torch
-        import torch.nn.functional as F
+    if missing:
+        return 1
+    if env["cuda"]:
+        try:
+            print(f"CUDA smoke test (losses): {smoke(args, 'cuda')}")
+        except Exception:  # noqa: BLE001 -- reported; the caller tries the next set of packages
+            traceback.print_exc()
+            return 1
+    return 0
 
-        q = torch.randn(1, 4, 64, 32, device="cuda", dtype=torch.bfloat16)
-        F.scaled_dot_product_attention(q, q, q, is_causal=True)
-        print("CUDA: bf16 attention ran")
-    return 1 if missing else 0
+
+def smoke(args, device: str) -> dict:
+    """Per-step and packed completion_loss, forward and backward in bf16 autocast, of a tiny model on the device."""
+    import torch
+
+    from umi.train.engine import completion_loss
+    from umi.train.packing import PackedCollator, packed_row, use_tree_attention
+    from umi.train.tokenize import CompletionCollator
+
+    workdir = Path(tempfile.mkdtemp(prefix="umi-gpu-check-smoke-"))
+    try:
+        tokenizer = load_tokenizer(args.data, workdir)
+        examples, _, _ = tree_examples(read_jsonl_gz(args.data / TRAIN_SAMPLE)[:3], tokenizer, 4096)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    model = make_model("tiny", tokenizer, 0).to(device)
+    use_tree_attention(model)
+    pad = tokenizer.pad_token_id
+    batches = {
+        "per_step": CompletionCollator(pad)(
+            [{"input_ids": e.encoded.input_ids, "labels": e.encoded.labels} for e in examples]
+        ),
+        "packed": PackedCollator(pad)([packed_row(examples, 4096)]),
+    }
+    out = {}
+    for name, batch in batches.items():
+        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items() if k != "real_tokens"}
+        with torch.autocast(device, dtype=torch.bfloat16):
+            loss, _ = completion_loss(model, batch)
+        loss.backward()
+        out[name] = round(loss.item(), 4)
+    return out
 
 
 # --- sample and model ---------------------------------------------------------------------------------------------
@@ -636,11 +671,9 @@ def teach(model, tokenizer, pairs: list[tuple[str, str, tuple[int, int]]], args)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if loss.item() < TEACH_LOSS:
-            return {"teach_steps": step, "teach_loss": round(loss.item(), 5)}
-    raise AssertionError(
-        f"the chat turn was not learnt: loss {loss.item():.4f} after {args.teach_steps} steps at lr {args.teach_lr} "
-        f"(wanted < {TEACH_LOSS}; see --teach-steps, --teach-lr)"
-    )
+            break
+    # not reaching TEACH_LOSS fails nothing by itself: the served turn is the check
+    return {"teach_steps": step, "teach_loss": round(loss.item(), 5), "teach_lr": args.teach_lr}
 
 
 def check_serve(state: dict, args, workdir: Path) -> dict:
@@ -817,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_sample:
         return write_sample(args)
     if args.check_imports:
-        return check_imports()
+        return check_imports(args)
 
     # tool workers of the service (umi.serve.sandbox) are new processes: they find umi as this one does
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))

@@ -91,6 +91,13 @@ def test_the_committed_sample_is_small_and_what_its_manifest_says():
         assert json.load(f)["model"]["type"] == "BPE"
 
 
+def test_the_preflight_step_runs_per_step_and_packed_to_the_same_loss():
+    """`--check-imports` runs this on the device before the real run (here on CPU, bf16 autocast as there)."""
+    gc = load_script()
+    losses = gc.smoke(gc.parse_args([]), "cpu")
+    assert losses["per_step"] == pytest.approx(losses["packed"], rel=2e-2)
+
+
 def device_like_site(folder: Path) -> Path:
     """A folder of links to the installed packages the device machine would have (its image's, the carried wheels),
     for an interpreter started without site-packages."""
