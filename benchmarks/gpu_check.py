@@ -152,6 +152,14 @@ def free_cuda() -> None:
         torch.cuda.empty_cache()
 
 
+class CheckFailed(Exception):
+    """A check that failed after measuring something: `result` is kept in the JSON beside the error."""
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result
+
+
 class Report:
     """The run's figures: every check's result, `skipped` reasons, failures; written to --json after each check."""
 
@@ -186,7 +194,8 @@ class Report:
             entry = {"status": "ok", **(result or {})}
         except Exception as e:  # noqa: BLE001 -- any failure is reported, the remaining checks still run
             traceback.print_exc()
-            entry = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+            partial = e.result if isinstance(e, CheckFailed) else {}
+            entry = {"status": "failed", "error": f"{type(e).__name__}: {e}", **partial}
             self.data["failed"].append(name)
             result = None
         entry["seconds"] = round(time.perf_counter() - start, 2)
@@ -365,6 +374,7 @@ def train_config(args, packing: bool):
 def train_arm(packing: bool, examples: list, tokenizer, args, workdir: Path, peak: float | None):
     """One arm of the training check: the global stage's engine for args.steps optimiser steps; (figures, model)."""
     import torch
+    from accelerate.utils import extract_model_from_parallel
     from transformers import TrainerCallback
     from transformers.trainer_utils import SaveStrategy
 
@@ -413,6 +423,9 @@ def train_arm(packing: bool, examples: list, tokenizer, args, workdir: Path, pea
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     output = trainer.train()
+    # accelerate wrapped model.forward in bf16 autocast for the Trainer (mixed precision): unwrapped, the model runs
+    # in the precision each later check asks for (the loss check's fp32 comparison would otherwise be bf16's)
+    model = extract_model_from_parallel(model, keep_fp32_wrapper=False)
     marks = clock.marks
     if len(marks) <= args.warmup_steps:
         raise RuntimeError(f"{len(marks)} steps ran, not more than the {args.warmup_steps} warm-up steps")
@@ -438,6 +451,7 @@ def train_arm(packing: bool, examples: list, tokenizer, args, workdir: Path, pea
         "activation_checkpointing": use_gradient_checkpointing(config),
         "attention": model.config._attn_implementation,
         "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+        "parameters": params,
     }
     log(
         f"{name}: {result['target_tokens_per_second']} target tok/s, {result['tokens_per_second']} tok/s, "
@@ -458,14 +472,21 @@ def check_train(state: dict, args, workdir: Path, report: Report) -> dict:
     )
     if peak is None:
         report.skip("train.mfu", f"no bf16 peak to compare against ({peak_source})")
-    per_step, model = train_arm(False, examples, tokenizer, args, workdir, peak)
-    del model
-    free_cuda()
-    packed, model = train_arm(True, examples, tokenizer, args, workdir, peak)
-    state["model"] = model
-    if not per_step["bf16"]:
+    arms, errors = {}, {}
+    for packing in (False, True):  # each arm runs whatever befell the other; the last model trained goes on
+        name = "packed" if packing else "per_step"
+        try:
+            arms[name], model = train_arm(packing, examples, tokenizer, args, workdir, peak)
+            state.pop("model", None)
+            free_cuda()
+            state["model"] = model
+        except Exception as e:  # noqa: BLE001 -- reported with the other arm's figures
+            traceback.print_exc()
+            errors[name] = f"{type(e).__name__}: {e}"
+            free_cuda()
+    if any(not arm["bf16"] for arm in arms.values()):
         report.skip("train.bf16", "no CUDA device with bf16: the engine's precision `auto` trains in fp32")
-    return {
+    result = {
         "profile": args.profile,
         "examples_per_epoch": len(examples),
         "per_device_batch_size": config.per_device_batch_size,
@@ -473,14 +494,21 @@ def check_train(state: dict, args, workdir: Path, report: Report) -> dict:
         "max_length": config.max_length,
         "pack_length": config.pack_budget(),
         "warmup_steps": args.warmup_steps,
-        "parameters": sum(p.numel() for p in model.parameters()),
         "peak_bf16_tflops": peak,
         "peak_source": peak_source,
         "flops_counted": "6 x parameters x tokens run (no attention products, no recomputation)",
-        "per_step": per_step,
-        "packed": packed,
-        "packed_over_per_step": round(packed["target_tokens_per_second"] / per_step["target_tokens_per_second"], 3),
+        **{name: arms.get(name, {"error": errors.get(name)}) for name in ("per_step", "packed")},
     }
+    if errors:
+        raise CheckFailed("; ".join(f"{k}: {v}" for k, v in errors.items()), result)
+    speed = result["packed"]["target_tokens_per_second"] / result["per_step"]["target_tokens_per_second"]
+    result["packed_over_per_step"] = round(speed, 3)
+    # both arms' timed steps cover the same examples only when they are whole epochs (the samplers order differently)
+    steps_per_epoch = len(examples) // config.global_batch_size
+    result["timed_whole_epochs"] = (args.steps - args.warmup_steps) % steps_per_epoch == 0 and (
+        args.warmup_steps % steps_per_epoch == 0
+    )
+    return result
 
 
 # --- 2. loss agreement --------------------------------------------------------------------------------------------
@@ -536,7 +564,7 @@ def check_loss(state: dict, args, report: Report) -> dict:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         dtypes.append("bf16")
     else:
-        report.skip("loss.bf16", "no CUDA device with bf16 (the Trainer trains in fp32 here)")
+        report.skip("loss.bf16", "no CUDA device with bf16: bf16 autocast here would be the CPU kernels, not the GPU's")
     problems = []
     for dtype in dtypes:
         loss_a, grad_a = run(per_step, dtype)
@@ -557,7 +585,7 @@ def check_loss(state: dict, args, report: Report) -> dict:
             problems.append(f"{dtype}: loss rel diff {rel:.2e} (max {tol['loss_rel']}), cosine {cosine:.6f}")
     model.zero_grad(set_to_none=True)
     if problems:
-        raise AssertionError("packed and per-step disagree: " + "; ".join(problems))
+        raise CheckFailed("packed and per-step disagree: " + "; ".join(problems), out)
     return out
 
 
@@ -596,15 +624,23 @@ def check_generate(state: dict, args, workdir: Path) -> dict:
         "new_tokens_each": args.gen_new_tokens,
         "prompt_tokens_mean": None,
     }
-    for batch in (1, args.gen_batch):
-        cuda_sync()
-        start = time.perf_counter()
-        done = backend.generate_batch(requests, batch_size=batch)
-        cuda_sync()
-        seconds = time.perf_counter() - start
+    errors = []
+    for batch in (1, args.gen_batch):  # each batch size runs whatever befell the other
+        try:
+            cuda_sync()
+            start = time.perf_counter()
+            done = backend.generate_batch(requests, batch_size=batch)
+            cuda_sync()
+            seconds = time.perf_counter() - start
+        except Exception as e:  # noqa: BLE001 -- reported with the other batch size's figures
+            traceback.print_exc()
+            errors.append(f"batch {batch}: {type(e).__name__}: {e}")
+            out[f"batch_{batch}"] = {"error": errors[-1]}
+            free_cuda()
+            continue
         new = sum(g.new_tokens for g in done)
         if new != len(requests) * args.gen_new_tokens:
-            raise AssertionError(f"batch {batch}: {new} new tokens, expected {len(requests) * args.gen_new_tokens}")
+            errors.append(f"batch {batch}: {new} new tokens, expected {len(requests) * args.gen_new_tokens}")
         out["prompt_tokens_mean"] = round(sum(g.prompt_tokens for g in done) / len(done), 1)
         out[f"batch_{batch}"] = {
             "seconds": round(seconds, 3),
@@ -612,11 +648,13 @@ def check_generate(state: dict, args, workdir: Path) -> dict:
             "tokens_per_second": round(new / seconds, 1),
         }
         log(f"generate batch {batch}: {new / seconds:.1f} new tokens/s ({seconds:.1f} s)")
+    del backend
+    free_cuda()
+    if errors:
+        raise CheckFailed("; ".join(errors), out)
     out["batch_speedup"] = round(
         out[f"batch_{args.gen_batch}"]["tokens_per_second"] / out["batch_1"]["tokens_per_second"], 2
     )
-    del backend
-    free_cuda()
     return out
 
 
@@ -712,9 +750,8 @@ def check_serve(state: dict, args, workdir: Path) -> dict:
         "usage": response.get("usage"),
     }
     if call != ("get_weather", {"city": "Paris"}):
-        raise AssertionError(
-            f"expected a get_weather call for Paris, the service answered {json.dumps(response)[:800]}"
-        )
+        out["response"] = response
+        raise CheckFailed("the served turn is not the get_weather call for Paris it was taught", out)
     return out
 
 
@@ -935,20 +972,24 @@ def run_checks(args, report: Report, workdir: Path) -> None:
 
 
 def summarise(data: dict) -> None:
-    """The figures in a few lines, at the end of the log."""
+    """The figures in a few lines, at the end of the log (a failed check's figures too, where it has some)."""
     checks = data["checks"]
     print("\n== gpu check: " + ("all checks ok" if data["ok"] else f"FAILED: {', '.join(data['failed'])}"))
     print(f"device: {data['environment']['device_name']}")
+    for name, check in checks.items():
+        if check.get("status") == "failed":
+            print(f"{name} FAILED: {check.get('error')}")
     train = checks.get("train", {})
-    if train.get("status") == "ok":
-        for arm in ("per_step", "packed"):
-            r = train[arm]
+    for arm in ("per_step", "packed"):
+        r = train.get(arm) or {}
+        if "target_tokens_per_second" in r:
             mfu = f", MFU {r['mfu']:.1%}" if r.get("mfu") is not None else ""
             print(
                 f"train {arm:<8}: {r['target_tokens_per_second']:>10.1f} target tok/s {r['tokens_per_second']:>10.1f}"
                 f" tok/s  {r['seconds_per_step']:.3f} s/step{mfu}  (bf16 {r['bf16']}, ckpt "
-                f"{r['activation_checkpointing']}, {r['attention']})"
+                f"{r['activation_checkpointing']}, {r['attention']}, {r['max_memory_gib']} GiB)"
             )
+    if "packed_over_per_step" in train:
         print(f"packed / per-step (target tok/s): {train['packed_over_per_step']:.2f}x")
     loss = checks.get("loss", {})
     for dtype in ("fp32", "bf16"):
@@ -956,13 +997,12 @@ def summarise(data: dict) -> None:
             r = loss[dtype]
             print(f"loss {dtype}: rel diff {r['loss_rel_diff']:.2e}, grad cosine {r['grad_cosine']:.6f}")
     gen = checks.get("generate", {})
-    if gen.get("status") == "ok":
-        batches = [k for k in gen if k.startswith("batch_") and k != "batch_speedup"]
-        print(
-            "generate: " + ", ".join(f"{k.replace('_', ' ')} {gen[k]['tokens_per_second']:.1f} tok/s" for k in batches)
-        )
+    rates = [f"{k.replace('_', ' ')} {v['tokens_per_second']:.1f} tok/s" for k, v in gen.items() if k.startswith("batch_")
+             and isinstance(v, dict) and "tokens_per_second" in v]  # fmt: skip
+    if rates:
+        print("generate: " + ", ".join(rates) + f" ({gen.get('dtype')} on {gen.get('device')})")
     serve = checks.get("serve", {})
-    if serve.get("status") == "ok":
+    if "turn_seconds" in serve:
         print(f"serve: {serve['tool_call']} in {serve['turn_seconds']} s on {serve['device']} ({serve['dtype']})")
     for what, why in data["skipped"].items():
         print(f"skipped {what}: {why}")

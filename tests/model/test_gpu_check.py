@@ -91,6 +91,22 @@ def test_the_committed_sample_is_small_and_what_its_manifest_says():
         assert json.load(f)["model"]["type"] == "BPE"
 
 
+def test_a_failed_check_keeps_its_figures_and_the_next_check_still_runs(tmp_path):
+    gc = load_script()
+    report = gc.Report(tmp_path / "out.json", [])
+
+    def half_done():
+        raise gc.CheckFailed("batch 32: OutOfMemoryError", {"batch_1": {"tokens_per_second": 10.0}})
+
+    report.run("generate", half_done)
+    report.run("serve", lambda: {"tool_call": None})
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["ok"] is False and data["failed"] == ["generate"]
+    assert data["checks"]["generate"]["batch_1"] == {"tokens_per_second": 10.0}
+    assert "OutOfMemoryError" in data["checks"]["generate"]["error"]
+    assert data["checks"]["serve"]["status"] == "ok"
+
+
 def test_the_preflight_step_runs_per_step_and_packed_to_the_same_loss():
     """`--check-imports` runs this on the device before the real run (here on CPU, bf16 autocast as there)."""
     gc = load_script()
