@@ -404,14 +404,14 @@ def train_arm(packing: bool, examples: list, tokenizer, args, workdir: Path, pea
         """(seconds, target tokens, tokens) at the end of every optimiser step; the Trainer collates a step's
         micro-batches before running them, so the counts at a step's end are those of the steps so far."""
 
-        marks: list[tuple[float, int, int]] = []
+        def __init__(self):
+            self.marks: list[tuple[float, int, int]] = []
 
         def on_step_end(self, *_, **__):
             cuda_sync()
             self.marks.append((time.perf_counter(), counter.target_tokens, counter.tokens))
 
     clock = StepClock()
-    clock.marks = []
     trainer = CompletionTrainer(
         model=model,
         args=training_args,
