@@ -243,7 +243,7 @@ def test_the_prompt_format_travels_with_the_checkpoints(tiny_backbone, role_data
     """Trained on reference-style docs, then evaluated and served without naming a style: both use the style the
     checkpoints recorded; roles trained with different styles are refused with a message that says so."""
     from umi.prompts import checkpoint_prompt_format
-    from umi.serve.service import build_engine
+    from umi.serve.engine import build_engine
     from umi.serve.settings import ServeSettings
     from umi.train.stages import train_glpft
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from umi.agent.loop import AgentConfig, AgentEvent, AgentResult, AlphaUMiAgent, ToolRuntime
@@ -40,7 +41,7 @@ from umi.serve.settings import ServeSettings
 from umi.tools.registry import ToolRegistry
 from umi.vocabulary import AGENT_ROLES
 
-__all__ = ["AgentEngine", "ToolChoice", "TurnResult", "client_tool_registry"]
+__all__ = ["AgentEngine", "ToolChoice", "TurnResult", "build_engine", "client_tool_registry"]
 
 ToolChoice = str  # "none" | "auto" | "required" | the name of one tool
 TurnKind = Literal["call", "answer", "give_up", "failed"]
@@ -242,3 +243,25 @@ class AgentEngine:
         if why is not None:
             return f"its arguments for {call.tool_name!r} break the tool's schema: {why}"
         return ""
+
+
+def build_engine(
+    settings: ServeSettings, dirs: Mapping[str, Path], base_dir: Path | None, info: Mapping[str, Mapping[str, Any]]
+) -> "AgentEngine":
+    """The role backends over `dirs`, by the loader and dtype rule of evaluation, prompted in the format the
+    checkpoints were trained with (ValueError when the roles disagree; `settings.doc_style` only fills in for
+    checkpoints that record none)."""
+    from umi.prompts import agreed_prompt_format, prompt_format
+    from umi.serve.backends import load_role_backends
+
+    trained_format = agreed_prompt_format(dirs, prompt_format(settings.doc_style, None))
+    backends = load_role_backends(
+        dirs,
+        base_dir=base_dir,
+        device=settings.device,
+        dtype=settings.dtype,
+        backend_options={"max_cache_slots": settings.cache_slots},
+        max_batch=settings.max_batch,
+        batch_wait_s=settings.batch_wait_ms / 1000,
+    )
+    return AgentEngine(backends, settings, models=info, doc_style=trained_format["doc_style"])

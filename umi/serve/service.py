@@ -23,6 +23,7 @@ from bentoml.exceptions import BentoMLException, NotFound
 
 from umi.serve.app import create_app
 from umi.serve.bento_models import BASE_MODEL, bento_model_name
+from umi.serve.engine import build_engine
 from umi.serve.settings import ServeSettings
 from umi.vocabulary import AGENT_ROLES
 
@@ -45,27 +46,6 @@ def _store_has_adapters() -> bool:
         return bentoml.models.get(f"{bento_model_name('planner')}:latest").info.labels.get("kind") == "lora-adapter"
     except (NotFound, BentoMLException):
         return False
-
-
-def build_engine(settings: ServeSettings, dirs: dict[str, Path], base_dir: Path | None, info: dict[str, dict]):
-    """The role backends over `dirs`, by the loader and dtype rule of evaluation, prompted in the format the
-    checkpoints were trained with (ValueError when the roles disagree; `settings.doc_style` only fills in for
-    checkpoints that record none)."""
-    from umi.prompts import agreed_prompt_format, prompt_format
-    from umi.serve.backends import load_role_backends
-    from umi.serve.engine import AgentEngine
-
-    trained_format = agreed_prompt_format(dirs, prompt_format(settings.doc_style, None))
-    backends = load_role_backends(
-        dirs,
-        base_dir=base_dir,
-        device=settings.device,
-        dtype=settings.dtype,
-        backend_options={"max_cache_slots": settings.cache_slots},
-        max_batch=settings.max_batch,
-        batch_wait_s=settings.batch_wait_ms / 1000,
-    )
-    return AgentEngine(backends, settings, models=info, doc_style=trained_format["doc_style"])
 
 
 api = create_app(SETTINGS, _current_engine)

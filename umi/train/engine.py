@@ -239,7 +239,7 @@ def encode_role_dataset_packed(
     """
     import datasets
 
-    from umi.train.packing import pack, tree_example
+    from umi.train.packing import pack, packed_row, tree_example
 
     ds = _load_records(path, role, cache_dir)
     source_examples = len(ds)
@@ -281,12 +281,10 @@ def encode_role_dataset_packed(
         _warn_too_long(path, too_long_ids, max_length)
     if not examples:
         raise ValueError(f"{path}: every example is longer than max_length={max_length} tokens even without history")
-    rows = []
-    for at in range(0, len(examples), examples_per_row):
-        seqs = pack(examples[at : at + examples_per_row], pack_length)
-        row = {k: [s.to_row()[k] for s in seqs] for k in seqs[0].to_row()}
-        row["length"] = sum(len(s.input_ids) for s in seqs)
-        rows.append(row)
+    rows = [
+        packed_row(examples[at : at + examples_per_row], pack_length)
+        for at in range(0, len(examples), examples_per_row)
+    ]
     return EncodedDataset(
         datasets.Dataset.from_list(rows),
         too_long_ids,

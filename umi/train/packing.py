@@ -184,6 +184,15 @@ def pack(examples: Sequence[TreeExample], pack_length: int) -> list[PackedSequen
     return out
 
 
+def packed_row(examples: Sequence[TreeExample], pack_length: int) -> dict:
+    """One train row of the packed engine: a micro-batch of examples as its packed sequences (lists per field, what
+    PackedCollator takes) and `length`, the tokens the model runs over."""
+    seqs = pack(examples, pack_length)
+    row = {k: [s.to_row()[k] for s in seqs] for k in seqs[0].to_row()}
+    row["length"] = sum(len(s.input_ids) for s in seqs)
+    return row
+
+
 def tree_attention_mask(segment_ids, segment_parents, length: int):
     """The boolean [length, length] mask of one packed sequence (True: may attend), padding rows see only
     themselves (a fully masked row would make attention NaN)."""

@@ -199,8 +199,9 @@ def _flat_params(config: TrainConfig, stage: str) -> dict[str, str]:
     return {k: str(v) for k, v in params.items()}
 
 
-class _CountingCollator:
-    """Counts the target (loss) tokens and all real tokens that pass through, for throughput metrics."""
+class CountingCollator:
+    """Counts the target (loss) tokens and all real tokens that pass through, for throughput metrics (the stage's
+    metrics; benchmarks/gpu_check.py)."""
 
     def __init__(self, collate):
         self.collate = collate
@@ -385,7 +386,7 @@ def train_stage(
         write_json(state_path, state)
 
     collate = PackedCollator if config.packing else CompletionCollator
-    collator = _CountingCollator(collate(tokenizer.pad_token_id, pad_to_multiple_of=8 if has_gpu() else None))
+    collator = CountingCollator(collate(tokenizer.pad_token_id, pad_to_multiple_of=8 if has_gpu() else None))
     examples_total = math.ceil(train.examples * settings.epochs)
     if settings.max_steps:
         examples_total = min(examples_total, settings.max_steps * config.global_batch_size)
