@@ -27,6 +27,7 @@ __all__ = [
     "loaded_backends",
     "resolve_dtype",
     "training_budget",
+    "check_split",
 ]
 
 
@@ -112,3 +113,26 @@ def training_budget(checkpoints: Mapping[str, str | Path] | AgentSpec) -> dict[s
     steps = sum(int(m.get("metrics", {}).get("global_step", 0)) for m in seen.values())
     stages = sorted(str(m.get("stage")) for m in seen.values())
     return {"tokens": int(round(tokens)), "optimizer_steps": steps, "stages": stages}
+
+
+def check_split(spec: AgentSpec, current: Mapping) -> None:
+    """Refuse (ValueError) an evaluation whose split (`current`, umi.data.splits.split_rule of params.yaml) is not
+    the one any of the agent's checkpoints was trained on (their stage manifest's `split`): the test split would
+    then hold trajectories the models trained on, or leave out ones they did not. Checkpoints that record no split
+    (an imported backbone, stages trained before the split was recorded) are not checked."""
+    from umi.data.splits import split_differences
+
+    for role, path in spec.roles.items():
+        manifest = Path(path) / STAGE_MANIFEST
+        if not manifest.is_file():
+            continue
+        recorded = json.loads(manifest.read_text(encoding="utf-8")).get("split")
+        if recorded is None:
+            continue
+        differences = split_differences(recorded, current)
+        if differences:
+            raise ValueError(
+                f"agent {spec.name!r}: the {role} checkpoint {path} was trained on another split than params.yaml "
+                f"gives now ({'; '.join(differences)}): evaluate with the params.yaml it was trained with, or "
+                "retrain"
+            )

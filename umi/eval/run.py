@@ -24,11 +24,13 @@ from umi import prompts
 from umi.batching import batched_backends
 from umi.eval import baselines as base
 from umi.eval import evidence
-from umi.eval.agents import AgentSpec, loaded_backends, resolve_dtype, training_budget
+from umi.eval.agents import AgentSpec, check_split, loaded_backends, resolve_dtype, training_budget
 from umi.eval.generation_cache import GenerationCache, cached_backends
 from umi.eval.report import table_markdown, write_chart
 from umi.eval.settings import PROFILES, EvalSettings
+from umi.data.splits import split_rule
 from umi.eval.testsets import TestSet, live_entries, load_bfcl_test, load_toolbench_ood
+from umi.params import split_fractions
 from umi.prompts import DocStyle
 from umi.vocabulary import CHAMPION, LIVE_DEV, LIVE_TEST, SINGLE_LLM, SINGLE_MATCHED, TOOLBENCH_OOD
 
@@ -257,7 +259,8 @@ def evaluate(
     doc_style: the tool-doc rendering for checkpoints that record none (an imported backbone); a trained checkpoint's
     own prompt format (umi.prompts.checkpoint_prompt_format) wins, and an agent whose roles disagree is skipped.
     settings: an EvalSettings or a profile name ("cpu", "full"); generation caps, batch size, prompt budget.
-    params: params.yaml, for the split fractions the reorganisation used.
+    params: params.yaml, for the split fractions the reorganisation used; ValueError when it splits otherwise than
+    an agent's checkpoints record they were trained on (umi.eval.agents.check_split).
     selection: names of agents also evaluated on the dev split (static `bfcl-dev`, live `live_dev`, same limits):
     the numbers promotion decides on, so the test split only reports.
     baselines: add the trivial agents of umi.eval.baselines (plan rules, the no-call agent) to the report.
@@ -281,6 +284,10 @@ def evaluate(
     clash = set(names) & set(base.BASELINES)
     if clash:
         raise ValueError(f"agent names {sorted(clash)} are reserved for the baselines")
+    split = split_rule(split_fractions(params))  # what the test split is recomputed with, below
+    for spec in agents:
+        if not spec.missing_checkpoints():
+            check_split(spec, split)  # refuses a params.yaml that splits otherwise than the models were trained on
     if limit is not None and ood_limit is None:
         ood_limit = limit  # an explicit limit sizes both static test sets
     cfg = _settings(settings).with_(limit=limit, ood_limit=ood_limit, live_limit=live_limit, max_steps=max_steps)
@@ -415,6 +422,7 @@ def evaluate(
             "selection": selected,
             "references": list(references),
             "resolved_dtype": resolved_dtype,
+            "split": split,
             "generation_cache": None
             if generations is None
             else {"path": str(generations.path), **generations.stats.to_dict()},
