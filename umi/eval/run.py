@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from umi import prompts
 from umi.batching import batched_backends
+from umi.data.splits import split_rule
 from umi.eval import baselines as base
 from umi.eval import evidence
 from umi.eval.agents import AgentSpec, check_split, loaded_backends, resolve_dtype, training_budget
 from umi.eval.generation_cache import GenerationCache, cached_backends
 from umi.eval.report import table_markdown, write_chart
 from umi.eval.settings import PROFILES, EvalSettings
-from umi.data.splits import split_rule
 from umi.eval.testsets import TestSet, live_entries, load_bfcl_test, load_toolbench_ood
 from umi.params import split_fractions
 from umi.prompts import DocStyle
