@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from umi import model_registry as registry
-from umi.vocabulary import BASELINES, BFCL_DEV, CHAMPION, LIVE_DEV, SINGLE_LLM
+from umi.vocabulary import BFCL_DEV, CHAMPION, LIVE_DEV, NO_CALL, RULE_ALWAYS_CALLER, RULE_LAST_TURN, SINGLE_LLM
 
 TAG_PROMOTED_FROM = "umi.promoted_from"
 TAG_PROMOTED_AT = "umi.promoted_at"
@@ -50,8 +50,10 @@ TAG_PROMOTION_REASON = "umi.promotion_reason"
 TAG_PROMOTION_EVIDENCE = "umi.promotion_evidence"
 TAG_ROLLED_BACK_AT = "umi.rolled_back_at"
 
-STATIC_BASELINES = BASELINES[:2]  # the rules score static steps only, the no-call agent live rollouts only
-LIVE_BASELINES = BASELINES[2:]
+# what the headline must beat: the plan rules on the static headline (they predict plans only), the no-call agent on
+# the live one (the constant answer is R-L's floor, which the headline does not include)
+STATIC_BASELINES = (RULE_LAST_TURN, RULE_ALWAYS_CALLER)
+LIVE_BASELINES = (NO_CALL,)
 
 
 @dataclass(frozen=True)

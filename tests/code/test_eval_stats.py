@@ -147,12 +147,12 @@ def test_evidence_from_records_groups_steps_by_trajectory_and_category():
     ]
     items = evidence.static_items(records, {"x/1": "simple", "x/2": "multiple"})
     s = evidence.summary(items, "trajectories")
-    assert s["n"] == {"items": 3, "trajectories": 2}
+    assert s["n"] == {"items": 3, "trajectories": 2, "clusters": 2, "not_prompted": 0}
     assert s["intervals"]["plan_acc"]["value"] == pytest.approx(200 / 3)
     assert s["intervals"]["act_em"]["n"] == 2 and s["intervals"]["rouge_l"]["n"] == 1
     cats = evidence.by_category(items, "trajectories")
     assert cats["simple"]["intervals"]["plan_acc"]["value"] == 50.0
-    assert cats["multiple"]["n"] == {"items": 1, "trajectories": 1}
+    assert cats["multiple"]["n"] == {"items": 1, "trajectories": 1, "clusters": 1, "not_prompted": 0}
 
 
 def test_live_evidence_counts_entries_and_turns():

@@ -27,9 +27,9 @@ from umi.eval import baselines as base
 from umi.eval import evidence
 from umi.eval.agents import AgentSpec, check_split, loaded_backends, resolve_dtype, training_budget
 from umi.eval.generation_cache import GenerationCache, cached_backends
-from umi.eval.report import table_markdown, write_chart
+from umi.eval.report import add_verdicts, table_markdown, write_chart
 from umi.eval.settings import PROFILES, EvalSettings
-from umi.eval.testsets import TestSet, live_entries, load_bfcl_test, load_toolbench_ood
+from umi.eval.testsets import TestSet, live_entries, load_bfcl_test, load_toolbench_ood, load_train
 from umi.params import split_fractions
 from umi.prompts import DocStyle
 from umi.vocabulary import CHAMPION, LIVE_DEV, LIVE_TEST, SINGLE_LLM, SINGLE_MATCHED, TOOLBENCH_OOD
@@ -184,19 +184,30 @@ def _categories(test_set: TestSet) -> dict[str, str]:
     return {t.id: str(t.meta.get("category") or t.source) for t in test_set.trajectories}
 
 
-def _add_evidence(result: dict, records: dict, categories: dict[str, dict[str, str]]) -> None:
+def _clusters(test_set: TestSet) -> dict[str, str]:
+    """Trajectory id -> its twin group (the split key): the bootstrap's clusters (umi.eval.evidence)."""
+    return {t.id: t.split_key for t in test_set.trajectories}
+
+
+def _add_evidence(result: dict, records: dict, categories: dict[str, dict[str, str]], clusters: dict) -> None:
     """n, intervals and per-category numbers beside each of one agent's summaries."""
     for name, recs in records.get("static", {}).items():
-        items = evidence.static_items(recs, categories.get(name))
+        items = evidence.static_items(recs, categories.get(name), clusters.get(name))
         result["static"][name].update(evidence.summary(items, "trajectories"))
         result["static"][name]["categories"] = evidence.by_category(items, "trajectories")
     for key, recs in records.get("live", {}).items():
         if result.get(key) is not None:
-            result[key].update(evidence.summary(evidence.live_items(recs), "entries"))
+            result[key].update(evidence.summary(evidence.live_items(recs, clusters.get(key)), "entries"))
 
 
-def _add_paired(results: dict, records: dict, categories: dict[str, dict[str, str]], references: Sequence[str]) -> None:
-    """Every non-baseline agent against each reference agent and each baseline, on the same items."""
+def _add_paired(
+    results: dict,
+    records: dict,
+    categories: dict[str, dict[str, str]],
+    clusters: dict[str, dict[str, str]],
+    references: Sequence[str],
+) -> None:
+    """Every non-baseline agent against each reference agent and each baseline, on the items both were prompted on."""
     refs = [r for r in (*references, *base.BASELINES) if r in results]
     for name, result in results.items():
         if result.get("baseline"):
@@ -209,15 +220,17 @@ def _add_paired(results: dict, records: dict, categories: dict[str, dict[str, st
             for ts, recs in mine.get("static", {}).items():
                 if ts in theirs.get("static", {}):
                     cmp = evidence.compare(
-                        evidence.static_items(recs, categories.get(ts)),
-                        evidence.static_items(theirs["static"][ts], categories.get(ts)),
+                        evidence.static_items(recs, categories.get(ts), clusters.get(ts)),
+                        evidence.static_items(theirs["static"][ts], categories.get(ts), clusters.get(ts)),
                         static=True,
                     )
                     result["static"][ts].setdefault("paired", {})[ref] = cmp
             for key, recs in mine.get("live", {}).items():
                 if key in theirs.get("live", {}) and result.get(key) is not None:
                     cmp = evidence.compare(
-                        evidence.live_items(recs), evidence.live_items(theirs["live"][key]), static=False
+                        evidence.live_items(recs, clusters.get(key)),
+                        evidence.live_items(theirs["live"][key], clusters.get(key)),
+                        static=False,
                     )
                     result[key].setdefault("paired", {})[ref] = cmp
 
@@ -314,6 +327,7 @@ def evaluate(
             for r in t.rejected:
                 log.warning("%s: record %s rejected by the importer: %s", t.name, r["id"], r["reason"])
     categories = {t.name: _categories(t) for t in (*test_sets, *dev_sets)}
+    clusters = {t.name: _clusters(t) for t in (*test_sets, *dev_sets)}
     live_sets: dict[str, list] = {}
     if live:
         entries, available = live_entries(data_dir, cfg.live_limit, params)
@@ -323,6 +337,8 @@ def evaluate(
             dev_entries, dev_available = live_entries(data_dir, cfg.live_limit, params, split="dev")
             live_sets[LIVE_DEV] = dev_entries
             info[LIVE_DEV] = {"entries": len(dev_entries), "available": dev_available}
+        for key, chosen in live_sets.items():
+            clusters[key] = {e.trajectory_id: e.group or e.trajectory_id for e in chosen}
 
     results: dict[str, dict] = {}
     records: dict[str, dict] = {}
@@ -401,10 +417,20 @@ def evaluate(
         result, recs = run_agent(base.NO_CALL, base.no_call_backends(), with_dev)
         result["baseline"] = True
         results[base.NO_CALL], records[base.NO_CALL] = result, recs
+        if static:  # R-L's floor: the best fixed answer, chosen on the train split
+            chosen = base.best_constant(load_train(data_dir, params))
+            result = {"static": {}, "live": None, "baseline": True, "constant": chosen}
+            recs = {"static": {}, "live": {}}
+            for t in (*test_sets, *(dev_sets if with_dev else ())):
+                const_recs, metrics = base.constant_records(t.trajectories, chosen["answer"])
+                result["static"][t.name] = metrics.to_dict()
+                recs["static"][t.name] = const_recs
+            results[base.CONSTANT_ANSWER], records[base.CONSTANT_ANSWER] = result, recs
 
     for name, result in results.items():
-        _add_evidence(result, records[name], categories)
-    _add_paired(results, records, categories, references)
+        _add_evidence(result, records[name], categories, clusters)
+    _add_paired(results, records, categories, clusters, references)
+    family = add_verdicts(results)  # Holm over the report's verdicts: one family per report
 
     report = EvalReport(
         agents=results,
@@ -423,6 +449,7 @@ def evaluate(
             "references": list(references),
             "resolved_dtype": resolved_dtype,
             "split": split,
+            "verdict_family": family,
             "generation_cache": None
             if generations is None
             else {"path": str(generations.path), **generations.stats.to_dict()},
