@@ -28,6 +28,7 @@ __all__ = [
     "resolve_dtype",
     "training_budget",
     "check_split",
+    "raised_backends",
 ]
 
 
@@ -64,6 +65,31 @@ def load_backends(
         reuse_cache=reuse_cache,
         max_cache_slots=max_cache_slots,
     )
+
+
+def raised_backends(backends: Mapping[str, object], max_prompt_tokens: int, max_new_tokens: Mapping[str, int]) -> dict:
+    """{role: TransformersBackend} over the same models and tokenizers as `backends` (load_backends' result), with a
+    prompt budget of `max_prompt_tokens` (umi.eval.budget: where a prompt's tool docs alone overflow the base one).
+    One per distinct backend, as loaded."""
+    from umi.backend import TransformersBackend
+
+    roles_of: dict[int, list[str]] = {}
+    for role, backend in backends.items():
+        roles_of.setdefault(id(backend), []).append(role)
+    made: dict[int, TransformersBackend] = {}
+    out = {}
+    for role, backend in backends.items():
+        if id(backend) not in made:
+            cap = max(int(max_new_tokens.get(r, 0)) for r in roles_of[id(backend)])
+            made[id(backend)] = TransformersBackend(
+                backend.model,  # type: ignore[attr-defined]
+                backend.tokenizer,  # type: ignore[attr-defined]
+                context_length=max_prompt_tokens + cap,
+                adapter=getattr(backend, "adapter", None),
+                max_cache_slots=getattr(backend, "max_cache_slots", 3),
+            )
+        out[role] = made[id(backend)]
+    return out
 
 
 @contextmanager

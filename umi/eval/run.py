@@ -25,7 +25,8 @@ from umi.batching import batched_backends
 from umi.data.splits import split_rule
 from umi.eval import baselines as base
 from umi.eval import evidence
-from umi.eval.agents import AgentSpec, check_split, loaded_backends, resolve_dtype, training_budget
+from umi.eval.agents import AgentSpec, check_split, loaded_backends, raised_backends, resolve_dtype, training_budget
+from umi.eval.budget import base_budget, docs_budget, docs_first_backends
 from umi.eval.generation_cache import GenerationCache, cached_backends
 from umi.eval.report import add_verdicts, table_markdown, write_chart
 from umi.eval.settings import PROFILES, EvalSettings
@@ -326,6 +327,10 @@ def evaluate(
         for t in test_sets:
             for r in t.rejected:
                 log.warning("%s: record %s rejected by the importer: %s", t.name, r["id"], r["reason"])
+    # the prompts no agent may lose its tool docs on: the whole BFCL test split (the live entries are part of it)
+    docs_sets = []
+    if cfg.fit_tool_docs and (static or live):
+        docs_sets = load_bfcl_test(data_dir, None, params).trajectories
     categories = {t.name: _categories(t) for t in (*test_sets, *dev_sets)}
     clusters = {t.name: _clusters(t) for t in (*test_sets, *dev_sets)}
     live_sets: dict[str, list] = {}
@@ -389,15 +394,33 @@ def evaluate(
             log.warning("agent %s skipped: %s", spec.name, e)
             continue
         agent_started = time.perf_counter()
-        loading = {"max_prompt_tokens": cfg.max_prompt_tokens, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
+        budget = base_budget(spec, cfg.max_prompt_tokens, cfg.untrained_prompt_tokens)
+        loading = {"max_prompt_tokens": budget, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
         concurrent = cfg.live_concurrency if live_sets else 1  # live entries at once: their generations batch
         if concurrent > 1:  # each entry's roles keep their prompts' KV caches (TransformersBackend keeps 3 by default)
             loading["max_cache_slots"] = 3 * concurrent
-        with loaded_backends(spec, **loading) as loaded, batched_backends(loaded, concurrent) as backends:
-            if generations is not None:
-                backends = cached_backends(backends, spec.roles, generations, resolved_dtype)
-            result, recs = run_agent(spec.name, backends, spec.name in selected, agent_format["doc_style"])
-            del backends  # the wrappers hold the models: free them before the next agent loads
+        with loaded_backends(spec, **loading) as loaded:
+            raised = None
+            if cfg.fit_tool_docs and docs_sets:
+                tokenizer = next(iter(loaded.values())).tokenizer
+                needed = docs_budget(tokenizer, docs_sets, agent_format["doc_style"], loaded)
+                raised = needed + cfg.raised_history_tokens if needed > budget else None
+            result_budget = {"prompt_tokens": budget, "raised_prompt_tokens": raised}
+            raised_loaded = {} if raised is None else raised_backends(loaded, raised, cfg.max_new_tokens)
+            with (
+                batched_backends(loaded, concurrent) as backends,
+                batched_backends(raised_loaded, concurrent) as raised_batched,
+            ):
+                if generations is not None:
+                    backends = cached_backends(backends, spec.roles, generations, resolved_dtype)
+                    if raised_batched:
+                        raised_batched = cached_backends(raised_batched, spec.roles, generations, resolved_dtype)
+                if raised_batched:
+                    backends = docs_first_backends(backends, raised_batched)
+                result, recs = run_agent(spec.name, backends, spec.name in selected, agent_format["doc_style"])
+                del backends, raised_batched  # the wrappers hold the models: free them before the next agent loads
+            del raised_loaded
+        result["budget"] = result_budget
         result["seconds"] = round(time.perf_counter() - agent_started, 3)
         result["training"] = training_budget(spec)
         results[spec.name], records[spec.name] = result, recs
