@@ -31,7 +31,14 @@ from umi.schema import Trajectory
 from umi.train.tokenize import encode_prompt
 from umi.vocabulary import STAGE_MANIFEST
 
-__all__ = ["trained_prompt_tokens", "base_budget", "docs_budget", "DocsFirstBackend", "docs_first_backends"]
+__all__ = [
+    "trained_prompt_tokens",
+    "base_budget",
+    "docs_budget",
+    "gold_path_misfits",
+    "DocsFirstBackend",
+    "docs_first_backends",
+]
 
 
 def trained_prompt_tokens(spec: AgentSpec) -> int | None:
@@ -83,6 +90,40 @@ def docs_budget(tokenizer, trajectories: Iterable[Trajectory], doc_style: DocSty
         for p in rendered:
             most = max(most, len(encode_prompt(tokenizer, _without_history(p.prompt, p.history_span))))
     return most
+
+
+def gold_path_misfits(
+    tokenizer,
+    trajectories: Iterable[Trajectory],
+    doc_style: DocStyle,
+    roles: Iterable[str],
+    budget: int,
+    raised: int | None = None,
+) -> dict[str, list[str]]:
+    """Play each trajectory's gold path through the prompt builder (every role example along it: what an agent that
+    makes BFCL's gold calls is prompted with, turn after turn, the history carried over) and fit each prompt of
+    `roles` as evaluation does: to `budget`, else to `raised`. Returns {trajectory id: ["<example id> <role>", ...]}
+    for the trajectories with a prompt that fits neither: a live entry there cannot be passed at this budget, and
+    the report names it rather than count it as the agent's failure."""
+    from umi.data.examples import trajectory_examples
+    from umi.train.tokenize import fit_prompt
+
+    roles = set(roles)
+    out: dict[str, list[str]] = {}
+    for traj in trajectories:
+        for example in trajectory_examples(traj, doc_style):
+            if example["role"] not in roles:
+                continue
+            for limit in (budget, raised):
+                if limit is None:
+                    out.setdefault(traj.id, []).append(f"{example['id']} {example['role']}")
+                    break
+                try:
+                    fit_prompt(tokenizer, example["prompt"], example["history_span"], limit, example["id"])
+                    break
+                except TooLong:
+                    continue
+    return out
 
 
 class DocsFirstBackend:

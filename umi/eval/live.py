@@ -6,8 +6,15 @@ One entry, as the importer replays it: fresh tool instances from the entry's `in
 each turn.
 
 Step cap: each user turn gets `max_steps` planner turns, or the turns its gold needs when that is more (one per
-gold call plus one to conclude: `LiveEntry.steps_needed`; BFCL's own harness allows 20 steps a turn), so every
-entry can be passed and a failure is the agent's, not the cap's. The cap of each turn is in its record.
+gold call plus one to conclude: `LiveEntry.steps_needed`; BFCL's own harness allows 20 steps a turn), so the cap
+never decides a failure. The cap of each turn is in its record.
+
+Budget: an entry can be passed only if the prompts along its gold path fit the evaluation's prompt budget
+(umi.eval.budget: the training length, raised where the tool docs alone overflow it). evaluate() plays every entry's
+gold path through the prompt builder with the agent's tokenizer (`gold_path_misfits`); an entry whose gold path does
+not fit, or whose rollout ran out of context (`prompted: false`), is not prompted: left out of the pass rates and of
+paired comparisons, and named in the report, never counted as the agent's failure.
+tests/model/test_live_budget.py checks, with the real tokenizer, that every held-out entry fits the default budget.
 
 Headline: bfcl_eval's checker (`bfcl_checker_pass_rate`, the summary's `headline_metric`); our state check
 (`pass_rate`) beside it.

@@ -190,8 +190,14 @@ def _prompts_section(agents: Mapping[str, dict]) -> str:
                     f"| {name} | {TEST_SET_TITLES.get(s, s)} | {prompts['cut']} | {prompts['not_fitting']} | "
                     f"{prompts['steps_not_prompted']} of {prompts['steps']} steps |"
                 )
+        misfits = (result.get("budget") or {}).get("live_gold_path_misfits") or {}
         for key in LIVE_TEST_SETS:
             live = result.get(key) or {}
+            if misfits.get(key):
+                rows.append(
+                    f"| {name} | {TEST_SET_TITLES.get(key, key)}: gold path | – | – | {len(misfits[key])} entries "
+                    f"whose gold calls cannot be prompted at this budget ({', '.join(misfits[key])}) |"
+                )
             if "not_prompted" in live:
                 total = live["entries"] + live["not_prompted"]
                 ids = ", ".join(live.get("not_prompted_entries") or [])

@@ -26,7 +26,7 @@ from umi.data.splits import split_rule
 from umi.eval import baselines as base
 from umi.eval import evidence
 from umi.eval.agents import AgentSpec, check_split, loaded_backends, raised_backends, resolve_dtype, training_budget
-from umi.eval.budget import base_budget, docs_budget, docs_first_backends
+from umi.eval.budget import base_budget, docs_budget, docs_first_backends, gold_path_misfits
 from umi.eval.generation_cache import GenerationCache, cached_backends
 from umi.eval.report import add_verdicts, table_markdown, write_chart
 from umi.eval.settings import PROFILES, EvalSettings
@@ -334,6 +334,7 @@ def evaluate(
     categories = {t.name: _categories(t) for t in (*test_sets, *dev_sets)}
     clusters = {t.name: _clusters(t) for t in (*test_sets, *dev_sets)}
     live_sets: dict[str, list] = {}
+    live_trajectories: dict[str, list] = {}
     if live:
         entries, available = live_entries(data_dir, cfg.live_limit, params)
         live_sets[LIVE_TEST] = entries
@@ -344,6 +345,10 @@ def evaluate(
             info[LIVE_DEV] = {"entries": len(dev_entries), "available": dev_available}
         for key, chosen in live_sets.items():
             clusters[key] = {e.trajectory_id: e.group or e.trajectory_id for e in chosen}
+        for key, chosen in live_sets.items():  # the gold trajectories, for the gold-path budget check
+            split = "dev" if key == LIVE_DEV else "test"
+            by_id = {t.id: t for t in load_bfcl_test(data_dir, None, params, split=split).trajectories}
+            live_trajectories[key] = [by_id[e.trajectory_id] for e in chosen]
 
     results: dict[str, dict] = {}
     records: dict[str, dict] = {}
@@ -352,7 +357,15 @@ def evaluate(
     resolved_dtype = str(resolve_dtype(cfg.dtype)).removeprefix("torch.")
     generations = GenerationCache(cache) if cache is not None else None
 
-    def run_agent(name: str, backends: dict, with_dev: bool, doc_style: DocStyle = doc_style) -> tuple[dict, dict]:
+    def run_agent(
+        name: str,
+        backends: dict,
+        with_dev: bool,
+        doc_style: DocStyle = doc_style,
+        misfits: dict[str, list[str]] | None = None,
+    ) -> tuple[dict, dict]:
+        """misfits: live set -> trajectory ids whose gold path cannot be prompted at this agent's budget
+        (umi.eval.budget.gold_path_misfits): those entries are not prompted, whatever the rollout did."""
         result: dict[str, Any] = {"static": None, "live": None, "doc_style": doc_style}
         recs: dict[str, dict] = {"static": {}, "live": {}}
         if static:
@@ -376,6 +389,11 @@ def evaluate(
                 judge=judge,
                 progress=bars.live(f"{name} {key}"),
             )
+            unplayable = set((misfits or {}).get(key, ()))
+            for record in r.records:
+                if record["trajectory_id"] in unplayable:
+                    record["prompted"] = False  # the gold path does not fit the budget: not passable, not failed
+                    record["gold_path_fits"] = False
             result[key] = r.summary()
             recs["live"][key] = r.records
             _write_jsonl(details / f"{key.replace('_', '-')}-{_file_part(name)}.jsonl", r.records)
@@ -406,6 +424,12 @@ def evaluate(
                 needed = docs_budget(tokenizer, docs_sets, agent_format["doc_style"], loaded)
                 raised = needed + cfg.raised_history_tokens if needed > budget else None
             result_budget = {"prompt_tokens": budget, "raised_prompt_tokens": raised}
+            if live_sets:  # entries whose gold path cannot be prompted at this budget: named, not failed silently
+                tokenizer = next(iter(loaded.values())).tokenizer
+                result_budget["live_gold_path_misfits"] = {
+                    key: sorted(gold_path_misfits(tokenizer, trajs, agent_format["doc_style"], loaded, budget, raised))
+                    for key, trajs in live_trajectories.items()
+                }
             raised_loaded = {} if raised is None else raised_backends(loaded, raised, cfg.max_new_tokens)
             with (
                 batched_backends(loaded, concurrent) as backends,
@@ -417,7 +441,13 @@ def evaluate(
                         raised_batched = cached_backends(raised_batched, spec.roles, generations, resolved_dtype)
                 if raised_batched:
                     backends = docs_first_backends(backends, raised_batched)
-                result, recs = run_agent(spec.name, backends, spec.name in selected, agent_format["doc_style"])
+                result, recs = run_agent(
+                    spec.name,
+                    backends,
+                    spec.name in selected,
+                    agent_format["doc_style"],
+                    result_budget.get("live_gold_path_misfits"),
+                )
                 del backends, raised_batched  # the wrappers hold the models: free them before the next agent loads
             del raised_loaded
         result["budget"] = result_budget
