@@ -346,8 +346,8 @@ def evaluate(
         for key, chosen in live_sets.items():
             clusters[key] = {e.trajectory_id: e.group or e.trajectory_id for e in chosen}
         for key, chosen in live_sets.items():  # the gold trajectories, for the gold-path budget check
-            split = "dev" if key == LIVE_DEV else "test"
-            by_id = {t.id: t for t in load_bfcl_test(data_dir, None, params, split=split).trajectories}
+            held_out = "dev" if key == LIVE_DEV else "test"
+            by_id = {t.id: t for t in load_bfcl_test(data_dir, None, params, split=held_out).trajectories}
             live_trajectories[key] = [by_id[e.trajectory_id] for e in chosen]
 
     results: dict[str, dict] = {}
