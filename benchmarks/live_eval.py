@@ -21,6 +21,7 @@ from umi.agent.loop import build_agent
 from umi.backend import GenerationRequest
 from umi.batching import batched_backends
 from umi.eval.agents import AgentSpec, loaded_backends
+from umi.eval.budget import base_budget
 from umi.eval.live import run_live, without_timings
 from umi.eval.settings import EvalSettings
 from umi.eval.testsets import live_entries
@@ -40,7 +41,8 @@ def main() -> None:
     caps = {role: args.max_new_tokens for role in ("planner", "caller", "summarizer", "global")}
     settings = EvalSettings(max_new_tokens=caps, max_steps=1, stop_on_failure=True, dtype="float32")
     spec = AgentSpec.multi("bench", args.model, args.model, args.model)
-    loading = dict(max_prompt_tokens=settings.max_prompt_tokens, max_new_tokens=caps, dtype="float32")
+    budget = base_budget(spec, settings.max_prompt_tokens, settings.untrained_prompt_tokens)  # as evaluate() fits
+    loading = dict(max_prompt_tokens=budget, max_new_tokens=caps, dtype="float32")
     console.print(f"{len(entries)} of {available} held-out live entries, {args.model} in every role, caps {caps}")
 
     warm_up = GenerationRequest(prompt="warm up", max_new_tokens=2)  # first-call costs outside the timed part

@@ -9,12 +9,15 @@ paired on the same items, with the champion, the single LLM and the baselines (u
 2. A champion exists: the candidate is promoted only when the lower bound of the 95% interval of its paired
    difference with the champion on the headline is above zero and its permutation p-value is below 0.05 (with a
    handful of clusters the interval alone is too narrow), and no other metric says it got worse (interval below
-   zero with p < 0.05; for Hallu., lower is better: above zero).
+   zero with p < 0.05; for Hallu., lower is better: above zero), on the live dev entries and on the static `bfcl-dev`
+   steps alike, whichever is the headline: a live gain does not buy a static regression.
 3. No champion yet: the candidate must beat, that way, the single LLM (with no metric significantly worse) and every
    baseline: the no-call agent on the live headline; the plan rules, when the headline is static, on Plan ACC (a
    rule predicts a plan and nothing else, so Plan ACC is all it is scored on).
 4. A comparison the rule needs is missing (no dev evaluation, no single LLM in it, a paired section without the
-   headline): **no promotion**. A missing number never counts as a win.
+   headline): **no promotion**. A missing number never counts as a win. A comparison that errored (umi.eval.evidence
+   writes `{"error": ...}` where two agents' items could not be paired) blocks promotion with its reason: it is a
+   comparison not made, never a metric "not worse".
 
 The evidence (for each reference: n, difference, interval, p-value) is returned in `Decision.evidence` and recorded on
 the candidate versions and the MLflow run by the flows.
@@ -38,7 +41,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from umi import model_registry as registry
-from umi.vocabulary import BASELINES, BFCL_DEV, CHAMPION, LIVE_DEV, SINGLE_LLM
+from umi.vocabulary import BFCL_DEV, CHAMPION, LIVE_DEV, NO_CALL, RULE_ALWAYS_CALLER, RULE_LAST_TURN, SINGLE_LLM
 
 TAG_PROMOTED_FROM = "umi.promoted_from"
 TAG_PROMOTED_AT = "umi.promoted_at"
@@ -47,8 +50,10 @@ TAG_PROMOTION_REASON = "umi.promotion_reason"
 TAG_PROMOTION_EVIDENCE = "umi.promotion_evidence"
 TAG_ROLLED_BACK_AT = "umi.rolled_back_at"
 
-STATIC_BASELINES = BASELINES[:2]  # the rules score static steps only, the no-call agent live rollouts only
-LIVE_BASELINES = BASELINES[2:]
+# what the headline must beat: the plan rules on the static headline (they predict plans only), the no-call agent on
+# the live one (the constant answer is R-L's floor, which the headline does not include)
+STATIC_BASELINES = (RULE_LAST_TURN, RULE_ALWAYS_CALLER)
+LIVE_BASELINES = (NO_CALL,)
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,29 @@ def headline(evaluation: Mapping[str, Any] | None, rule: PromotionRule = DEFAULT
     if isinstance(static, Mapping) and static.get("steps"):
         return rule.static_test_set, rule.static_headline, dict(static)
     return None
+
+
+def _errors(paired: Mapping[str, Any]) -> list[str]:
+    """`metric: reason` of every comparison that errored (umi.eval.evidence.compare's `{"error": ...}`)."""
+    return [
+        f"{metric}: {entry['error']}"
+        for metric, entry in paired.items()
+        if isinstance(entry, Mapping) and entry.get("error") is not None
+    ]
+
+
+def _dev_sections(evaluation: Mapping[str, Any] | None, rule: PromotionRule) -> list[tuple[str, Mapping[str, Any]]]:
+    """(test set, section) of every dev evaluation there is: the live entries and the static steps, each checked for
+    regressions whatever the headline."""
+    evaluation = evaluation or {}
+    out = []
+    live = evaluation.get(rule.live_test_set)
+    if isinstance(live, Mapping):
+        out.append((rule.live_test_set, live))
+    static = (evaluation.get("static") or {}).get(rule.static_test_set)
+    if isinstance(static, Mapping):
+        out.append((rule.static_test_set, static))
+    return out
 
 
 def _worse(paired: Mapping[str, Any], rule: PromotionRule) -> list[str]:
@@ -170,10 +198,23 @@ def decide(
                 name,
                 evidence,
             )
+    sections = _dev_sections(candidate, rule)
+    for ref in dict.fromkeys([*must_beat, *no_worse]):
+        errored = [f"{ts}.{e}" for ts, sec in sections for e in _errors((sec.get("paired") or {}).get(ref) or {})]
+        if errored:
+            return Decision(
+                False,
+                f"the comparison with {ref} errored ({'; '.join(errored)}): a comparison not made cannot say "
+                "the candidate is not worse",
+                name,
+                evidence,
+            )
     for ref in no_worse:
-        worse = _worse(paired.get(ref) or {}, rule)
-        other = {} if test_set == rule.live_test_set else (candidate or {}).get(rule.live_test_set) or {}
-        worse += [f"live {m}" for m in _worse((other.get("paired") or {}).get(ref) or {}, rule)]
+        worse = [
+            m if ts == test_set else f"{ts}.{m}"
+            for ts, sec in sections
+            for m in _worse((sec.get("paired") or {}).get(ref) or {}, rule)
+        ]
         if worse:
             return Decision(
                 False, f"better than {ref} on {name}, but significantly worse on {', '.join(worse)}", name, evidence

@@ -44,8 +44,9 @@ SINGLE_MATCHED = "single-matched"  # the single LLM trained with the GLPFT stage
 CHAMPION = "champion"  # the registered champion agent (also the registry alias of its versions)
 RULE_LAST_TURN = "rule: last turn"  # the rule baselines (umi.eval.baselines): no model, static only
 RULE_ALWAYS_CALLER = "rule: always caller"
-NO_CALL = "no call"  # the do-nothing agent, live only
-BASELINES: tuple[str, ...] = (RULE_LAST_TURN, RULE_ALWAYS_CALLER, NO_CALL)
+NO_CALL = "no call"  # the do-nothing agent, static and live
+CONSTANT_ANSWER = "constant answer"  # the best fixed answer, chosen on train: R-L's floor (umi.eval.baselines)
+BASELINES: tuple[str, ...] = (RULE_LAST_TURN, RULE_ALWAYS_CALLER, NO_CALL, CONSTANT_ANSWER)
 
 # --- the checkpoint fingerprint ---------------------------------------------------------------------------------------
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".bin", ".gguf")

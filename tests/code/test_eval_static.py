@@ -116,15 +116,56 @@ def test_planner_without_decision_goes_on_as_caller(bfcl):
     assert m.hallu == 100.0 and m.hallucinated_steps == m.steps
 
 
-def test_prompts_that_do_not_fit_score_as_missing(bfcl):
+def test_steps_whose_prompts_do_not_fit_are_not_prompted_and_not_scored(bfcl):
+    """Not prompted is not wrong: the oracle stays perfect on the steps it was asked, the others are counted."""
     backend = oracle(bfcl, {"planner", "caller", "summarizer"})
     first = bfcl[0]
     planner_prompts = [ex["prompt"] for role, ex in role_examples(first, "compact") if role == "planner"]
     backend.too_long = set(planner_prompts)
     result = run_static({r: backend for r in ("planner", "caller", "summarizer")}, bfcl)
     assert result.too_long == len(planner_prompts)
-    assert result.metrics.plan_missing == len(planner_prompts)
-    assert result.metrics.plan_acc == pytest.approx(100 * (1 - len(planner_prompts) / result.metrics.steps))
+    assert headline(result) == PERFECT and result.metrics.plan_missing == 0
+    left_out = [r for r in result.records if not r["prompted"]]
+    assert len(left_out) == len(planner_prompts) and all(r["score"] is None for r in left_out)
+    assert {r["not_prompted_role"] for r in left_out} == {"planner"} and {r["trajectory_id"] for r in left_out} == {
+        first.id
+    }
+    s = result.summary()
+    assert s["steps"] == len(result.records) - len(planner_prompts)
+    assert s["prompts"] == {
+        "cut": 0,
+        "not_fitting": len(planner_prompts),
+        "steps_not_prompted": len(planner_prompts),
+        "steps": len(result.records),
+    }
+
+
+def test_a_caller_prompt_that_does_not_fit_leaves_its_step_unprompted(bfcl):
+    backend = oracle(bfcl, {"planner", "caller", "summarizer"})
+    caller_prompts = [ex["prompt"] for t in bfcl for role, ex in role_examples(t, "compact") if role == "caller"]
+    backend.too_long = {caller_prompts[0]}
+    result = run_static({r: backend for r in ("planner", "caller", "summarizer")}, bfcl)
+    (left_out,) = [r for r in result.records if not r["prompted"]]
+    assert left_out["not_prompted_role"] == "caller" and left_out["call_source"] is None
+    assert headline(result) == PERFECT
+
+
+def test_alpha_umi_calls_are_split_by_why_the_caller_ran(bfcl):
+    """A planner that writes no decision still sends the step to the caller (as the live loop does); the summary
+    counts those calls, their exact actions and hallucinations apart from the ones the planner decided."""
+    oracle_backend = oracle(bfcl, {"planner", "caller", "summarizer"})
+    undecided = OracleBackend(oracle_backend.targets)
+    first_planner = next(ex for t in bfcl for role, ex in role_examples(t, "compact") if role == "planner")
+    undecided.targets = dict(oracle_backend.targets)
+    gold = undecided.targets[first_planner["prompt"]]
+    assert gold.endswith(" Next: caller.")
+    undecided.targets[first_planner["prompt"]] = gold.removesuffix(" Next: caller.")  # the same thought, no decision
+    result = run_static({r: undecided for r in ("planner", "caller", "summarizer")}, bfcl)
+    sources = result.summary()["call_sources"]
+    assert sources["caller after an undecided planner"] == {"calls": 1, "exact_actions": 1, "hallucinations": 0}
+    decided = sources["planner decided caller"]
+    assert decided["calls"] == decided["exact_actions"] == result.metrics.call_steps - 1
+    assert run_static({"global": oracle(bfcl, {"global"})}, bfcl).summary()["call_sources"] is None
 
 
 def test_backends_must_be_a_known_set(bfcl):
@@ -144,7 +185,7 @@ def test_oracle_is_perfect_bfcl_grade_too_and_per_item(bfcl):
 
     items = evidence.static_items(result.records)  # the report's per-trajectory clusters, from the records
     ev = evidence.summary(items, "trajectories")
-    assert ev["n"] == {"items": s["steps"], "trajectories": len(bfcl)}
+    assert ev["n"] == {"items": s["steps"], "trajectories": len(bfcl), "clusters": len(bfcl), "not_prompted": 0}
     for name in ("plan_acc", "act_em", "arg_f1", "act_em_bfcl"):
         assert ev["intervals"][name]["value"] == pytest.approx(s[name])
     by_cat = evidence.by_category(items, "trajectories")

@@ -8,7 +8,7 @@ import pytest
 
 from umi.eval import evidence
 from umi.eval.baselines import RULE_ALWAYS_CALLER, RULE_LAST_TURN, rule_records
-from umi.eval.stats import Clusters, interval, normal_halfwidth, paired
+from umi.eval.stats import DEFAULT_RESAMPLES, Clusters, holm, interval, normal_halfwidth, p_text, paired
 from umi.schema import Step, ToolSpec, Trajectory
 
 
@@ -147,12 +147,12 @@ def test_evidence_from_records_groups_steps_by_trajectory_and_category():
     ]
     items = evidence.static_items(records, {"x/1": "simple", "x/2": "multiple"})
     s = evidence.summary(items, "trajectories")
-    assert s["n"] == {"items": 3, "trajectories": 2}
+    assert s["n"] == {"items": 3, "trajectories": 2, "clusters": 2, "not_prompted": 0}
     assert s["intervals"]["plan_acc"]["value"] == pytest.approx(200 / 3)
     assert s["intervals"]["act_em"]["n"] == 2 and s["intervals"]["rouge_l"]["n"] == 1
     cats = evidence.by_category(items, "trajectories")
     assert cats["simple"]["intervals"]["plan_acc"]["value"] == 50.0
-    assert cats["multiple"]["n"] == {"items": 1, "trajectories": 1}
+    assert cats["multiple"]["n"] == {"items": 1, "trajectories": 1, "clusters": 1, "not_prompted": 0}
 
 
 def test_live_evidence_counts_entries_and_turns():
@@ -211,3 +211,68 @@ def test_two_agreeing_clusters_are_not_significant():
         Clusters(tuple("abcdefgh"), (1.0,) * 8, (1.0,) * 8), Clusters(tuple("abcdefgh"), (0.0,) * 8, (1.0,) * 8)
     )
     assert big.p_value == pytest.approx(2 / 256) and significant(big.to_dict()) == "better"
+
+
+def _steps(agent_right: dict[str, bool], prompted: set[str] | None = None) -> list[dict]:
+    """Static records of one call step per id `<trajectory>#0`; `prompted`: the ids the agent was prompted on."""
+    out = []
+    for rid, ok in agent_right.items():
+        asked = prompted is None or rid in prompted
+        score = {"plan_correct": ok, "action_correct": ok, "hallucinated": False, "arg_f1": float(ok), "rouge_l": None}
+        out.append({"id": rid, "prompted": asked, "score": score if asked else None})
+    return out
+
+
+def test_steps_not_prompted_are_left_out_of_the_agent_and_of_its_pairs():
+    """A single LLM that could not be prompted on 4 of 10 trajectories (all of which α-UMi got right) is neither
+    scored 0 there nor compared there: the pair runs on the 6 both were prompted on and says it left 4 out."""
+    ids = [f"t{k}#0" for k in range(10)]
+    alpha = _steps({rid: True for rid in ids})
+    single = _steps({rid: k < 6 for k, rid in enumerate(ids)}, prompted=set(ids[:6]))
+    a_items, s_items = evidence.static_items(alpha), evidence.static_items(single)
+    summary = evidence.summary(s_items, "trajectories")
+    assert summary["n"]["items"] == 6 and summary["n"]["not_prompted"] == 4
+    assert summary["intervals"]["plan_acc"]["value"] == 100.0  # not 60: the unprompted steps are not misses
+    cmp = evidence.compare(a_items, s_items, static=True)
+    assert cmp["plan_acc"]["difference"] == 0.0 and cmp["plan_acc"]["n"] == 6 and cmp["plan_acc"]["left_out"] == 4
+    assert cmp["mean_static"]["left_out"] == 4
+
+
+def test_twin_trajectories_are_one_cluster():
+    """Twins (one split group) are resampled together: 20 trajectories in 10 twin pairs are 10 clusters."""
+    records = _steps({f"t{k}#0": k % 4 < 2 for k in range(20)})
+    twins = {f"t{k}": f"group{k // 2}" for k in range(20)}
+    alone = evidence.summary(evidence.static_items(records), "trajectories")
+    paired_up = evidence.summary(evidence.static_items(records, clusters=twins), "trajectories")
+    assert alone["n"]["clusters"] == 20 and alone["intervals"]["plan_acc"]["clusters"] == 20
+    assert paired_up["n"] == {"items": 20, "trajectories": 20, "clusters": 10, "not_prompted": 0}
+    assert paired_up["intervals"]["plan_acc"]["clusters"] == 10
+    width = lambda s: s["intervals"]["plan_acc"]["ci_high"] - s["intervals"]["plan_acc"]["ci_low"]  # noqa: E731
+    assert width(paired_up) > width(alone)  # identical twins are one observation, not two
+    other = _steps({f"t{k}#0": True for k in range(20)})
+    cmp = evidence.compare(
+        evidence.static_items(other, clusters=twins), evidence.static_items(records, clusters=twins), static=True
+    )
+    assert cmp["plan_acc"]["clusters"] == 10
+
+
+def test_live_entries_that_ran_out_of_context_are_not_prompted():
+    records = [
+        {"entry_id": "e1", "passed": True, "turns": 1, "turns_passed": 1, "prompted": True},
+        {"entry_id": "e2", "passed": False, "turns": 2, "turns_passed": 0, "prompted": False},
+    ]
+    s = evidence.summary(evidence.live_items(records), "entries")
+    assert s["n"] == {"items": 1, "entries": 1, "clusters": 1, "not_prompted": 1}
+    assert s["intervals"]["pass_rate"]["value"] == 100.0 and s["intervals"]["turn_pass_rate"]["n"] == 1
+
+
+def test_holm_adjusts_a_family_step_down():
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm([0.2, 0.2]) == pytest.approx([0.4, 0.4]) and holm([0.9, 0.6]) == pytest.approx([1.0, 1.0])
+    assert holm([]) == []
+
+
+def test_p_below_the_resampling_floor_is_printed_as_a_bound():
+    floor = 1 / (1 + DEFAULT_RESAMPLES)
+    assert p_text(floor) == "p < 0.001" and p_text(0.0009) == "p < 0.001"
+    assert p_text(0.0123) == "p = 0.012" and p_text(0.001) == "p = 0.001"

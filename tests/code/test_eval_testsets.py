@@ -121,7 +121,7 @@ def test_table_is_shaped_like_table_1():
     )
     assert lines[2] == "| backbone | 10.00 | 0.00 | 50.00 | 0.00 | – | 0.00 | 0.00 |"
     assert lines[3] == "| alpha-umi | 80.00 | 60.00 | 0.00 | 55.50 | 30.25 | 50.00 | 50.00 |"
-    assert "3 trajectories of 140, 7 scored steps" in md
+    assert "3 trajectories of 140, 7 gold steps" in md
     assert "2 BFCL multi_turn_base test entries of 17" in md
 
 

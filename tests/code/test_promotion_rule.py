@@ -156,3 +156,43 @@ def test_the_plan_rules_are_compared_on_plan_acc_not_on_a_mean_of_their_zeros():
     assert not d.promote and "not better than rule: last turn on bfcl-dev.plan_acc" in d.reason
     assert d.evidence["rule: last turn"]["metric"] == "plan_acc"
     assert d.evidence["rule: last turn"]["difference"] == pytest.approx(-25.0)  # 90 of 120 plans right vs 120
+
+
+def test_a_live_headline_does_not_hide_a_static_regression_on_dev():
+    """The live checker decides, and says better; the static dev steps say significantly worse: not promoted."""
+    n = 60
+    live = {
+        "entries": n,
+        "bfcl_checker_pass_rate": 60.0,
+        "paired": {
+            "champion": {
+                "bfcl_checker_pass_rate": {
+                    "difference": 30.0,
+                    "ci_low": 15.0,
+                    "ci_high": 45.0,
+                    "p_value": 0.001,
+                    "n": n,
+                    "clusters": n,
+                }
+            }
+        },
+    }
+    ev = candidate_eval(step_records([[False, False]] * n), {"champion": step_records([[True, True]] * n)})
+    ev["live_dev"] = live
+    d = decide(ev, has_champion=True)
+    assert d.headline == "live_dev.bfcl_checker_pass_rate"
+    assert not d.promote and "significantly worse on bfcl-dev.plan_acc" in d.reason
+    ev["static"]["bfcl-dev"]["paired"]["champion"] = {}  # no static regression: the live gain promotes
+    assert decide(ev, has_champion=True).promote
+
+
+def test_a_comparison_that_errored_blocks_promotion_with_its_reason():
+    n = 60
+    champion = step_records([[False, False] for _ in range(n)])
+    better = step_records([[True, True] for _ in range(n)])
+    ev = candidate_eval(better, {"champion": champion})
+    assert decide(ev, has_champion=True).promote
+    why = "paired() compares the same items: the agents' per-cluster item counts differ"
+    ev["static"]["bfcl-dev"]["paired"]["champion"]["hallu"] = {"error": why}
+    d = decide(ev, has_champion=True)
+    assert not d.promote and "errored" in d.reason and "bfcl-dev.hallu" in d.reason and why in d.reason

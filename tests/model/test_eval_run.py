@@ -83,7 +83,14 @@ def test_evaluate_end_to_end(tiny_backbone, data_dir, eval_store, tmp_path):
         build_agent=build_agent,
     )
 
-    assert set(report.agents) == {"alpha-umi", "single-llm", "rule: last turn", "rule: always caller", "no call"}
+    assert set(report.agents) == {
+        "alpha-umi",
+        "single-llm",
+        "rule: last turn",
+        "rule: always caller",
+        "no call",
+        "constant answer",
+    }
     assert "one-stage" in report.skipped and "missing" in report.skipped["one-stage"]
     sets = ["bfcl-test", "toolbench-ood"] if ood else ["bfcl-test"]
     for s in sets:  # what eval.json must carry per agent and test set: n, intervals, categories, paired
@@ -97,6 +104,16 @@ def test_evaluate_end_to_end(tiny_backbone, data_dir, eval_store, tmp_path):
         assert "rule: last turn" in entry["paired"]
         assert report.agents["rule: last turn"]["static"][s]["plan_acc"] is not None
     assert report.agents["no call"]["live"]["entries"] == 1
+    constant = report.agents["constant answer"]
+    assert constant["constant"]["chosen_on"].startswith("no train")  # params.yaml puts everything in test
+    assert (
+        constant["static"]["bfcl-test"]["rouge_l"] is not None and constant["static"]["bfcl-test"]["plan_acc"] is None
+    )
+    assert "rouge_l" in report.agents["alpha-umi"]["static"]["bfcl-test"]["paired"]["constant answer"]
+    assert report.settings["verdict_family"]["size"] > 0 and report.settings["split"]["fractions"]["test"] == 1.0
+    for name in ("alpha-umi", "single-llm"):  # the budget the prompts were fitted to, and what it cost them
+        assert report.agents[name]["budget"]["prompt_tokens"] == SMALL.max_prompt_tokens
+        assert report.agents[name]["static"]["bfcl-test"]["prompts"]["steps_not_prompted"] == 0
     assert report.agents["alpha-umi"]["training"] == {"tokens": 0, "optimizer_steps": 0, "stages": []}
     for name, result in ((n, r) for n, r in report.agents.items() if not r.get("baseline")):
         assert list(result["static"]) == sets
@@ -118,6 +135,7 @@ def test_evaluate_end_to_end(tiny_backbone, data_dir, eval_store, tmp_path):
     assert EvalReport.load(report.json_path).agents == data["agents"]
     table = report.table_path.read_text()
     assert table.splitlines()[0].startswith("| agent | BFCL test Plan ACC")
+    assert "| constant answer |" in table and "## Prompt budget" in table and "Holm-adjusted" in table
     assert "| alpha-umi |" in table and "| single-llm |" in table
     assert report.chart_path.read_bytes()[:4] == b"\x89PNG"
     details = sorted(p.name for p in (tmp_path / "eval" / "details").iterdir())
@@ -339,7 +357,8 @@ def test_a_stopped_evaluation_resumes_from_its_generation_cache(tiny_backbone, d
     )
     first = evaluate(agents, out_dir=tmp_path / "a", **common)
     made = first.settings["generation_cache"]
-    assert made["hits"] == 0 and made["misses"] > 0 and made["cost_seconds"] > 0
+    # hits already: a live rollout's first prompt is the static first step's, generated (at the raised budget) there
+    assert made["misses"] > made["hits"] and made["cost_seconds"] > 0
     assert 0 < len(GenerationCache(tmp_path / "gen.sqlite")) <= made["misses"]  # a repeated prompt is one row
 
     def no_generation(*args, **kwargs):
@@ -350,7 +369,7 @@ def test_a_stopped_evaluation_resumes_from_its_generation_cache(tiny_backbone, d
     monkeypatch.setattr(TransformersBackend, "decode_together", no_generation)
     second = evaluate(agents, out_dir=tmp_path / "b", **common)
     again = second.settings["generation_cache"]
-    assert again["misses"] == 0 and again["hits"] == made["misses"]
+    assert again["misses"] == 0 and again["hits"] == made["misses"] + made["hits"]
     assert again["cost_seconds"] == pytest.approx(made["cost_seconds"], rel=1e-6)
 
     def untimed(value):  # the records without their wall times, which a rerun cannot repeat
@@ -399,3 +418,54 @@ def test_live_with_entries_at_once_loads_batched_and_cached_backends(tiny_backbo
     assert report.settings["generation_cache"]["misses"] > 0
     for key in ("passed", "turns_passed", "bfcl_checker_passed"):
         assert report.agents["a"]["live"][key] == alone.agents["a"]["live"][key]
+
+
+def test_a_step_whose_prompt_does_not_fit_is_not_prompted_and_left_out_of_its_pairs(tiny_backbone, data_dir, tmp_path):
+    """At a budget below the multi-turn tool docs (and the raise switched off), the single LLM's multi-turn steps are
+    not prompted: not scored, counted in the report, and left out of its comparison with α-UMi; with the raise on,
+    the same budget is raised for those prompts only and every step is prompted."""
+    from transformers import AutoTokenizer
+
+    from umi.eval.budget import docs_budget
+    from umi.eval.testsets import load_bfcl_test
+
+    tiny = str(tiny_backbone)
+    trajectories = load_bfcl_test(data_dir / "data", None, data_dir / "params.yaml").trajectories
+    tok = AutoTokenizer.from_pretrained(tiny)
+    multi = [t for t in trajectories if t.meta.get("category") == "multi_turn_base"]
+    others = [t for t in trajectories if t not in multi]
+    roles = ("global", "planner", "caller")
+    need_multi, need_others = docs_budget(tok, multi, "compact", roles), docs_budget(tok, others, "compact", roles)
+    assert need_others + 100 < need_multi
+    budget = (need_others + need_multi) // 2  # the single-turn docs fit, the multi-turn docs do not
+    common = dict(
+        live=False,
+        toolbench_ood=None,
+        data_dir=data_dir / "data",
+        params=data_dir / "params.yaml",
+        tracking=False,
+        progress=False,
+    )
+    agents = [AgentSpec.multi("alpha-umi", tiny, tiny, tiny), AgentSpec.single("single-llm", tiny)]
+    cut = SMALL.with_(max_prompt_tokens=budget, fit_tool_docs=False)
+    report = evaluate(agents, out_dir=tmp_path / "cut", settings=cut, **common)
+    single = report.agents["single-llm"]["static"]["bfcl-test"]
+    multi_steps = single["prompts"]["steps"] - single["steps"]
+    assert single["prompts"]["steps_not_prompted"] == multi_steps > 0
+    assert single["n"]["not_prompted"] == multi_steps and single["n"]["items"] == single["steps"]
+    details = tmp_path / "cut" / "details" / "static-single-llm-bfcl-test.jsonl"
+    left = [r for r in map(json.loads, details.read_text().splitlines()) if not r["prompted"]]
+    assert len(left) == multi_steps and {r["category"] for r in left} == {"multi_turn_base"}
+    assert all(r["score"] is None for r in left)
+    pair = report.agents["alpha-umi"]["static"]["bfcl-test"]["paired"]["single-llm"]["plan_acc"]
+    assert pair["left_out"] >= multi_steps and pair["n"] == single["prompts"]["steps"] - pair["left_out"]
+    assert "## Prompt budget" in report.table_path.read_text() and f"{multi_steps} of " in report.table_path.read_text()
+
+    raised = evaluate(agents, out_dir=tmp_path / "raised", settings=cut.with_(fit_tool_docs=True), **common)
+    for name, its_roles in (("alpha-umi", ("planner", "caller")), ("single-llm", ("global",))):
+        entry = raised.agents[name]
+        assert entry["budget"]["prompt_tokens"] == budget
+        needed = docs_budget(tok, multi, "compact", its_roles)
+        assert entry["budget"]["raised_prompt_tokens"] == needed + SMALL.raised_history_tokens
+        assert entry["static"]["bfcl-test"]["prompts"]["steps_not_prompted"] == 0
+    assert raised.agents["alpha-umi"]["static"]["bfcl-test"]["paired"]["single-llm"]["plan_acc"]["left_out"] == 0

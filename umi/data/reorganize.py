@@ -6,7 +6,8 @@ the same lines fast, byte for byte (tests/data/test_reorganize.py checks it on r
 Output (the role-dataset contract): `<out>/<role>/<split>.jsonl`, one example a line
 `{"id", "trajectory_id", "role", "prompt", "target", "history_span"}` (compact JSON, UTF-8), split by umi.data.splits
 on the trajectory's split key; `<out>/rejects.jsonl` lists every trajectory that could not be converted (id, reason);
-`<out>/stats.json` the counts; `<out>/layout.json` how the folder was written. With `layout="trajectories"` the folder
+`<out>/stats.json` the counts; `<out>/layout.json` how the folder was written (layout, prompt format, and the split
+rule: fractions, least test shares, salt and group rule, which every checkpoint trained on it records). With `layout="trajectories"` the folder
 holds `<out>/trajectories/<split>.jsonl` instead and `iter_role_examples` renders the same examples when read.
 
 Deliberate differences from the reference's reorganisation (tests/data/test_reorganize.py names each):
@@ -41,7 +42,7 @@ from pydantic import ValidationError
 from umi import prompts
 from umi.data.examples import TEMPLATES, check_decisions
 from umi.data.importing import TooManyRejects, validation_problem
-from umi.data.splits import DEFAULT_FRACTIONS, SPLITS, Split, split_of
+from umi.data.splits import DEFAULT_FRACTIONS, SPLITS, Split, split_of, split_rule
 from umi.prompts import DocStyle
 from umi.schema import RecordError, Trajectory
 from umi.vocabulary import DATASET_LAYOUT, ROLES
@@ -504,6 +505,7 @@ def reorganize(
         "layout": options.layout,
         "doc_style": options.doc_style,
         "observation_limit": options.observation_limit,
+        "split": split_rule(options.fractions),  # the split travels with the data (umi.data.splits.split_rule)
     }
     (out / DATASET_LAYOUT).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     rejects_path = out / "rejects.jsonl"

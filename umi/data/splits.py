@@ -50,10 +50,43 @@ def fractions_for(
     return out
 
 
+SALT = "umi"
+# How a trajectory's split key is chosen (umi.schema.Trajectory.split_key): recorded with the split, so that a change
+# of the rule is a change of the split.
+GROUP_RULE = (
+    "group or id: BFCL entries sharing a normalised question or a gold answer are one group (umi.data.bfcl."
+    "entry_groups), a ToolBench group every record of one query; a trajectory without a group is its own"
+)
+
+
+def split_rule(fractions: Mapping[str, float] | None = None) -> dict:
+    """Everything that decides which split a trajectory falls in, as JSON: the fractions, the least test shares
+    (MIN_TEST_SHARE), the hash salt and the group rule. The dataset layout (umi.data.reorganize) and every stage
+    manifest trained on it record it; evaluation recomputes the split from params.yaml and refuses one that differs
+    (`split_differences`)."""
+    shares = {s: float((fractions or DEFAULT_FRACTIONS).get(s, 0.0)) for s in SPLITS}
+    _check(shares)
+    return {"fractions": shares, "min_test_share": dict(MIN_TEST_SHARE), "salt": SALT, "group_rule": GROUP_RULE}
+
+
+def split_differences(recorded: Mapping, current: Mapping) -> list[str]:
+    """What differs between two split rules (`split_rule`), field by field; [] when they split alike. Fractions are
+    compared to 1e-9, so 0.1 written as 0.10 is the same split."""
+    out = []
+    for key in ("fractions", "min_test_share"):
+        a, b = dict(recorded.get(key) or {}), dict(current.get(key) or {})
+        if set(a) != set(b) or any(abs(float(a[k]) - float(b[k])) > 1e-9 for k in a):
+            out.append(f"{key} {a} != {b}")
+    for key in ("salt", "group_rule"):
+        if recorded.get(key) != current.get(key):
+            out.append(f"{key} {recorded.get(key)!r} != {current.get(key)!r}")
+    return out
+
+
 def split_of(
     key: str,
     fractions: Mapping[str, float] | None = None,
-    salt: str = "umi",
+    salt: str = SALT,
     min_test_share: Mapping[str, float] | None = None,
 ) -> Split:
     shares = fractions_for(key, fractions, min_test_share)

@@ -27,6 +27,8 @@ __all__ = [
     "loaded_backends",
     "resolve_dtype",
     "training_budget",
+    "check_split",
+    "raised_backends",
 ]
 
 
@@ -63,6 +65,31 @@ def load_backends(
         reuse_cache=reuse_cache,
         max_cache_slots=max_cache_slots,
     )
+
+
+def raised_backends(backends: Mapping[str, object], max_prompt_tokens: int, max_new_tokens: Mapping[str, int]) -> dict:
+    """{role: TransformersBackend} over the same models and tokenizers as `backends` (load_backends' result), with a
+    prompt budget of `max_prompt_tokens` (umi.eval.budget: where a prompt's tool docs alone overflow the base one).
+    One per distinct backend, as loaded."""
+    from umi.backend import TransformersBackend
+
+    roles_of: dict[int, list[str]] = {}
+    for role, backend in backends.items():
+        roles_of.setdefault(id(backend), []).append(role)
+    made: dict[int, TransformersBackend] = {}
+    out = {}
+    for role, backend in backends.items():
+        if id(backend) not in made:
+            cap = max(int(max_new_tokens.get(r, 0)) for r in roles_of[id(backend)])
+            made[id(backend)] = TransformersBackend(
+                backend.model,  # type: ignore[attr-defined]
+                backend.tokenizer,  # type: ignore[attr-defined]
+                context_length=max_prompt_tokens + cap,
+                adapter=getattr(backend, "adapter", None),
+                max_cache_slots=getattr(backend, "max_cache_slots", 3),
+            )
+        out[role] = made[id(backend)]
+    return out
 
 
 @contextmanager
@@ -112,3 +139,26 @@ def training_budget(checkpoints: Mapping[str, str | Path] | AgentSpec) -> dict[s
     steps = sum(int(m.get("metrics", {}).get("global_step", 0)) for m in seen.values())
     stages = sorted(str(m.get("stage")) for m in seen.values())
     return {"tokens": int(round(tokens)), "optimizer_steps": steps, "stages": stages}
+
+
+def check_split(spec: AgentSpec, current: Mapping) -> None:
+    """Refuse (ValueError) an evaluation whose split (`current`, umi.data.splits.split_rule of params.yaml) is not
+    the one any of the agent's checkpoints was trained on (their stage manifest's `split`): the test split would
+    then hold trajectories the models trained on, or leave out ones they did not. Checkpoints that record no split
+    (an imported backbone, stages trained before the split was recorded) are not checked."""
+    from umi.data.splits import split_differences
+
+    for role, path in spec.roles.items():
+        manifest = Path(path) / STAGE_MANIFEST
+        if not manifest.is_file():
+            continue
+        recorded = json.loads(manifest.read_text(encoding="utf-8")).get("split")
+        if recorded is None:
+            continue
+        differences = split_differences(recorded, current)
+        if differences:
+            raise ValueError(
+                f"agent {spec.name!r}: the {role} checkpoint {path} was trained on another split than params.yaml "
+                f"gives now ({'; '.join(differences)}): evaluate with the params.yaml it was trained with, or "
+                "retrain"
+            )

@@ -7,7 +7,13 @@
 - `rule: always caller` (static): every step `caller`, the plan an untrained planner that echoes the instruction
   is read as.
 - `no call` (static and live): an agent whose planner always concludes and whose summarizer writes a fixed answer;
-  it never calls a tool. Live, it passes the turns that only read, so it is the floor of the live metrics.
+  it never calls a tool. Live, it passes the turns that only read, so it is the floor of the live metrics; static,
+  it is Hallu.'s floor: an agent that calls nothing never names an unknown tool (Hallu. 0), so a Hallu. reads
+  only beside the calls an agent made.
+- `constant answer` (static): the same answer at every gold finish step, scored on R-L only. The gold answers of
+  BFCL are synthetic templates (umi.data.synthetic), so a fixed sentence that shares their words scores R-L an agent
+  may not reach: R-L means something only above this row. The answer is the best of a small fixed set
+  (`CONSTANT_ANSWERS`) by R-L on the gold finish steps of the *train* split (`best_constant`), never on a test set.
 
 The rules are scored on the gold steps directly (they need no model); `no call` runs through the same static and live
 code as every other agent, over fixed-output backends.
@@ -22,11 +28,32 @@ from umi.backend import Generation, GenerationRequest
 from umi.eval.evidence import STATIC_METRICS
 from umi.eval.metrics import PlanLabel, Prediction, StaticMetrics, StaticStep, aggregate, gold_steps, score_step
 from umi.schema import RecordError, Trajectory
-from umi.vocabulary import BASELINES, NO_CALL, RULE_ALWAYS_CALLER, RULE_LAST_TURN
+from umi.vocabulary import BASELINES, CONSTANT_ANSWER, NO_CALL, RULE_ALWAYS_CALLER, RULE_LAST_TURN
 
-__all__ = ["RULES", "RULE_LAST_TURN", "RULE_ALWAYS_CALLER", "NO_CALL", "BASELINES", "rule_records", "no_call_backends"]
+__all__ = [
+    "RULES",
+    "RULE_LAST_TURN",
+    "RULE_ALWAYS_CALLER",
+    "NO_CALL",
+    "CONSTANT_ANSWER",
+    "CONSTANT_ANSWERS",
+    "BASELINES",
+    "rule_records",
+    "no_call_backends",
+    "best_constant",
+    "constant_records",
+]
 
 NO_CALL_ANSWER = "I cannot help with that."
+# the candidates of the constant-answer baseline, fixed before any test set was looked at: generic closings of a
+# tool-using assistant (the first one is taken when there is no train split to choose on)
+CONSTANT_ANSWERS: tuple[str, ...] = (
+    "Done. I used the tools for this request. The last result was: the result",
+    "I have completed this request with the tools.",
+    "Here is the result of the request.",
+    "Done.",
+    NO_CALL_ANSWER,
+)
 
 
 def _last_turn(previous_role: str | None) -> PlanLabel:
@@ -65,6 +92,56 @@ def rule_records(trajectories: Sequence[Trajectory], rule: str) -> tuple[list[di
             )
     metrics = aggregate(scores)
     return records, replace(metrics, **{m: None for m in STATIC_METRICS if m != "plan_acc"})
+
+
+def _finish_steps(trajectories: Sequence[Trajectory]):
+    for traj in trajectories:
+        try:
+            golds: list[StaticStep] = gold_steps(traj)
+        except RecordError:
+            continue  # the static runner rejects the same trajectories, with their reason
+        yield from golds
+
+
+def best_constant(train: Sequence[Trajectory], candidates: Sequence[str] = CONSTANT_ANSWERS) -> dict:
+    """The candidate answer with the highest R-L over the gold finish steps of `train` (the train split: never a
+    test set), ties to the earlier one. {"answer", "rouge_l" (on train, %; None without finish steps),
+    "finish_steps", "chosen_on"}."""
+    finishes = [g for g in _finish_steps(train) if g.gold_plan == "finish"]
+    if not finishes:
+        return {
+            "answer": candidates[0],
+            "rouge_l": None,
+            "finish_steps": 0,
+            "chosen_on": "no train finish step: the first",
+        }
+    scored = []
+    for answer in candidates:
+        scores = [score_step(g.with_prediction(Prediction(plan="finish", answer=answer))) for g in finishes]
+        scored.append((aggregate(scores).rouge_l or 0.0, answer))
+    best = max(scored, key=lambda t: t[0])  # max keeps the first of equals
+    return {"answer": best[1], "rouge_l": best[0], "finish_steps": len(finishes), "chosen_on": "train"}
+
+
+def constant_records(trajectories: Sequence[Trajectory], answer: str) -> tuple[list[dict], StaticMetrics]:
+    """Per-step records of the constant-answer baseline: `answer` at every gold finish step, scored on R-L only
+    (its other metrics are undefined, as a plan rule's are beyond Plan ACC)."""
+    records, scores = [], []
+    for gold in _finish_steps(trajectories):
+        finish = gold.gold_plan == "finish"
+        score = score_step(gold.with_prediction(Prediction(plan="finish", answer=answer))) if finish else None
+        if score is not None:
+            scores.append(score)
+        records.append(
+            {
+                "id": gold.id,
+                "predicted": {"answer": answer if finish else None},
+                "score": {"rouge_l": None if score is None else score.rouge_l},
+            }
+        )
+    metrics = aggregate(scores)
+    metrics = replace(metrics, **{m: None for m in STATIC_METRICS if m != "rouge_l"}, steps=len(records))
+    return records, metrics
 
 
 @dataclass

@@ -90,6 +90,7 @@ def _run(static: bool, live: bool, **options) -> None:
             batch_size=options["batch_size"],
             dtype=options["dtype"],
             max_prompt_tokens=options["max_prompt_tokens"],
+            fit_tool_docs=options["fit_tool_docs"],
             static_batching=options["static_batching"],
         )
     except ValueError as e:
@@ -142,7 +143,16 @@ OodLimit = Annotated[Optional[int], typer.Option(min=1, help="ToolBench OOD traj
 LiveLimit = Annotated[Optional[int], typer.Option(min=1, help="Live BFCL entries (default: profile's).")]
 MaxSteps = Annotated[Optional[int], typer.Option(min=1, help="Planner turns per user turn, live (default: profile's).")]
 Dtype = Annotated[Optional[str], typer.Option(help="auto | float32 | bfloat16 (default: the profile's, auto).")]
-PromptTokens = Annotated[Optional[int], typer.Option(min=16, help="Prompt token budget (default: the profile's).")]
+PromptTokens = Annotated[
+    Optional[int], typer.Option(min=16, help="Prompt token budget (default: what the agent was trained with).")
+]
+FitDocs = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--fit-tool-docs/--no-fit-tool-docs",
+        help="Raise the budget for prompts whose tool docs alone do not fit it (default: on).",
+    ),
+]
 Cache = Annotated[Optional[Path], typer.Option(help="Generation cache file: a stopped evaluation resumes from it.")]
 BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Static prompts decoded together.")]
 StaticBatching = Annotated[
@@ -176,6 +186,7 @@ def _command(static: bool, live: bool, doc: str):
         batch_size: BatchSize = None,
         static_batching: StaticBatching = None,
         max_prompt_tokens: PromptTokens = None,
+        fit_tool_docs: FitDocs = None,
         cache: Cache = None,
         dtype: Dtype = None,
         out: Out = Path("artifacts/eval"),

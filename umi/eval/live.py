@@ -6,8 +6,15 @@ One entry, as the importer replays it: fresh tool instances from the entry's `in
 each turn.
 
 Step cap: each user turn gets `max_steps` planner turns, or the turns its gold needs when that is more (one per
-gold call plus one to conclude: `LiveEntry.steps_needed`; BFCL's own harness allows 20 steps a turn), so every
-entry can be passed and a failure is the agent's, not the cap's. The cap of each turn is in its record.
+gold call plus one to conclude: `LiveEntry.steps_needed`; BFCL's own harness allows 20 steps a turn), so the cap
+never decides a failure. The cap of each turn is in its record.
+
+Budget: an entry can be passed only if the prompts along its gold path fit the evaluation's prompt budget
+(umi.eval.budget: the training length, raised where the tool docs alone overflow it). evaluate() plays every entry's
+gold path through the prompt builder with the agent's tokenizer (`gold_path_misfits`); an entry whose gold path does
+not fit, or whose rollout ran out of context (`prompted: false`), is not prompted: left out of the pass rates and of
+paired comparisons, and named in the report, never counted as the agent's failure.
+tests/model/test_live_budget.py checks, with the real tokenizer, that every held-out entry fits the default budget.
 
 Headline: bfcl_eval's checker (`bfcl_checker_pass_rate`, the summary's `headline_metric`); our state check
 (`pass_rate`) beside it.
@@ -66,6 +73,7 @@ __all__ = [
     "run_live",
 ]
 
+CONTEXT_EXHAUSTED = "context_exhausted"  # the agent loop's status of a turn whose prompt did not fit (umi.agent.loop)
 EXECUTED_KINDS = (None, "tool_error")  # error kinds of calls that ran (a tool that raised did run)
 HEADLINE_METRIC = "bfcl_checker_pass_rate"
 
@@ -229,6 +237,9 @@ def rollout_entry(agent, entry: LiveEntry, *, stop_on_failure: bool = True, judg
         "id": entry.entry_id,
         "trajectory_id": entry.trajectory_id,
         "category": entry.category,
+        # a turn whose prompt did not fit the budget even with no history was never put to the agent: the entry is
+        # not prompted, left out of the pass rates and of paired comparisons (not a failure of the agent's)
+        "prompted": not any(t["status"] == CONTEXT_EXHAUSTED for t in turns),
         "passed": passed,
         "turns_run": len(turns),
         "turns": len(entry.turns),
@@ -259,15 +270,17 @@ class LiveResult:
 
     def summary(self) -> dict[str, Any]:
         """pass_rate (our state check) / bfcl_checker_pass_rate (the headline, `headline_metric`) / turn_pass_rate /
-        agreement: percentages (None with no entries); entries, passed, bfcl_checker_passed, turns, turns_passed:
-        counts; seconds, seconds_per_entry."""
-        n = len(self.records)
-        passed = sum(r["passed"] for r in self.records)
-        judged = [r for r in self.records if "bfcl_checker" in r]
+        agreement: percentages over the prompted entries (None with none); entries (prompted), not_prompted (entries
+        whose rollout ran out of context, by id in not_prompted_entries), passed, bfcl_checker_passed, turns,
+        turns_passed: counts; seconds, seconds_per_entry."""
+        prompted = [r for r in self.records if r.get("prompted", True)]
+        n = len(prompted)
+        passed = sum(r["passed"] for r in prompted)
+        judged = [r for r in prompted if "bfcl_checker" in r]
         judge_passed = sum(r["bfcl_checker"]["valid"] for r in judged)
         agree = sum(r["bfcl_checker"]["valid"] == r["passed"] for r in judged)
-        turns = sum(r["turns"] for r in self.records)
-        turns_passed = sum(r["turns_passed"] for r in self.records)
+        turns = sum(r["turns"] for r in prompted)
+        turns_passed = sum(r["turns_passed"] for r in prompted)
 
         def pct(k: int, total: int) -> float | None:
             return 100.0 * k / total if total else None
@@ -278,12 +291,14 @@ class LiveResult:
             "agreement": pct(agree, len(judged)),
             "turn_pass_rate": pct(turns_passed, turns),
             "entries": n,
+            "not_prompted": len(self.records) - n,
+            "not_prompted_entries": [r["entry_id"] for r in self.records if not r.get("prompted", True)],
             "passed": passed,
             "bfcl_checker_passed": judge_passed,
             "turns": turns,
             "turns_passed": turns_passed,
             "seconds": round(self.seconds, 3),
-            "seconds_per_entry": round(self.seconds / n, 3) if n else None,
+            "seconds_per_entry": round(self.seconds / len(self.records), 3) if self.records else None,
             "headline_metric": HEADLINE_METRIC,
         }
 

@@ -12,13 +12,35 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from umi.eval.stats import significant
-from umi.vocabulary import BFCL_DEV, BFCL_TEST, LIVE_DEV, LIVE_TEST, LIVE_TEST_SETS, TOOLBENCH_OOD
+from umi.eval.stats import holm, p_text, significant
+from umi.vocabulary import (
+    BFCL_DEV,
+    BFCL_TEST,
+    CONSTANT_ANSWER,
+    LIVE_DEV,
+    LIVE_TEST,
+    LIVE_TEST_SETS,
+    NO_CALL,
+    RULE_ALWAYS_CALLER,
+    RULE_LAST_TURN,
+    TOOLBENCH_OOD,
+)
 
-__all__ = ["METRIC_COLUMNS", "LIVE_COLUMNS", "table_markdown", "write_chart", "log_to_mlflow", "metric_key"]
+__all__ = [
+    "METRIC_COLUMNS",
+    "LIVE_COLUMNS",
+    "Verdict",
+    "verdicts",
+    "add_verdicts",
+    "table_markdown",
+    "write_chart",
+    "log_to_mlflow",
+    "metric_key",
+]
 
 METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
     ("plan_acc", "Plan ACC"),
@@ -38,6 +60,8 @@ PAIRED_STATIC: tuple[tuple[str, str], ...] = (
     ("act_em", "Act. EM"),
     ("arg_f1", "Arg. F1"),
     ("mean_static", "mean of the three"),
+    ("hallu", "Hallu."),
+    ("rouge_l", "R-L"),
 )
 TEST_SET_TITLES = {
     BFCL_TEST: "BFCL test",
@@ -90,20 +114,23 @@ def table_markdown(
         lines.append("| " + " | ".join(row) + " |")
     notes = ["", 'All numbers in %. Hallu. is lower-better; "–": undefined (no step of that kind) or not run.']
     for s in sets:
-        counts = {name: (r.get("static") or {}).get(s, {}).get("steps") for name, r in agents.items()}
-        steps = next((c for c in counts.values() if c is not None), None)
+        counts = [((r.get("static") or {}).get(s) or {}) for r in agents.values()]
+        # the gold steps (an agent's own `steps` are those it was prompted on)
+        steps = max((c.get("prompts", {}).get("steps", c.get("steps") or 0) for c in counts), default=None)
         info = (test_sets or {}).get(s, {})
         line = f"- {TEST_SET_TITLES.get(s, s)}: {info.get('trajectories', '?')} trajectories"
         if info.get("available") is not None:
             line += f" of {info['available']}"
-        line += f", {steps if steps is not None else '?'} scored steps"
+        line += f", {steps if steps is not None else '?'} gold steps"
         if info.get("rejected"):
             ids = ", ".join(f"{r['id']} ({r['reason']})" for r in info["rejected"])
             line += f"; rejected by the importer: {ids}"
         notes.append(line)
     if live:
         info = (test_sets or {}).get(LIVE_TEST, {})
-        entries = next((r["live"]["entries"] for r in agents.values() if r.get("live")), "?")
+        entries = next(
+            (r["live"]["entries"] + r["live"].get("not_prompted", 0) for r in agents.values() if r.get("live")), "?"
+        )
         line = f"- live: {entries} BFCL multi_turn_base test entries"
         if info.get("available") is not None:
             line += f" of {info['available']}"
@@ -128,8 +155,10 @@ def table_markdown(
         notes.append(line)
     sections = [
         _training_section(agents),
+        _prompts_section(agents),
         _intervals_section(agents),
         _paired_section(agents),
+        _call_sources_section(agents),
         _categories_section(agents),
         _significance_section(agents),
     ]
@@ -145,6 +174,84 @@ def _training_section(agents: Mapping[str, dict]) -> str:
     out += [
         f"| {n} | {t['tokens']:,} | {t['optimizer_steps']} | {', '.join(t['stages']) or '– (untrained)'} |"
         for n, t in rows
+    ]
+    return "\n".join(out) + "\n"
+
+
+def _prompts_section(agents: Mapping[str, dict]) -> str:
+    """Per agent and test set: prompts that fit only with history dropped (cut), prompts that did not fit at all, and
+    the steps (entries, live) that were therefore never put to the agent: left out, not scored as wrong."""
+    rows = []
+    for name, result in agents.items():
+        for s, entry in (result.get("static") or {}).items():
+            prompts = (entry or {}).get("prompts")
+            if prompts:
+                rows.append(
+                    f"| {name} | {TEST_SET_TITLES.get(s, s)} | {prompts['cut']} | {prompts['not_fitting']} | "
+                    f"{prompts['steps_not_prompted']} of {prompts['steps']} steps |"
+                )
+        misfits = (result.get("budget") or {}).get("live_gold_path_misfits") or {}
+        for key in LIVE_TEST_SETS:
+            live = result.get(key) or {}
+            if misfits.get(key):
+                rows.append(
+                    f"| {name} | {TEST_SET_TITLES.get(key, key)}: gold path | – | – | {len(misfits[key])} entries "
+                    f"whose gold calls cannot be prompted at this budget ({', '.join(misfits[key])}) |"
+                )
+            if "not_prompted" in live:
+                total = live["entries"] + live["not_prompted"]
+                ids = ", ".join(live.get("not_prompted_entries") or [])
+                rows.append(
+                    f"| {name} | {TEST_SET_TITLES.get(key, key)} | – | – | {live['not_prompted']} of {total} "
+                    f"entries{f' ({ids})' if ids else ''} |"
+                )
+    if not rows:
+        return ""
+    out = [
+        "",
+        "## Prompt budget",
+        "",
+        "Cut: prompts that fit the budget only with history turns dropped from the left, as training does. Not "
+        "fitting: prompts that do not fit even with no history. A step (live: an entry) with a prompt that did not "
+        "fit was never put to the agent: it is **not prompted**, left out of that agent's numbers and of every "
+        "paired comparison with it (each says how many items it left out), never scored as wrong.",
+        "",
+        "| agent | test set | prompts cut | prompts not fitting | not prompted |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
+    return "\n".join(out) + "\n"
+
+
+def _call_sources_section(agents: Mapping[str, dict]) -> str:
+    """Where α-UMi's calls come from: the caller after a planner that decided `caller`, or after one that wrote no
+    decision (the step goes on as `Next: caller`, as the live agent does): its exact actions and hallucinations."""
+    rows = []
+    for name, result in agents.items():
+        for s, entry in (result.get("static") or {}).items():
+            sources = (entry or {}).get("call_sources")
+            if not sources or not any(v["calls"] for v in sources.values()):
+                continue
+            total = {k: sum(v[k] for v in sources.values()) for k in ("calls", "exact_actions", "hallucinations")}
+            for source, v in sources.items():
+                rows.append(
+                    f"| {name} | {TEST_SET_TITLES.get(s, s)} | {source} | {v['calls']} of {total['calls']} | "
+                    f"{v['exact_actions']} of {total['exact_actions']} | "
+                    f"{v['hallucinations']} of {total['hallucinations']} |"
+                )
+    if not rows:
+        return ""
+    out = [
+        "",
+        "## Where the α-UMi calls come from",
+        "",
+        "Steps where the caller ran, by why it ran: the planner decided `caller`, or the planner wrote no decision "
+        "and the step went on as `Next: caller` (the agent's real behaviour: the live loop does the same). Exact "
+        "actions (Act. EM hits) and hallucinations (Hallu. steps) of each kind, over the prompted steps.",
+        "",
+        "| agent | test set | caller ran because | calls | exact actions | hallucinations |",
+        "|---|---|---|---|---|---|",
+        *rows,
     ]
     return "\n".join(out) + "\n"
 
@@ -167,9 +274,10 @@ def _intervals_section(agents: Mapping[str, dict]) -> str:
         "",
         "## Intervals",
         "",
-        "95% percentile intervals of a bootstrap that resamples whole trajectories (static) or entries (live); "
-        "n = steps / trajectories (static), entries (live). Baselines: the plan rules and the no-call agent "
-        "(umi.eval.baselines).",
+        "95% percentile intervals of a bootstrap that resamples whole twin groups (trajectories, or entries, that "
+        "share a question or a gold answer: one cluster; a trajectory without a twin is its own); n = prompted steps "
+        "/ trajectories (and the groups resampled, where fewer) for static, prompted entries for live. Baselines: the "
+        "plan rules, the no-call agent and the constant answer (umi.eval.baselines).",
         "",
     ]
     any_rows = False
@@ -191,8 +299,10 @@ def _intervals_section(agents: Mapping[str, dict]) -> str:
                 continue
             any_rows = True
             n = entry.get("n", {})
+            groups = n.get("clusters")
+            grouped = f" ({groups} groups)" if groups is not None and groups != n.get("trajectories") else ""
             out.append(
-                f"| {name} | {n.get('items', '?')} / {n.get('trajectories', '?')} | "
+                f"| {name} | {n.get('items', '?')} / {n.get('trajectories', '?')}{grouped} | "
                 + " | ".join(_ci(entry["intervals"].get(k)) for k, _ in columns)
                 + " |"
             )
@@ -219,12 +329,19 @@ def _intervals_section(agents: Mapping[str, dict]) -> str:
     return "\n".join(out) if any_rows else ""
 
 
-def _diff(entry: Mapping[str, Any] | None) -> str:
+def _diff(entry: Mapping[str, Any] | None, p_key: str = "p_value") -> str:
     if not entry or entry.get("difference") is None:
         return "–"
     ci = "" if entry.get("ci_low") is None else f" [{entry['ci_low']:+.1f}, {entry['ci_high']:+.1f}]"
-    p = "" if entry.get("p_value") is None else f", p={entry['p_value']:.3f}"
+    p = "" if entry.get(p_key) is None else f", {p_text(entry[p_key])}"
     return f"{entry['difference']:+.1f}{ci}{p}"
+
+
+def _left_out(cmp: Mapping[str, Any]) -> str:
+    entry = next((e for e in cmp.values() if isinstance(e, Mapping) and "n" in e), None)
+    if entry is None:
+        return "–"
+    return f"{entry['n']} ({entry.get('left_out', 0)} left out)"
 
 
 def _paired_rows(agents: Mapping[str, dict]):
@@ -247,8 +364,9 @@ def _paired_section(agents: Mapping[str, dict]) -> str:
         "",
         "## Paired comparisons",
         "",
-        "Agent minus reference on the same items, in points: difference [95% bootstrap interval], two-sided p of a "
-        "sign-flip permutation test over trajectories / entries.",
+        "Agent minus reference on the items both were prompted on, in points: difference [95% bootstrap interval], "
+        "two-sided p of a sign-flip permutation test over twin groups (unadjusted: the verdicts below adjust for "
+        "their number). n: the items compared, and those left out because one of the two was not prompted there.",
         "",
     ]
     current = None
@@ -259,10 +377,10 @@ def _paired_section(agents: Mapping[str, dict]) -> str:
                 "",
                 f"### {title}",
                 "",
-                "| agent | vs | " + " | ".join(label for _, label in columns) + " |",
-                "|" + "---|" * (len(columns) + 2),
+                "| agent | vs | n | " + " | ".join(label for _, label in columns) + " |",
+                "|" + "---|" * (len(columns) + 3),
             ]
-        out.append(f"| {name} | {ref} | " + " | ".join(_diff(cmp.get(k)) for k, _ in columns) + " |")
+        out.append(f"| {name} | {ref} | {_left_out(cmp)} | " + " | ".join(_diff(cmp.get(k)) for k, _ in columns) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -297,26 +415,94 @@ def _categories_section(agents: Mapping[str, dict]) -> str:
     return ("\n## Per category\n" + "\n".join(out) + "\n") if out else ""
 
 
-def _significance_section(agents: Mapping[str, dict]) -> str:
-    """What the intervals support, in words: each comparison is significant or it is not."""
-    lines = []
+LOWER_IS_BETTER = ("hallu",)
+
+
+def _verdict_metrics(ref: str, cmp: Mapping[str, Any], static: bool) -> list[str]:
+    """The metrics a comparison is read on. Live: the checker. Static: the mean of the three; against a plan rule
+    Plan ACC (it predicts nothing else); against the constant answer R-L (all it writes); against the no-call agent
+    the mean and Hallu. (the no-call agent's Hallu. is 0 by construction: a Hallu. reads against it)."""
+    if not static:
+        return ["bfcl_checker_pass_rate"]
+    if ref in (RULE_LAST_TURN, RULE_ALWAYS_CALLER):
+        return ["plan_acc"]
+    if ref == CONSTANT_ANSWER:
+        return ["rouge_l"]
+    headline = ["mean_static" if "mean_static" in cmp else "plan_acc"]
+    return headline + (["hallu"] if ref == NO_CALL else [])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One line of "What the intervals support": agent vs reference on one metric, its entry, and its p-value
+    Holm-adjusted over every verdict of the report (`p_holm`; `family`: how many)."""
+
+    key: str
+    title: str
+    agent: str
+    reference: str
+    metric: str
+    label: str
+    entry: Mapping[str, Any]
+    p_holm: float
+    family: int
+
+    def outcome(self) -> str | None:
+        """ "better" / "worse" for the agent (Hallu.: fewer hallucinations is better), on the adjusted p; else None."""
+        said = significant({**self.entry, "p_value": self.p_holm})
+        if said is not None and self.metric in LOWER_IS_BETTER:
+            return {"better": "worse", "worse": "better"}[said]
+        return said
+
+
+def verdicts(agents: Mapping[str, dict]) -> list[Verdict]:
+    """Every verdict of the report, one family: each comparison's headline metrics (`_verdict_metrics`), with its
+    p-value Holm-adjusted over all of them."""
+    rows = []
     for key, title, name, ref, cmp, columns in _paired_rows(agents):
-        # static: the mean of the three, or Plan ACC against a plan rule (it predicts nothing else); live: the checker
-        headline = "bfcl_checker_pass_rate"
-        if columns is PAIRED_STATIC:
-            headline = "mean_static" if "mean_static" in cmp else "plan_acc"
-        entry = cmp.get(headline) or {}
-        if entry.get("difference") is None:
-            continue
-        label = dict(columns).get(headline, headline)
-        verdict = {
-            "better": "better (significant: interval above 0 and p < 0.05)",
-            "worse": "worse (significant: interval below 0 and p < 0.05)",
-        }.get(significant(entry) or "", "**not significantly different** (the interval contains 0, or p >= 0.05)")
-        lines.append(f"- {title}: {name} vs {ref}, {label}: {_diff(entry)}: {verdict}")
-    if not lines:
+        for metric in _verdict_metrics(ref, cmp, columns is PAIRED_STATIC):
+            entry = cmp.get(metric) or {}
+            if entry.get("difference") is None or entry.get("p_value") is None:
+                continue
+            rows.append((key, title, name, ref, metric, dict(columns).get(metric, metric), entry))
+    adjusted = holm([r[6]["p_value"] for r in rows])
+    return [Verdict(*r, p_holm=p, family=len(rows)) for r, p in zip(rows, adjusted)]
+
+
+def add_verdicts(agents: Mapping[str, dict]) -> dict[str, Any]:
+    """Write each verdict's Holm-adjusted p (`p_holm`) into its paired entry; returns the family's description."""
+    found = verdicts(agents)
+    for v in found:
+        v.entry["p_holm"] = round(v.p_holm, 6)  # type: ignore[index]
+    return {
+        "method": "holm",
+        "size": len(found),
+        "members": "every agent-vs-reference verdict of the report (What the intervals support)",
+    }
+
+
+def _significance_section(agents: Mapping[str, dict]) -> str:
+    """What the intervals support, in words: each comparison is significant or it is not, after Holm's adjustment
+    over the report's verdicts."""
+    found = verdicts(agents)
+    if not found:
         return ""
-    return "\n## What the intervals support\n\n" + "\n".join(lines) + "\n"
+    lines = []
+    for v in found:
+        worded = {
+            "better": "better (significant: interval excludes 0 and Holm-adjusted p < 0.05)",
+            "worse": "worse (significant: interval excludes 0 and Holm-adjusted p < 0.05)",
+        }.get(v.outcome() or "", "**not significantly different** (the interval contains 0, or adjusted p >= 0.05)")
+        lines.append(
+            f"- {v.title}: {v.agent} vs {v.reference}, {v.label}: {_diff(v.entry)}, Holm-adjusted "
+            f"{p_text(v.p_holm)}: {worded}"
+        )
+    head = (
+        f"One family: the {found[0].family} verdicts below, each agent against each reference on its headline "
+        "metric(s), Holm-adjusted together (umi.eval.stats.holm). Hallu. is lower-better: fewer hallucinations "
+        "than the reference is `better`."
+    )
+    return "\n## What the intervals support\n\n" + head + "\n\n" + "\n".join(lines) + "\n"
 
 
 def write_chart(agents: Mapping[str, dict], path: str | Path, title: str = "umi evaluation") -> Path:
@@ -405,7 +591,7 @@ def _numbers(prefix: tuple[str, ...], section: Mapping[str, Any], out: dict[str,
                 out[metric_key(*prefix, metric, bound)] = float(iv[bound])
     for ref, cmp in (section.get("paired") or {}).items():
         for metric, entry in cmp.items():
-            for field in ("difference", "ci_low", "ci_high", "p_value"):
+            for field in ("difference", "ci_low", "ci_high", "p_value", "p_holm"):
                 if isinstance(entry.get(field), (int, float)):
                     out[metric_key(*prefix, "vs", ref, metric, field)] = float(entry[field])
 

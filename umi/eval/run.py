@@ -22,13 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 from umi import prompts
 from umi.batching import batched_backends
+from umi.data.splits import split_rule
 from umi.eval import baselines as base
 from umi.eval import evidence
-from umi.eval.agents import AgentSpec, loaded_backends, resolve_dtype, training_budget
+from umi.eval.agents import AgentSpec, check_split, loaded_backends, raised_backends, resolve_dtype, training_budget
+from umi.eval.budget import base_budget, docs_budget, docs_first_backends, gold_path_misfits
 from umi.eval.generation_cache import GenerationCache, cached_backends
-from umi.eval.report import table_markdown, write_chart
+from umi.eval.report import add_verdicts, table_markdown, write_chart
 from umi.eval.settings import PROFILES, EvalSettings
-from umi.eval.testsets import TestSet, live_entries, load_bfcl_test, load_toolbench_ood
+from umi.eval.testsets import TestSet, live_entries, load_bfcl_test, load_toolbench_ood, load_train
+from umi.params import split_fractions
 from umi.prompts import DocStyle
 from umi.vocabulary import CHAMPION, LIVE_DEV, LIVE_TEST, SINGLE_LLM, SINGLE_MATCHED, TOOLBENCH_OOD
 
@@ -182,19 +185,30 @@ def _categories(test_set: TestSet) -> dict[str, str]:
     return {t.id: str(t.meta.get("category") or t.source) for t in test_set.trajectories}
 
 
-def _add_evidence(result: dict, records: dict, categories: dict[str, dict[str, str]]) -> None:
+def _clusters(test_set: TestSet) -> dict[str, str]:
+    """Trajectory id -> its twin group (the split key): the bootstrap's clusters (umi.eval.evidence)."""
+    return {t.id: t.split_key for t in test_set.trajectories}
+
+
+def _add_evidence(result: dict, records: dict, categories: dict[str, dict[str, str]], clusters: dict) -> None:
     """n, intervals and per-category numbers beside each of one agent's summaries."""
     for name, recs in records.get("static", {}).items():
-        items = evidence.static_items(recs, categories.get(name))
+        items = evidence.static_items(recs, categories.get(name), clusters.get(name))
         result["static"][name].update(evidence.summary(items, "trajectories"))
         result["static"][name]["categories"] = evidence.by_category(items, "trajectories")
     for key, recs in records.get("live", {}).items():
         if result.get(key) is not None:
-            result[key].update(evidence.summary(evidence.live_items(recs), "entries"))
+            result[key].update(evidence.summary(evidence.live_items(recs, clusters.get(key)), "entries"))
 
 
-def _add_paired(results: dict, records: dict, categories: dict[str, dict[str, str]], references: Sequence[str]) -> None:
-    """Every non-baseline agent against each reference agent and each baseline, on the same items."""
+def _add_paired(
+    results: dict,
+    records: dict,
+    categories: dict[str, dict[str, str]],
+    clusters: dict[str, dict[str, str]],
+    references: Sequence[str],
+) -> None:
+    """Every non-baseline agent against each reference agent and each baseline, on the items both were prompted on."""
     refs = [r for r in (*references, *base.BASELINES) if r in results]
     for name, result in results.items():
         if result.get("baseline"):
@@ -207,15 +221,17 @@ def _add_paired(results: dict, records: dict, categories: dict[str, dict[str, st
             for ts, recs in mine.get("static", {}).items():
                 if ts in theirs.get("static", {}):
                     cmp = evidence.compare(
-                        evidence.static_items(recs, categories.get(ts)),
-                        evidence.static_items(theirs["static"][ts], categories.get(ts)),
+                        evidence.static_items(recs, categories.get(ts), clusters.get(ts)),
+                        evidence.static_items(theirs["static"][ts], categories.get(ts), clusters.get(ts)),
                         static=True,
                     )
                     result["static"][ts].setdefault("paired", {})[ref] = cmp
             for key, recs in mine.get("live", {}).items():
                 if key in theirs.get("live", {}) and result.get(key) is not None:
                     cmp = evidence.compare(
-                        evidence.live_items(recs), evidence.live_items(theirs["live"][key]), static=False
+                        evidence.live_items(recs, clusters.get(key)),
+                        evidence.live_items(theirs["live"][key], clusters.get(key)),
+                        static=False,
                     )
                     result[key].setdefault("paired", {})[ref] = cmp
 
@@ -257,7 +273,8 @@ def evaluate(
     doc_style: the tool-doc rendering for checkpoints that record none (an imported backbone); a trained checkpoint's
     own prompt format (umi.prompts.checkpoint_prompt_format) wins, and an agent whose roles disagree is skipped.
     settings: an EvalSettings or a profile name ("cpu", "full"); generation caps, batch size, prompt budget.
-    params: params.yaml, for the split fractions the reorganisation used.
+    params: params.yaml, for the split fractions the reorganisation used; ValueError when it splits otherwise than
+    an agent's checkpoints record they were trained on (umi.eval.agents.check_split).
     selection: names of agents also evaluated on the dev split (static `bfcl-dev`, live `live_dev`, same limits):
     the numbers promotion decides on, so the test split only reports.
     baselines: add the trivial agents of umi.eval.baselines (plan rules, the no-call agent) to the report.
@@ -281,6 +298,10 @@ def evaluate(
     clash = set(names) & set(base.BASELINES)
     if clash:
         raise ValueError(f"agent names {sorted(clash)} are reserved for the baselines")
+    split = split_rule(split_fractions(params))  # what the test split is recomputed with, below
+    for spec in agents:
+        if not spec.missing_checkpoints():
+            check_split(spec, split)  # refuses a params.yaml that splits otherwise than the models were trained on
     if limit is not None and ood_limit is None:
         ood_limit = limit  # an explicit limit sizes both static test sets
     cfg = _settings(settings).with_(limit=limit, ood_limit=ood_limit, live_limit=live_limit, max_steps=max_steps)
@@ -306,8 +327,14 @@ def evaluate(
         for t in test_sets:
             for r in t.rejected:
                 log.warning("%s: record %s rejected by the importer: %s", t.name, r["id"], r["reason"])
+    # the prompts no agent may lose its tool docs on: the whole BFCL test split (the live entries are part of it)
+    docs_sets = []
+    if cfg.fit_tool_docs and (static or live):
+        docs_sets = load_bfcl_test(data_dir, None, params).trajectories
     categories = {t.name: _categories(t) for t in (*test_sets, *dev_sets)}
+    clusters = {t.name: _clusters(t) for t in (*test_sets, *dev_sets)}
     live_sets: dict[str, list] = {}
+    live_trajectories: dict[str, list] = {}
     if live:
         entries, available = live_entries(data_dir, cfg.live_limit, params)
         live_sets[LIVE_TEST] = entries
@@ -316,6 +343,12 @@ def evaluate(
             dev_entries, dev_available = live_entries(data_dir, cfg.live_limit, params, split="dev")
             live_sets[LIVE_DEV] = dev_entries
             info[LIVE_DEV] = {"entries": len(dev_entries), "available": dev_available}
+        for key, chosen in live_sets.items():
+            clusters[key] = {e.trajectory_id: e.group or e.trajectory_id for e in chosen}
+        for key, chosen in live_sets.items():  # the gold trajectories, for the gold-path budget check
+            held_out = "dev" if key == LIVE_DEV else "test"
+            by_id = {t.id: t for t in load_bfcl_test(data_dir, None, params, split=held_out).trajectories}
+            live_trajectories[key] = [by_id[e.trajectory_id] for e in chosen]
 
     results: dict[str, dict] = {}
     records: dict[str, dict] = {}
@@ -324,7 +357,15 @@ def evaluate(
     resolved_dtype = str(resolve_dtype(cfg.dtype)).removeprefix("torch.")
     generations = GenerationCache(cache) if cache is not None else None
 
-    def run_agent(name: str, backends: dict, with_dev: bool, doc_style: DocStyle = doc_style) -> tuple[dict, dict]:
+    def run_agent(
+        name: str,
+        backends: dict,
+        with_dev: bool,
+        doc_style: DocStyle = doc_style,
+        misfits: dict[str, list[str]] | None = None,
+    ) -> tuple[dict, dict]:
+        """misfits: live set -> trajectory ids whose gold path cannot be prompted at this agent's budget
+        (umi.eval.budget.gold_path_misfits): those entries are not prompted, whatever the rollout did."""
         result: dict[str, Any] = {"static": None, "live": None, "doc_style": doc_style}
         recs: dict[str, dict] = {"static": {}, "live": {}}
         if static:
@@ -348,6 +389,11 @@ def evaluate(
                 judge=judge,
                 progress=bars.live(f"{name} {key}"),
             )
+            unplayable = set((misfits or {}).get(key, ()))
+            for record in r.records:
+                if record["trajectory_id"] in unplayable:
+                    record["prompted"] = False  # the gold path does not fit the budget: not passable, not failed
+                    record["gold_path_fits"] = False
             result[key] = r.summary()
             recs["live"][key] = r.records
             _write_jsonl(details / f"{key.replace('_', '-')}-{_file_part(name)}.jsonl", r.records)
@@ -366,15 +412,45 @@ def evaluate(
             log.warning("agent %s skipped: %s", spec.name, e)
             continue
         agent_started = time.perf_counter()
-        loading = {"max_prompt_tokens": cfg.max_prompt_tokens, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
+        budget = base_budget(spec, cfg.max_prompt_tokens, cfg.untrained_prompt_tokens)
+        loading = {"max_prompt_tokens": budget, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
         concurrent = cfg.live_concurrency if live_sets else 1  # live entries at once: their generations batch
         if concurrent > 1:  # each entry's roles keep their prompts' KV caches (TransformersBackend keeps 3 by default)
             loading["max_cache_slots"] = 3 * concurrent
-        with loaded_backends(spec, **loading) as loaded, batched_backends(loaded, concurrent) as backends:
-            if generations is not None:
-                backends = cached_backends(backends, spec.roles, generations, resolved_dtype)
-            result, recs = run_agent(spec.name, backends, spec.name in selected, agent_format["doc_style"])
-            del backends  # the wrappers hold the models: free them before the next agent loads
+        with loaded_backends(spec, **loading) as loaded:
+            raised = None
+            if cfg.fit_tool_docs and docs_sets:
+                tokenizer = next(iter(loaded.values())).tokenizer
+                needed = docs_budget(tokenizer, docs_sets, agent_format["doc_style"], loaded)
+                raised = needed + cfg.raised_history_tokens if needed > budget else None
+            result_budget = {"prompt_tokens": budget, "raised_prompt_tokens": raised}
+            if live_sets:  # entries whose gold path cannot be prompted at this budget: named, not failed silently
+                tokenizer = next(iter(loaded.values())).tokenizer
+                result_budget["live_gold_path_misfits"] = {
+                    key: sorted(gold_path_misfits(tokenizer, trajs, agent_format["doc_style"], loaded, budget, raised))
+                    for key, trajs in live_trajectories.items()
+                }
+            raised_loaded = {} if raised is None else raised_backends(loaded, raised, cfg.max_new_tokens)
+            with (
+                batched_backends(loaded, concurrent) as backends,
+                batched_backends(raised_loaded, concurrent) as raised_batched,
+            ):
+                if generations is not None:
+                    backends = cached_backends(backends, spec.roles, generations, resolved_dtype)
+                    if raised_batched:
+                        raised_batched = cached_backends(raised_batched, spec.roles, generations, resolved_dtype)
+                if raised_batched:
+                    backends = docs_first_backends(backends, raised_batched)
+                result, recs = run_agent(
+                    spec.name,
+                    backends,
+                    spec.name in selected,
+                    agent_format["doc_style"],
+                    result_budget.get("live_gold_path_misfits"),
+                )
+                del backends, raised_batched  # the wrappers hold the models: free them before the next agent loads
+            del raised_loaded
+        result["budget"] = result_budget
         result["seconds"] = round(time.perf_counter() - agent_started, 3)
         result["training"] = training_budget(spec)
         results[spec.name], records[spec.name] = result, recs
@@ -394,10 +470,20 @@ def evaluate(
         result, recs = run_agent(base.NO_CALL, base.no_call_backends(), with_dev)
         result["baseline"] = True
         results[base.NO_CALL], records[base.NO_CALL] = result, recs
+        if static:  # R-L's floor: the best fixed answer, chosen on the train split
+            chosen = base.best_constant(load_train(data_dir, params))
+            result = {"static": {}, "live": None, "baseline": True, "constant": chosen}
+            recs = {"static": {}, "live": {}}
+            for t in (*test_sets, *(dev_sets if with_dev else ())):
+                const_recs, metrics = base.constant_records(t.trajectories, chosen["answer"])
+                result["static"][t.name] = metrics.to_dict()
+                recs["static"][t.name] = const_recs
+            results[base.CONSTANT_ANSWER], records[base.CONSTANT_ANSWER] = result, recs
 
     for name, result in results.items():
-        _add_evidence(result, records[name], categories)
-    _add_paired(results, records, categories, references)
+        _add_evidence(result, records[name], categories, clusters)
+    _add_paired(results, records, categories, clusters, references)
+    family = add_verdicts(results)  # Holm over the report's verdicts: one family per report
 
     report = EvalReport(
         agents=results,
@@ -415,6 +501,8 @@ def evaluate(
             "selection": selected,
             "references": list(references),
             "resolved_dtype": resolved_dtype,
+            "split": split,
+            "verdict_family": family,
             "generation_cache": None
             if generations is None
             else {"path": str(generations.path), **generations.stats.to_dict()},

@@ -25,8 +25,12 @@ class EvalSettings:
     before it, a finished row replaced at once) or `padded` (left-padded batches of prompts sorted by length, each
     prefilled whole; how static evaluation ran until 2026-12-07). Both are greedy and give the same texts up to
     floating-point summation order (benchmarks/static_eval.py counts how many differ).
-    max_prompt_tokens: the token budget of a prompt (history dropped from the left to fit, as training does; the cpu
-    training profile's max_length is 1024); None: the model's own maximum context.
+    max_prompt_tokens: the token budget of a prompt (history dropped from the left to fit, as training does); None:
+    what the agent was trained with (its checkpoints' `max_length`; `untrained_prompt_tokens` for checkpoints that
+    record none, like the imported backbone). umi.eval.budget.
+    fit_tool_docs: a prompt whose tool docs and instructions alone do not fit that budget goes to the same model with
+    a raised budget: the least that holds every BFCL test prompt's docs, plus `raised_history_tokens` of history
+    (prompts that fit the budget are fitted to it as before). Off: such a step is not prompted (left out, counted).
     max_steps: planner (or single-LLM) turns per user turn in live rollouts; a turn whose gold needs more (one per
     gold call plus one to conclude) gets that many (umi.eval.live), so the cap never decides a failure.
     planner_retries: live retries of a planner that wrote nothing. stop_on_failure: end a live entry at its first
@@ -43,7 +47,10 @@ class EvalSettings:
     max_new_tokens: dict[str, int] = field(default_factory=EVALUATION.caps)
     batch_size: int = 8
     static_batching: str = "continuous"
-    max_prompt_tokens: int | None = 1024
+    max_prompt_tokens: int | None = None
+    untrained_prompt_tokens: int = 1024
+    fit_tool_docs: bool = True
+    raised_history_tokens: int = 128
     max_steps: int = MAX_STEPS
     planner_retries: int = EVALUATION.planner_retries
     stop_on_failure: bool = True
@@ -57,8 +64,10 @@ class EvalSettings:
         if self.batch_size < 1 or self.max_steps < 1 or self.planner_retries < 0 or self.live_concurrency < 1:
             raise ValueError("batch_size, max_steps and live_concurrency must be >= 1, planner_retries >= 0")
         self.generation()  # checks the caps (every role, each >= 1)
-        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 16:
-            raise ValueError(f"max_prompt_tokens {self.max_prompt_tokens} leaves no room for a prompt")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 16 or self.untrained_prompt_tokens < 16:
+            raise ValueError("max_prompt_tokens and untrained_prompt_tokens must leave room for a prompt (>= 16)")
+        if self.raised_history_tokens < 0:
+            raise ValueError("raised_history_tokens must be >= 0")
         if self.static_batching not in ("continuous", "padded"):
             raise ValueError(f"static_batching must be continuous or padded, got {self.static_batching!r}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
@@ -84,11 +93,11 @@ class EvalSettings:
 # one live entry: the cheapest held-out entry a no-call agent cannot pass, umi.eval.testsets.live_sample; measured
 # per-step costs in docs/evaluation.md). Small samples: a smoke test and a coarse ranking.
 # full: every trajectory and every held-out live entry (71), the paper's step cap (raised per turn where the gold
-# needs more), 8 live entries at once (decoded together); for a GPU.
+# needs more), 8 live entries at once (decoded together); for a GPU. Both: prompts fitted to the length the agent
+# was trained with, raised where a prompt would lose its tool docs (umi.eval.budget).
 PROFILES: dict[str, EvalSettings] = {
     "cpu": EvalSettings(limit=6, ood_limit=2, live_limit=1, max_steps=4),
     "full": EvalSettings(
-        max_prompt_tokens=4096,
         max_new_tokens=EVALUATION_FULL.caps(),
         planner_retries=EVALUATION_FULL.planner_retries,
         max_steps=MAX_STEPS,

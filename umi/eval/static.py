@@ -17,8 +17,14 @@ before it (the same docs and history, one turn longer). With `static_batching="p
 cannot decode together (scripted ones, the baselines): left-padded batches of prompts sorted by length
 (generate_batch). Decoding is greedy,
 as in the paper; there are no retries (the live loop's sampled retries of an empty planner output are not part of
-a teacher-forced step). A prompt that does not fit the context even with its whole history dropped gets no
-prediction (it scores as wrong) and is counted in `too_long`.
+a teacher-forced step).
+
+Not prompted is not wrong: a step one of whose prompts does not fit the budget even with its whole history dropped
+was never put to the agent. Its record says so (`prompted: false`, `not_prompted_role`), it is never scored, and the
+metrics are over the prompted steps; the report's paired comparisons run on the steps both agents were prompted on
+(umi.eval.evidence). A prompt that fits only with history turns dropped is `cut` (its role is in the record's
+`cut_roles`). `call_source` (α-UMi) says whether the caller ran because the planner decided `caller` or after a
+planner output with no decision: the summary splits exact actions and hallucinations by it.
 
 Prompts are rendered by umi.data.examples.PromptBuilder with the doc style the models were trained with.
 """
@@ -67,9 +73,9 @@ _SHOWN = 2000  # characters of each raw output kept in the per-step records
 class StaticResult:
     """metrics: the five metrics (and counts, and the BFCL-grade variants) over `steps`. records: one dict per step
     (gold, prediction, raw role outputs, score) for the predictions file. scores: each step's StepScore.
-    generations: role generations run; new_tokens: tokens they wrote; too_long: prompts that did not fit; rejected:
-    trajectories that could not be turned into gold steps. `items()`: per trajectory, for intervals;
-    `by_category()`: the metrics per BFCL category (or source)."""
+    generations: role generations run; new_tokens: tokens they wrote; too_long: prompts that did not fit; cut:
+    prompts that fit only with history turns dropped; rejected: trajectories that could not be turned into gold
+    steps. `metrics` and `scores` cover the prompted steps; `records` every step."""
 
     metrics: StaticMetrics
     steps: list[StaticStep]
@@ -78,12 +84,15 @@ class StaticResult:
     generations: int = 0
     new_tokens: int = 0
     too_long: int = 0
+    cut: int = 0
     rejected: list[dict[str, str]] = field(default_factory=list)
     scores: list[StepScore] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        """The report's entry for one agent on one test set: the metric fields of StaticMetrics (plan_acc, act_em,
-        hallu, arg_f1, rouge_l as percentages, None when undefined; steps and the other counts) plus timing."""
+        """The report's entry for one agent on one test set: the metric fields of StaticMetrics over the prompted
+        steps (plan_acc, act_em, hallu, arg_f1, rouge_l as percentages, None when undefined; steps and the other
+        counts), `prompts` (how many were cut or did not fit, the steps not prompted), `call_sources` (α-UMi: exact
+        actions and hallucinations by why the caller ran), plus timing."""
         out = self.metrics.to_dict()
         out.update(
             seconds=round(self.seconds, 3),
@@ -92,8 +101,38 @@ class StaticResult:
             new_tokens=self.new_tokens,
             too_long=self.too_long,
             rejected=len(self.rejected),
+            prompts={
+                "cut": self.cut,
+                "not_fitting": self.too_long,
+                "steps_not_prompted": sum(not r["prompted"] for r in self.records),
+                "steps": len(self.records),
+            },
+            call_sources=call_sources(self.records),
         )
         return out
+
+
+# why α-UMi's caller ran at a step: the planner decided `caller`, or it wrote no decision and the step went on as
+# `Next: caller` (as the live agent does)
+PLANNER_DECIDED = "planner decided caller"
+UNDECIDED_PLANNER = "caller after an undecided planner"
+
+
+def call_sources(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]] | None:
+    """{source: {"calls", "exact_actions", "hallucinations"}} over the prompted steps where α-UMi's caller ran, by
+    `call_source`; None for records without one (the single LLM, the baselines)."""
+    ran = [r for r in records if r.get("prompted", True) and r.get("call_source")]
+    if not ran and not any("call_source" in r for r in records):
+        return None
+    out = {}
+    for source in (PLANNER_DECIDED, UNDECIDED_PLANNER):
+        mine = [r for r in ran if r["call_source"] == source]
+        out[source] = {
+            "calls": len(mine),
+            "exact_actions": sum(bool((r["score"] or {}).get("action_correct")) for r in mine),
+            "hallucinations": sum(bool((r["score"] or {}).get("hallucinated")) for r in mine),
+        }
+    return out
 
 
 @dataclass
@@ -105,6 +144,9 @@ class _Item:
     gold: StaticStep
     outputs: dict[str, str] = field(default_factory=dict)
     parsed: dict[str, Any] = field(default_factory=dict)
+    not_prompted_role: str | None = None  # the role whose prompt did not fit: the step was never put to the agent
+    cut_roles: list[str] = field(default_factory=list)  # roles whose prompt fit only with history turns dropped
+    call_source: str | None = None  # α-UMi: why the caller ran (PLANNER_DECIDED / UNDECIDED_PLANNER)
 
     @property
     def history(self) -> list[Step]:
@@ -118,6 +160,7 @@ class _Runner:
         self.generations = 0
         self.new_tokens = 0
         self.too_long = 0
+        self.cut = 0
 
     def decode(self, backend, role: str, jobs: Sequence[tuple[_Item, RolePrompt]]) -> list[Generation | None]:
         """Generate for every job of one role, batched; None where the prompt does not fit."""
@@ -132,10 +175,17 @@ class _Runner:
         ]
         sized = []  # (prompt tokens, index) of the prompts that fit; one that cannot is counted, not asked for
         for i, r in enumerate(requests):
+            item = jobs[i][0]
             try:
-                sized.append((len(backend.prompt_ids(r)[0]), i))
+                ids, dropped = backend.prompt_ids(r)
             except TooLong:
                 self.too_long += 1
+                item.not_prompted_role = role
+                continue
+            sized.append((len(ids), i))
+            if dropped:
+                self.cut += 1
+                item.cut_roles.append(role)
         results: list[Generation | None] = [None] * len(requests)
         finished = len(requests) - len(sized)
         size = self.settings.batch_size
@@ -215,8 +265,10 @@ def run_static(
     records = []
     for item, prediction in zip(items, predictions):
         step = item.gold.with_prediction(prediction)
+        prompted = item.not_prompted_role is None
         score = score_step(step)
-        scored.append((step, score))
+        if prompted:  # a step never put to the agent is not scored (neither right nor wrong)
+            scored.append((step, score))
         records.append(
             {
                 "id": step.id,
@@ -235,7 +287,13 @@ def run_static(
                 "outputs": {role: _shown(text) for role, text in item.outputs.items()},
                 "trajectory_id": step.trajectory_id,
                 "category": step.category,
-                "score": {
+                "prompted": prompted,
+                "not_prompted_role": item.not_prompted_role,
+                "cut_roles": item.cut_roles,
+                **({"call_source": item.call_source} if "planner" in backends else {}),
+                "score": None
+                if not prompted
+                else {
                     "plan_correct": score.plan_correct,
                     "action_correct": score.action_correct,
                     "hallucinated": score.hallucinated,
@@ -255,6 +313,7 @@ def run_static(
         generations=runner.generations,
         new_tokens=runner.new_tokens,
         too_long=runner.too_long,
+        cut=runner.cut,
         rejected=rejected,
         scores=[sc for _, sc in scored],
     )
@@ -278,11 +337,14 @@ def _multi(runner: _Runner, backends: dict, items: list[_Item]):
             thought, decision = parsed.thought, parsed.decision
         steps = [*item.history, Step(role="assistant", content=thought, decision=decision)]
         if decision == "caller":
+            item.call_source = UNDECIDED_PLANNER if isinstance(parsed, ParseFailure) else PLANNER_DECIDED
             callers.append((item, item.builder.caller(steps, prompts.planner_target(thought, decision))))
         elif decision == "conclusion":
             summaries.append((item, item.builder.summarizer(steps)))
     for (item, _), g in zip(callers, runner.decode(backends["caller"], "caller", callers)):
-        if g is not None:
+        if g is None:
+            item.call_source = None  # the caller was never prompted
+        else:
             item.outputs["caller"] = g.text
             item.parsed["caller"] = parse_caller_output(g.text)
     for (item, _), g in zip(summaries, runner.decode(backends["summarizer"], "summarizer", summaries)):

@@ -16,6 +16,8 @@ interval.
 - `paired` of several metrics: the same for their mean (the promotion rule's static headline).
 - `significant`: "better" / "worse" only when the interval excludes 0 and the p-value is below 0.05: with a handful
   of clusters the percentile interval alone is far too narrow.
+- `holm`: Holm's step-down adjustment of a family of p-values (a report's verdicts are one family: umi.eval.report).
+- `p_text`: a p-value as printed: below 0.001 (the Monte Carlo floor is 1 / (1 + resamples)) as "p < 0.001".
 
 Metric values are percentages (0-100), as in the report.
 """
@@ -40,6 +42,8 @@ __all__ = [
     "normal_halfwidth",
     "significant",
     "clusters_by_metric",
+    "holm",
+    "p_text",
 ]
 
 DEFAULT_RESAMPLES = 2000
@@ -240,3 +244,23 @@ def normal_halfwidth(p: float, n: int) -> float:
 def clusters_by_metric(items: Sequence[Mapping], cluster_key: str, metrics: Sequence[str]) -> dict[str, Clusters]:
     """One Clusters per metric from item dicts that carry `cluster_key` and a 0-1 value (or None) per metric."""
     return {m: Clusters.from_items([(str(it[cluster_key]), it.get(m)) for it in items]) for m in metrics}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values, in the order given: the k-th smallest of m is multiplied by (m - k + 1), made
+    non-decreasing in that order, capped at 1. Rejecting where the adjusted p < alpha controls the family-wise error
+    rate at alpha, whatever the dependence between the tests."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    out = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        out[i] = running
+    return out
+
+
+def p_text(p: float) -> str:
+    """ "p = 0.012", or "p < 0.001" below that (where a Monte Carlo p-value sits at its floor, 1 / 2,001 with the
+    default resamples, it says only that no resample was as extreme)."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"

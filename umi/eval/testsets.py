@@ -34,6 +34,7 @@ __all__ = [
     "LiveEntry",
     "load_bfcl_test",
     "load_toolbench_ood",
+    "load_train",
     "live_entries",
     "live_sample",
     "select",
@@ -75,6 +76,7 @@ class LiveEntry:
     turns: tuple[str, ...]
     gold_calls: tuple[tuple[str, ...], ...]
     category: str = "multi_turn_base"
+    group: str | None = None  # the trajectory's split group (twins): the bootstrap's cluster
 
     @property
     def steps_needed(self) -> tuple[int, ...]:
@@ -113,6 +115,7 @@ class LiveEntry:
             turns=turns,
             gold_calls=tuple(tuple(turn) for turn in meta["gold_calls"]),
             category=str(meta.get("category") or "multi_turn_base"),
+            group=traj.split_key,
         )
 
 
@@ -146,7 +149,10 @@ def select(trajectories: Sequence[Trajectory], limit: int | None) -> list[Trajec
     return out
 
 
-def _bfcl_split(data_dir: str | Path, split: Split, params: str | Path | None) -> list[Trajectory]:
+def _bfcl_split(
+    data_dir: str | Path, split: Split, params: str | Path | None, source: str | None = "bfcl"
+) -> list[Trajectory]:
+    """The trajectories of `source` (None: every source) under `data_dir` that fall in `split`."""
     from umi.data.reorganize import input_files
     from umi.schema import read_trajectories
 
@@ -154,9 +160,15 @@ def _bfcl_split(data_dir: str | Path, split: Split, params: str | Path | None) -
     out = []
     for f in input_files(data_dir):
         for traj in read_trajectories(f):
-            if traj.source == "bfcl" and split_of(traj.split_key, fractions) == split:
+            if (source is None or traj.source == source) and split_of(traj.split_key, fractions) == split:
                 out.append(traj)
     return out
+
+
+def load_train(data_dir: str | Path = "data", params: str | Path | None = "params.yaml") -> list[Trajectory]:
+    """Every train-split trajectory under `data_dir`, of any source: where the constant-answer baseline is chosen
+    (umi.eval.baselines.best_constant), so that no test set decides it."""
+    return _bfcl_split(data_dir, "train", params, source=None)
 
 
 def load_bfcl_test(

@@ -77,6 +77,15 @@ def dataset_prompt_format(datasets_dir: str | Path) -> dict | None:
     return prompts.prompt_format(data["doc_style"], data.get("observation_limit"))
 
 
+def dataset_split(datasets_dir: str | Path) -> dict | None:
+    """The split rule the role datasets were cut with (their layout.json's `split`, umi.data.splits.split_rule);
+    None for datasets without one. Recorded in the stage manifest, so evaluation can refuse another split."""
+    layout = Path(datasets_dir) / DATASET_LAYOUT
+    if not layout.is_file():
+        return None
+    return json.loads(layout.read_text(encoding="utf-8")).get("split")
+
+
 STATE_FILE = "stage_state.json"
 DEFAULT_EXPERIMENT = "umi-train"
 
@@ -459,6 +468,7 @@ def train_stage(
             "resumed_from": last_checkpoint,
             "too_long_ids": train.too_long_ids,
             prompts.PROMPT_FORMAT_KEY: dataset_prompt_format(datasets_dir),
+            "split": dataset_split(datasets_dir),
         }
         write_json(model_dir / STAGE_MANIFEST, manifest)
         if run is not None:
