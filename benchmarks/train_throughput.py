@@ -311,6 +311,80 @@ def run_engine(kind: str, model_dir: Path, dataset, tokenizer, args, workdir: Pa
     }
 
 
+def precision_section(model_dir: Path, args) -> dict:
+    """The engine itself (umi.train.stages.train_stage, the `bench` profile's packing and batch) trained on the same
+    examples from the same weights and seed for --precision-steps optimiser steps in float32 and in each bf16 mode
+    (umi.train.precision), one after the other; then each result's loss on the same dev examples, per example, so the
+    gap gets a paired interval (clustered by trajectory). Speed: target tokens/s over the whole stage."""
+    import torch
+
+    from umi.eval.stats import Clusters, interval, paired
+    from umi.train.config import load_config
+    from umi.train.engine import dev_example_losses
+    from umi.train.stages import train_stage
+
+    workdir = Path(tempfile.mkdtemp(prefix="umi-precision-bench-"))
+    if args.layers is not None:  # the cut model, saved once: every mode starts from the same file
+        load_model(model_dir, args.layers).save_pretrained(workdir / "init")
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(workdir / "init")
+        model_dir = workdir / "init"
+    results = {}
+    for mode in args.precisions:
+        config = load_config(
+            "bench",
+            precision=mode,
+            max_length=args.max_length,
+            per_device_batch_size=args.prefix_batch,
+            global_batch_size=args.prefix_batch,
+            pack_length=args.pack_length,
+            save_steps=10**6,
+        )
+        config.stages["global"].max_steps = args.precision_steps
+        config.stages["global"].eval_examples = 0
+        torch.manual_seed(args.seed)
+        result = train_stage("global", config, args.datasets, workdir / mode, model_dir, tracking=False)
+        losses = dev_example_losses(result.checkpoint, "global", args.datasets, args.max_length, args.dev_examples)
+        results[mode] = {
+            "seconds": result.metrics["train_runtime"],
+            "target_tokens_per_second": result.metrics["target_tokens_per_second"],
+            "tokens_per_second": result.metrics["tokens_per_second"],
+            "train_loss": result.metrics.get("train_loss"),
+            "dev": Clusters.from_items(losses),
+        }
+    reference = results.get("fp32")
+    print(
+        f"precision: {args.precision_steps} steps of {args.prefix_batch} global examples (packed, max length "
+        f"{args.max_length}), same seed and weights; dev loss on the same {args.dev_examples} dev examples"
+        f"{f', model cut to {args.layers} layers' if args.layers else ''}; CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}"
+    )
+    print(f"{'mode':<15}{'seconds':>9}{'target tok/s':>14}{'tok/s':>9}{'train loss':>12}  dev loss [95% CI]")
+    for mode, r in results.items():
+        ci = interval(r["dev"])
+        print(
+            f"{mode:<15}{r['seconds']:>9.1f}{r['target_tokens_per_second']:>14.1f}{r['tokens_per_second']:>9.1f}"
+            f"{r['train_loss']:>12.4f}  {ci.value / 100:.4f} [{ci.ci_low / 100:.4f}, {ci.ci_high / 100:.4f}]"
+        )
+    summary: dict = {mode: {k: v for k, v in r.items() if k != "dev"} for mode, r in results.items()}
+    bf16 = [m for m in results if m != "fp32"]
+    if reference is None or not bf16:
+        return summary
+    for mode in bf16:
+        gap = paired(results[mode]["dev"], reference["dev"])
+        summary[mode]["dev_loss_gap"] = gap.to_dict()
+        print(
+            f"dev-loss gap ({mode} - fp32): {gap.difference / 100:+.4f} [{gap.ci_low / 100:+.4f}, "
+            f"{gap.ci_high / 100:+.4f}], p = {gap.p_value:.3f}, n = {gap.n} examples / {gap.clusters} trajectories"
+        )
+    fastest = max(bf16, key=lambda m: results[m]["target_tokens_per_second"])
+    speedup = results[fastest]["target_tokens_per_second"] / reference["target_tokens_per_second"]
+    summary["speedup"], summary["fastest"] = speedup, fastest
+    print(f"bf16 training speed-up: {speedup:.2f}x")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="checkpoint dir (default: artifacts/backbone or tiny)")
@@ -347,6 +421,14 @@ def main(argv: list[str] | None = None) -> int:
         help="packed attention: tree attention (the engine's) or SDPA over the dense tree mask",
     )
     parser.add_argument("--no-reference", action="store_true", help="skip the pad-to-max reference comparison")
+    parser.add_argument(
+        "--precision",
+        action="store_true",
+        help="run only the precision section: float32 against bf16 training (last line `bf16 training speed-up`)",
+    )
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16-autocast", "bf16"])
+    parser.add_argument("--precision-steps", type=int, default=8, help="optimiser steps per precision")
+    parser.add_argument("--dev-examples", type=int, default=64, help="dev examples scored after each precision")
     args = parser.parse_args(argv)
 
     import datasets
@@ -367,6 +449,11 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer.pad_token = tokenizer.eos_token
 
     summary: dict = {"model": str(model_dir)}
+    if args.precision:
+        summary["precision"] = precision_section(Path(model_dir), args)
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        return 0
     if not args.no_reference:
         records, source = load_records(args.role, args.datasets, args.fixtures)
         random.Random(args.seed).shuffle(records)

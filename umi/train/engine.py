@@ -420,6 +420,37 @@ def completion_loss(model, inputs: dict, num_items_in_batch=None):
     return loss_sum / normaliser, outputs
 
 
+def dev_example_losses(
+    model_dir: str | Path, role: str, datasets_dir: str | Path, max_length: int, n: int, seed: int = 42
+) -> list[tuple[str, float]]:
+    """(trajectory id, mean target-token loss) of each of `n` dev examples of `role` (the seeded sample a stage's
+    `eval_examples` draws, encode_role_dataset's selection), in float32: what recipe sweeps and the precision
+    benchmark compare, per example, so that a difference gets a paired interval clustered by trajectory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from umi.train.tokenize import CompletionCollator
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    records = _load_records(role_dataset_path(datasets_dir, role, "dev"), role, None)
+    if n < len(records):
+        records = records.shuffle(seed=seed).select(range(n))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    collate, losses = CompletionCollator(tokenizer.pad_token_id), []
+    with torch.no_grad():
+        for rec in records:
+            try:
+                enc = encode_example(
+                    tokenizer, rec["prompt"], rec["target"], rec["history_span"], max_length, rec["id"]
+                )
+            except TooLong:
+                continue
+            loss, _ = completion_loss(model, collate([{"input_ids": enc.input_ids, "labels": enc.labels}]))
+            losses.append((rec["trajectory_id"], float(loss)))
+    return losses
+
+
 CHECKPOINT_COMPLETE = "umi_checkpoint_complete.json"  # written last into a Trainer checkpoint: it is whole
 
 

@@ -1,0 +1,92 @@
+"""Short runs that choose the epoch run's recipe on dev (issue 29, item 3): one stage of the `bench` profile trained
+on a fraction of an epoch with each candidate setting, the same dev examples scored after each.
+
+    .venv/bin/python docs/results/recipe/sweep.py lr --stage global --fraction 0.0625 --values 5e-5 1e-4 3e-4
+
+Each run is an ordinary stage (umi.train.stages.train_stage) in artifacts/recipe/<sweep>/<value>/<stage>: stopped, the
+same command continues it (finished runs are skipped). Local stages start from the global model named by --init
+(default: the backbone). Results: docs/results/recipe/<sweep>-<stage>.json and a Markdown table printed at the end
+(dev loss: mean per-example completion loss over the stage's eval_examples dev examples, the same seeded sample in
+every run; its 95% interval from a bootstrap over those examples, and the paired difference to the best run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("setting", choices=["lr"], help="what the runs differ in")
+    parser.add_argument("--stage", default="global")
+    parser.add_argument("--fraction", type=float, default=1 / 16, help="of an epoch")
+    parser.add_argument("--values", nargs="+", type=float, required=True)
+    parser.add_argument("--profile", default="bench")
+    parser.add_argument("--datasets", type=Path, default=ROOT / "artifacts" / "datasets")
+    parser.add_argument("--init", type=Path, default=ROOT / "artifacts" / "backbone")
+    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "recipe")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from umi.data.versions import dataset_versions
+    from umi.eval.stats import Clusters, interval, paired
+    from umi.train.config import dataset_role, load_config
+    from umi.train.engine import dev_example_losses
+    from umi.train.stages import train_stage
+
+    name = f"{args.setting}-{args.stage}-{args.fraction:g}"
+    version = dataset_versions(args.datasets).get(dataset_role(args.stage))
+    results = {}
+    for value in args.values:
+        config = load_config(args.profile)
+        settings = config.stages["global" if args.stage == "global-matched" else args.stage]
+        settings.epochs = args.fraction
+        settings.learning_rate = value
+        out = args.out / name / f"{value:g}" / args.stage
+        result = train_stage(args.stage, config, args.datasets, out, args.init, data_version=version, tracking=False)
+        n = config.stage_settings(args.stage).eval_examples
+        losses = dev_example_losses(result.checkpoint, dataset_role(args.stage), args.datasets, config.max_length, n)
+        results[f"{value:g}"] = {
+            "value": value,
+            "train_runtime_s": result.metrics.get("train_runtime"),
+            "steps": result.metrics.get("global_step"),
+            "examples": result.metrics.get("data_examples"),
+            "train_loss": result.metrics.get("train_loss"),
+            "dev_losses": losses,
+        }
+        (HERE / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+
+    # the stats module works in percentage units (100 x a ratio of sums): a loss of 0.81 is 81 there
+    clusters = {k: Clusters.from_items(r["dev_losses"]) for k, r in results.items()}
+    best = min(clusters, key=lambda k: clusters[k].value())
+    ci = interval(clusters[best])
+    print(
+        f"\n{args.setting} sweep, {args.stage}, {args.fraction:g} epoch: dev loss on n = {ci.n} dev examples "
+        f"({ci.clusters} trajectories, the bootstrap's clusters)"
+    )
+    print(f"| {args.setting} | steps | train s | dev loss [95% CI] | minus best [95% CI], p |")
+    print("|---|---|---|---|---|")
+    for key, r in results.items():
+        ci = interval(clusters[key])
+        diff = "-"
+        if key != best:
+            d = paired(clusters[key], clusters[best])
+            diff = f"{d.difference / 100:+.3f} [{d.ci_low / 100:+.3f}, {d.ci_high / 100:+.3f}], p = {d.p_value:.3f}"
+        print(
+            f"| {key} | {r['steps']:.0f} | {r['train_runtime_s']:.0f} | {ci.value / 100:.3f} "
+            f"[{ci.ci_low / 100:.3f}, {ci.ci_high / 100:.3f}] | {diff} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
