@@ -24,6 +24,12 @@ first N decoder layers: cheaper, but it overstates the speed-up (each micro-batc
 gradient of the tied embedding / LM head and its accumulation into every weight's gradient, which packing also
 saves, weigh far more against 4 layers than against 30).
 
+Precision section (`--precision`, run alone): the engine (umi.train.stages.train_stage with the `bench` profile's
+packing) trains --precision-steps optimiser steps of the global role from the same weights and seed in each of
+--precisions (fp32, bf16-autocast, bf16: umi.train.precision), then scores the same --dev-examples dev examples
+with each result; it prints target tokens/s, the dev-loss gap of each bf16 mode to fp32 with its paired interval
+(clustered by trajectory), and last `bf16 training speed-up: N.NNx` (the fastest bf16 mode over fp32).
+
 Data: artifacts/datasets/<role>/train.jsonl (or --datasets) when the reorganised datasets exist, otherwise (or with
 --fixtures) the α-UMi fixtures' reference_train_<role>.json (real ToolBench prompts, longer than BFCL's). The sample
 is --examples examples at evenly spaced length quantiles of a seeded random pool, so a few examples still follow
