@@ -85,3 +85,26 @@ def test_a_run_stopped_between_and_within_stages_continues_to_the_same_weights(
     lines = status.output.splitlines()
     assert [line.split()[:2] for line in lines[1:6]] == [[s, "done"] for s in TRAINABLE_STAGES]
     assert lines[-1].startswith("spent ") and "left 0:00:00" in lines[-1]
+
+
+def test_the_control_under_epochs_runs_over_the_tokens_the_local_stages_run_over(
+    tiny_backbone, role_datasets, tmp_path
+):
+    from umi.train.stages import CONTROL_BUDGET_FILE, control_settings
+    from umi.vocabulary import CONTROL_STAGE, LOCAL_STAGES
+
+    config = load_config("tiny")
+    for s in config.stages.values():  # an epoch each, as the bench profile trains
+        s.max_steps = None
+    assert config.control_by_epochs()
+    results = train_glpft(config, role_datasets, tmp_path, tiny_backbone, stages=TRAINABLE_STAGES, tracking=False)
+    local = sum(results[s].metrics["tokens_trained"] for s in LOCAL_STAGES)
+    control = results[CONTROL_STAGE].metrics
+    # the same compute within one optimiser step of the control (its epochs are fractional; steps are whole)
+    per_step = results["global"].metrics["tokens_trained"] / results["global"].metrics["global_step"]
+    assert abs(control["tokens_trained"] - local) <= per_step
+    assert control["global_step"] > results["global"].metrics["global_step"]  # the locals hold more than global
+    budget = json.loads((tmp_path / CONTROL_STAGE / CONTROL_BUDGET_FILE).read_text())
+    assert budget["epochs"] == pytest.approx(budget["local_tokens"] / budget["tokens_per_epoch"][CONTROL_STAGE])
+    again = control_settings(config, role_datasets, tiny_backbone, tmp_path / CONTROL_STAGE)  # from the file
+    assert again.epochs == budget["epochs"]

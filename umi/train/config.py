@@ -135,7 +135,16 @@ class TrainConfig(BaseModel):
                     "epochs": max(s.epochs for s in local),
                 }
             )
+        # epochs: the locals' data is not the global data's size (on BFCL they run 1.7x its tokens), so the epochs
+        # are matched by tokens when the stage starts (umi.train.stages.control_settings); this is the placeholder
         return base.model_copy(update={"epochs": max(s.epochs for s in local), "max_steps": None})
+
+    def control_by_epochs(self) -> bool:
+        """Whether the control's budget is the locals' epochs (rather than tokens, steps or examples summed)."""
+        local = [self.stages[s] for s in LOCAL_STAGES]
+        return not (
+            all(s.max_tokens for s in local) or all(s.max_steps for s in local) or all(s.max_examples for s in local)
+        )
 
     def for_stage(self, stage: str) -> "TrainConfig":
         """This profile as `stage` trains with it: the stage's own batch sizes and packing, where it sets them, at

@@ -153,9 +153,66 @@ def stage_fingerprint(
         "stage": stage,
         "init": checkpoint_fingerprint(init_from),
         "data_sha256": _sha256_file(role_dataset_path(datasets_dir, dataset_role(stage), "train")),
+        # the control's budget under epochs is the locals' tokens (control_settings): their data counts too
+        **(
+            {"local_data_sha256": [_sha256_file(role_dataset_path(datasets_dir, s, "train")) for s in LOCAL_STAGES]}
+            if stage == CONTROL_STAGE and config.control_by_epochs()
+            else {}
+        ),
         "data_version": data_version,
     }
     return hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest(), src
+
+
+CONTROL_BUDGET_FILE = "control_budget.json"
+
+
+def _stage_tokens(stage: str, config: TrainConfig, datasets_dir: str | Path, tokenizer, cache_dir: Path) -> int:
+    """The tokens one epoch of `stage` runs over (packed tokens where the stage packs), as its training encodes it."""
+    c, role = config.for_stage(stage), dataset_role(stage)
+    path = role_dataset_path(datasets_dir, role, "train")
+    if c.packing:
+        enc = encode_role_dataset_packed(
+            path, role, tokenizer, c.max_length, examples_per_row=c.per_device_batch_size,
+            pack_length=c.pack_budget(), cache_dir=cache_dir,
+        )  # fmt: skip
+        return int(enc.packed_tokens)
+    return int(encode_role_dataset(path, role, tokenizer, c.max_length, cache_dir=cache_dir).tokens)
+
+
+def control_settings(config: TrainConfig, datasets_dir: str | Path, init_from: str | Path, out_dir: Path):
+    """The compute-matched control's settings. Under token, step or example budgets: the locals' summed
+    (TrainConfig.stage_settings). Under epochs: as many epochs of the global data (fractional) as it takes to run
+    over the tokens the three local stages run over, each encoded as its stage trains it (on BFCL at max length
+    2,048 the locals' packed tokens are 1.7x the global data's, so "the same epochs" would give the control 40% less
+    compute). The count is kept in `<out_dir>/control_budget.json`, keyed by the config and the data, so a resumed or
+    finished control does not encode four datasets again."""
+    from transformers import AutoTokenizer
+
+    settings = config.stage_settings(CONTROL_STAGE)
+    if not config.control_by_epochs():
+        return settings
+    stages = (*LOCAL_STAGES, CONTROL_STAGE)
+    key_src = {
+        "config": config.model_dump(mode="json"),
+        "data": [_sha256_file(role_dataset_path(datasets_dir, dataset_role(s), "train")) for s in stages],
+    }
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()
+    cached = read_json_or_none(out_dir / CONTROL_BUDGET_FILE) or {}
+    if cached.get("key") != key:
+        tokenizer = AutoTokenizer.from_pretrained(str(init_from))
+        cache_dir = out_dir / "cache"
+        tokens = {s: _stage_tokens(s, config, datasets_dir, tokenizer, cache_dir) for s in stages}
+        local = sum(tokens[s] * config.stages[s].epochs for s in LOCAL_STAGES)
+        cached = {
+            "key": key,
+            "tokens_per_epoch": tokens,
+            "local_tokens": local,
+            "epochs": local / tokens[CONTROL_STAGE],
+        }
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / CONTROL_BUDGET_FILE, cached)
+    return settings.model_copy(update={"epochs": cached["epochs"]})
 
 
 def stage_complete(out_dir: str | Path, fingerprint: str) -> bool:
@@ -185,8 +242,7 @@ def _start_mlflow_run(previous_run_id: str | None, experiment: str, run_name: st
     return mlflow.start_run(run_name=run_name, nested=nested)
 
 
-def _flat_params(config: TrainConfig, stage: str) -> dict[str, str]:
-    s = config.stage_settings(stage)
+def _flat_params(config: TrainConfig, stage: str, s) -> dict[str, str]:
     params = {
         "profile": config.profile,
         "stage": stage,
@@ -254,8 +310,10 @@ def train_stage(
     if isinstance(config, str):
         config = load_config(config)
     config = config.for_stage(stage)
-    settings = config.stage_settings(stage)
     out_dir, init_from = Path(out_dir), Path(init_from)
+    settings = config.stage_settings(stage)
+    if stage == CONTROL_STAGE:
+        settings = control_settings(config, datasets_dir, init_from, out_dir)
     checkpoints_dir, model_dir = out_dir / "checkpoints", out_dir / "model"
     train_path = role_dataset_path(datasets_dir, dataset_role(stage), "train")
     if not train_path.exists():
@@ -381,7 +439,7 @@ def train_stage(
         if not (last_checkpoint and state.get("run_id")):  # params are immutable in MLflow: log them once per run
             mlflow.log_params(
                 {
-                    **_flat_params(config, stage),
+                    **_flat_params(config, stage, settings),
                     "init_from": str(init_from),
                     "data_version": data_version or "unknown",
                     "dataset_sha256": fingerprint_src["data_sha256"],
@@ -432,6 +490,7 @@ def train_stage(
     if runtime > 0:
         metrics["target_tokens_per_second"] = collator.target_tokens / runtime
         metrics["tokens_per_second"] = collator.tokens / runtime
+    metrics["tokens_trained"] = float(collator.tokens)  # what the model ran over (packed: shared tokens once)
     metrics["global_step"] = float(trainer.state.global_step)
     if master_weights:  # the stage's result is the float32 masters, not their bf16 rounding
         getattr(trainer.optimizer, "optimizer", trainer.optimizer).export_to(trainer.model)
