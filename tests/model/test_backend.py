@@ -272,8 +272,9 @@ def test_static_evaluation_in_trajectory_order_equals_the_padded_batches_and_pre
         *itertools.islice(import_category("multi_turn_base"), 1),
     ]
     settings = EvalSettings(batch_size=3, max_new_tokens={"planner": 12, "caller": 12, "summarizer": 12, "global": 12})
-    in_order = TransformersBackend(model, tokenizer, context_length=2048)
-    padded = TransformersBackend(model, tokenizer, context_length=2048)
+    # long enough for the multi-turn entry's prompts whole: a prompt that does not fit is not prompted (issue 25)
+    in_order = TransformersBackend(model, tokenizer, context_length=8192)
+    padded = TransformersBackend(model, tokenizer, context_length=8192)
     roles = ("planner", "caller", "summarizer")
     a = run_static({r: in_order for r in roles}, trajectories, settings=settings)
     b = run_static({r: padded for r in roles}, trajectories, settings=settings.with_(static_batching="padded"))
