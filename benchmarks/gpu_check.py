@@ -378,7 +378,13 @@ def train_arm(packing: bool, examples: list, tokenizer, args, workdir: Path, pea
     from transformers import TrainerCallback
     from transformers.trainer_utils import SaveStrategy
 
-    from umi.train.engine import CompletionTrainer, has_gpu, training_arguments, use_bf16, use_gradient_checkpointing
+    from umi.train.engine import (
+        CompletionTrainer,
+        has_gpu,
+        training_arguments,
+        training_precision,
+        use_gradient_checkpointing,
+    )
     from umi.train.packing import PackedCollator, packed_row, use_tree_attention
     from umi.train.stages import CountingCollator
     from umi.train.tokenize import CompletionCollator
@@ -447,7 +453,7 @@ def train_arm(packing: bool, examples: list, tokenizer, args, workdir: Path, pea
         "mfu": round(6 * params * (tokens1 - tokens0) / seconds / 1e12 / peak, 4) if peak else None,
         "train_loss_first_last": [round(losses[0], 4), round(losses[-1], 4)] if losses else None,
         "train_loss_mean": round(output.training_loss, 4),
-        "bf16": use_bf16(config),
+        "precision": training_precision(config),  # umi.train.precision: bf16-autocast on a bf16 GPU
         "activation_checkpointing": use_gradient_checkpointing(config),
         "attention": model.config._attn_implementation,
         "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
@@ -484,7 +490,7 @@ def check_train(state: dict, args, workdir: Path, report: Report) -> dict:
             traceback.print_exc()
             errors[name] = f"{type(e).__name__}: {e}"
             free_cuda()
-    if any(not arm["bf16"] for arm in arms.values()):
+    if any(arm["precision"] == "fp32" for arm in arms.values()):
         report.skip("train.bf16", "no CUDA device with bf16: the engine's precision `auto` trains in fp32")
     result = {
         "profile": args.profile,
@@ -856,7 +862,12 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--max-length", type=int, default=None, help="override the profile's max_length")
     parser.add_argument("--per-device-batch-size", type=int, default=None, help="override the profile's")
     parser.add_argument("--global-batch-size", type=int, default=None, help="override the profile's")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None, help="override the profile's")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16-autocast"),
+        default=None,
+        help="override the profile's (the model is built in float32: bf16 weights are not this check's)",
+    )
     parser.add_argument("--gradient-checkpointing", choices=("auto", "on", "off"), default=None,
                         help="override the profile's (auto: on with CUDA)")  # fmt: skip
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, for MFU")
@@ -986,7 +997,7 @@ def summarise(data: dict) -> None:
             mfu = f", MFU {r['mfu']:.1%}" if r.get("mfu") is not None else ""
             print(
                 f"train {arm:<8}: {r['target_tokens_per_second']:>10.1f} target tok/s {r['tokens_per_second']:>10.1f}"
-                f" tok/s  {r['seconds_per_step']:.3f} s/step{mfu}  (bf16 {r['bf16']}, ckpt "
+                f" tok/s  {r['seconds_per_step']:.3f} s/step{mfu}  ({r['precision']}, ckpt "
                 f"{r['activation_checkpointing']}, {r['attention']}, {r['max_memory_gib']} GiB)"
             )
     if "packed_over_per_step" in train:

@@ -132,7 +132,8 @@ def test_local_stages_start_from_the_global_checkpoint(tiny_backbone, role_datas
 
     def spying_train_stage(stage, *args, **kwargs):
         capture = CaptureStart()
-        result = real_train_stage(stage, *args, callbacks=[capture], **kwargs)
+        callbacks = [capture, *(kwargs.pop("callbacks", None) or [])]
+        result = real_train_stage(stage, *args, callbacks=callbacks, **kwargs)
         starts[stage] = capture.start
         return result
 
