@@ -108,3 +108,16 @@ def test_the_control_under_epochs_runs_over_the_tokens_the_local_stages_run_over
     assert budget["epochs"] == pytest.approx(budget["local_tokens"] / budget["tokens_per_epoch"][CONTROL_STAGE])
     again = control_settings(config, role_datasets, tiny_backbone, tmp_path / CONTROL_STAGE)  # from the file
     assert again.epochs == budget["epochs"]
+
+
+def test_a_damaged_progress_file_is_shown_as_unknown_not_fatal(tmp_path):
+    from umi.train.progress import format_status, stage_status
+
+    (tmp_path / "global").mkdir()
+    (tmp_path / "global" / PROGRESS_FILE).write_text('{"step": 3, "max_st')  # damaged by a disk or a hand
+    assert stage_status(tmp_path / "global", "global").state == "not started"  # no state file: nothing trained
+    (tmp_path / "global" / "stage_state.json").write_text('{"fingerprint": "x", "complete": false}')
+    row = stage_status(tmp_path / "global", "global")
+    assert (row.state, row.step, row.left_s) == ("training", None, None)
+    text = format_status(run_status(tmp_path, ("global", "planner")))
+    assert text.splitlines()[1].split()[:3] == ["global", "training", "-"] and "left -" in text
