@@ -66,24 +66,28 @@ from umi.vocabulary import (
 log = logging.getLogger(__name__)
 
 
-def dataset_prompt_format(datasets_dir: str | Path) -> dict | None:
-    """The prompt format the role datasets were rendered with (their layout.json, umi.data.reorganize); None, with a
-    warning, for datasets made by hand without one."""
+def dataset_layout(datasets_dir: str | Path) -> dict | None:
+    """The role datasets' layout.json (umi.data.reorganize: doc style, observation limit, split rule); None for
+    datasets made by hand without one."""
     layout = Path(datasets_dir) / DATASET_LAYOUT
-    if not layout.is_file():
-        log.warning("%s not found: the checkpoint will not record its prompt format", layout)
+    return json.loads(layout.read_text(encoding="utf-8")) if layout.is_file() else None
+
+
+def dataset_prompt_format(datasets_dir: str | Path) -> dict | None:
+    """The prompt format the role datasets were rendered with; None, with a warning, for datasets without a layout."""
+    data = dataset_layout(datasets_dir)
+    if data is None:
+        log.warning(
+            "%s not found: the checkpoint will not record its prompt format", Path(datasets_dir) / DATASET_LAYOUT
+        )
         return None
-    data = json.loads(layout.read_text(encoding="utf-8"))
     return prompts.prompt_format(data["doc_style"], data.get("observation_limit"))
 
 
 def dataset_split(datasets_dir: str | Path) -> dict | None:
-    """The split rule the role datasets were cut with (their layout.json's `split`, umi.data.splits.split_rule);
-    None for datasets without one. Recorded in the stage manifest, so evaluation can refuse another split."""
-    layout = Path(datasets_dir) / DATASET_LAYOUT
-    if not layout.is_file():
-        return None
-    return json.loads(layout.read_text(encoding="utf-8")).get("split")
+    """The split rule the role datasets were cut with (layout.json's `split`, umi.data.splits.split_rule); None for
+    datasets without one. Recorded in the stage manifest, so evaluation can refuse another split."""
+    return (dataset_layout(datasets_dir) or {}).get("split")
 
 
 STATE_FILE = "stage_state.json"
