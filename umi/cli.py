@@ -189,19 +189,25 @@ def train_cmd(
     control: Annotated[
         bool, typer.Option(help="`all` also trains the compute-matched single LLM (global-matched).")
     ] = True,
+    epochs: Annotated[
+        Optional[float], typer.Option(min=0.001, help="Every stage's epochs (fractions allowed), replacing the profile's.")
+    ] = None,
 ) -> None:
     """GLPFT: `global` first, then `planner`, `caller`, `summarizer` from the global checkpoint, and the
     compute-matched control `global-matched` (or `all`, in that order). The same command again continues where it
     stopped: finished stages are skipped, an interrupted one resumes from its last complete checkpoint. `status`
     prints where the run in --runs stands (each stage also logs to <runs>/<stage>/train.log)."""
+    from umi.train.config import load_config
     from umi.vocabulary import CONTROL_STAGE, STAGES, TRAINABLE_STAGES
 
+    config = load_config(profile)
+    if epochs is not None:
+        config = config.with_epochs(epochs)
     if stage == "status":
-        from umi.train.config import load_config
         from umi.train.progress import format_status, planned_examples, run_status
 
         stages = TRAINABLE_STAGES if control else STAGES
-        planned = planned_examples(load_config(profile), datasets, stages)
+        planned = planned_examples(config, datasets, stages)
         typer.echo(format_status(run_status(runs, stages, planned)))  # a table: never wrapped to the terminal
         return
     _default_tracking()
@@ -213,7 +219,7 @@ def train_cmd(
     if stage == "all":
         stages = STAGES + ((CONTROL_STAGE,) if control and not from_backbone else ())
         results = train_glpft(
-            profile, datasets, runs, backbone, stages=stages, from_backbone=from_backbone, data_version=versions
+            config, datasets, runs, backbone, stages=stages, from_backbone=from_backbone, data_version=versions
         )
     elif stage in TRAINABLE_STAGES:
         init = backbone if (stage == "global" or from_backbone) else runs / "global" / "model"
@@ -221,7 +227,7 @@ def train_cmd(
             console.print(f"[red]{init} does not exist: train the global stage first (umi train global)[/]")
             raise typer.Exit(1)
         version = versions.get(dataset_role(stage))
-        results = {stage: train_stage(stage, profile, datasets, runs / stage, init, data_version=version)}
+        results = {stage: train_stage(stage, config, datasets, runs / stage, init, data_version=version)}
     else:
         console.print(f"[red]unknown stage {stage!r}[/]: one of {', '.join(TRAINABLE_STAGES)}, all or status")
         raise typer.Exit(2)

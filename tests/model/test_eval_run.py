@@ -469,3 +469,32 @@ def test_a_step_whose_prompt_does_not_fit_is_not_prompted_and_left_out_of_its_pa
         assert entry["budget"]["raised_prompt_tokens"] == needed + SMALL.raised_history_tokens
         assert entry["static"]["bfcl-test"]["prompts"]["steps_not_prompted"] == 0
     assert raised.agents["alpha-umi"]["static"]["bfcl-test"]["paired"]["single-llm"]["plan_acc"]["left_out"] == 0
+
+
+def test_dev_only_never_reads_the_test_split(tiny_backbone, data_dir, tmp_path):
+    """test=False (recipe choices, learning curves): every agent on the dev split, nothing scored on test."""
+    params = tmp_path / "params.yaml"  # every trajectory in dev; the test split empty
+    params.write_text("reorganize:\n  split_fractions: {train: 0.0, dev: 1.0, test: 0.0}\n")
+    report = evaluate(
+        [AgentSpec.single("single-llm", str(tiny_backbone))],
+        out_dir=tmp_path / "e",
+        live=True,
+        build_agent=build_agent,
+        toolbench_ood=None,
+        data_dir=data_dir / "data",
+        params=params,
+        settings=SMALL,
+        tracking=False,
+        progress=False,
+        test=False,
+        judge=False,
+    )
+    agent = report.agents["single-llm"]
+    assert list(agent["static"]) == ["bfcl-dev"]
+    assert agent["static"]["bfcl-dev"]["n"]["items"] > 0
+    assert agent.get("live") is None and agent["live_dev"] is not None
+    assert "bfcl-test" not in report.test_sets and "live" not in report.test_sets
+    assert report.settings["test"] is False and report.settings["selection"] == ["single-llm"]
+    # the baselines are read on dev too, and the agent is paired with them there
+    assert list(report.agents["rule: last turn"]["static"]) == ["bfcl-dev"]
+    assert "paired" in agent["static"]["bfcl-dev"]

@@ -112,3 +112,17 @@ def test_precision_policy_without_a_gpu(monkeypatch):
     assert training_precision(paper) == "fp32" and not use_gradient_checkpointing(paper)  # auto: only where a GPU is
     forced = load_config("paper", precision="bf16", gradient_checkpointing="on")
     assert training_precision(forced) == "bf16" and use_gradient_checkpointing(forced)
+
+
+def test_with_epochs_sets_every_stage_to_one_budget():
+    """A learning curve's point: the profile's recipe with every stage trained for the same fraction of an epoch."""
+    config = load_config("cpu")
+    assert any(s.max_steps or s.max_examples or s.max_tokens for s in config.stages.values())  # budgets to replace
+    eighth = config.with_epochs(0.125)
+    for name, s in eighth.stages.items():
+        assert (s.epochs, s.max_steps, s.max_examples, s.max_tokens) == (0.125, None, None, None), name
+        assert s.learning_rate == config.stages[name].learning_rate  # the recipe otherwise unchanged
+    assert eighth.control_by_epochs() and eighth.max_length == config.max_length
+    assert config.stages["global"].max_tokens == 40000  # the profile itself untouched
+    with pytest.raises(pydantic.ValidationError):
+        config.with_epochs(0)

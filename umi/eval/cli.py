@@ -119,6 +119,7 @@ def _run(static: bool, live: bool, **options) -> None:
         params=options["params"],
         judge=options["judge"],
         cache=options["cache"],
+        test=not options["dev_only"],
         build_agent=_build_agent,
         **kwargs,
     )
@@ -168,6 +169,9 @@ Tracking = Annotated[bool, typer.Option(help="Log to MLflow.")]
 Experiment = Annotated[str, typer.Option(help="MLflow experiment.")]
 Parent = Annotated[Optional[str], typer.Option(help="MLflow run to nest the evaluation run under.")]
 Judge = Annotated[bool, typer.Option(help="Also score live rollouts with bfcl_eval's multi-turn checker.")]
+DevOnly = Annotated[
+    bool, typer.Option("--dev-only", help="Every agent on the dev split only, never the test split (for choices).")
+]
 
 
 def _command(static: bool, live: bool, doc: str):
@@ -199,6 +203,7 @@ def _command(static: bool, live: bool, doc: str):
         experiment: Experiment = "umi-eval",
         parent_run_id: Parent = None,
         judge: Judge = True,
+        dev_only: DevOnly = False,
     ) -> None:
         _run(static, live, **{k: v for k, v in locals().items() if k not in ("static", "live", "doc")})
 

@@ -257,6 +257,7 @@ def evaluate(
     judge: bool = True,
     progress: bool = True,
     selection: Sequence[str] = (),
+    test: bool = True,
     baselines: bool = True,
     references: Sequence[str] = REFERENCES,
     cache: str | Path | None = None,
@@ -277,6 +278,8 @@ def evaluate(
     an agent's checkpoints record they were trained on (umi.eval.agents.check_split).
     selection: names of agents also evaluated on the dev split (static `bfcl-dev`, live `live_dev`, same limits):
     the numbers promotion decides on, so the test split only reports.
+    test: False evaluates the dev split only (every agent, as if all were in `selection`; no test split, no
+    ToolBench set): for choices made on dev, such as a recipe or a learning curve, that must never see the test split.
     baselines: add the trivial agents of umi.eval.baselines (plan rules, the no-call agent) to the report.
     references: agents every other agent is compared with, paired on the same items (when in the report).
     cache: a generation cache file (umi.eval.generation_cache): finished generations are stored as they are made
@@ -309,14 +312,15 @@ def evaluate(
     details = out / "details"
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    selected = [n for n in selection if n in names]
+    selected = [n for n in selection if n in names] if test else names
 
     test_sets: list[TestSet] = []
     dev_sets: list[TestSet] = []
     info: dict[str, dict] = {}
-    if static:
+    if static and test:
         test_sets.append(load_bfcl_test(data_dir, cfg.limit, params))
-        if toolbench_ood is not None:
+    if static:
+        if toolbench_ood is not None and test:
             n_ood = cfg.ood_limit if cfg.ood_limit is not None else cfg.limit
             test_sets.append(load_toolbench_ood(toolbench_ood, n_ood))  # FileNotFoundError when it is missing
         else:
@@ -327,18 +331,20 @@ def evaluate(
         for t in test_sets:
             for r in t.rejected:
                 log.warning("%s: record %s rejected by the importer: %s", t.name, r["id"], r["reason"])
-    # the prompts no agent may lose its tool docs on: the whole BFCL test split (the live entries are part of it)
+    # the prompts no agent may lose its tool docs on: the whole BFCL test split (the live entries are part of it); the
+    # dev split's when only dev is evaluated
     docs_sets = []
     if cfg.fit_tool_docs and (static or live):
-        docs_sets = load_bfcl_test(data_dir, None, params).trajectories
+        docs_sets = load_bfcl_test(data_dir, None, params, split="test" if test else "dev").trajectories
     categories = {t.name: _categories(t) for t in (*test_sets, *dev_sets)}
     clusters = {t.name: _clusters(t) for t in (*test_sets, *dev_sets)}
     live_sets: dict[str, list] = {}
     live_trajectories: dict[str, list] = {}
-    if live:
+    if live and test:
         entries, available = live_entries(data_dir, cfg.live_limit, params)
         live_sets[LIVE_TEST] = entries
         info[LIVE_TEST] = {"entries": len(entries), "available": available}
+    if live:
         if selected:
             dev_entries, dev_available = live_entries(data_dir, cfg.live_limit, params, split="dev")
             live_sets[LIVE_DEV] = dev_entries
@@ -499,6 +505,7 @@ def evaluate(
             "live": live,
             "judge": judge,
             "selection": selected,
+            "test": test,
             "references": list(references),
             "resolved_dtype": resolved_dtype,
             "split": split,

@@ -139,6 +139,15 @@ class TrainConfig(BaseModel):
         # are matched by tokens when the stage starts (umi.train.stages.control_settings); this is the placeholder
         return base.model_copy(update={"epochs": max(s.epochs for s in local), "max_steps": None})
 
+    def with_epochs(self, epochs: float) -> "TrainConfig":
+        """This profile with every stage trained for `epochs` (a fraction allowed) and no other budget: a learning
+        curve's points are the same recipe at several budgets."""
+        stages = {
+            name: s.model_copy(update={"epochs": epochs, "max_steps": None, "max_examples": None, "max_tokens": None})
+            for name, s in self.stages.items()
+        }
+        return TrainConfig.model_validate({**self.model_dump(), "stages": {k: v.model_dump() for k, v in stages.items()}})
+
     def control_by_epochs(self) -> bool:
         """Whether the control's budget is the locals' epochs (rather than tokens, steps or examples summed)."""
         local = [self.stages[s] for s in LOCAL_STAGES]
