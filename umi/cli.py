@@ -190,7 +190,8 @@ def train_cmd(
         bool, typer.Option(help="`all` also trains the compute-matched single LLM (global-matched).")
     ] = True,
     epochs: Annotated[
-        Optional[float], typer.Option(min=0.001, help="Every stage's epochs (fractions allowed), replacing the profile's.")
+        Optional[float],
+        typer.Option(min=0.001, help="Every stage's epochs (fractions allowed), replacing the profile's."),
     ] = None,
 ) -> None:
     """GLPFT: `global` first, then `planner`, `caller`, `summarizer` from the global checkpoint, and the

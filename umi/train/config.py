@@ -146,7 +146,9 @@ class TrainConfig(BaseModel):
             name: s.model_copy(update={"epochs": epochs, "max_steps": None, "max_examples": None, "max_tokens": None})
             for name, s in self.stages.items()
         }
-        return TrainConfig.model_validate({**self.model_dump(), "stages": {k: v.model_dump() for k, v in stages.items()}})
+        return TrainConfig.model_validate(
+            {**self.model_dump(), "stages": {k: v.model_dump() for k, v in stages.items()}}
+        )
 
     def control_by_epochs(self) -> bool:
         """Whether the control's budget is the locals' epochs (rather than tokens, steps or examples summed)."""
