@@ -2,6 +2,10 @@
 on a fraction of an epoch with each candidate setting, the same dev examples scored after each.
 
     .venv/bin/python docs/results/recipe/sweep.py lr --stage global --fraction 0.0625 --values 5e-5 1e-4 3e-4
+    .venv/bin/python docs/results/recipe/sweep.py lora --stage global --fraction 0.0625 --values 3e-4 1e-3
+
+`lr`: full fine-tuning at each learning rate. `lora`: LoRA (--lora-r, alpha 2r, every linear layer, merged at the
+end) at each learning rate; its train seconds are the speed side of the choice.
 
 Each run is an ordinary stage (umi.train.stages.train_stage) in artifacts/recipe/<sweep>/<value>/<stage>: stopped, the
 same command continues it (finished runs are skipped). Local stages start from the global model named by --init
@@ -26,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("setting", choices=["lr"], help="what the runs differ in")
+    parser.add_argument("setting", choices=["lr", "lora"], help="what the runs differ in (both: the learning rate)")
     parser.add_argument("--stage", default="global")
     parser.add_argument("--fraction", type=float, default=1 / 16, help="of an epoch")
     parser.add_argument("--values", nargs="+", type=float, required=True)
@@ -34,12 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", type=Path, default=ROOT / "artifacts" / "datasets")
     parser.add_argument("--init", type=Path, default=ROOT / "artifacts" / "backbone")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "recipe")
+    parser.add_argument("--lora-r", type=int, default=16)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from umi.data.versions import dataset_versions
     from umi.eval.stats import Clusters, interval, paired
-    from umi.train.config import dataset_role, load_config
+    from umi.train.config import LoraSettings, dataset_role, load_config
     from umi.train.engine import dev_example_losses
     from umi.train.stages import train_stage
 
@@ -51,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = config.stages["global" if args.stage == "global-matched" else args.stage]
         settings.epochs = args.fraction
         settings.learning_rate = value
+        if args.setting == "lora":
+            config.lora = LoraSettings(r=args.lora_r, alpha=2 * args.lora_r)
         out = args.out / name / f"{value:g}" / args.stage
         result = train_stage(args.stage, config, args.datasets, out, args.init, data_version=version, tracking=False)
         n = config.stage_settings(args.stage).eval_examples
