@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 HERE = Path(__file__).resolve().parent
+INIT = "untrained"  # the record's row for the model the runs start from (the backbone, or --init)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +51,18 @@ def main(argv: list[str] | None = None) -> int:
 
     name = f"{args.setting}-{args.stage}-{args.fraction:g}"
     version = dataset_versions(args.datasets).get(dataset_role(args.stage))
-    results = {}
+    record = HERE / f"{name}.json"
+    # runs recorded earlier stay in the record (a later call may add values); the starting model is its baseline row
+    results = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+    config = load_config(args.profile)
+    if INIT not in results:
+        n = config.stage_settings(args.stage).eval_examples
+        losses = dev_example_losses(args.init, dataset_role(args.stage), args.datasets, config.max_length, n)
+        results[INIT] = {"value": None, "model": str(args.init.relative_to(ROOT)), "dev_losses": losses}
+        record.write_text(json.dumps(results, indent=1) + "\n")
     for value in args.values:
+        if f"{value:g}" in results:
+            continue
         config = load_config(args.profile)
         settings = config.stages["global" if args.stage == "global-matched" else args.stage]
         settings.epochs = args.fraction
@@ -70,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_loss": result.metrics.get("train_loss"),
             "dev_losses": losses,
         }
-        (HERE / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+        record.write_text(json.dumps(results, indent=1) + "\n")
 
     # the stats module works in percentage units (100 x a ratio of sums): a loss of 0.81 is 81 there
     clusters = {k: Clusters.from_items(r["dev_losses"]) for k, r in results.items()}
@@ -88,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         if key != best:
             d = paired(clusters[key], clusters[best])
             diff = f"{d.difference / 100:+.3f} [{d.ci_low / 100:+.3f}, {d.ci_high / 100:+.3f}], p = {d.p_value:.3f}"
+        steps, seconds = (f"{r[k]:.0f}" if r.get(k) is not None else "-" for k in ("steps", "train_runtime_s"))
         print(
-            f"| {key} | {r['steps']:.0f} | {r['train_runtime_s']:.0f} | {ci.value / 100:.3f} "
+            f"| {key} | {steps} | {seconds} | {ci.value / 100:.3f} "
             f"[{ci.ci_low / 100:.3f}, {ci.ci_high / 100:.3f}] | {diff} |"
         )
     return 0
