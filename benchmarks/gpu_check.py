@@ -19,7 +19,7 @@ travel) and the committed sample of the real BFCL role data (benchmarks/data/gpu
    is counted at every token although completion_loss applies it at target positions only). Then packed / per-step.
 2. loss: on one optimiser step's examples, packed and per-step loss and gradients agree: in fp32, and in bf16
    autocast as the Trainer trains on CUDA, within the stated tolerances (the packed arm's trained model).
-3. generate: that model saved and loaded by umi's inference rule (TransformersBackend.from_pretrained: CUDA, bf16)
+3. generate: that model saved and loaded by umi's inference rule (umi.inference.loading.load_backend: CUDA, bf16)
    decodes a fixed number of tokens for each of 64 BFCL test planner prompts at batch 1 and at batch 32
    (generate_batch, static evaluation's path); new tokens/s of each.
 4. serve: the service's app (create_app over build_engine, the BentoML service's own engine, in-process through
@@ -207,7 +207,7 @@ class Report:
 
 # --- environment --------------------------------------------------------------------------------------------------
 SERVICE_MODULES = ("fastapi", "starlette.testclient", "pydantic_settings", "jsonschema")
-CORE_MODULES = ("umi.train.engine", "umi.train.stages", "umi.train.packing", "umi.backend")
+CORE_MODULES = ("umi.train.engine", "umi.train.stages", "umi.train.packing", "umi.inference.transformers_backend")
 
 
 def missing_modules(names) -> dict[str, str]:
@@ -341,8 +341,8 @@ def make_model(shape: str, tokenizer, seed: int):
 def tree_examples(records: list[dict], tokenizer, max_length: int) -> tuple[list, list[str], int]:
     """The records as tree-packing examples (each also its per-step encoding), one token cache per trajectory as
     encode_role_dataset_packed keeps; (examples, their trajectory ids, how many were left out as too long)."""
+    from umi.inference.tokens import TooLong
     from umi.train.packing import tree_example
-    from umi.train.tokenize import TooLong
 
     out, trajectories, too_long, caches = [], [], 0, {}
     for r in records:
@@ -607,10 +607,11 @@ def save_model(model, tokenizer, folder: Path) -> Path:
 def check_generate(state: dict, args, workdir: Path) -> dict:
     """64 BFCL test planner prompts, args.gen_new_tokens tokens each (EOS ignored: a fixed amount of decoding), at
     batch 1 and batch args.gen_batch, through the inference loader's backend."""
-    from umi.backend import GenerationRequest, TransformersBackend
+    from umi.inference.loading import load_backend
+    from umi.inference.protocol import GenerationRequest
 
     folder = save_model(state["model"], state["tokenizer"], workdir / "trained")
-    backend = TransformersBackend.from_pretrained(folder)
+    backend = load_backend(folder)
     prompts = state["prompts"][: args.gen_prompts]
     requests = [
         GenerationRequest(
@@ -721,10 +722,10 @@ def teach(model, tokenizer, pairs: list[tuple[str, str, tuple[int, int]]], args)
 
 
 def check_serve(state: dict, args, workdir: Path) -> dict:
+    from tests.support.scripted import ScriptedBackend
     from umi.serve.app import create_app
     from umi.serve.engine import AgentEngine, build_engine
     from umi.serve.settings import ServeSettings
-    from umi.testing import ScriptedBackend
     from umi.vocabulary import AGENT_ROLES
 
     folder = workdir / "served"  # where the taught model goes; the settings want it to exist from the start
@@ -744,7 +745,7 @@ def check_serve(state: dict, args, workdir: Path) -> dict:
     start = time.perf_counter()
     response = chat_turn(create_app(settings, engine))
     seconds = time.perf_counter() - start
-    served = engine.backends["planner"].backend.model  # RoleBackend -> TransformersBackend -> the model
+    served = engine.backends["planner"].model  # SharedBackend -> TransformersBackend -> the model
     call = tool_call_of(response)
     out = {
         **taught,

@@ -4,7 +4,8 @@
 
 The same held-out BFCL multi-turn entries are rolled out twice by the α-UMi agent with --model in every role (the
 untrained backbone by default: it rarely stops early, so every generation runs to --max-new-tokens), float32, first
-one entry after another, then --concurrency entries at once with their generations decoded together (umi.batching).
+one entry after another, then --concurrency entries at once with their generations decoded together
+(umi.inference.sharing).
 Prints each run's wall time (model loading and a warm-up generation left out), how many entries got the identical record both ways (timings aside), and last the line
 `live batching speed-up: N.NNx` (sequential time / concurrent time).
 """
@@ -18,13 +19,14 @@ from pathlib import Path
 from rich.console import Console
 
 from umi.agent.loop import build_agent
-from umi.backend import GenerationRequest
-from umi.batching import batched_backends
-from umi.eval.agents import AgentSpec, loaded_backends
+from umi.eval.agents import loaded_backends
 from umi.eval.budget import base_budget
 from umi.eval.live import run_live, without_timings
 from umi.eval.settings import EvalSettings
 from umi.eval.testsets import live_entries
+from umi.inference.agent_specs import AgentSpec
+from umi.inference.protocol import GenerationRequest
+from umi.inference.sharing import batched_backends
 
 
 def main() -> None:

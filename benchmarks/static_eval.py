@@ -21,12 +21,13 @@ from pathlib import Path
 from rich.console import Console
 
 from umi import prompts
-from umi.backend import GenerationRequest
-from umi.eval.agents import AgentSpec, loaded_backends
+from umi.eval.agents import loaded_backends
 from umi.eval.settings import PROFILES
 from umi.eval.static import run_static
 from umi.eval.testsets import load_bfcl_test, load_toolbench_ood
 from umi.fixtures import TOOLBENCH_OOD_TEST
+from umi.inference.agent_specs import AgentSpec
+from umi.inference.protocol import GenerationRequest
 from umi.params import dataset_doc_style
 
 

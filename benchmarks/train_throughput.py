@@ -172,8 +172,8 @@ def time_engines(model_dir: Path, examples: list, tokenizer, args) -> dict:
 
 
 def shared_prefix(model_dir: Path, tokenizer, args) -> dict:
+    from umi.inference.tokens import TooLong
     from umi.train.packing import tree_example
-    from umi.train.tokenize import TooLong
 
     roles, weights = {}, {}
     for role in args.roles:
@@ -441,8 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoTokenizer
 
+    from umi.inference.tokens import TooLong
     from umi.train.backbone import make_tiny_backbone
-    from umi.train.tokenize import TooLong, encode_example
+    from umi.train.tokenize import encode_example
 
     workdir = Path(tempfile.mkdtemp(prefix="umi-train-bench-"))
     model_dir = args.model

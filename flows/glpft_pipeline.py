@@ -20,9 +20,9 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import tasks
-from umi.devices import default_local_concurrency
-from umi.eval.agents import AgentSpec
 from umi.eval.pipeline import evaluation_options
+from umi.inference.agent_specs import AgentSpec
+from umi.machine import default_local_concurrency
 from umi.promotion import champion_to_compare
 from umi.tracking import ParentRun
 from umi.train.config import CONTROL_STAGE, LOCAL_STAGES, dataset_role

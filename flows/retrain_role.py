@@ -16,8 +16,8 @@ import time
 from prefect import flow, get_run_logger
 
 from flows import tasks
-from umi.eval.agents import AgentSpec
 from umi.eval.pipeline import evaluation_options
+from umi.inference.agent_specs import AgentSpec
 from umi.tracking import ParentRun
 from umi.train.config import LOCAL_STAGES
 

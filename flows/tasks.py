@@ -44,7 +44,7 @@ def train_stage(request: dict, fingerprint: str, parent_run_id: str | None, expe
     `fingerprint` (the stage's own) is part of the cache key. Returns StageResult.to_json()."""
     from prefect.runtime import flow_run
 
-    from umi.devices import cpu_count, device_pool
+    from umi.machine import cpu_count, device_pool
     from umi.train.worker import train_in_worker
 
     logger, pool = get_run_logger(), device_pool((flow_run.id, slots), slots)

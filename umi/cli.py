@@ -101,7 +101,7 @@ def reorganize_cmd(
 ) -> None:
     """Trajectories -> the global, planner, caller and summarizer datasets."""
     from umi.data.reorganize import ReorganizeOptions, TooManyRejects, reorganize
-    from umi.devices import cpu_count
+    from umi.machine import cpu_count
     from umi.params import reorganize_params
 
     settings = reorganize_params(params)

@@ -10,7 +10,8 @@ import pytest
 
 from umi.data.reorganize import ReorganizeOptions, reorganize
 from umi.data.splits import GROUP_RULE, MIN_TEST_SHARE, split_differences, split_rule
-from umi.eval.agents import AgentSpec, check_split
+from umi.eval.agents import check_split
+from umi.inference.agent_specs import AgentSpec
 from umi.schema import Step, ToolSpec, Trajectory, write_trajectories
 from umi.vocabulary import DATASET_LAYOUT, STAGE_MANIFEST
 

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from umi.backend import Generation, GenerationRequest, TooLong
 from umi.data.alpha_umi import import_alpha_umi
 from umi.data.bfcl import import_category
 from umi.data.reorganize import role_examples
 from umi.eval.settings import EvalSettings
 from umi.eval.static import run_static
 from umi.fixtures import TOOLBENCH_OOD_TEST
+from umi.inference.protocol import Generation, GenerationRequest
+from umi.inference.tokens import TooLong
 from umi.schema import Trajectory
 
 PERFECT = {"plan_acc": 100.0, "act_em": 100.0, "hallu": 0.0, "arg_f1": 100.0, "rouge_l": 100.0}
@@ -44,6 +45,19 @@ class OracleBackend:
             assert r.prompt not in self.too_long
             text = self.fixed if self.fixed is not None else self.targets[r.prompt]
             out.append(Generation.of_text(text, prompt_tokens=1, new_tokens=3))
+        return out
+
+    def generate_many(self, requests, *, max_rows=None, done=None):
+        """Static evaluation's continuous path (its default), answered `max_rows` at a time."""
+        rows = max_rows or max(len(requests), 1)
+        out = [
+            g
+            for start in range(0, len(requests), rows)
+            for g in self.generate_batch(requests[start : start + rows], rows)
+        ]
+        for i, g in enumerate(out):
+            if done is not None:
+                done(i, g)
         return out
 
 

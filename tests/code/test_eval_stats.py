@@ -168,7 +168,8 @@ def test_live_evidence_counts_entries_and_turns():
 
 
 def test_training_budget_sums_the_stage_lineage_once(tmp_path):
-    from umi.eval.agents import AgentSpec, training_budget
+    from umi.eval.agents import training_budget
+    from umi.inference.agent_specs import AgentSpec
 
     def stage(name, init_from, tokens, steps, epoch=1.0):
         d = tmp_path / name / "model"

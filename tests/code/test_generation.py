@@ -1,5 +1,5 @@
-"""Generation defaults: one module (umi.generation) whose named presets are the defaults of the loop, evaluation, chat
-and the service; the retry decoding rule; the module below everything that imports it."""
+"""Generation defaults: one module (umi.inference.presets) whose named presets are the defaults of the loop,
+evaluation, chat and the service; the retry decoding rule; the module below everything that imports it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import umi
 from umi.agent.loop import AgentConfig
 from umi.eval.settings import PROFILES, EvalSettings
-from umi.generation import (
+from umi.inference.presets import (
     AGENT,
     CHAT,
     EVALUATION,
@@ -97,11 +97,11 @@ def test_with_ignores_unset_options():
     assert EVALUATION.with_(planner_retries=3).planner_retries == 3 and EVALUATION.planner_retries == 1
 
 
-def test_generation_imports_nothing_of_umi():
+def test_the_presets_import_nothing_of_umi():
     """It sits below agent, eval and serve, which all import it (the import rules: tests/code/test_import_layers.py);
     its only umi import is the vocabulary, for the role names."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse((UMI / "generation.py").read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse((UMI / "inference" / "presets.py").read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -113,10 +113,10 @@ def test_umi_chat_runs_the_chat_preset(monkeypatch, tmp_path):
     """The command end to end over a planner that writes nothing: its caps and retries are CHAT's."""
     from typer.testing import CliRunner
 
-    import umi.backend
-    from umi.backend import Generation
+    import umi.inference.loading
     from umi.cli import app
     from umi.data.examples import role_of_prompt
+    from umi.inference.protocol import Generation
 
     requests, loaded = [], {}
 
@@ -125,11 +125,14 @@ def test_umi_chat_runs_the_chat_preset(monkeypatch, tmp_path):
             requests.append((role_of_prompt(request.prompt), request))
             return Generation.of_text(" ", prompt_tokens=1, new_tokens=1)
 
+        def reset(self) -> None:
+            pass
+
     def load_backends(dirs, **options):
         loaded.update(options)
         return {role: Silent() for role in dirs}
 
-    monkeypatch.setattr(umi.backend, "load_backends", load_backends)
+    monkeypatch.setattr(umi.inference.loading, "load_backends", load_backends)
     role_dir = str(tmp_path)
     result = CliRunner().invoke(
         app,

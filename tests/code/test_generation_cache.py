@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from umi.backend import Generation, GenerationRequest, TooLong
 from umi.eval.generation_cache import CachedBackend, GenerationCache, request_key
+from umi.inference.protocol import Generation, GenerationRequest
+from umi.inference.tokens import TooLong
 
 
 def _generation(text: str) -> Generation:
@@ -232,9 +233,6 @@ def test_the_report_says_how_much_the_cache_and_a_twin_answered():
 class EchoInOrder(Echo):
     """Echo with continuous batching's interface: finishes requests in order, calling `done` for each; the prompt
     'long' does not fit (its TooLong is its result), 'boom' kills the process."""
-
-    def decode_together(self, *args, **kwargs):  # pragma: no cover - a capability marker for static evaluation
-        raise AssertionError("static evaluation calls generate_many")
 
     def generate_many(self, requests, *, max_rows=None, done=None):
         out = []

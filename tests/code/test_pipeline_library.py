@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from umi.devices import device_pool, gpu_count
 from umi.eval.pipeline import evaluation_key, evaluation_options
 from umi.eval.publish import evaluation_metrics, summary_markdown
+from umi.machine import device_pool, gpu_count
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,17 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from umi.inference.tokens import TooLong, encode_prompt, fit_prompt, split_turns
 from umi.prompts import TURN_END
 from umi.schema import RecordError
-from umi.train.tokenize import (
-    IGNORE_INDEX,
-    CompletionCollator,
-    TooLong,
-    encode_example,
-    encode_prompt,
-    fit_prompt,
-    split_turns,
-)
+from umi.train.tokenize import IGNORE_INDEX, CompletionCollator, encode_example
 
 WORDS = [
     "<pad>",

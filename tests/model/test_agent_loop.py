@@ -12,16 +12,18 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.scripted import ScriptedBackend
 from umi.agent.loop import NO_ACTION, AgentConfig, AgentEvent, AlphaUMiAgent, SingleLLMAgent, ToolRuntime
 from umi.agent.loop import Observation as AgentObservation
-from umi.backend import Generation, GenerationRequest, TooLong, TransformersBackend
 from umi.data.examples import PromptBuilder
 from umi.data.reorganize import role_examples
+from umi.inference.loading import load_checkpoint
+from umi.inference.protocol import Generation, GenerationRequest
+from umi.inference.tokens import TooLong
+from umi.inference.transformers_backend import TransformersBackend
 from umi.prompts import OBSERVATION_LIMIT, TURN_END
 from umi.schema import Step, ToolSpec, Trajectory, parse_trajectory
-from umi.testing import ScriptedBackend
 from umi.tools.registry import ToolRegistry
-from umi.train.backbone import load_backbone
 
 WEATHER = ToolSpec(
     name="get_weather",
@@ -505,7 +507,7 @@ def test_single_llm_give_up_and_errors():
 def tiny_model(tiny_backbone):
     """A tiny random Llama whose weights are spread wide enough that it writes varied garbage (a default-initialised
     one writes a single repeated token, often whitespace, which the planner parser reads as empty output)."""
-    model, tokenizer = load_backbone(tiny_backbone)
+    model, tokenizer = load_checkpoint(tiny_backbone)
     torch.manual_seed(0)  # (with seed 1 this model's first greedy token is EOS: an empty planner, a one-step episode)
     with torch.no_grad():
         for p in model.parameters():

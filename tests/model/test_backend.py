@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from umi.backend import Generation, GenerationRequest, TooLong, TransformersBackend, _Decoder
+from umi.inference.decoding import Decoder
+from umi.inference.loading import load_checkpoint
+from umi.inference.protocol import Generation, GenerationRequest
+from umi.inference.tokens import TooLong, encode_prompt, fit_prompt
+from umi.inference.transformers_backend import TransformersBackend
 from umi.prompts import TURN_END, planner_prompt, summarizer_prompt
-from umi.train.backbone import load_backbone
-from umi.train.tokenize import encode_prompt, fit_prompt
 
 DOC = '{"Name": "get_weather", "function": "Get the weather of a city", "input": {"city": "string, the city"}}\n'
 CITIES = ["Paris", "Rome", "Oslo", "Lima", "Kyiv", "Doha", "Nice", "Bern"]
@@ -29,7 +31,7 @@ def lively(model, seed: int = 1):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_backbone):
-    model, tokenizer = load_backbone(tiny_backbone)
+    model, tokenizer = load_checkpoint(tiny_backbone)
     return lively(model), tokenizer
 
 
@@ -109,7 +111,7 @@ def test_cache_slots_are_bounded_and_reset_clears_them(tiny):
     backend = TransformersBackend(model, tokenizer, max_cache_slots=2, min_shared_tokens=4)
     for text in ("alpha beta gamma delta epsilon", "0123456789 0123456789", "Paris Rome Oslo Lima Kyiv"):
         backend.generate(GenerationRequest(prompt=text, max_new_tokens=2))
-    assert len(backend._slots) == 2
+    assert len(backend.prefix_cache.slots) == 2
     backend.reset()
     g = backend.generate(GenerationRequest(prompt="Paris Rome Oslo Lima Kyiv", max_new_tokens=2))
     assert g.reused_tokens == 0
@@ -194,19 +196,19 @@ def test_generation_stops_at_the_cap_and_ignore_eos_decodes_exactly_the_cap(tiny
 def test_decoder_stops_at_eos_and_at_the_turn_end(tiny):
     _, tokenizer = tiny
     eos = tokenizer.eos_token_id
-    d = _Decoder(50, (TURN_END,), frozenset({eos}), window=8)
+    d = Decoder(50, (TURN_END,), frozenset({eos}), window=8)
     body = tokenizer("I will call it.\n Next: caller.", add_special_tokens=False)["input_ids"]
     assert not any(d.push(t, tokenizer) for t in body)
     assert d.push(eos, tokenizer) and d.stop_reason == "eos"
     assert d.text(tokenizer) == "I will call it.\n Next: caller."
 
-    d = _Decoder(50, (TURN_END,), frozenset({eos}), window=8)
+    d = Decoder(50, (TURN_END,), frozenset({eos}), window=8)
     ids = tokenizer(f"Action: get_weather{TURN_END}caller: more", add_special_tokens=False)["input_ids"]
     finished_at = next(i for i, t in enumerate(ids) if d.push(t, tokenizer))
     assert d.stop_reason == "stop_string" and finished_at < len(ids) - 1
     assert d.text(tokenizer) == "Action: get_weather"
 
-    d = _Decoder(3, (TURN_END,), frozenset({eos}), window=8)
+    d = Decoder(3, (TURN_END,), frozenset({eos}), window=8)
     assert [d.push(t, tokenizer) for t in body[:3]] == [False, False, True] and d.stop_reason == "max_new_tokens"
 
 
@@ -249,7 +251,7 @@ def test_reuse_is_off_for_sliding_window_caches(tiny, caplog):
     )
     torch.manual_seed(0)
     model = MistralForCausalLM(config)
-    with caplog.at_level("WARNING", logger="umi.backend"):
+    with caplog.at_level("WARNING", logger="umi.inference.transformers_backend"):
         backend = TransformersBackend(model, tokenizer, reuse_cache=True)
     assert backend.reuse_cache is False and "reuse is off" in caplog.text
     for k in (1, 2):
@@ -282,3 +284,4 @@ def test_static_evaluation_in_trajectory_order_equals_the_padded_batches_and_pre
     assert [r["outputs"] for r in a.records] == [r["outputs"] for r in b.records]
     assert in_order.stats.reused_tokens > 0
     assert in_order.stats.prefill_tokens < padded.stats.prefill_tokens / 2
+

@@ -12,9 +12,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from tests.support.scripted import ScriptedBackend
 from umi.agent.chat import ChatSession, SchemaOnlyTools, load_runtime
 from umi.agent.loop import AgentConfig, AlphaUMiAgent
-from umi.testing import ScriptedBackend
 from umi.tools.bfcl import BFCLToolkit, ToolkitError
 
 ADD_TURN = [

@@ -1,18 +1,19 @@
 """Live rollouts of several entries at once (EvalSettings.live_concurrency): their generations decode together
-(umi.batching) and every entry's record is the one it gets rolled out alone."""
+(umi.inference.micro_batching) and every entry's record is the one it gets rolled out alone."""
 
 from __future__ import annotations
 
 import itertools
 
 from umi.agent.loop import build_agent
-from umi.batching import batched_backends
 from umi.data.bfcl import import_category
-from umi.eval.agents import AgentSpec, loaded_backends
+from umi.eval.agents import loaded_backends
 from umi.eval.budget import base_budget
 from umi.eval.live import run_live, without_timings
 from umi.eval.settings import EvalSettings
 from umi.eval.testsets import LiveEntry
+from umi.inference.agent_specs import AgentSpec
+from umi.inference.sharing import batched_backends
 
 
 def test_entries_rolled_out_together_get_the_records_they_get_alone(tiny_backbone):

@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 
 from umi.agent.loop import build_agent
 from umi.data.bfcl import import_category
-from umi.eval.agents import AgentSpec, default_agents, load_backends, resolve_dtype
+from umi.eval.agents import load_agent_backends, resolve_dtype
 from umi.eval.report import LIVE_COLUMNS, METRIC_COLUMNS
 from umi.eval.run import EvalReport, evaluate
 from umi.eval.settings import EvalSettings
 from umi.fixtures import TOOLBENCH_OOD_TEST
+from umi.inference.agent_specs import AgentSpec, default_agents
 from umi.schema import Trajectory, write_trajectories
 
 SMALL = EvalSettings(
@@ -212,7 +213,7 @@ def test_agent_specs_and_defaults(tiny_backbone, tmp_path):
     found, skipped = default_agents(runs, tiny_backbone, tmp_path / "no-one-stage")
     assert [a.name for a in found] == ["backbone", "single-llm", "alpha-umi"]
     assert list(skipped) == ["one-stage"]
-    backends = load_backends(
+    backends = load_agent_backends(
         found[0], max_prompt_tokens=100, max_new_tokens={"planner": 5, "caller": 7, "summarizer": 3}
     )
     assert backends["planner"] is backends["caller"] is backends["summarizer"]  # one model in all roles: loaded once
@@ -220,7 +221,7 @@ def test_agent_specs_and_defaults(tiny_backbone, tmp_path):
     import torch
 
     assert next(backends["planner"].model.parameters()).dtype == torch.bfloat16 or resolve_dtype() == torch.float32
-    single = load_backends(found[1], dtype="float32")
+    single = load_agent_backends(found[1], dtype="float32")
     assert next(single["global"].model.parameters()).dtype == torch.float32
     assert single["global"].context_length == 4096  # no budget: the model's own maximum
     with pytest.raises(ValueError, match="dtype"):
@@ -338,8 +339,8 @@ def test_the_prompt_format_travels_with_the_checkpoints(tiny_backbone, role_data
 def test_a_stopped_evaluation_resumes_from_its_generation_cache(tiny_backbone, data_dir, tmp_path, monkeypatch):
     """The second run over the same cache generates nothing (every request is a hit), writes the same per-step and
     per-entry records, and still reports what the generations cost; a run that dies half way keeps what it made."""
-    from umi.backend import TransformersBackend
     from umi.eval.generation_cache import GenerationCache
+    from umi.inference.transformers_backend import TransformersBackend
 
     tiny = str(tiny_backbone)
     agents = [AgentSpec.multi("alpha-umi", tiny, tiny, tiny), AgentSpec.single("single-llm", tiny)]

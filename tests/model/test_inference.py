@@ -1,46 +1,48 @@
-"""One loader and one dtype rule (umi.inference) for evaluation, `umi chat` and the service: on the same machine the
-three load a checkpoint onto the same device, in the same dtype, and give identical logits."""
+"""One loader (umi.inference.loading) and one dtype rule (umi.inference.devices) for evaluation, `umi chat` and the
+service: on the same machine the three load a checkpoint onto the same device, in the same dtype, and give identical
+logits."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from umi import backend as agent_backend
-from umi import inference
-from umi.eval.agents import AgentSpec, load_backends, resolve_dtype
-from umi.serve.backends import load_role_backends
+from umi.eval.agents import load_agent_backends, resolve_dtype
+from umi.inference import devices, loading
+from umi.inference.agent_specs import AgentSpec
+from umi.inference.protocol import GenerationRequest
+from umi.inference.sharing import shared_backends
 
 
 def _logits(backend, text: str = "user: What is the weather in Paris?</s>assistant: "):
-    ids = backend.prompt_ids(agent_backend.GenerationRequest(prompt=text, max_new_tokens=4))[0]
+    ids = backend.prompt_ids(GenerationRequest(prompt=text, max_new_tokens=4))[0]
     with torch.inference_mode():
         return backend.model(input_ids=torch.tensor([ids], device=backend.model.device)).logits.float().cpu()
 
 
 def test_the_dtype_rule(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
-    assert inference.inference_device() == "cpu"
-    assert inference.inference_dtype("cpu") == torch.bfloat16
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
-    assert inference.inference_dtype("cpu") == torch.float32  # emulated bf16 is slower than fp32
-    assert inference.inference_dtype("cpu", "bfloat16") == torch.bfloat16  # forced
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert devices.inference_device() == "cpu"
+    assert devices.inference_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert devices.inference_dtype("cpu") == torch.float32  # emulated bf16 is slower than fp32
+    assert devices.inference_dtype("cpu", "bfloat16") == torch.bfloat16  # forced
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert inference.inference_dtype("cuda:0") == torch.bfloat16
+    assert devices.inference_dtype("cuda:0") == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert inference.inference_dtype("cuda") == torch.float32
+    assert devices.inference_dtype("cuda") == torch.float32
     with pytest.raises(ValueError, match="dtype must be one of"):
-        inference.inference_dtype("cpu", "float8")
+        devices.inference_dtype("cpu", "float8")
 
 
 def test_native_bf16_needs_torch_on_its_avx512_kernels(monkeypatch):
     # ATEN_CPU_CAPABILITY=avx2 (portable numerics) on an AMX CPU: bf16 attention would fail there, so float32
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    assert inference.cpu_has_native_bf16()
+    assert devices.cpu_has_native_bf16()
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert not inference.cpu_has_native_bf16()
+    assert not devices.cpu_has_native_bf16()
 
 
 def test_native_bf16_follows_the_capability_torch_was_started_with():
@@ -49,7 +51,10 @@ def test_native_bf16_follows_the_capability_torch_was_started_with():
     import subprocess
     import sys
 
-    code = "import torch; from umi import inference; print(torch.backends.cpu.get_cpu_capability(), inference.cpu_has_native_bf16())"
+    code = (
+        "import torch; from umi.inference import devices; "
+        "print(torch.backends.cpu.get_cpu_capability(), devices.cpu_has_native_bf16())"
+    )
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["AVX2", "False"]
@@ -57,17 +62,17 @@ def test_native_bf16_follows_the_capability_torch_was_started_with():
 
 @pytest.mark.parametrize("dtype", ["auto", "float32"])
 def test_eval_chat_and_serving_load_the_same_model(tiny_backbone, monkeypatch, dtype):
-    # chat's command loads through umi.backend.load_backends: record what it is given and returns
+    # chat's command loads through umi.inference.loading.load_backends: record what it is given and returns
     from umi.agent import chat
 
     seen = {}
-    real = agent_backend.load_backends
+    real = loading.load_backends
 
     def recording(dirs, **kw):
         seen["chat"] = real(dirs, **kw)
         raise SystemExit(0)  # stop the command before the interactive session
 
-    monkeypatch.setattr(agent_backend, "load_backends", recording)
+    monkeypatch.setattr(loading, "load_backends", recording)
     with pytest.raises(SystemExit):
         chat.chat_cmd(
             toolkit="MathAPI",
@@ -87,20 +92,16 @@ def test_eval_chat_and_serving_load_the_same_model(tiny_backbone, monkeypatch, d
         )
     monkeypatch.undo()
     chat_backend = seen["chat"]["planner"]
-    eval_backend = load_backends(AgentSpec.multi("a", tiny_backbone, tiny_backbone, tiny_backbone), dtype=dtype)[
-        "planner"
-    ]
-    serve_backend = load_role_backends({r: tiny_backbone for r in ("planner", "caller", "summarizer")}, dtype=dtype)[
-        "planner"
-    ].backend
-    expected = inference.inference_dtype(inference.inference_device(), dtype)
+    spec = AgentSpec.multi("a", tiny_backbone, tiny_backbone, tiny_backbone)
+    eval_backend = load_agent_backends(spec, dtype=dtype)["planner"]
+    # the service's build_engine: the loader's backends, shared by its request threads
+    serve_backend = shared_backends(loading.load_backends(spec.roles, dtype=dtype))["planner"].inner
+    expected = devices.inference_dtype(devices.inference_device(), dtype)
     assert resolve_dtype(dtype) == expected
     for b in (chat_backend, eval_backend, serve_backend):
         p = next(b.model.parameters())
-        assert (p.dtype, p.device.type) == (expected, inference.inference_device())
+        assert (p.dtype, p.device.type) == (expected, devices.inference_device())
     reference = _logits(eval_backend)
     assert torch.equal(_logits(chat_backend), reference)
     assert torch.equal(_logits(serve_backend), reference)
-    assert torch.equal(
-        _logits(agent_backend.TransformersBackend.from_pretrained(tiny_backbone, dtype=dtype)), reference
-    )
+    assert torch.equal(_logits(loading.load_backend(tiny_backbone, dtype=dtype)), reference)

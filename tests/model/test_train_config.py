@@ -105,9 +105,9 @@ def test_precision_policy_without_a_gpu(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    import umi.devices
+    import umi.inference.devices
 
-    monkeypatch.setattr(umi.devices, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(umi.inference.devices, "cpu_has_native_bf16", lambda: False)
     paper = load_config("paper")
     assert training_precision(paper) == "fp32" and not use_gradient_checkpointing(paper)  # auto: only where a GPU is
     forced = load_config("paper", precision="bf16", gradient_checkpointing="on")

@@ -61,12 +61,12 @@ def test_the_state_dict_carries_the_masters_into_a_new_optimiser():
 
 
 def test_auto_resolves_by_the_machine(monkeypatch):
-    import umi.devices
+    import umi.inference.devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(umi.devices, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(umi.inference.devices, "cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto") == "bf16"
-    monkeypatch.setattr(umi.devices, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(umi.inference.devices, "cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto") == "fp32"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)

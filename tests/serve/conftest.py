@@ -42,12 +42,12 @@ def adapter_dirs(tiny_role_dirs, tmp_path_factory):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from umi.train.backbone import load_backbone
+    from umi.inference.loading import load_checkpoint
 
     base = tiny_role_dirs["planner"]
     out = {}
     for seed, role in enumerate(("planner", "caller", "summarizer")):
-        model, _ = load_backbone(base)
+        model, _ = load_checkpoint(base)
         torch.manual_seed(seed)
         config = LoraConfig(
             r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"

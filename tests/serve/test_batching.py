@@ -1,4 +1,5 @@
-"""Batched generation (TransformersBackend.generate_many) and the service's micro-batcher (umi.batching).
+"""Batched generation (TransformersBackend.generate_many) and the service's micro-batcher
+(umi.inference.micro_batching).
 
 Exactness is tested in float32: greedy batched outputs equal the outputs of each request alone. (In bfloat16 the
 padded batch sums in another order and a near-tie can flip a greedy token, so exact equality is not promised there.)"""
@@ -12,9 +13,11 @@ import pytest
 from serve_helpers import OPENAI_WEATHER, make_settings, make_toolkits
 from starlette.testclient import TestClient
 
-from umi.backend import GenerationRequest, load_backends
+from umi.inference.deadlines import Deadline, RequestTimeout
+from umi.inference.loading import load_backends, load_checkpoint
+from umi.inference.protocol import GenerationRequest
+from umi.inference.sharing import shared_backends
 from umi.serve.app import create_app
-from umi.serve.backends import Deadline, RequestTimeout, load_role_backends
 from umi.serve.engine import AgentEngine
 
 PROMPTS = [
@@ -41,9 +44,7 @@ def sharp_model(tiny_role_dirs, tmp_path_factory):
     greedy tokens hardly depend on positions or masks, so a padding or position bug would go unseen."""
     import torch
 
-    from umi.train.backbone import load_backbone
-
-    model, tokenizer = load_backbone(tiny_role_dirs["planner"], dtype=torch.float32)
+    model, tokenizer = load_checkpoint(tiny_role_dirs["planner"], dtype=torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("q_proj.weight", "k_proj.weight")):
@@ -58,6 +59,11 @@ def sharp_model(tiny_role_dirs, tmp_path_factory):
 
 def fp32_backend(path, **options):
     return load_backends({"m": path}, dtype="float32", **options)["m"]
+
+
+def shared_fp32(dirs, max_batch: int, wait_s: float = 0.005):
+    """The service's role backends (build_engine) in float32."""
+    return shared_backends(load_backends(dirs, dtype="float32"), max_batch=max_batch, wait_s=wait_s)
 
 
 @pytest.mark.parametrize("reuse_cache", [True, False])
@@ -112,9 +118,7 @@ def test_a_dropped_row_leaves_the_batch_and_the_others_are_unchanged(sharp_model
 
 
 def test_the_batcher_batches_concurrent_requests_and_keeps_their_results(tiny_role_dirs):
-    role = load_role_backends({"planner": tiny_role_dirs["planner"]}, dtype="float32", max_batch=8, batch_wait_s=0.05)[
-        "planner"
-    ]
+    role = shared_fp32({"planner": tiny_role_dirs["planner"]}, max_batch=8, wait_s=0.05)["planner"]
     reqs = requests(ignore_eos=True, stop_strings=()) * 2
     expected = [fp32_backend(tiny_role_dirs["planner"]).generate(r).token_ids for r in reqs]
     got: list = [None] * len(reqs)
@@ -128,12 +132,12 @@ def test_the_batcher_batches_concurrent_requests_and_keeps_their_results(tiny_ro
     for t in threads:
         t.join()
     assert got == expected
-    stats = role.shared.batcher.stats
+    stats = role.batcher.stats
     assert stats.generations == len(reqs) and stats.largest > 1 and stats.batches < len(reqs)
 
 
 def test_an_expired_request_is_dropped_from_the_batch(tiny_role_dirs):
-    role = load_role_backends({"planner": tiny_role_dirs["planner"]}, dtype="float32", max_batch=8)["planner"]
+    role = shared_fp32({"planner": tiny_role_dirs["planner"]}, max_batch=8)["planner"]
     slow = GenerationRequest(prompt=PROMPTS[0], max_new_tokens=400, ignore_eos=True, stop_strings=())
     quick = GenerationRequest(prompt=PROMPTS[1], max_new_tokens=400, ignore_eos=True, stop_strings=())
     outcome: dict = {}
@@ -156,7 +160,7 @@ def test_an_expired_request_is_dropped_from_the_batch(tiny_role_dirs):
         t.join()
     assert isinstance(outcome["short"], RequestTimeout) and outcome["short_s"] < 5
     assert outcome["long"] == 400
-    assert role.shared.batcher.stats.dropped >= 1
+    assert role.batcher.stats.dropped >= 1
 
 
 def test_concurrent_service_requests_with_batching_give_the_serial_results(tiny_role_dirs):
@@ -164,7 +168,7 @@ def test_concurrent_service_requests_with_batching_give_the_serial_results(tiny_
     dirs = tiny_role_dirs
 
     def app(max_batch: int):
-        backends = load_role_backends(dirs, dtype="float32", max_batch=max_batch, batch_wait_s=0.02)
+        backends = shared_fp32(dirs, max_batch=max_batch, wait_s=0.02)
         return create_app(settings, AgentEngine(backends, settings), make_toolkits(settings)), backends
 
     queries = [f"What is the weather in {c}?" for c in ("Rome", "Oslo", "Lima", "Kyiv", "Doha", "Bern")]
@@ -192,7 +196,7 @@ def test_concurrent_service_requests_with_batching_give_the_serial_results(tiny_
         for t in threads:
             t.join()
     assert got == serial
-    assert backends["planner"].shared.batcher.stats.largest > 1
+    assert backends["planner"].batcher.stats.largest > 1
 
 
 def test_requests_joining_a_running_batch_get_their_results(sharp_model):
@@ -237,7 +241,7 @@ class GatedBackend:
 def test_a_busy_adapter_does_not_keep_another_from_the_model():
     """Two backends on one model (LoRA adapters): a generation of B queued while A's batch runs goes before A's
     generations queued after it (arrival order), rather than waiting while A keeps the model busy."""
-    from umi.batching import MicroBatcher
+    from umi.inference.micro_batching import MicroBatcher
 
     batches: list[str] = []
     gate = threading.Event()

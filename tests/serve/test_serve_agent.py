@@ -298,10 +298,11 @@ def test_a_client_that_leaves_a_stream_stops_the_episode():
 def test_a_busy_model_is_waited_for_only_as_long_as_the_request_may_take():
     from serve_helpers import RuleBackend
 
-    from umi.backend import GenerationRequest
-    from umi.serve.backends import Deadline, RequestCancelled, RequestTimeout, RoleBackend, SharedModel
+    from umi.inference.deadlines import Deadline, RequestCancelled, RequestTimeout
+    from umi.inference.protocol import GenerationRequest
+    from umi.inference.sharing import SharedBackend
 
-    role = RoleBackend(RuleBackend(), SharedModel())
+    role = SharedBackend(RuleBackend(), threading.Lock())
     prompt = (
         "The conversation history is:\nuser: What is the weather in Rome?</s>"
         + "\nYou are the assistant to plan what to do next and whether is caller's or conclusion's turn to answer.\n"
@@ -310,7 +311,7 @@ def test_a_busy_model_is_waited_for_only_as_long_as_the_request_may_take():
     )
     request = GenerationRequest(prompt=prompt)
     assert role.generate(request, Deadline(5)).text.endswith("Next: caller.")
-    with role.shared.lock:  # another request is generating
+    with role.lock:  # another request is generating
         started = time.monotonic()
         with pytest.raises(RequestTimeout, match="stayed busy past the request's time limit of 0.2 s"):
             role.generate(request, Deadline(0.2))

@@ -12,20 +12,27 @@ import pytest
 from serve_helpers import OPENAI_WEATHER, make_settings, make_toolkits
 from starlette.testclient import TestClient
 
-from umi.backend import GenerationRequest, TransformersBackend
+from umi.inference.loading import load_backends, load_checkpoint
+from umi.inference.protocol import GenerationRequest
+from umi.inference.sharing import shared_backends
+from umi.inference.transformers_backend import TransformersBackend
 from umi.serve.app import create_app
-from umi.serve.backends import load_role_backends
 from umi.serve.engine import AgentEngine
-from umi.train.backbone import load_backbone
+
+
+def served_backends(dirs, **options):
+    """The service's role backends (build_engine): the loader's, shared by the request threads."""
+    return shared_backends(load_backends(dirs, **options))
+
 
 QUERIES = [f"What is the weather in {city}?" for city in ("Rome", "Oslo", "Lima", "Kyiv", "Doha", "Bern")]
 
 
 def test_a_directory_named_for_several_roles_is_loaded_once(tiny_role_dirs):
-    backends = load_role_backends(tiny_role_dirs)
+    backends = served_backends(tiny_role_dirs)
     assert backends["planner"] is backends["caller"]
     assert backends["summarizer"] is not backends["planner"]
-    assert backends["planner"].shared is not backends["summarizer"].shared
+    assert backends["planner"].lock is not backends["summarizer"].lock
 
 
 def greedy(backend, prompt: str, n: int = 12) -> str:
@@ -36,16 +43,15 @@ def test_lora_adapters_share_one_base_and_each_generates_as_its_own_merged_model
     from peft import PeftModel
 
     base, adapters = adapter_dirs
-    backends = load_role_backends(adapters, base_dir=base)
-    shared = {id(b.shared) for b in backends.values()}
-    assert len(shared) == 1  # one base model in memory for the three roles
-    peft_model = backends["planner"].shared.peft
+    backends = served_backends(adapters, base_dir=base)
+    assert len({id(b.lock) for b in backends.values()}) == 1  # one base model in memory for the three roles
+    peft_model = backends["planner"].model
     assert set(peft_model.peft_config) == {"planner", "caller", "summarizer"}
     prompt = "user: What is the weather in Paris?</s>assistant: "
     # interleave the roles: each answers as a model with only its adapter, merged
     got = {role: greedy(backends[role], prompt) for role in ("planner", "caller", "summarizer", "planner")}
     for role, path in adapters.items():
-        model, tokenizer = load_backbone(base)
+        model, tokenizer = load_checkpoint(base)
         merged = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
         assert got[role] == greedy(TransformersBackend(merged, tokenizer, reuse_cache=False), prompt), role
     assert len(set(got.values())) > 1  # the adapters do differ
@@ -53,13 +59,13 @@ def test_lora_adapters_share_one_base_and_each_generates_as_its_own_merged_model
 
 def test_lora_adapters_find_their_base_from_their_config(adapter_dirs):
     _, adapters = adapter_dirs
-    backends = load_role_backends(adapters)  # base_model_name_or_path is the tiny model's local dir
+    backends = served_backends(adapters)  # base_model_name_or_path is the tiny model's local dir
     assert backends["caller"].adapter == "caller"
 
 
 def tiny_app(dirs, **overrides):
     settings = make_settings(planner_tokens=12, caller_tokens=12, summarizer_tokens=12, default_steps=2, **overrides)
-    engine = AgentEngine(load_role_backends(dirs), settings, models={r: {"path": str(p)} for r, p in dirs.items()})
+    engine = AgentEngine(served_backends(dirs), settings, models={r: {"path": str(p)} for r, p in dirs.items()})
     return create_app(settings, engine, make_toolkits(settings))
 
 

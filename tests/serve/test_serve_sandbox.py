@@ -16,7 +16,7 @@ import psutil
 import pytest
 from serve_tools import hostile_toolkit, weather_toolkit
 
-from umi.serve.backends import Deadline, RequestCancelled, RequestTimeout
+from umi.inference.deadlines import Deadline, RequestCancelled, RequestTimeout
 from umi.serve.sandbox import SandboxLimits, ToolSandbox
 from umi.serve.toolkits import BFCLFactory, ToolkitError, default_toolkits
 

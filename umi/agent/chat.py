@@ -31,7 +31,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from umi.generation import MAX_STEPS
+from umi.inference.presets import MAX_STEPS
 
 __all__ = ["ChatSession", "chat_cmd", "load_runtime", "render_event", "SchemaOnlyTools"]
 
@@ -185,10 +185,7 @@ class ChatSession:
         self.history = []
         if self.rebuild is not None:
             self.runtime = self.rebuild()
-        for role in ("planner", "caller", "summarizer", "model"):
-            backend = getattr(self.agent, role, None)
-            if backend is not None and hasattr(backend, "reset"):
-                backend.reset()
+        self.agent.reset()
 
     def turn(self, text: str):
         self.turns += 1
@@ -236,7 +233,7 @@ def _agent(
     caller: Optional[Path],
     summarizer: Optional[Path],
 ):
-    from umi.inference import AgentSpec, default_agents
+    from umi.inference.agent_specs import AgentSpec, default_agents
 
     if model is not None:
         return AgentSpec.single("single-llm", model)
@@ -273,9 +270,9 @@ def chat_cmd(
 ) -> None:
     """Chat with an agent over a BFCL toolkit or your own tools; shows thought, call, observation and answer live."""
     from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent
-    from umi.backend import load_backends
-    from umi.generation import CHAT
-    from umi.inference import DTYPE_NAMES
+    from umi.inference.devices import DTYPE_NAMES
+    from umi.inference.loading import load_backends
+    from umi.inference.presets import CHAT
     from umi.prompts import agreed_prompt_format, prompt_format
 
     console = Console()
@@ -294,8 +291,8 @@ def chat_cmd(
         console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
     console.print(f"[dim]loading {spec.name}: {', '.join(sorted(set(spec.roles.values())))}[/]")
-    # the loader and dtype rule of evaluation and serving (umi.inference), so chat talks to the evaluated model
-    # umi.generation's CHAT preset: evaluation's caps, so the context is fitted as evaluation fits it
+    # the loader and dtype rule of evaluation and serving (umi.inference.loading), so chat talks to the evaluated model
+    # umi.inference.presets' CHAT preset: evaluation's caps, so the context is fitted as evaluation fits it
     backends = load_backends(spec.roles, max_prompt_tokens=max_prompt_tokens, max_new_tokens=CHAT.caps(), dtype=dtype)
     cfg = AgentConfig.from_generation(CHAT, max_steps=max_steps, doc_style=doc_style)
     if spec.kind == "single":

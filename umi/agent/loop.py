@@ -51,9 +51,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from umi import prompts
 from umi.agent.step import AgentStep, Plan, StepLog, turn_text
-from umi.backend import Backend, TooLong, TransformersBackend
 from umi.data.examples import PromptBuilder
-from umi.generation import MAX_STEPS, GenerationSettings
+from umi.inference.presets import MAX_STEPS, GenerationSettings
+from umi.inference.protocol import Backend
+from umi.inference.tokens import TooLong
 from umi.parsing import GlobalAnswer, GlobalCall, GlobalGiveUp, ParseFailure, ToolCall
 from umi.prompts import DocStyle
 from umi.schema import Step, ToolSpec, Trajectory
@@ -100,8 +101,8 @@ class ToolRuntime(Protocol):
 
 @dataclass(frozen=True)
 class AgentConfig(GenerationSettings):
-    """The generation settings (umi.generation: caps per role, planner retries and their temperature; the defaults
-    are its AGENT preset) and the episode's own: max_steps, planner (or single-LLM) turns per episode; the
+    """The generation settings (umi.inference.presets: caps per role, planner retries and their temperature; the
+    defaults are its AGENT preset) and the episode's own: max_steps, planner (or single-LLM) turns per episode; the
     observation limit and tool-doc style of the prompts."""
 
     max_steps: int = MAX_STEPS
@@ -115,7 +116,7 @@ class AgentConfig(GenerationSettings):
 
     @classmethod
     def from_generation(cls, generation: GenerationSettings, **episode: Any) -> "AgentConfig":
-        """The config of `generation`'s settings (a preset of umi.generation) with the episode fields given."""
+        """The config of `generation`'s settings (a preset of umi.inference.presets) with the episode fields given."""
         shared = {f.name: getattr(generation, f.name) for f in fields(GenerationSettings)}
         return cls(**{**shared, "max_new_tokens": generation.caps(), **episode})
 
@@ -324,16 +325,17 @@ class AlphaUMiAgent(_StepCapped):
         **backend_options: Any,
     ) -> "AlphaUMiAgent":
         """Agents over checkpoint directories (trained roles, or one backbone in every role). A directory named
-        for several roles is loaded once and shared. `backend_options` go to TransformersBackend.from_pretrained."""
-        loaded: dict[Path, TransformersBackend] = {}
+        for several roles is loaded once and shared. `backend_options` go to umi.inference.loading.load_backends."""
+        from umi.inference.loading import load_backends
 
-        def backend(path: str | Path | None) -> TransformersBackend:
-            key = Path(path if path is not None else planner).resolve()
-            if key not in loaded:
-                loaded[key] = TransformersBackend.from_pretrained(key, **backend_options)
-            return loaded[key]
+        dirs = {"planner": planner, "caller": caller or planner, "summarizer": summarizer or planner}
+        backends = load_backends(dirs, **backend_options)
+        return cls(backends["planner"], backends["caller"], backends["summarizer"], config=config)
 
-        return cls(backend(planner), backend(caller), backend(summarizer), config=config)
+    def reset(self) -> None:
+        """Forget the backends' cached state (a new conversation)."""
+        for backend in {id(b): b for b in (self.planner, self.caller, self.summarizer)}.values():
+            backend.reset()
 
     def run(
         self,
@@ -384,7 +386,14 @@ class SingleLLMAgent(_StepCapped):
     def from_checkpoint(
         cls, path: str | Path, *, config: AgentConfig | None = None, **backend_options: Any
     ) -> "SingleLLMAgent":
-        return cls(TransformersBackend.from_pretrained(path, **backend_options), config=config)
+        """The agent over one checkpoint directory; `backend_options` go to umi.inference.loading.load_backends."""
+        from umi.inference.loading import load_backend
+
+        return cls(load_backend(path, **backend_options), config=config)
+
+    def reset(self) -> None:
+        """Forget the backend's cached state (a new conversation)."""
+        self.model.reset()
 
     def run(
         self,

@@ -4,7 +4,7 @@ The α-UMi loop (umi.agent.loop: many steps, the tools run between them) and the
 (umi.serve.engine.AgentEngine.next_turn: one step of a conversation whose tools the client runs) both take their
 steps here, so a role's output is handled one way everywhere:
 
-- decoding: greedy first (the paper's decoding); a retry samples (umi.generation.GenerationSettings.sampling);
+- decoding: greedy first (the paper's decoding); a retry samples (umi.inference.presets.GenerationSettings.sampling);
 - a planner (or single-LLM model) that writes nothing is retried up to `planner_retries` times; still nothing: the
   step ends `planner_empty`;
 - a planner that writes no decision: the step goes on as `Next: caller`, its text up to the end of its turn the
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from umi import prompts
-from umi.backend import Backend, Generation, GenerationRequest
 from umi.data.examples import PromptBuilder, RolePrompt
-from umi.generation import GenerationSettings
+from umi.inference.presets import GenerationSettings
+from umi.inference.protocol import Backend, Generation, GenerationRequest
 from umi.parsing import (
     GlobalOutput,
     ParseFailure,

@@ -42,7 +42,7 @@ def reproduce_datasets(datasets_dir: str | Path, dvc_stage: str | None = "reorga
     import subprocess
     import sys
 
-    from umi.devices import env_with_venv
+    from umi.machine import env_with_venv
 
     said = ""
     if dvc_stage:

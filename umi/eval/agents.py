@@ -1,11 +1,10 @@
-"""The agents an evaluation compares, and how their checkpoints are loaded.
+"""The agents an evaluation compares: their backends loaded and freed, what they cost to train, which split they
+were trained on.
 
 `AgentSpec` (an agent's name and checkpoint directories) and `default_agents` (the usual four from the training
-layout) live in umi.inference, below the agent, evaluation and the service (`umi chat` uses them too); they are
-re-exported here.
-
-`load_backends` loads one TransformersBackend per distinct checkpoint directory (a directory named for several roles
-is loaded once and shared), with the token budget evaluation prompts are fitted to.
+layout) are umi.inference.agent_specs' (`umi chat` names agents by them too). `load_agent_backends` loads one
+TransformersBackend per distinct checkpoint directory (a directory named for several roles is loaded once and
+shared), with the token budget evaluation prompts are fitted to.
 """
 
 from __future__ import annotations
@@ -15,15 +14,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from umi.inference import ROLES_OF, AgentKind, AgentSpec, default_agents
+from umi.inference.agent_specs import AgentSpec
+from umi.inference.transformers_backend import TransformersBackend
+from umi.inference.wrapping import per_backend
 from umi.vocabulary import STAGE_MANIFEST
 
 __all__ = [
-    "AgentKind",
-    "AgentSpec",
-    "ROLES_OF",
-    "default_agents",
-    "load_backends",
+    "load_agent_backends",
     "loaded_backends",
     "resolve_dtype",
     "training_budget",
@@ -33,14 +30,14 @@ __all__ = [
 
 
 def resolve_dtype(name: str = "auto"):
-    """The torch dtype evaluation runs in: `name` (float32, bfloat16, float16), or auto, umi.inference's rule (bf16
-    where the device computes it natively, else float32), the same as chat's and the service's."""
-    from umi.inference import inference_dtype
+    """The torch dtype evaluation runs in: `name` (float32, bfloat16, float16), or auto, umi.inference.devices' rule
+    (bf16 where the device computes it natively, else float32), the same as chat's and the service's."""
+    from umi.inference.devices import inference_dtype
 
     return inference_dtype(None, name)
 
 
-def load_backends(
+def load_agent_backends(
     spec: AgentSpec,
     *,
     max_prompt_tokens: int | None = None,
@@ -48,11 +45,11 @@ def load_backends(
     reuse_cache: bool = True,
     max_cache_slots: int = 3,
     dtype: str = "auto",
-) -> dict:
-    """role -> TransformersBackend for `spec`, by the one loader (umi.backend.load_backends): one backend per
-    distinct directory, shared by the roles it plays. max_prompt_tokens / max_new_tokens: the prompt budget (see
+) -> dict[str, TransformersBackend]:
+    """role -> TransformersBackend for `spec`, by the one loader (umi.inference.loading.load_backends): one backend
+    per distinct directory, shared by the roles it plays. max_prompt_tokens / max_new_tokens: the prompt budget (see
     there); max_cache_slots: prompts whose KV caches a backend keeps for reuse; dtype: see resolve_dtype."""
-    from umi.backend import load_backends as load
+    from umi.inference.loading import load_backends as load
 
     missing = spec.missing_checkpoints()
     if missing:
@@ -67,37 +64,32 @@ def load_backends(
     )
 
 
-def raised_backends(backends: Mapping[str, object], max_prompt_tokens: int, max_new_tokens: Mapping[str, int]) -> dict:
-    """{role: TransformersBackend} over the same models and tokenizers as `backends` (load_backends' result), with a
-    prompt budget of `max_prompt_tokens` (umi.eval.budget: where a prompt's tool docs alone overflow the base one).
-    One per distinct backend, as loaded."""
-    from umi.backend import TransformersBackend
+def raised_backends(
+    backends: Mapping[str, TransformersBackend], max_prompt_tokens: int, max_new_tokens: Mapping[str, int]
+) -> dict[str, TransformersBackend]:
+    """{role: TransformersBackend} over the same models and tokenizers as `backends` (load_agent_backends' result),
+    with a prompt budget of `max_prompt_tokens` (umi.eval.budget: where a prompt's tool docs alone overflow the base
+    one). One per distinct backend, as loaded."""
 
-    roles_of: dict[int, list[str]] = {}
-    for role, backend in backends.items():
-        roles_of.setdefault(id(backend), []).append(role)
-    made: dict[int, TransformersBackend] = {}
-    out = {}
-    for role, backend in backends.items():
-        if id(backend) not in made:
-            cap = max(int(max_new_tokens.get(r, 0)) for r in roles_of[id(backend)])
-            made[id(backend)] = TransformersBackend(
-                backend.model,  # type: ignore[attr-defined]
-                backend.tokenizer,  # type: ignore[attr-defined]
-                context_length=max_prompt_tokens + cap,
-                adapter=getattr(backend, "adapter", None),
-                max_cache_slots=getattr(backend, "max_cache_slots", 3),
-            )
-        out[role] = made[id(backend)]
-    return out
+    def raise_budget(backend: TransformersBackend, roles: list[str]) -> TransformersBackend:
+        cap = max(int(max_new_tokens.get(r, 0)) for r in roles)
+        return TransformersBackend(
+            backend.model,
+            backend.tokenizer,
+            context_length=max_prompt_tokens + cap,
+            adapter=backend.adapter,
+            max_cache_slots=backend.max_cache_slots,
+        )
+
+    return per_backend(backends, raise_budget)
 
 
 @contextmanager
 def loaded_backends(spec: AgentSpec, **options) -> Iterator[dict]:
-    """load_backends, freed on exit (several agents are evaluated one after another in one process)."""
+    """load_agent_backends, freed on exit (several agents are evaluated one after another in one process)."""
     import gc
 
-    backends = load_backends(spec, **options)
+    backends = load_agent_backends(spec, **options)
     try:
         yield backends
     finally:

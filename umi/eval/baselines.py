@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from umi.backend import Generation, GenerationRequest
 from umi.eval.evidence import STATIC_METRICS
 from umi.eval.metrics import PlanLabel, Prediction, StaticMetrics, StaticStep, aggregate, gold_steps, score_step
+from umi.inference.protocol import Generation, GenerationRequest
 from umi.schema import RecordError, Trajectory
 from umi.vocabulary import BASELINES, CONSTANT_ANSWER, NO_CALL, RULE_ALWAYS_CALLER, RULE_LAST_TURN
 
@@ -146,7 +146,8 @@ def constant_records(trajectories: Sequence[Trajectory], answer: str) -> tuple[l
 
 @dataclass
 class FixedOutputBackend:
-    """Writes the same text for every prompt (a baseline agent's role; no model)."""
+    """Writes the same text for every prompt (a baseline agent's role; no model): a BatchingBackend
+    (umi.inference.protocol), so static evaluation runs it as it runs a model."""
 
     text: str
 
@@ -158,6 +159,19 @@ class FixedOutputBackend:
 
     def generate_batch(self, requests: Sequence[GenerationRequest], batch_size: int = 8) -> list[Generation]:
         return [self._one() for _ in requests]
+
+    def generate_many(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        max_rows: int | None = None,
+        done: Callable[[int, Generation | Exception | None], None] | None = None,
+    ) -> list[Generation | Exception | None]:
+        out: list[Generation | Exception | None] = [self._one() for _ in requests]
+        for i, g in enumerate(out):
+            if done is not None:
+                done(i, g)
+        return out
 
     def prompt_ids(self, request: GenerationRequest) -> tuple[list[int], int]:
         return [], 0

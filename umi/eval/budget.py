@@ -1,7 +1,7 @@
 """The evaluation's prompt budget: what the role models were trained with, raised where a prompt would lose its tool docs.
 
 A prompt is fitted to the budget as training fits it: whole history turns dropped from the left
-(umi.train.tokenize.fit_prompt). When even the prompt without any history does not fit, the step cannot be put to the
+(umi.inference.tokens.fit_prompt). When even the prompt without any history does not fit, the step cannot be put to the
 agent at all; at the 1,024 tokens the cpu profile trains with, that is the case for BFCL's multi-turn tool docs (12 of
 the 71 held-out entries). So:
 
@@ -23,12 +23,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from umi.backend import Generation, GenerationRequest, TooLong
 from umi.data.examples import PromptBuilder
-from umi.inference import AgentSpec
+from umi.inference.agent_specs import AgentSpec
+from umi.inference.protocol import Generation, GenerationRequest, ModelBackend
+from umi.inference.tokens import TooLong, encode_prompt, fit_prompt
+from umi.inference.wrapping import ForwardingBackend, per_backend
 from umi.prompts import DocStyle, planner_target
 from umi.schema import Trajectory
-from umi.train.tokenize import encode_prompt
 from umi.vocabulary import STAGE_MANIFEST
 
 __all__ = [
@@ -106,7 +107,6 @@ def gold_path_misfits(
     for the trajectories with a prompt that fits neither: a live entry there cannot be passed at this budget, and
     the report names it rather than count it as the agent's failure."""
     from umi.data.examples import trajectory_examples
-    from umi.train.tokenize import fit_prompt
 
     roles = set(roles)
     out: dict[str, list[str]] = {}
@@ -126,20 +126,16 @@ def gold_path_misfits(
     return out
 
 
-class DocsFirstBackend:
+class DocsFirstBackend(ForwardingBackend):
     """`base` for every prompt that fits its budget; `raised` (the same model, a larger budget) for a prompt whose
     docs alone do not fit it. Everything else (stats, the model) is `base`'s."""
 
-    def __init__(self, base, raised):
+    def __init__(self, base: ModelBackend, raised: ModelBackend):
+        super().__init__(base)
         self.base = base
         self.raised = raised
-        if hasattr(base, "decode_together"):  # static evaluation's continuous path checks for it
-            self.decode_together = base.decode_together
 
-    def __getattr__(self, name: str):
-        return getattr(self.base, name)
-
-    def _route(self, request: GenerationRequest):
+    def _route(self, request: GenerationRequest) -> ModelBackend:
         try:
             self.base.prompt_ids(request)
         except TooLong:
@@ -192,13 +188,9 @@ class DocsFirstBackend:
         self.raised.reset()
 
 
-def docs_first_backends(base: Mapping[str, Any], raised: Mapping[str, Any]) -> dict[str, Any]:
+def docs_first_backends(
+    base: Mapping[str, ModelBackend], raised: Mapping[str, ModelBackend]
+) -> dict[str, DocsFirstBackend]:
     """{role: DocsFirstBackend} over two backend dicts of the same roles; one wrapper per distinct base backend, so
     roles sharing a model still share it."""
-    wrapped: dict[int, DocsFirstBackend] = {}
-    out = {}
-    for role, backend in base.items():
-        if id(backend) not in wrapped:
-            wrapped[id(backend)] = DocsFirstBackend(backend, raised[role])
-        out[role] = wrapped[id(backend)]
-    return out
+    return per_backend(base, lambda backend, roles: DocsFirstBackend(backend, raised[roles[0]]))

@@ -30,7 +30,7 @@ def register_commands(app: typer.Typer, build_agent) -> None:
 def _specs(
     agents: Optional[str], multi: list[str], single: list[str], runs: Path, backbone: Path, one_stage_runs: Path
 ) -> tuple[list, dict[str, str]]:
-    from umi.eval.agents import AgentSpec, default_agents
+    from umi.inference.agent_specs import AgentSpec, default_agents
 
     specs, skipped = default_agents(runs, backbone, one_stage_runs)
     if agents:

@@ -40,7 +40,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from umi.backend import Generation, GenerationRequest, TooLong
+from umi.inference.protocol import Generation, GenerationRequest, ModelBackend
+from umi.inference.tokens import TooLong
+from umi.inference.wrapping import ForwardingBackend, per_backend
 
 __all__ = [
     "GenerationCache",
@@ -218,12 +220,10 @@ def _same(a: Generation, b: Generation) -> bool:
     return all(getattr(a, f) == getattr(b, f) for f in _COMPARED)
 
 
-def model_key(content_digest: str, backend: Any, dtype: str) -> str:
+def model_key(content_digest: str, backend: ModelBackend, dtype: str) -> str:
     """The part of every request key that names the model: the checkpoint's bytes (umi.vocabulary.content_digest),
     the adapter, the dtype and the context length."""
-    return json.dumps(
-        [content_digest, getattr(backend, "adapter", None), dtype, getattr(backend, "context_length", None)]
-    )
+    return json.dumps([content_digest, backend.adapter, dtype, backend.context_length])
 
 
 def request_key(model_key: str, request: GenerationRequest) -> str:
@@ -234,14 +234,15 @@ def request_key(model_key: str, request: GenerationRequest) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-class CachedBackend:
-    """A backend whose generate / generate_batch answer from `cache` where they can; everything else (prompt_ids,
-    reset, stats, the model) is the wrapped backend's. `recipe` (umi.vocabulary.training_recipe of the checkpoint):
-    other checkpoints of the same recipe, adapter, dtype and context length are its twin candidates (module doc)."""
+class CachedBackend(ForwardingBackend):
+    """A backend whose generate / generate_batch / generate_many answer from `cache` where they can; everything else
+    (prompt_ids, reset, stats, the model) is the wrapped backend's. `recipe` (umi.vocabulary.training_recipe of the
+    checkpoint): other checkpoints of the same recipe, adapter, dtype and context length are its twin candidates
+    (module doc)."""
 
     def __init__(
         self,
-        inner,
+        inner: ModelBackend,
         cache: GenerationCache,
         model_key: str,
         recipe: str | None = None,
@@ -249,7 +250,7 @@ class CachedBackend:
         twin_checks: int = TWIN_CHECKS,
         twin_tokens: int = TWIN_TOKENS,
     ):
-        self.inner = inner
+        super().__init__(inner)
         self.cache = cache
         self.model_key = model_key
         self.twin_checks, self.twin_tokens = twin_checks, twin_tokens
@@ -261,9 +262,6 @@ class CachedBackend:
         self._counts = cache.twin_counts(model_key)
         self._checking = threading.Lock()  # twin checks from concurrent live rollouts
         self._settle()
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
 
     def _key(self, request: GenerationRequest) -> str:
         return request_key(self.model_key, request)
@@ -379,17 +377,16 @@ class CachedBackend:
 
 
 def cached_backends(
-    backends: Mapping[str, Any], roles: Mapping[str, str], cache: GenerationCache, dtype: str
+    backends: Mapping[str, ModelBackend], roles: Mapping[str, str], cache: GenerationCache, dtype: str
 ) -> dict[str, CachedBackend]:
-    """{role: CachedBackend} over load_backends' result; roles: role -> checkpoint directory. One wrapper per
-    distinct backend, so roles sharing a model share its key (and its KV caches, as before)."""
+    """{role: CachedBackend} over loaded backends; roles: role -> checkpoint directory. One wrapper per distinct
+    backend, so roles sharing a model share its key (and its KV caches, as before)."""
     from umi.vocabulary import content_digest, training_recipe
 
-    wrapped: dict[int, CachedBackend] = {}
-    out = {}
-    for role, backend in backends.items():
-        if id(backend) not in wrapped:
-            key = model_key(content_digest(roles[role]), backend, dtype)
-            wrapped[id(backend)] = CachedBackend(backend, cache, key, training_recipe(roles[role]))
-        out[role] = wrapped[id(backend)]
-    return out
+    def cached(backend: ModelBackend, played: list[str]) -> CachedBackend:
+        directory = roles[played[0]]
+        return CachedBackend(
+            backend, cache, model_key(content_digest(directory), backend, dtype), training_recipe(directory)
+        )
+
+    return per_backend(backends, cached)

@@ -52,10 +52,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from umi import prompts
-from umi.backend import Backend
 from umi.eval.settings import EvalSettings
 from umi.eval.testsets import LiveEntry
-from umi.generation import GenerationSettings
+from umi.inference.presets import GenerationSettings
+from umi.inference.protocol import Backend
 from umi.prompts import DocStyle
 from umi.schema import Step
 from umi.tools.bfcl import BFCL_PROCESS_LOCK, BFCLToolkit, state_differences
@@ -316,7 +316,7 @@ def run_live(
     """Roll out every entry with the agent `build_agent` makes over `backends`; caches are reset between entries.
     The no-call baseline is umi.eval.baselines.no_call_backends() here like any agent. With
     `settings.live_concurrency` > 1 that many entries roll out at once (threads; the backends must be safe to call
-    from several: TransformersBackend and umi.batching's are); records keep the order of `entries`."""
+    from several: TransformersBackend and umi.inference.sharing's are); records keep the order of `entries`."""
     settings = settings or EvalSettings()
     agent = build_agent(backends, settings.generation(), max_steps=settings.max_steps, doc_style=doc_style)
     started = time.perf_counter()
@@ -335,8 +335,8 @@ def run_live(
             if progress:
                 progress(k, len(entries))
         return LiveResult(records, time.perf_counter() - started)
-    # Several entries at once, each in its own thread; with umi.batching.batched_backends under `backends` their
-    # generations decode together. No resets: the entries share the models' KV caches (LRU-bounded).
+    # Several entries at once, each in its own thread; with umi.inference.sharing.batched_backends under `backends`
+    # their generations decode together. No resets: the entries share the models' KV caches (LRU-bounded).
     out: list[dict[str, Any] | None] = [None] * len(entries)
     pool = ThreadPoolExecutor(settings.live_concurrency, thread_name_prefix="umi-live")
     try:

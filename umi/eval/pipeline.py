@@ -79,8 +79,8 @@ def evaluate_agents(
     """umi.eval.run.evaluate on the agents (AgentSpec.params dicts) with `options` (evaluation_options), tracked
     under the parent run; the report (to_dict) and its Markdown table. build_agent: umi.agent.loop.build_agent,
     for live rollouts."""
-    from umi.eval.agents import AgentSpec
     from umi.eval.run import DEFAULT_TOOLBENCH_OOD, evaluate
+    from umi.inference.agent_specs import AgentSpec
 
     ood = DEFAULT_TOOLBENCH_OOD if options.get("toolbench_ood") else None
     report = evaluate(

@@ -21,16 +21,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from umi import prompts
-from umi.batching import batched_backends
 from umi.data.splits import split_rule
 from umi.eval import baselines as base
 from umi.eval import evidence
-from umi.eval.agents import AgentSpec, check_split, loaded_backends, raised_backends, resolve_dtype, training_budget
+from umi.eval.agents import check_split, loaded_backends, raised_backends, resolve_dtype, training_budget
 from umi.eval.budget import base_budget, docs_budget, docs_first_backends, gold_path_misfits
 from umi.eval.generation_cache import GenerationCache, cached_backends
 from umi.eval.report import add_verdicts, table_markdown, write_chart
 from umi.eval.settings import PROFILES, EvalSettings
 from umi.eval.testsets import TestSet, live_entries, load_bfcl_test, load_toolbench_ood, load_train
+from umi.inference.agent_specs import AgentSpec
+from umi.inference.sharing import batched_backends
 from umi.params import split_fractions
 from umi.prompts import DocStyle
 from umi.vocabulary import CHAMPION, LIVE_DEV, LIVE_TEST, SINGLE_LLM, SINGLE_MATCHED, TOOLBENCH_OOD

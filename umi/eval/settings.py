@@ -1,6 +1,6 @@
 """Settings of an evaluation, and the suggested sizes per machine (`PROFILES`).
 
-The generation caps and retries are umi.generation's EVALUATION preset (the `full` profile: EVALUATION_FULL).
+The generation caps and retries are umi.inference.presets' EVALUATION preset (the `full` profile: EVALUATION_FULL).
 Untrained models rarely stop on their own: they write until `max_new_tokens`, so the caps bound the cost of the
 backbone row. The defaults sit above what the gold outputs need (SmolLM2 tokenizer, compact docs; p95 of target
 tokens on the BFCL test split / ToolBench out-of-domain set: planner 42 / 197, caller 59 / 61, summarizer 81 / 500,
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from umi.generation import EVALUATION, EVALUATION_FULL, MAX_STEPS, GenerationSettings
+from umi.inference.presets import EVALUATION, EVALUATION_FULL, MAX_STEPS, GenerationSettings
 
 __all__ = ["EvalSettings", "PROFILES"]
 
@@ -36,8 +36,8 @@ class EvalSettings:
     planner_retries: live retries of a planner that wrote nothing. stop_on_failure: end a live entry at its first
     failed turn (it cannot pass any more; saves the rest of the rollout, but the external judge then sees only the
     turns that ran).
-    live_concurrency: live entries rolled out at once, their generations decoded together (umi.batching: continuous
-    batching per model); 1: one entry after another. A batch changes the kernels' reduction order, so in rare
+    live_concurrency: live entries rolled out at once, their generations decoded together (umi.inference.sharing:
+    continuous batching per model); 1: one entry after another. A batch changes the kernels' reduction order, so in rare
     low-margin steps a text can differ from the one the entry gets alone, as with any batch size.
     dtype: weights at evaluation: float32, bfloat16, or auto (bfloat16 on a GPU that has it and on a CPU with native
     bf16 arithmetic, AVX512-BF16 or AMX, where it runs about twice as fast as float32; float32 elsewhere).

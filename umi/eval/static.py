@@ -11,11 +11,10 @@ paper's five metrics (umi.eval.metrics).
 Single-LLM: the global model writes thought and action (or conclusion) in one generation per gold step.
 
 Every prompt of a role is known once the previous role is done, so each role's prompts are decoded together by
-continuous batching (TransformersBackend.generate_many: `batch_size` rows at a time, a finished row's place taken by
+continuous batching (BatchingBackend.generate_many: `batch_size` rows at a time, a finished row's place taken by
 the next prompt at once), in trajectory order, so that a step's prompt is prefilled from the KV cache of the step
-before it (the same docs and history, one turn longer). With `static_batching="padded"`, and for backends that
-cannot decode together (scripted ones, the baselines): left-padded batches of prompts sorted by length
-(generate_batch). Decoding is greedy,
+before it (the same docs and history, one turn longer). With `static_batching="padded"`: left-padded batches of
+prompts sorted by length (generate_batch). Decoding is greedy,
 as in the paper; there are no retries (the live loop's sampled retries of an empty planner output are not part of
 a teacher-forced step).
 
@@ -37,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from umi import prompts
-from umi.backend import Generation, GenerationRequest, TooLong
 from umi.data.examples import PromptBuilder, RolePrompt
 from umi.eval.metrics import (
     Prediction,
@@ -51,6 +49,8 @@ from umi.eval.metrics import (
     score_step,
 )
 from umi.eval.settings import EvalSettings
+from umi.inference.protocol import BatchingBackend, Generation, GenerationRequest
+from umi.inference.tokens import TooLong
 from umi.parsing import (
     ParseFailure,
     parse_caller_output,
@@ -162,7 +162,9 @@ class _Runner:
         self.too_long = 0
         self.cut = 0
 
-    def decode(self, backend, role: str, jobs: Sequence[tuple[_Item, RolePrompt]]) -> list[Generation | None]:
+    def decode(
+        self, backend: BatchingBackend, role: str, jobs: Sequence[tuple[_Item, RolePrompt]]
+    ) -> list[Generation | None]:
         """Generate for every job of one role, batched; None where the prompt does not fit."""
         requests = [
             GenerationRequest(
@@ -201,7 +203,7 @@ class _Runner:
             if self.progress and (finished % size == 0 or finished == len(requests)):
                 self.progress(role, finished, len(requests))
 
-        if self.settings.static_batching == "continuous" and getattr(backend, "decode_together", None) is not None:
+        if self.settings.static_batching == "continuous":
             # in the jobs' order (a trajectory's steps one after another): each prompt's prefill starts from the KV
             # cache of the step before it, and a finished row's place goes to the next prompt at once
             order = [i for _, i in sized]
@@ -240,7 +242,7 @@ def _shown(text: str | None) -> str | None:
 
 
 def run_static(
-    backends: dict,
+    backends: dict[str, BatchingBackend],
     trajectories: Sequence[Trajectory],
     *,
     settings: EvalSettings | None = None,
@@ -249,8 +251,8 @@ def run_static(
 ) -> StaticResult:
     """Predict and score every gold assistant step of `trajectories`.
 
-    backends: role -> Backend with generate_batch and prompt_ids (umi.eval.agents.load_backends): planner, caller and
-    summarizer for the α-UMi format, or `global` alone for the single-LLM format."""
+    backends: role -> BatchingBackend (umi.eval.agents.load_agent_backends, the no-call baseline's fixed outputs):
+    planner, caller and summarizer for the α-UMi format, or `global` alone for the single-LLM format."""
     settings = settings or EvalSettings()
     started = time.perf_counter()
     items, rejected = _gold_items(trajectories, doc_style)
@@ -319,7 +321,7 @@ def run_static(
     )
 
 
-def _multi(runner: _Runner, backends: dict, items: list[_Item]):
+def _multi(runner: _Runner, backends: dict[str, BatchingBackend], items: list[_Item]):
     planned = runner.decode(backends["planner"], "planner", [(it, it.builder.planner(it.history)) for it in items])
     callers, summaries = [], []
     for item, g in zip(items, planned):
@@ -361,7 +363,7 @@ def _multi(runner: _Runner, backends: dict, items: list[_Item]):
     return out
 
 
-def _single(runner: _Runner, backend, items: list[_Item]):
+def _single(runner: _Runner, backend: BatchingBackend, items: list[_Item]):
     generated = runner.decode(backend, "global", [(it, it.builder.global_(it.history)) for it in items])
     out = []
     for item, g in zip(items, generated):

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from umi.inference import ADAPTER_CONFIG, is_adapter_dir
+from umi.inference.loading import is_adapter_dir
 from umi.prompts import checkpoint_prompt_format
-from umi.vocabulary import AGENT_ROLES, STAGE_MANIFEST, checkpoint_fingerprint
+from umi.vocabulary import ADAPTER_CONFIG, AGENT_ROLES, STAGE_MANIFEST, checkpoint_fingerprint
 
 __all__ = [
     "RoleSource",

@@ -11,7 +11,7 @@ endpoint, and /agent with tool schemas but no server-side implementation):
             -> summarizer -> the answer                                                      ("answer")
             -> give up                                                                       ("give_up")
 
-The turn is the loop's step (umi.agent.step.AgentStep, the same planner retries and fallback, umi.generation's
+The turn is the loop's step (umi.agent.step.AgentStep, the same planner retries and fallback, umi.inference.presets'
 SERVING caps as this deployment sets them). The caller's output is untrusted: a call that does not parse, names a tool
 that was not offered (or not the one `tool_choice` named), or has arguments that break the tool's schema is retried
 with sampling (the step's checked call); if the retry fails too the turn is "failed" with a message saying what was
@@ -32,11 +32,12 @@ from typing import Any, Literal
 
 from umi.agent.loop import AgentConfig, AgentEvent, AgentResult, AlphaUMiAgent, ToolRuntime
 from umi.agent.step import AgentStep, Plan
-from umi.backend import Backend
 from umi.data.examples import PromptBuilder
+from umi.inference.deadlines import Deadline
+from umi.inference.protocol import Backend
+from umi.inference.sharing import guarded
 from umi.parsing import ParseFailure, ToolCall
 from umi.schema import Decision, Step, ToolSpec
-from umi.serve.backends import Deadline, guarded
 from umi.serve.settings import ServeSettings
 from umi.tools.registry import ToolRegistry
 from umi.vocabulary import AGENT_ROLES
@@ -88,7 +89,7 @@ class TurnResult:
 
 class AgentEngine:
     """The three role backends and the service's settings. Thread-safe: each request builds its own agent over the
-    shared backends (which serialise generation per model, see umi.serve.backends)."""
+    shared backends (which serialise generation per model, see umi.inference.sharing)."""
 
     def __init__(
         self,
@@ -251,17 +252,13 @@ def build_engine(
     """The role backends over `dirs`, by the loader and dtype rule of evaluation, prompted in the format the
     checkpoints were trained with (ValueError when the roles disagree; `settings.doc_style` only fills in for
     checkpoints that record none)."""
+    from umi.inference.loading import load_backends
+    from umi.inference.sharing import shared_backends
     from umi.prompts import agreed_prompt_format, prompt_format
-    from umi.serve.backends import load_role_backends
 
     trained_format = agreed_prompt_format(dirs, prompt_format(settings.doc_style, None))
-    backends = load_role_backends(
-        dirs,
-        base_dir=base_dir,
-        device=settings.device,
-        dtype=settings.dtype,
-        backend_options={"max_cache_slots": settings.cache_slots},
-        max_batch=settings.max_batch,
-        batch_wait_s=settings.batch_wait_ms / 1000,
+    loaded = load_backends(
+        dirs, base_dir=base_dir, device=settings.device, dtype=settings.dtype, max_cache_slots=settings.cache_slots
     )
+    backends = shared_backends(loaded, max_batch=settings.max_batch, wait_s=settings.batch_wait_ms / 1000)
     return AgentEngine(backends, settings, models=info, doc_style=trained_format["doc_style"])

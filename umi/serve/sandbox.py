@@ -42,8 +42,8 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from umi.inference.deadlines import Deadline, RequestCancelled, RequestTimeout
 from umi.schema import ToolSpec
-from umi.serve.backends import Deadline, RequestCancelled, RequestTimeout
 from umi.tools.registry import Observation
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ Models: with UMI_SERVE_PLANNER_DIR / _CALLER_DIR / _SUMMARIZER_DIR set, the serv
 declares no BentoML models (development, tests). Otherwise it declares `umi-planner`, `umi-caller` and `umi-summarizer`
 (plus `umi-base` when they are LoRA adapters) from the BentoML model store, which is what a Bento packages; served
 from a Bento, the exact versions packaged are the ones loaded. Role models with the same checkpoint hash are loaded
-once; LoRA adapters share one base (umi.serve.backends).
+once; LoRA adapters share one base (umi.inference.loading).
 
 Health: BentoML's /livez, /healthz and /readyz (ready once the models are loaded) and the app's /health (details).
 """

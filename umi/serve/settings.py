@@ -14,14 +14,14 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from umi.generation import MAX_STEPS, SERVING, GenerationSettings
+from umi.inference.presets import MAX_STEPS, SERVING, GenerationSettings
 from umi.prompts import DEFAULT_DOC_STYLE, DocStyle
 from umi.vocabulary import AGENT_ROLES
 
 __all__ = ["ServeSettings", "HARD_MAX_STEPS"]
 
 HARD_MAX_STEPS = MAX_STEPS  # the paper's real-time inference cap on planner turns
-_CAPS = SERVING.max_new_tokens  # the per-role defaults: umi.generation's SERVING preset
+_CAPS = SERVING.max_new_tokens  # the per-role defaults: umi.inference.presets' SERVING preset
 
 
 class ServeSettings(BaseSettings):
@@ -57,7 +57,7 @@ class ServeSettings(BaseSettings):
         ge=1,
         le=64,
         description="concurrent generations on one model run as one batch of up "
-        "to this many (umi.batching); 1: each alone",
+        "to this many (umi.inference.micro_batching); 1: each alone",
     )
     batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a lone generation waits for company")
     # --- request limits

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from umi.agent.loop import ToolRuntime
-from umi.serve.backends import Deadline
+from umi.inference.deadlines import Deadline
 from umi.serve.sandbox import SandboxedRuntime, SandboxError, SandboxLimits, ToolSandbox
 
 __all__ = ["BFCLFactory", "Toolkit", "ToolkitError", "ToolkitRegistry", "default_toolkits"]

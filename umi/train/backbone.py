@@ -151,15 +151,6 @@ def import_backbone(
     return out_dir
 
 
-def load_backbone(path: str | Path, dtype=None):
-    """(model, tokenizer) from a checkpoint directory written by this module or by a training stage."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), **({"dtype": dtype} if dtype is not None else {}))
-    return model, tokenizer
-
-
 TINY_CORPUS = (
     "You have assess to the following apis:\n"
     '{"Name": "get_weather", "function": "Get the weather of a city", "input": {"city": "string, the city"}}\n'

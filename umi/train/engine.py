@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from umi.inference.tokens import TooLong
 from umi.schema import RecordError
 from umi.train.config import StageSettings, TrainConfig
 from umi.train.precision import Precision, resolve_precision
-from umi.train.tokenize import IGNORE_INDEX, TooLong, encode_example
+from umi.train.tokenize import IGNORE_INDEX, encode_example
 
 log = logging.getLogger(__name__)
 

@@ -35,16 +35,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from umi.train.tokenize import (
-    IGNORE_INDEX,
-    CompletionCollator,
-    Encoded,
-    _check_span,
-    _text_ids,
-    encode_example,
-    special_prefix,
-    split_turns,
-)
+from umi.inference.tokens import check_span, special_prefix, split_turns, text_ids
+from umi.train.tokenize import IGNORE_INDEX, CompletionCollator, Encoded, encode_example
 
 
 @dataclass(frozen=True)
@@ -79,13 +71,13 @@ def tree_example(
     enc = encode_example(tokenizer, prompt, target, history_span, max_length, record_id)
     n_prompt = len(enc.input_ids) - enc.target_tokens
     prompt_ids, target_ids = enc.input_ids[:n_prompt], tuple(enc.input_ids[n_prompt:])
-    start, end = _check_span(prompt, history_span, record_id)
+    start, end = check_span(prompt, history_span, record_id)
     turns = split_turns(prompt[start:end], record_id)[enc.dropped_turns :]
     cache = {} if cache is None else cache
 
     def ids(text: str) -> tuple[int, ...]:
         if text not in cache:
-            cache[text] = tuple(_text_ids(tokenizer, text))
+            cache[text] = tuple(text_ids(tokenizer, text))
         return cache[text]
 
     head = tuple(special_prefix(tokenizer)) + ids(prompt[:start])

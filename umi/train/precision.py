@@ -30,7 +30,7 @@ PRECISIONS: tuple[str, ...] = get_args(PrecisionSetting)
 
 def resolve_precision(name: str) -> Precision:
     """The mode `name` (a profile's `precision`) trains in on this machine."""
-    from umi.devices import cpu_has_native_bf16
+    from umi.inference.devices import cpu_has_native_bf16
 
     if name not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")

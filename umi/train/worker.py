@@ -86,7 +86,7 @@ def train_in_worker(request: Mapping[str, Any], device: int | None, threads: int
     store of this process, whatever set it. `log`: the logger that says where it trains (a Prefect run logger)."""
     import mlflow
 
-    from umi.devices import env_with_venv
+    from umi.machine import env_with_venv
 
     env = env_with_venv()
     env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()

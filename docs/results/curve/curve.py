@@ -83,7 +83,7 @@ def evaluate_point(point: str, limit: int, profile: str) -> None:
     from umi.agent.loop import build_agent
     from umi.eval.run import evaluate
     from umi.eval.settings import PROFILES
-    from umi.inference import AgentSpec
+    from umi.inference.agent_specs import AgentSpec
     from umi.train.config import load_config
     from umi.train.engine import dev_example_losses
 

@@ -14,7 +14,7 @@ import sys
 
 from umi.cli import DEFAULT_DATA, import_bfcl_cmd
 from umi.data.versions import reproduce_datasets
-from umi.devices import cpu_count, default_local_concurrency, gpu_count
+from umi.machine import cpu_count, default_local_concurrency, gpu_count
 from umi.train.backbone import import_backbone
 from umi.train.config import dataset_role
 from umi.train.worker import train_in_worker

@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from umi.agent.loop import AgentEvent, AgentResult
+from umi.inference.deadlines import Deadline
 from umi.schema import Step, ToolSpec, Trajectory
-from umi.serve.backends import Deadline
 from umi.serve.engine import AgentEngine, TurnResult
 from umi.serve.openai_compat import new_call_id
 from umi.serve.routes.common import ApiError, EngineSource, Serving, in_thread, parse_tools, sse, tool_registry

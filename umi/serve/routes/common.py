@@ -14,9 +14,9 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from umi.backend import TooLong
+from umi.inference.deadlines import Deadline, RequestCancelled, RequestTimeout
+from umi.inference.tokens import TooLong
 from umi.schema import ToolSpec
-from umi.serve.backends import Deadline, RequestCancelled, RequestTimeout
 from umi.serve.engine import AgentEngine, client_tool_registry
 from umi.serve.openai_compat import FunctionTool, tool_specs
 from umi.serve.sandbox import SandboxBusy

@@ -1,17 +1,16 @@
 """A micro-batcher in front of each model: concurrent requests' generations run as one batch.
 
-Used by the service (umi.serve.backends: requests in worker threads) and by live evaluation (umi.eval.live: entries
-rolled out in threads, `batched_backends`). Requests run in worker threads, each an α-UMi episode or turn that needs
-one generation at a time. Without batching
-they queue on the model's lock and the model decodes one sequence at a time, which on a CPU leaves most of its
-arithmetic unused (decoding is memory-bound: 8 sequences cost little more per step than one). With batching, a
+Used through umi.inference.sharing by the service (requests in worker threads) and by live evaluation (entries rolled
+out in threads). Requests run in worker threads, each an α-UMi episode or turn that needs one generation at a time.
+Without batching they queue on the model's lock and the model decodes one sequence at a time, which on a CPU leaves most
+of its arithmetic unused (decoding is memory-bound: 8 sequences cost little more per step than one). With batching, a
 request's generation is put in the model's queue; one worker thread per model takes what is queued (after waiting
-`wait_s` for company when the queue holds a single generation) and decodes it with
-`TransformersBackend.decode_together`: continuous batching, up to `max_batch` sequences of one role backend at a time;
-a generation queued while the batch runs joins it at the next step (so an episode's next generation does not wait for
-the whole batch), and one that stops leaves it at once. Each prompt is prefilled with its KV-cache reuse, then
-decoded in the left-padded batch with its own max_new_tokens, stop strings, temperature and seed. Another backend's
-generations (a LoRA role on the same base) wait until the running batch drains.
+`wait_s` for company when the queue holds a single generation) and decodes it with `ModelBackend.decode_together`
+(umi.inference.continuous_batching): continuous batching, up to `max_batch` sequences of one role backend at a time; a
+generation queued while the batch runs joins it at the next step (so an episode's next generation does not wait for the
+whole batch), and one that stops leaves it at once. Each prompt is prefilled with its KV-cache reuse, then decoded in
+the left-padded batch with its own max_new_tokens, stop strings, temperature and seed. Another backend's generations (a
+LoRA role on the same base) wait until the running batch drains.
 
 Deadlines: a request waits no longer than its deadline; a request whose deadline passes (or whose client went away)
 while queued is never run, and one whose deadline passes during the batch is dropped from it at the next decode step
@@ -28,61 +27,21 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from umi.backend import Generation, GenerationRequest, TransformersBackend
+from umi.inference.deadlines import Deadline, RequestTimeout
+from umi.inference.protocol import Generation, GenerationRequest, ModelBackend
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "MicroBatcher",
-    "BatchStats",
-    "BatchedBackend",
-    "batched_backends",
-    "Deadline",
-    "RequestTimeout",
-    "RequestCancelled",
-]
-
-
-class RequestTimeout(Exception):
-    """The request ran past its time limit (waiting for a model included)."""
-
-
-class RequestCancelled(Exception):
-    """The client went away; the request stops at its next generation."""
-
-
-@dataclass
-class Deadline:
-    """A request's time budget. `cancel()` (the client disconnected) makes the next check raise."""
-
-    seconds: float
-    started: float = field(default_factory=time.monotonic)
-    cancelled: bool = False
-
-    @property
-    def remaining(self) -> float:
-        return self.seconds - (time.monotonic() - self.started)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def check(self, doing: str) -> None:
-        if self.cancelled:
-            raise RequestCancelled(f"the client went away before {doing}")
-        if self.remaining <= 0:
-            raise RequestTimeout(f"the request ran past its time limit of {self.seconds:g} s before {doing}")
+__all__ = ["BatchStats", "MicroBatcher"]
 
 
 @dataclass(eq=False)
 class _Item:
-    backend: Any
-    request: "GenerationRequest"
+    backend: ModelBackend
+    request: GenerationRequest
     deadline: Deadline | None
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
@@ -102,8 +61,8 @@ class BatchStats:
 
 
 class MicroBatcher:
-    """Batches generations on one model (see the module doc). `lock` is the model's lock (umi.serve.backends
-    SharedModel.lock), held while a batch runs."""
+    """Batches generations on one model (see the module doc). `lock` is the model's lock (umi.inference.sharing),
+    held while a batch runs."""
 
     def __init__(self, lock: threading.Lock, max_batch: int = 8, wait_s: float = 0.005, name: str = "model"):
         if max_batch < 1:
@@ -119,9 +78,7 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._work, name=f"umi-batcher-{name}", daemon=True)
         self._thread.start()
 
-    def submit(
-        self, backend: "TransformersBackend", request: "GenerationRequest", deadline: Deadline | None = None
-    ) -> "Generation":
+    def submit(self, backend: ModelBackend, request: GenerationRequest, deadline: Deadline | None = None) -> Generation:
         """Generate `request` with `backend` in the model's next batch; raises what the generation raised."""
         if deadline is not None:
             deadline.check(f"the {request.record_id} generation")
@@ -168,7 +125,7 @@ class MicroBatcher:
                     self._cond.wait(left)
             return self._more(self._queue[0].backend, self.max_batch)  # the condition's lock is reentrant
 
-    def _more(self, backend: Any, room: int) -> list[_Item]:
+    def _more(self, backend: ModelBackend, room: int) -> list[_Item]:
         """Up to `room` queued generations of `backend` (dropping the expired). None once another backend waits, so a
         running batch drains and the other adapter gets the model. The queue keeps arrival order: the next batch is
         the oldest waiting generation's backend, so a busy adapter cannot keep another from the model for ever."""
@@ -227,59 +184,3 @@ class MicroBatcher:
                     finish(item, e)
             finally:
                 self._running = False
-
-
-class BatchedBackend:
-    """A TransformersBackend as many threads see it: `generate` joins its model's MicroBatcher, so concurrent callers
-    (live rollouts of several entries) decode together; `generate_batch` and `generate_many` (static prompts, one
-    caller) run alone under the model's lock; `reset` is a no-op, since concurrent episodes share the model's KV
-    caches (the backend keeps them LRU-bounded). Everything else is the wrapped backend's."""
-
-    def __init__(self, inner: "TransformersBackend", batcher: MicroBatcher):
-        self.inner = inner
-        self.batcher = batcher
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def generate(self, request: "GenerationRequest") -> "Generation":
-        return self.batcher.submit(self.inner, request)
-
-    def generate_batch(self, requests, batch_size: int = 8) -> list:
-        with self.batcher.lock:
-            return self.inner.generate_batch(requests, batch_size=batch_size)
-
-    def generate_many(self, requests, **options) -> list:
-        with self.batcher.lock:
-            return self.inner.generate_many(requests, **options)
-
-    def reset(self) -> None:
-        pass
-
-
-@contextmanager
-def batched_backends(backends: Mapping[str, Any], max_batch: int) -> Iterator[dict[str, Any]]:
-    """{role: BatchedBackend} over load_backends' result (`max_batch` > 1): one batcher per model, shared by the roles
-    over it (a backbone in every role is one model, one batch); closed on exit. Backends that cannot decode together
-    (no `decode_together`: scripted test backends, the no-call baseline) are returned as they are."""
-    if max_batch < 2:
-        yield dict(backends)
-        return
-    batchers: dict[int, MicroBatcher] = {}
-    wrapped: dict[int, BatchedBackend] = {}
-    out: dict[str, Any] = {}
-    try:
-        for role, backend in backends.items():
-            if not hasattr(backend, "decode_together"):
-                out[role] = backend
-                continue
-            model = id(getattr(backend, "model", backend))
-            if model not in batchers:
-                batchers[model] = MicroBatcher(threading.Lock(), max_batch, name=role)
-            if id(backend) not in wrapped:
-                wrapped[id(backend)] = BatchedBackend(backend, batchers[model])
-            out[role] = wrapped[id(backend)]
-        yield out
-    finally:
-        for batcher in batchers.values():
-            batcher.close()

@@ -1,11 +1,11 @@
-"""A scripted backend: the agent loop, the chat session or a rollout run without a model (tests, examples)."""
+"""A scripted backend: the agent loop, the chat session or a rollout run without a model (tests, the GPU check)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from umi.backend import Generation, GenerationRequest
 from umi.data.examples import role_of_prompt
+from umi.inference.protocol import Generation, GenerationRequest
 
 __all__ = ["ScriptedBackend"]
 

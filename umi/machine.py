@@ -1,5 +1,6 @@
 """The machine the pipeline runs on: its GPUs and CPUs, how many training stages fit on it at once, the device slots
-those stages take turns on, and the environment of the processes it starts."""
+those stages take turns on, and the environment of the processes it starts. (Where and in what precision a model
+runs for inference is umi.inference.devices.)"""
 
 from __future__ import annotations
 
@@ -25,19 +26,6 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX tiles) and torch dispatches to its AVX-512
-    kernels: with those capped (ATEN_CPU_CAPABILITY=avx2, as for portable numerics, docs/training.md), torch 2.13's
-    bf16 attention fails on such a CPU ("pack_vnni2 is only supported when avx512 is supported"), so it is float32."""
-    import torch
-
-    try:  # private but long-standing helpers; a torch without them gets float32
-        hardware = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # pragma: no cover
-        return False
-    return hardware and torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def default_local_concurrency() -> int:
