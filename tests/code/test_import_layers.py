@@ -1,5 +1,7 @@
 """Imports point one way (issue 11): umi.data, umi.tools and umi.eval never import umi.agent; umi.agent never imports
-umi.eval; nothing in umi imports flows. Read from the source with ast, so an import hidden in a function counts too."""
+umi.eval; nothing in umi imports flows; the inference runtime (issue 26) imports none of training, evaluation, the
+service or the agent, so the service carries no training code. Read from the source with ast, so an import hidden in
+a function counts too."""
 
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ RULES: tuple[tuple[str, str], ...] = (
     ("umi.eval", "umi.agent"),
     ("umi.agent", "umi.eval"),
     ("umi", "flows"),
+    ("umi.inference", "umi.train"),
+    ("umi.inference", "umi.eval"),
+    ("umi.inference", "umi.serve"),
+    ("umi.inference", "umi.agent"),
 )
 
 # Known upward imports, each owned by a change of this round: the lead removes an entry when that change is merged.
@@ -87,3 +93,9 @@ def test_the_reader_finds_hidden_and_from_imports():
     got = imported_modules(source, "umi.eval", modules)
     assert {"umi.tools.calls", "umi.agent", "umi.agent.loop", "umi.eval.stats"} <= got
     assert "umi.agent.loop.AlphaUMiAgent" not in got  # a class, not a module
+
+
+def test_the_inference_package_is_below_train_eval_serve_and_agent():
+    """Stated on its own (no KNOWN exception may cover it): the serving image's runtime never reaches training code."""
+    found = {(rel, imported) for rel, imported in upward_imports() if rel.startswith("umi/inference/")}
+    assert not found, f"umi.inference imports upward: {sorted(found)}"

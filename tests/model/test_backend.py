@@ -285,3 +285,32 @@ def test_static_evaluation_in_trajectory_order_equals_the_padded_batches_and_pre
     assert in_order.stats.reused_tokens > 0
     assert in_order.stats.prefill_tokens < padded.stats.prefill_tokens / 2
 
+
+def test_the_generation_cache_keys_are_the_ones_made_before_the_inference_package(tiny):
+    """umi.eval.generation_cache keys on the backend's adapter and context length and on every request field; the
+    move into umi.inference (issue 26) kept every key, so existing caches still answer. The hex digests were computed
+    on the code before the move."""
+    from umi.eval.generation_cache import model_key, request_key
+    from umi.inference.sharing import batched_backends
+
+    model, tokenizer = tiny
+    with_adapter = TransformersBackend(model, tokenizer, context_length=1024, adapter="planner")
+    plain = TransformersBackend(model, tokenizer)
+    assert model_key("sha256:abc", with_adapter, "float32") == '["sha256:abc", "planner", "float32", 1024]'
+    assert model_key("sha256:abc", plain, "float32") == '["sha256:abc", null, "float32", 4096]'
+    with batched_backends({"planner": with_adapter}, 4) as shared:  # live evaluation's wrapper keys as its backend
+        assert model_key("sha256:abc", shared["planner"], "float32") == model_key("sha256:abc", with_adapter, "float32")
+    request = GenerationRequest(
+        prompt="user: hi</s>assistant:",
+        history_span=(0, 14),
+        max_new_tokens=7,
+        stop_strings=("</s>", "x"),
+        temperature=0.7,
+        seed=3,
+        record_id="r1",
+        ignore_eos=True,
+    )
+    key = request_key(model_key("sha256:abc", with_adapter, "float32"), request)
+    assert key == "2e65f0bd7a81817778dffc02602ef371db45860d92452c1e5dbd806fa629771e"
+    key = request_key(model_key("sha256:abc", plain, "bfloat16"), GenerationRequest(prompt="p"))
+    assert key == "c510923245752b43b28281716d0cf037b3edc3fc0103604cd9bedc3c0825fc69"
