@@ -25,7 +25,7 @@ cd "$(dirname "$0")/../../.."
 # two pinned runs gave identical weights, the pins change the bytes (each of the two on its own does), at about
 # 1.24x the training time (42 s vs 34 s on a 6k-token global stage). oneDNN is left alone: float32 training does not
 # go through it (pinning it as well gave the same bytes). With ATen capped, the dtype rule resolves float32 for make
-# run's own evaluation too (umi.inference.cpu_has_native_bf16: torch's bf16 attention fails there otherwise).
+# run's own evaluation too (umi.inference.devices.cpu_has_native_bf16: torch's bf16 attention fails there otherwise).
 export MKL_CBWR=AVX2 ATEN_CPU_CAPABILITY=avx2
 here=docs/results/full-eval
 umi=.venv/bin/umi
