@@ -21,8 +21,9 @@ cd "$(dirname "$0")/../../.."
 # vectorised kernels run AVX-512 code where there is AVX-512, so the same commit and seed trained different bytes on
 # two machines (2026-12-02 and -03). Pinned to their AVX2 code paths (MKL's conditional numerical reproducibility,
 # ATen's capability), the same seed should give the same bytes on any x86 CPU with AVX2 and the same thread count
-# (what MKL documents for that mode; seen on 2026-12-08: `train` on a 2-core EPYC with AVX2 only gave every model the
-# bytes the AVX-512 machine of 2026-12-02 gave, `check` matching each of the five). Measured on one machine:
+# (what MKL documents for that mode, and seen: on 2026-12-07 and -08, 2-core EPYCs with AVX2 only trained global,
+# planner, caller and the control to the bytes of the AVX-512 machine's 2026-12-02 record; the summarizer's recipe
+# changed in between, and -08 gave it -07's bytes). Measured on one machine:
 # two pinned runs gave identical weights, the pins change the bytes (each of the two on its own does), at about
 # 1.24x the training time (42 s vs 34 s on a 6k-token global stage). oneDNN is left alone: float32 training does not
 # go through it (pinning it as well gave the same bytes). With ATen capped, the dtype rule resolves float32 for make
