@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from umi.inference.tokens import TooLong
+from umi.inference.tokens import TooLong, text_ids
+from umi.prompts import planner_target
 from umi.schema import RecordError
 from umi.train.config import StageSettings, TrainConfig
 from umi.train.precision import Precision, resolve_precision
@@ -387,7 +388,36 @@ def training_arguments(
     )
 
 
-def completion_loss(model, inputs: dict, num_items_in_batch=None):
+class DecisionWeights:
+    """Per-token loss weights that make the planner's decision count `weight` times: the label positions spelling
+    ` Next: caller.` / ` Next: conclusion.` / ` Next: give up.` followed by EOS (the end of every planner target;
+    found in the labels, so it works the same packed or not). Every other target token weighs 1."""
+
+    def __init__(self, tokenizer, weight: float):
+        import typing
+
+        from umi.schema import Decision
+
+        self.weight = float(weight)
+        self.patterns = [
+            torch.tensor([*text_ids(tokenizer, planner_target("", d)), tokenizer.eos_token_id])
+            for d in typing.get_args(Decision)
+        ]
+
+    def __call__(self, labels: "torch.Tensor") -> "torch.Tensor":
+        weights = torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
+        for pattern in self.patterns:
+            k = len(pattern)
+            if labels.shape[1] < k:
+                continue
+            found = (labels.unfold(1, k, 1) == pattern.to(labels.device)).all(-1).nonzero()  # (row, start)
+            if len(found):
+                cols = found[:, 1:] + torch.arange(k - 1, device=labels.device)  # the decision; EOS keeps 1
+                weights[found[:, :1].expand_as(cols), cols] = self.weight
+        return weights
+
+
+def completion_loss(model, inputs: dict, num_items_in_batch=None, token_weights: DecisionWeights | None = None):
     """Cross-entropy over the target tokens only, computing logits only where a target token is predicted.
 
     The prompt is most of every example (tool docs + history) but contributes no loss, so projecting its hidden
@@ -398,6 +428,8 @@ def completion_loss(model, inputs: dict, num_items_in_batch=None):
     Trainer counted the tokens of the whole accumulated batch, else this batch's own target count. So the loss is
     a per-TOKEN mean over the optimiser step (every target token of the step weighs the same, a long target more
     than a short one), packed or not. Packed batches (umi.train.packing) bring a 4D tree mask and position ids.
+    token_weights: while the model trains, each target token's loss is multiplied by its weight (DecisionWeights);
+    the normaliser stays the token count, so a weighted token simply counts more. Evaluation stays unweighted.
     """
     labels = inputs["labels"]
     next_labels = labels[:, 1:]
@@ -409,9 +441,17 @@ def completion_loss(model, inputs: dict, num_items_in_batch=None):
     )
     logits = outputs.logits
     targets = next_labels[:, keep]
-    loss_sum = torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    weighted = token_weights is not None and model.training
+    token_losses = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none" if weighted else "sum",
     )
+    if weighted:
+        loss_sum = (token_losses * token_weights(next_labels)[:, keep].reshape(-1)).sum()
+    else:
+        loss_sum = token_losses
     if num_items_in_batch is None:
         normaliser = (targets != IGNORE_INDEX).sum().clamp(min=1)
     else:
@@ -502,6 +542,7 @@ class CompletionTrainer(Trainer):
     older ones are rotated out only after that, so a kill during a save leaves the previous checkpoint to resume."""
 
     checkpoint_meta: dict = {}
+    token_weights: DecisionWeights | None = None  # the planner's decision weighting (StageSettings.decision_weight)
 
     def _save_checkpoint(self, model, trial):
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -528,7 +569,7 @@ class CompletionTrainer(Trainer):
             )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = completion_loss(model, inputs, num_items_in_batch)
+        loss, outputs = completion_loss(model, inputs, num_items_in_batch, self.token_weights)
         # Normalised by the token count of the whole accumulated batch: tell training_step not to divide again.
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:

@@ -34,9 +34,10 @@ from pathlib import Path
 
 from umi import prompts
 from umi.atomic import write_json
-from umi.train.config import TrainConfig, dataset_role, load_config
+from umi.train.config import FINGERPRINT_NEUTRAL, TrainConfig, dataset_role, load_config
 from umi.train.engine import (
     CompletionTrainer,
+    DecisionWeights,
     MlflowStageCallback,
     dataset_stats,
     encode_role_dataset,
@@ -151,8 +152,13 @@ def stage_fingerprint(
     and data version. A finished stage with the same fingerprint is not trained again (the pipeline's task cache uses
     the same key); a stage begun in another precision (`auto` on another machine) is not resumed in this one."""
     init_from = Path(init_from)
+    dump = config.for_stage(stage).model_dump(mode="json")
+    for settings in dump["stages"].values():
+        for key, neutral in FINGERPRINT_NEUTRAL.items():
+            if settings.get(key) == neutral:
+                del settings[key]
     src = {
-        "config": config.for_stage(stage).model_dump(mode="json"),
+        "config": dump,
         "precision": training_precision(config),
         "stage": stage,
         "init": checkpoint_fingerprint(init_from),
@@ -479,6 +485,8 @@ def train_stage(
         optimizer_cls_and_kwargs=optimizer,
     )
     trainer.checkpoint_meta = {"fingerprint": fingerprint}
+    if settings.decision_weight != 1.0:
+        trainer.token_weights = DecisionWeights(tokenizer, settings.decision_weight)
     try:
         output = trainer.train(resume_from_checkpoint=last_checkpoint)
     except BaseException:
