@@ -461,15 +461,10 @@ def completion_loss(model, inputs: dict, num_items_in_batch=None, token_weights:
     return loss_sum / normaliser, outputs
 
 
-def dev_example_losses(
-    model_dir: str | Path, role: str, datasets_dir: str | Path, max_length: int, n: int, seed: int = 42
-) -> list[tuple[str, float]]:
-    """(trajectory id, mean target-token loss) of each of `n` dev examples of `role` (the seeded sample a stage's
-    `eval_examples` draws, encode_role_dataset's selection), in float32: what recipe sweeps and the precision
-    benchmark compare, per example, so that a difference gets a paired interval clustered by trajectory."""
+def _dev_sample(model_dir: str | Path, role: str, datasets_dir: str | Path, n: int, seed: int):
+    """(tokenizer, float32 model in eval mode, the seeded sample of `n` dev examples of `role` a stage's
+    `eval_examples` draws: encode_role_dataset's selection)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from umi.train.tokenize import CompletionCollator
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.pad_token_id is None:
@@ -478,18 +473,64 @@ def dev_example_losses(
     if n < len(records):
         records = records.shuffle(seed=seed).select(range(n))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    collate, losses = CompletionCollator(tokenizer.pad_token_id), []
+    return tokenizer, model, records
+
+
+def _target_loss(model, tokenizer, rec: dict, target: str, max_length: int) -> tuple[float, int] | None:
+    """(mean loss, target tokens) of `target` after the record's prompt; None when it does not fit."""
+    from umi.train.tokenize import CompletionCollator
+
+    try:
+        enc = encode_example(tokenizer, rec["prompt"], target, rec["history_span"], max_length, rec["id"])
+    except TooLong:
+        return None
+    batch = CompletionCollator(tokenizer.pad_token_id)([{"input_ids": enc.input_ids, "labels": enc.labels}])
     with torch.no_grad():
-        for rec in records:
-            try:
-                enc = encode_example(
-                    tokenizer, rec["prompt"], rec["target"], rec["history_span"], max_length, rec["id"]
-                )
-            except TooLong:
-                continue
-            loss, _ = completion_loss(model, collate([{"input_ids": enc.input_ids, "labels": enc.labels}]))
-            losses.append((rec["trajectory_id"], float(loss)))
+        loss, _ = completion_loss(model, batch)
+    return float(loss), enc.target_tokens
+
+
+def dev_example_losses(
+    model_dir: str | Path, role: str, datasets_dir: str | Path, max_length: int, n: int, seed: int = 42
+) -> list[tuple[str, float]]:
+    """(trajectory id, mean target-token loss) of each of `n` dev examples of `role` (the seeded sample a stage's
+    `eval_examples` draws, encode_role_dataset's selection), in float32: what recipe sweeps and the precision
+    benchmark compare, per example, so that a difference gets a paired interval clustered by trajectory."""
+    tokenizer, model, records = _dev_sample(model_dir, role, datasets_dir, n, seed)
+    losses = []
+    for rec in records:
+        scored = _target_loss(model, tokenizer, rec, rec["target"], max_length)
+        if scored is not None:
+            losses.append((rec["trajectory_id"], scored[0]))
     return losses
+
+
+def dev_decision_choices(
+    model_dir: str | Path, datasets_dir: str | Path, max_length: int, n: int, seed: int = 42
+) -> list[tuple[str, float]]:
+    """(trajectory id, 1.0 or 0.0) per planner dev example (dev_example_losses's sample): does the planner, given the
+    gold rationale, rank the gold decision first among ` Next: caller.` / `conclusion` / `give up` (the lowest target
+    loss)? A teacher-forced, generation-free proxy of Plan ACC for recipe choices such as decision_weight."""
+    import typing
+
+    from umi.schema import Decision
+
+    tokenizer, model, records = _dev_sample(model_dir, "planner", datasets_dir, n, seed)
+    choices = []
+    for rec in records:
+        gold = rec["target"]
+        at = gold.rfind(planner_target("", "caller").split(":")[0] + ":")  # ` Next:`
+        if at < 0:
+            continue
+        scores = {}
+        for decision in typing.get_args(Decision):
+            candidate = gold[:at] + planner_target("", decision)
+            scored = _target_loss(model, tokenizer, rec, candidate, max_length)
+            if scored is not None:
+                scores[candidate] = scored[0] * scored[1]  # summed loss: the shared rationale adds the same to each
+        if len(scores) == len(typing.get_args(Decision)):
+            choices.append((rec["trajectory_id"], float(min(scores, key=scores.get) == gold)))
+    return choices
 
 
 CHECKPOINT_COMPLETE = "umi_checkpoint_complete.json"  # written last into a Trainer checkpoint: it is whole
