@@ -5,7 +5,10 @@ on a fraction of an epoch with each candidate setting, the same dev examples sco
     .venv/bin/python docs/results/recipe/sweep.py lora --stage global --fraction 0.0625 --values 3e-4 1e-3
 
 `lr`: full fine-tuning at each learning rate. `lora`: LoRA (--lora-r, alpha 2r, every linear layer, merged at the
-end) at each learning rate; its train seconds are the speed side of the choice.
+end) at each learning rate; its train seconds are the speed side of the choice. `decision`: the planner at the
+profile's learning rate with each decision_weight (--stage planner --init <a global model>). Planner runs are also
+scored by dev decision accuracy (umi.train.engine.dev_decision_choices: the gold decision ranked first given the
+gold rationale).
 
 Each run is an ordinary stage (umi.train.stages.train_stage) in artifacts/recipe/<sweep>/<value>/<stage>: stopped, the
 same command continues it (finished runs are skipped). Local stages start from the global model named by --init
@@ -31,7 +34,11 @@ INIT = "untrained"  # the record's row for the model the runs start from (the ba
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("setting", choices=["lr", "lora"], help="what the runs differ in (both: the learning rate)")
+    parser.add_argument(
+        "setting",
+        choices=["lr", "lora", "decision"],
+        help="what the runs differ in: lr / lora: the learning rate; decision: the planner's decision_weight",
+    )
     parser.add_argument("--stage", default="global")
     parser.add_argument("--fraction", type=float, default=1 / 16, help="of an epoch")
     parser.add_argument("--values", nargs="+", type=float, required=True)
@@ -46,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from umi.data.versions import dataset_versions
     from umi.eval.stats import Clusters, interval, paired
     from umi.train.config import LoraSettings, dataset_role, load_config
-    from umi.train.engine import dev_example_losses
+    from umi.train.engine import dev_decision_choices, dev_example_losses
     from umi.train.stages import train_stage
 
     name = f"{args.setting}-{args.stage}-{args.fraction:g}"
@@ -55,10 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     # runs recorded earlier stay in the record (a later call may add values); the starting model is its baseline row
     results = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
     config = load_config(args.profile)
+    n = config.stage_settings(args.stage).eval_examples
+
+    def scores(model) -> dict:
+        out = {"dev_losses": dev_example_losses(model, dataset_role(args.stage), args.datasets, config.max_length, n)}
+        if args.stage == "planner":
+            out["dev_decisions"] = dev_decision_choices(model, args.datasets, config.max_length, n)
+        return out
+
     if INIT not in results:
-        n = config.stage_settings(args.stage).eval_examples
-        losses = dev_example_losses(args.init, dataset_role(args.stage), args.datasets, config.max_length, n)
-        results[INIT] = {"value": None, "model": str(args.init.relative_to(ROOT)), "dev_losses": losses}
+        results[INIT] = {"value": None, "model": str(args.init.relative_to(ROOT)), **scores(args.init)}
         record.write_text(json.dumps(results, indent=1) + "\n")
     for value in args.values:
         if f"{value:g}" in results:
@@ -66,20 +79,21 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.profile)
         settings = config.stages["global" if args.stage == "global-matched" else args.stage]
         settings.epochs = args.fraction
-        settings.learning_rate = value
+        if args.setting == "decision":
+            settings.decision_weight = value
+        else:
+            settings.learning_rate = value
         if args.setting == "lora":
             config.lora = LoraSettings(r=args.lora_r, alpha=2 * args.lora_r)
         out = args.out / name / f"{value:g}" / args.stage
         result = train_stage(args.stage, config, args.datasets, out, args.init, data_version=version, tracking=False)
-        n = config.stage_settings(args.stage).eval_examples
-        losses = dev_example_losses(result.checkpoint, dataset_role(args.stage), args.datasets, config.max_length, n)
         results[f"{value:g}"] = {
             "value": value,
             "train_runtime_s": result.metrics.get("train_runtime"),
             "steps": result.metrics.get("global_step"),
             "examples": result.metrics.get("data_examples"),
             "train_loss": result.metrics.get("train_loss"),
-            "dev_losses": losses,
+            **scores(result.checkpoint),
         }
         record.write_text(json.dumps(results, indent=1) + "\n")
 
@@ -104,6 +118,19 @@ def main(argv: list[str] | None = None) -> int:
             f"| {key} | {steps} | {seconds} | {ci.value / 100:.3f} "
             f"[{ci.ci_low / 100:.3f}, {ci.ci_high / 100:.3f}] | {diff} |"
         )
+    decided = {k: Clusters.from_items(r["dev_decisions"]) for k, r in results.items() if r.get("dev_decisions")}
+    if decided:
+        top = max(decided, key=lambda k: decided[k].value())
+        print(f"\ndev decision accuracy (%): the gold decision ranked first given the gold rationale, n = {ci.n}")
+        print(f"| {args.setting} | decision accuracy [95% CI] | minus best [95% CI], p |")
+        print("|---|---|---|")
+        for key, c in decided.items():
+            ci = interval(c)
+            diff = "-"
+            if key != top:
+                d = paired(c, decided[top])
+                diff = f"{d.difference:+.1f} [{d.ci_low:+.1f}, {d.ci_high:+.1f}], p = {d.p_value:.3f}"
+            print(f"| {key} | {ci.value:.1f} [{ci.ci_low:.1f}, {ci.ci_high:.1f}] | {diff} |")
     return 0
 
 
