@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     decided = {k: Clusters.from_items(r["dev_decisions"]) for k, r in results.items() if r.get("dev_decisions")}
     if decided:
         top = max(decided, key=lambda k: decided[k].value())
-        print(f"\ndev decision accuracy (%): the gold decision ranked first given the gold rationale, n = {ci.n}")
+        n_decided = interval(decided[top]).n
+        print(f"\ndev decision accuracy (%): the gold decision ranked first given the gold rationale, n = {n_decided}")
         print(f"| {args.setting} | decision accuracy [95% CI] | minus best [95% CI], p |")
         print("|---|---|---|")
         for key, c in decided.items():
