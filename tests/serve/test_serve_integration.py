@@ -192,6 +192,39 @@ def test_agent_endpoints_over_http(server):
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_oversized_body_sent_whole_before_reading_gets_its_413(server, chunked):
+    """The issue's case: a client that sends the whole body before it reads (urllib, requests), a ~1.1 MB tool
+    schema, 11x the limit, uploaded in pieces (a slow link: the server's answer surely comes mid-upload). The server
+    reads and discards the rest, then answers 413 in OpenAI's shape and closes, where it used to answer and close
+    mid-upload, leaving the client a broken pipe. The same without a Content-Length (chunked)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    tools = [
+        {"type": "function", "function": {"name": f"f{i}", "description": "d" * 1000, "parameters": {}}}
+        for i in range(1000)
+    ]
+    body = json.dumps({"model": "umi-agent", "messages": [{"role": "user", "content": "hi"}], "tools": tools}).encode()
+    url = urlparse(server)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    conn.putrequest("POST", "/v1/chat/completions")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader(*(("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(len(body)))))
+    conn.endheaders()
+    for at in range(0, len(body), 32_768):
+        part = body[at : at + 32_768]
+        conn.send(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+        time.sleep(0.01)
+    if chunked:
+        conn.send(b"0\r\n\r\n")
+    response = conn.getresponse()
+    assert response.status == 413 and response.getheader("connection", "").lower() == "close"
+    assert json.loads(response.read())["error"]["code"] == "body_too_large"
+    conn.close()
+    assert httpx.get(f"{server}/health").status_code == 200  # and the server goes on
+
+
 def test_concurrent_clients_get_no_errors(server, openai_client):
     statuses: list[int] = []
 

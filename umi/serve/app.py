@@ -73,7 +73,14 @@ def json_body_problem(body: bytes, max_depth: int) -> str | None:
 
 class RequestGuard:
     """Before FastAPI sees a request: the API key (when set), the body's size (413, whether or not a Content-Length
-    says so up front), and a JSON body's shape (`json_body_problem`, a 400), checked in a worker thread."""
+    says so up front), and a JSON body's shape (`json_body_problem`, a 400), checked in a worker thread.
+
+    An oversized body is read to its end and discarded (up to DRAIN_FACTOR times the limit) before the 413 goes out:
+    most clients (urllib, requests) send the whole body before they read, and a server that answers and closes
+    mid-upload leaves them a broken pipe instead of the answer. Beyond that cap the 413 goes out at once. Either way
+    the connection is closed after it."""
+
+    DRAIN_FACTOR = 16
 
     def __init__(self, app: ASGIApp, max_bytes: int, max_json_depth: int = 64, api_key: str | None = None):
         self.app = app
@@ -87,6 +94,22 @@ class RequestGuard:
             f"the request body is {size}, over this service's limit of {self.max_bytes} bytes",
             code="body_too_large",
         ).response()
+
+    async def _drain(self, receive: Receive, size: int) -> None:
+        """Read and discard the rest of the body, up to DRAIN_FACTOR x the limit in all."""
+        cap = self.DRAIN_FACTOR * self.max_bytes
+        while size <= cap:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    async def _refuse(self, size: str, scope: Scope, receive: Receive, send: Send) -> None:
+        response = self._too_large(size)
+        response.headers["Connection"] = "close"  # what is left unread of the body must not be taken for a request
+        await response(scope, receive, send)
 
     def _authorised(self, headers: dict[bytes, bytes], path: str) -> bool:
         if self.api_key is None or path in OPEN_PATHS:
@@ -111,7 +134,9 @@ class RequestGuard:
             return
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(f"{int(declared)} bytes")(scope, receive, send)
+            if int(declared) <= self.DRAIN_FACTOR * self.max_bytes:
+                await self._drain(receive, 0)
+            await self._refuse(f"{int(declared)} bytes", scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -122,7 +147,10 @@ class RequestGuard:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
-                await self._too_large(f"over {self.max_bytes} bytes")(scope, receive, send)
+                more = message.get("more_body", False)
+                if more:
+                    await self._drain(receive, size)
+                await self._refuse(f"over {self.max_bytes} bytes", scope, receive, send)
                 return
             if not message.get("more_body", False):
                 break
