@@ -296,7 +296,7 @@ def run_cmd(
     if built.get("error"):
         bento_failed = True
     elif bento and not built:
-        from umi.model_registry import champion_version
+        from umi.registry.store import champion_version
 
         stages = result.get("stages", {})
         if not Path("bentofile.yaml").is_file():

@@ -38,8 +38,8 @@ def _check_roles(roles: list[str] | None) -> list[str]:
 
 
 def _evaluation_summary(version) -> str:
-    from umi.model_registry import version_evaluation
-    from umi.promotion import headline
+    from umi.registry.rule import headline
+    from umi.registry.store import version_evaluation
 
     evaluation = version_evaluation(version)
     found = headline(evaluation)
@@ -62,8 +62,8 @@ def list_cmd(
 ) -> None:
     """Every version of each role model: aliases, data version, profile, evaluation (live pass rate / static mean)."""
     _tracking(tracking_uri)
-    from umi.model_registry import TAG_DATA_VERSION, TAG_PROFILE, list_versions
-    from umi.promotion import TAG_PROMOTED_AT
+    from umi.registry.store import list_versions
+    from umi.registry.tags import TAG_DATA_VERSION, TAG_PROFILE, TAG_PROMOTED_AT
 
     table = Table("role", "version", "aliases", "data version", "profile", "evaluation", "promoted", "run")
     for r in _check_roles(role):
@@ -95,9 +95,9 @@ def promote_cmd(
     """Make these versions the champions by hand (no evaluation rule; the previous champion is kept for rollback).
     All roles move or none; asks first unless --yes."""
     _tracking(tracking_uri)
-    from umi.champions import PromotionConflict, current_champions
-    from umi.model_registry import get_version
-    from umi.promotion import promote
+    from umi.registry.aliases import PromotionConflict, current_champions
+    from umi.registry.promote import promote
+    from umi.registry.store import get_version
 
     versions: dict[str, str] = {}
     for item in assignments:
@@ -143,8 +143,8 @@ def rollback_cmd(
 ) -> None:
     """Move `champion` back to the version each champion was promoted from."""
     _tracking(tracking_uri)
-    from umi.champions import PromotionConflict
-    from umi.promotion import rollback
+    from umi.registry.aliases import PromotionConflict
+    from umi.registry.promote import rollback
 
     try:
         moved = rollback(_check_roles(role) if role else None)
@@ -163,7 +163,8 @@ def show_cmd(
 ) -> None:
     """One version's tags (data version, config, evaluation, promotion history) as JSON."""
     _tracking(tracking_uri)
-    from umi.model_registry import resolve
+    from umi.registry.store import resolve
+    from umi.registry.tags import JSON_TAGS
 
     _check_roles([role])
     try:
@@ -171,7 +172,7 @@ def show_cmd(
     except LookupError as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1)
-    tags = {k: (json.loads(t) if k in ("umi.config", "umi.evaluation") else t) for k, t in v.tags.items()}
+    tags = {k: (json.loads(t) if k in JSON_TAGS else t) for k, t in v.tags.items()}
     print(
         json.dumps(
             {

@@ -12,17 +12,17 @@ from test_model_registry import make_checkpoint, store  # noqa: F401  (the store
 from test_promotion import champions, evaluation, register_generation
 from typer.testing import CliRunner
 
-from umi import model_registry as registry
-from umi.champions import PROMOTIONS_EXPERIMENT, TAG_OUTCOME, PromotionConflict, reconcile
-from umi.promotion import promote, promote_if_better, rollback
+from umi.registry import store as registry
+from umi.registry.aliases import PREVIOUS_CHAMPION, PROMOTIONS_EXPERIMENT, PromotionConflict, reconcile
+from umi.registry.promote import promote, promote_if_better, rollback
+from umi.registry.tags import TAG_OUTCOME
 
 REAL_SET_ALIAS = MlflowClient.set_registered_model_alias
 
 
 def previous_champions() -> dict[str, str | None]:
     return {
-        r: (str(v.version) if (v := registry.alias_version(r, registry.PREVIOUS_CHAMPION)) else None)
-        for r in registry.ROLES
+        r: (str(v.version) if (v := registry.alias_version(r, PREVIOUS_CHAMPION)) else None) for r in registry.ROLES
     }
 
 
