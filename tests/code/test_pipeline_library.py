@@ -139,10 +139,10 @@ def test_python_m_flows_runs_the_flow_with_the_json_parameters_and_writes_its_re
 
 
 def test_umi_run_starts_the_flow_in_a_child_process_and_reads_its_result(tmp_path, monkeypatch):
-    """umi.cli._run_flow against a stand-in `flows` package: what it sends, what it reads back, a failure's exit."""
+    """umi.cli.run._run_flow against a stand-in `flows` package: what it sends, what it reads back, a failure's exit."""
     import typer
 
-    from umi.cli import _run_flow
+    from umi.cli.run import _run_flow
 
     fake = tmp_path / "fake" / "flows"
     fake.mkdir(parents=True)

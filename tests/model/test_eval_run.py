@@ -229,7 +229,7 @@ def test_agent_specs_and_defaults(tiny_backbone, tmp_path):
 
 
 def test_cli_static(tiny_backbone, data_dir, tmp_path, monkeypatch):
-    from umi.cli import app
+    from umi.cli.main import app
 
     monkeypatch.chdir(tmp_path)
     tiny = str(tiny_backbone)

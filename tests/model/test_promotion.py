@@ -96,7 +96,7 @@ def test_better_agents_are_promoted_worse_ones_not_and_rollback_walks_back(store
 
 
 def test_umi_models_list_promote_rollback(store, tiny_backbone, tmp_path):  # noqa: F811
-    from umi.cli import app
+    from umi.cli.main import app
 
     runner = CliRunner()
     first = register_generation(tiny_backbone, tmp_path, 1, roles=("planner",))

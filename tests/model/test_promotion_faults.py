@@ -84,7 +84,7 @@ def test_a_failure_midway_puts_every_role_back_and_the_next_run_promotes(three_g
     assert champions() == gen3 and previous_champions() == gen2
     assert records()[-1].info.status == "FINISHED"
 
-    result = CliRunner().invoke(__import__("umi.cli").cli.app, ["models", "rollback"])
+    result = CliRunner().invoke(__import__("umi.cli.main").cli.main.app, ["models", "rollback"])
     assert result.exit_code == 0, result.output
     assert champions() == gen2 and previous_champions() == gen1  # exactly the previous four
     assert records()[-1].data.tags["umi.kind"] == "rollback" and records()[-1].info.status == "FINISHED"
@@ -138,7 +138,7 @@ def test_compare_and_set_refuses_a_decision_on_changed_champions(three_generatio
 
 
 def test_umi_models_promote_asks_and_records_the_reason(three_generations):
-    from umi.cli import app
+    from umi.cli.main import app
 
     gen1, gen2, gen3 = three_generations
     runner = CliRunner()

@@ -443,7 +443,7 @@ def build_agent(
     doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE,
 ) -> AlphaUMiAgent | SingleLLMAgent:
     """The agent over loaded backends: single-LLM when there is a `global` backend, else α-UMi. Evaluation gets this
-    function from its caller (umi.cli, flows): it rolls agents out without importing them."""
+    function from its caller (umi.cli.eval, flows): it rolls agents out without importing them."""
     config = AgentConfig.from_generation(generation, max_steps=max_steps, doc_style=doc_style)
     if "global" in backends:
         return SingleLLMAgent(backends["global"], config=config)

@@ -1,4 +1,4 @@
-"""`umi eval static | live | all` (registered on the main app by `register_commands`)."""
+"""`umi eval static | live | all`: agents evaluated on the static test sets and in live rollouts, one report."""
 
 from __future__ import annotations
 
@@ -9,22 +9,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-__all__ = ["eval_app", "register_commands"]
+from umi.cli.common import default_tracking
 
 eval_app = typer.Typer(
     help="Evaluate agents: static (the paper's five metrics) and live (BFCL multi-turn rollouts).",
     no_args_is_help=True,
 )
-
-
-_build_agent = None  # umi.agent.loop.build_agent, given by the main command (evaluation does not import the agent)
-
-
-def register_commands(app: typer.Typer, build_agent) -> None:
-    """Add `umi eval ...` to the main command; live rollouts run the agents `build_agent` makes."""
-    global _build_agent
-    _build_agent = build_agent
-    app.add_typer(eval_app, name="eval")
 
 
 def _specs(
@@ -58,14 +48,13 @@ def _specs(
 
 
 def _run(static: bool, live: bool, **options) -> None:
-    import os
-
+    from umi.agent.loop import build_agent  # the agents live rollouts run (evaluation does not import the agent)
     from umi.eval.run import evaluate
     from umi.eval.settings import PROFILES
     from umi.params import dataset_doc_style
 
     console = Console()
-    os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")  # as `umi train` / `umi run`
+    default_tracking()  # as `umi train` / `umi run`
     try:
         specs, skipped = _specs(
             options["agents"],
@@ -120,7 +109,7 @@ def _run(static: bool, live: bool, **options) -> None:
         judge=options["judge"],
         cache=options["cache"],
         test=not options["dev_only"],
-        build_agent=_build_agent,
+        build_agent=build_agent,
         **kwargs,
     )
     from rich.markdown import Markdown

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from umi.cli.common import default_tracking
 
 models_app = typer.Typer(
     help="Registered role models (umi-global/planner/caller/summarizer) and their champions.", no_args_is_help=True
@@ -18,13 +19,6 @@ console = Console()
 TrackingUri = Annotated[
     Optional[str], typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 ]
-
-
-def _tracking(uri: str | None) -> str:
-    if uri:
-        os.environ["MLFLOW_TRACKING_URI"] = uri
-    os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-    return os.environ["MLFLOW_TRACKING_URI"]
 
 
 def _check_roles(roles: list[str] | None) -> list[str]:
@@ -61,7 +55,7 @@ def list_cmd(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Every version of each role model: aliases, data version, profile, evaluation (live pass rate / static mean)."""
-    _tracking(tracking_uri)
+    default_tracking(tracking_uri)
     from umi.registry.store import list_versions
     from umi.registry.tags import TAG_DATA_VERSION, TAG_PROFILE, TAG_PROMOTED_AT
 
@@ -94,7 +88,7 @@ def promote_cmd(
 ) -> None:
     """Make these versions the champions by hand (no evaluation rule; the previous champion is kept for rollback).
     All roles move or none; asks first unless --yes."""
-    _tracking(tracking_uri)
+    default_tracking(tracking_uri)
     from umi.registry.aliases import PromotionConflict, current_champions
     from umi.registry.promote import promote
     from umi.registry.store import get_version
@@ -142,7 +136,7 @@ def rollback_cmd(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Move `champion` back to the version each champion was promoted from."""
-    _tracking(tracking_uri)
+    default_tracking(tracking_uri)
     from umi.registry.aliases import PromotionConflict
     from umi.registry.promote import rollback
 
@@ -162,7 +156,7 @@ def show_cmd(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """One version's tags (data version, config, evaluation, promotion history) as JSON."""
-    _tracking(tracking_uri)
+    default_tracking(tracking_uri)
     from umi.registry.store import resolve
     from umi.registry.tags import JSON_TAGS
 
