@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from tests.support.tiny import make_tiny_backbone
     from umi.inference.loading import load_role_models
-    from umi.train.backbone import make_tiny_backbone
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -67,9 +67,9 @@ def glpft_pipeline(
     stages' tokens, umi.train.config.CONTROL_STAGE) and evaluate it as `single-matched`. local_concurrency: local
     stages trained at once (default: one per GPU, on CPU one per 8 cores, at least 1). eval_settings: umi.eval
     profile (cpu, full; default full for the paper profile, else cpu); eval_limit / live_limit: static trajectories
-    per test set / live entries. toolbench_ood: also score the ToolBench out-of-domain set (its fixture must be
-    there; False switches it off). promote: apply the promotion rule (umi.registry.rule) to the new models. bento: build
-    the agent Bento of `bentofile` from the champions when the promotion moved them.
+    per test set / live entries. toolbench_ood: also score the ToolBench out-of-domain set (the file the UMI_FIXTURES
+    setting names must be there; False switches it off). promote: apply the promotion rule (umi.registry.rule) to the
+    new models. bento: build the agent Bento of `bentofile` from the champions when the promotion moved them.
     """
     logger = get_run_logger()
     started = time.perf_counter()

@@ -47,6 +47,16 @@ def _specs(
     return specs, skipped
 
 
+def _toolbench_ood(static: bool, options: dict) -> Path | None:
+    """The ToolBench out-of-domain set to score: --toolbench-ood, else the shared fixture the `UMI_FIXTURES` setting
+    names (ValueError when it names none); None when switched off or not scored (no static test split)."""
+    from umi.eval.testsets import configured_toolbench_ood
+
+    if options["no_toolbench_ood"] or not static or options["dev_only"]:
+        return None
+    return options["toolbench_ood"] or configured_toolbench_ood()
+
+
 def _run(static: bool, live: bool, **options) -> None:
     from umi.agent.loop import build_agent  # the agents live rollouts run (evaluation does not import the agent)
     from umi.eval.run import evaluate
@@ -82,14 +92,10 @@ def _run(static: bool, live: bool, **options) -> None:
             fit_tool_docs=options["fit_tool_docs"],
             static_batching=options["static_batching"],
         )
+        ood = _toolbench_ood(static, options)
     except ValueError as e:
         console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
-    kwargs = {}  # evaluate's own default (the shared fixture, when present) unless told otherwise
-    if options["no_toolbench_ood"]:
-        kwargs["toolbench_ood"] = None
-    elif options["toolbench_ood"] is not None:
-        kwargs["toolbench_ood"] = options["toolbench_ood"]
     report = evaluate(
         specs,
         out_dir=options["out"],
@@ -110,7 +116,7 @@ def _run(static: bool, live: bool, **options) -> None:
         cache=options["cache"],
         test=not options["dev_only"],
         build_agent=build_agent,
-        **kwargs,
+        toolbench_ood=ood,
     )
     from rich.markdown import Markdown
 

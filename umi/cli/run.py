@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from umi.cli.common import DEFAULT_DATA, default_tracking
 from umi.cli.data import import_bfcl_cmd
@@ -44,6 +45,8 @@ def run_cmd(
     import time
 
     started = time.perf_counter()
+    if toolbench_ood:
+        _check_toolbench_ood()
     uri = default_tracking()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from the temporary server
     # the temporary server's default 20 s to start is not always enough on a busy 2-core machine
@@ -114,6 +117,19 @@ def run_cmd(
     if bento_failed:
         console.print(f"[red]the agent Bento was not built[/] ({built['error']}); retry with `umi deploy build`")
         raise typer.Exit(1)
+
+
+def _check_toolbench_ood() -> None:
+    """Before any training: the ToolBench out-of-domain set the evaluation is to score is named and there (exit 2)."""
+    from umi.eval.testsets import configured_toolbench_ood
+
+    try:
+        path = configured_toolbench_ood()
+        if not path.is_file():
+            raise ValueError(f"no ToolBench out-of-domain test set at {path} (or pass --no-toolbench-ood)")
+    except ValueError as e:
+        console.print(f"[red]{escape(str(e))}[/]", highlight=False)
+        raise typer.Exit(2)
 
 
 def _run_flow(name: str, params: dict) -> dict:
