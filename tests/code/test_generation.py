@@ -115,8 +115,8 @@ def test_umi_chat_runs_the_chat_preset(monkeypatch, tmp_path):
 
     import umi.inference.loading
     from umi.cli.main import app
-    from umi.data.examples import role_of_prompt
     from umi.inference.protocol import Generation
+    from umi.prompts import role_of_prompt
 
     requests, loaded = [], {}
 

