@@ -27,7 +27,7 @@ OBSERVATION_LIMIT = 1024  # characters; as the reference's real-time inference
 DESCRIPTION_LIMIT = 256  # characters of a tool description in the reference doc rendering
 
 DocStyle = Literal["reference", "compact"]
-# The doc style of a dataset layout whose params.yaml names none (umi.params), and of checkpoints that record no
+# The doc style of a dataset layout whose params.yaml names none (umi.data.params), and of checkpoints that record no
 # prompt format (an imported backbone): every other doc style comes from params.yaml or from a checkpoint.
 DEFAULT_DOC_STYLE: DocStyle = "compact"
 # Bumped whenever a template, the history rendering or a target format above changes: a checkpoint trained on one

@@ -31,12 +31,11 @@ LAYERS: dict[str, frozenset[str]] = {
     "parsing": FOUNDATION | {"prompts"},
     "tools": FOUNDATION | {"prompts", "parsing"},
     "data": FOUNDATION | {"prompts", "parsing", "tools"},
-    "params": FOUNDATION | {"prompts", "data"},
     "inference": FOUNDATION | {"prompts"},
     "agent": FOUNDATION | {"prompts", "parsing", "tools", "inference"},
     "train": FOUNDATION | {"prompts", "inference"},
     "registry": FOUNDATION | {"prompts"},
-    "eval": FOUNDATION | {"prompts", "parsing", "tools", "data", "params", "inference", "registry"},
+    "eval": FOUNDATION | {"prompts", "parsing", "tools", "data", "inference", "registry"},
     "serve": FOUNDATION | {"prompts", "parsing", "tools", "inference", "agent", "registry"},
 }
 LAYERS["cli"] = frozenset(LAYERS)  # the command joins everything

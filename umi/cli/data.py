@@ -95,9 +95,9 @@ def reorganize_cmd(
     workers: Annotated[Optional[int], typer.Option(help="Processes (default: the CPUs available).")] = None,
 ) -> None:
     """Trajectories -> the global, planner, caller and summarizer datasets."""
+    from umi.data.params import reorganize_params
     from umi.data.reorganize import ReorganizeOptions, TooManyRejects, reorganize
     from umi.machine import cpu_count
-    from umi.params import reorganize_params
 
     settings = reorganize_params(params)
     for key, value in dict(

@@ -59,9 +59,9 @@ def _toolbench_ood(static: bool, options: dict) -> Path | None:
 
 def _run(static: bool, live: bool, **options) -> None:
     from umi.agent.loop import build_agent  # the agents live rollouts run (evaluation does not import the agent)
+    from umi.data.params import dataset_doc_style
     from umi.eval.run import evaluate
     from umi.eval.settings import PROFILES
-    from umi.params import dataset_doc_style
 
     console = Console()
     default_tracking()  # as `umi train` / `umi run`

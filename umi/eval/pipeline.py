@@ -25,7 +25,7 @@ def evaluation_options(
     """The evaluation's options for a training profile: the eval profile defaults to `full` for the paper profile,
     else `cpu`; the doc style is params.yaml's. `selection`: the agents also evaluated on the dev split, where
     promotion decides."""
-    from umi.params import dataset_doc_style
+    from umi.data.params import dataset_doc_style
 
     return {
         "static": static,

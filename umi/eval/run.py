@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from umi import prompts
+from umi.data.params import split_fractions
 from umi.data.splits import split_rule
 from umi.eval import baselines as base
 from umi.eval import evidence
@@ -32,7 +33,6 @@ from umi.eval.settings import PROFILES, EvalSettings
 from umi.eval.testsets import TestSet, live_entries, load_bfcl_test, load_toolbench_ood, load_train
 from umi.inference.agent_specs import AgentSpec
 from umi.inference.sharing import batched_backends
-from umi.params import split_fractions
 from umi.prompts import DocStyle
 from umi.vocabulary import CHAMPION, LIVE_DEV, LIVE_TEST, SINGLE_LLM, SINGLE_MATCHED, TOOLBENCH_OOD
 

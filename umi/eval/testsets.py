@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from umi.data.params import split_fractions
 from umi.data.splits import Split, split_of
-from umi.params import split_fractions
 from umi.schema import RecordError, Trajectory
 from umi.vocabulary import BFCL_DEV, BFCL_TEST, TOOLBENCH_OOD
 
