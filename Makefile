@@ -20,12 +20,13 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $@
 
 # The main job on the embedded defaults (BFCL data, SmolLM2-135M backbone, the `cpu` profile).
-# Without the shared fixtures (../shared/fixtures, see the README) the ToolBench out-of-domain set is switched off by
-# name, and said so; the report then lists it as switched off.
+# The ToolBench out-of-domain set comes from the shared fixtures (../shared/fixtures, see the README), named to umi
+# by UMI_FIXTURES (no umi default points there). Without them the set is switched off by name, and said so; the
+# report then lists it as switched off.
 FIXTURES ?= $(or $(UMI_FIXTURES),../shared/fixtures)
 run: setup
 	@if [ -f "$(FIXTURES)/alpha-umi/toolbench_out_of_domain_test.json" ]; then \
-	  $(BIN)/umi run --profile $(PROFILE); \
+	  UMI_FIXTURES="$(abspath $(FIXTURES))" $(BIN)/umi run --profile $(PROFILE); \
 	else \
 	  echo "no ToolBench fixtures at $(FIXTURES): evaluating without the out-of-domain set (--no-toolbench-ood)"; \
 	  $(BIN)/umi run --profile $(PROFILE) --no-toolbench-ood; \

@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 from umi import prompts  # noqa: E402
 from umi.agent.loop import AgentConfig, AlphaUMiAgent  # noqa: E402
-from umi.data.examples import role_of_prompt  # noqa: E402
 from umi.inference.protocol import Generation, GenerationRequest  # noqa: E402
 from umi.inference.transformers_backend import TransformersBackend  # noqa: E402
+from umi.prompts import role_of_prompt  # noqa: E402
 from umi.schema import Step, ToolSpec, Trajectory  # noqa: E402
 
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "alpha-umi" / "toolbench_out_of_domain_test.json"
@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from tests.support.tiny import make_tiny_backbone
     from umi.inference.loading import load_role_models
-    from umi.train.backbone import make_tiny_backbone
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -28,10 +28,12 @@ import threading
 import time
 from pathlib import Path
 
-from umi.fixtures import FIXTURES_DIR
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # test support (the fixtures' folder) imports as tests.support
+
+from tests.support.fixtures import FIXTURES_DIR  # noqa: E402
 
 TOOLBENCH_SIZE = 126_486
-REPO = Path(__file__).resolve().parents[1]
 GOAL_SECONDS = 30.0
 GOAL_PEAK_MB = 1024.0
 

@@ -80,7 +80,7 @@ def free_port() -> int:
 
 def tiny_model(root: Path) -> Path:
     sys.path.insert(0, str(ROOT))
-    from umi.train.backbone import make_tiny_backbone
+    from tests.support.tiny import make_tiny_backbone
 
     texts = [json.dumps(ADD), json.dumps(WEATHER), "user: What is 2 + 40?</s>assistant: I should add them."] * 4
     return make_tiny_backbone(root / "tiny", texts=texts)

@@ -15,20 +15,24 @@ steps the raw outputs of every role are identical both ways, and last the line
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from rich.console import Console
 
-from umi import prompts
-from umi.eval.agents import loaded_backends
-from umi.eval.settings import PROFILES
-from umi.eval.static import run_static
-from umi.eval.testsets import load_bfcl_test, load_toolbench_ood
-from umi.fixtures import TOOLBENCH_OOD_TEST
-from umi.inference.agent_specs import AgentSpec
-from umi.inference.protocol import GenerationRequest
-from umi.params import dataset_doc_style
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # test support (the fixtures' folder) imports as tests.support
+
+from tests.support.fixtures import TOOLBENCH_OOD_TEST  # noqa: E402
+from umi import prompts  # noqa: E402
+from umi.data.params import dataset_doc_style  # noqa: E402
+from umi.eval.agents import loaded_backends  # noqa: E402
+from umi.eval.settings import PROFILES  # noqa: E402
+from umi.eval.static import run_static  # noqa: E402
+from umi.eval.testsets import load_bfcl_test, load_toolbench_ood  # noqa: E402
+from umi.inference.agent_specs import AgentSpec  # noqa: E402
+from umi.inference.protocol import GenerationRequest  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

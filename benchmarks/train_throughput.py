@@ -49,7 +49,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "alpha-umi"
+from tests.support.fixtures import FIXTURES_DIR  # noqa: E402
+
+FIXTURES = FIXTURES_DIR / "alpha-umi"
 FIXTURE_NAME = {"global": "backbone", "planner": "planner", "caller": "caller", "summarizer": "summarizer"}
 HISTORY_OPENERS = ("The conversation history is:\n", "Make a conclusion based on the conversation history:\n")
 
@@ -441,8 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoTokenizer
 
+    from tests.support.tiny import make_tiny_backbone
     from umi.inference.tokens import TooLong
-    from umi.train.backbone import make_tiny_backbone
     from umi.train.tokenize import encode_example
 
     workdir = Path(tempfile.mkdtemp(prefix="umi-train-bench-"))

@@ -2,7 +2,7 @@
 
     role datasets (DVC stage) -> backbone -> global fine-tune -> planner | caller | summarizer (concurrent up to
     `local_concurrency`) -> evaluation (static + live; backbone, single-LLM, α-UMi, [one-stage], [champion])
-    -> registration (umi-global/planner/caller/summarizer) -> promotion (umi.promotion.judge)
+    -> registration (umi-global/planner/caller/summarizer) -> promotion (umi.registry.promote.judge)
     -> the agent Bento of the new champions (when the promotion moved them)
 
 Orchestration only: every task calls one umi library function (flows/tasks.py). One MLflow parent run per flow run;
@@ -23,8 +23,8 @@ from flows import tasks
 from umi.eval.pipeline import evaluation_options
 from umi.inference.agent_specs import AgentSpec
 from umi.machine import default_local_concurrency
-from umi.promotion import champion_to_compare
-from umi.tracking import ParentRun
+from umi.registry.promote import champion_to_compare
+from umi.registry.tracking import ParentRun
 from umi.train.config import CONTROL_STAGE, LOCAL_STAGES, dataset_role
 from umi.vocabulary import SINGLE_MATCHED
 
@@ -67,9 +67,9 @@ def glpft_pipeline(
     stages' tokens, umi.train.config.CONTROL_STAGE) and evaluate it as `single-matched`. local_concurrency: local
     stages trained at once (default: one per GPU, on CPU one per 8 cores, at least 1). eval_settings: umi.eval
     profile (cpu, full; default full for the paper profile, else cpu); eval_limit / live_limit: static trajectories
-    per test set / live entries. toolbench_ood: also score the ToolBench out-of-domain set (its fixture must be
-    there; False switches it off). promote: apply the promotion rule (umi.promotion) to the new models. bento: build
-    the agent Bento of `bentofile` from the champions when the promotion moved them.
+    per test set / live entries. toolbench_ood: also score the ToolBench out-of-domain set (the file the UMI_FIXTURES
+    setting names must be there; False switches it off). promote: apply the promotion rule (umi.registry.rule) to the
+    new models. bento: build the agent Bento of `bentofile` from the champions when the promotion moved them.
     """
     logger = get_run_logger()
     started = time.perf_counter()

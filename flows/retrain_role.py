@@ -3,7 +3,7 @@ tools mean a new caller, not a new planner and summarizer).
 
     role datasets (DVC stage) -> champion global checkpoint (umi-global@champion) -> fine-tune <role> from it
     -> register umi-<role> -> evaluate the agent with the new role and the two other champion roles, against the
-    champion agent, on the same data -> promote umi-<role> only when the agent improves (umi.promotion.judge)
+    champion agent, on the same data -> promote umi-<role> only when the agent improves (umi.registry.promote.judge)
     -> the agent Bento of the new champions (when it was promoted)
 
 Publishes the Prefect artifact `retrain-<role>` with the evaluation table and links to the MLflow runs.
@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from flows import tasks
 from umi.eval.pipeline import evaluation_options
 from umi.inference.agent_specs import AgentSpec
-from umi.tracking import ParentRun
+from umi.registry.tracking import ParentRun
 from umi.train.config import LOCAL_STAGES
 
 

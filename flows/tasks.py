@@ -86,7 +86,7 @@ def stage_result(state) -> dict:
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def download_champions(roles: list[str], dst_root: str) -> dict[str, dict | None]:
     """{role: {"path", "version", "fingerprint"} of its champion downloaded under dst_root/<role>, or None}."""
-    from umi.champions import download_champions
+    from umi.registry.aliases import download_champions
 
     return download_champions(roles, dst_root)
 
@@ -95,7 +95,7 @@ def download_champions(roles: list[str], dst_root: str) -> dict[str, dict | None
 def register_models(stages: dict[str, dict], data_versions: dict, profile: str, evaluations: dict[str, Any]) -> dict:
     """Register the checkpoint of each role's stage (stage_result) with its data version, the training config of
     `profile`, its training run and the role's evaluation; {role: version}."""
-    from umi.model_registry import register_role_model
+    from umi.registry.store import register_role_model
     from umi.train.config import load_config
 
     config, versions = load_config(profile).model_dump(mode="json"), {}
@@ -108,8 +108,8 @@ def register_models(stages: dict[str, dict], data_versions: dict, profile: str, 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def promote_models(versions: dict, evaluations: dict, candidate: str, champions: dict, enabled: bool) -> dict:
-    """The promotion judgement (umi.promotion.judge) and the move when it says so."""
-    from umi.promotion import judge
+    """The promotion judgement (umi.registry.promote.judge) and the move when it says so."""
+    from umi.registry.promote import judge
 
     decision = judge(versions, evaluations, candidate, champions, enabled=enabled)
     verdict = "promoted" if decision["promote"] else "not promoted"

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from umi.fixtures import FIXTURES_DIR
+from tests.support.fixtures import FIXTURES_DIR
 
 REASON = f"the shared fixtures are absent ({FIXTURES_DIR}; see the README's 'Test fixtures')"
 

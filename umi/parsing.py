@@ -24,6 +24,10 @@ Formats (umi.prompts renders them; `parse(render(x)) == x` for the canonical for
   training data hold `Action:` lines of prose); labels at the start of a line are preferred, one inside a line is used
   only when no line starts with one. Thought and answer are stripped, as `global_target` strips the thought.
 
+JSON from strangers (`loads_untrusted_json`: a request body, a tool call's arguments string from a client) is read here
+too, by the same rules as the model's arguments: refused with a `JSONProblem` saying what is wrong (not JSON, nested
+deeper than a limit, an integer too long to convert cheaply, a number no double holds (`1e999`), NaN / Infinity).
+
 Every parser first cuts the text at the first `</s>`: a turn ends there by the history format (umi.prompts.TURN_END),
 whether or not the tokenizer treats it as a special token.
 
@@ -55,6 +59,9 @@ __all__ = [
     "parse_global_output",
     "parse_arguments",
     "parse_summarizer_output",
+    "JSONProblem",
+    "loads_untrusted_json",
+    "MAX_INT_DIGITS",
 ]
 
 ParsedRole = Literal["planner", "caller", "global"]
@@ -71,6 +78,54 @@ FailureKind = Literal[
 ]
 
 _SHOWN_CHARS = 200  # how much of a bad output an observation quotes
+
+
+MAX_INT_DIGITS = 300  # longer JSON integers are refused (Python's own limit, 4300 digits, is an unexplained ValueError)
+
+
+# --- JSON from strangers: one reader, its rules shared with the model-output decoder below ---------------------------
+class JSONProblem(ValueError):
+    """JSON refused by `loads_untrusted_json`; the message says why."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise JSONProblem(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JSONProblem(f"the number {text[:40]} is out of range (not a finite double)")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise JSONProblem(f"an integer of {digits} digits (at most {MAX_INT_DIGITS} are accepted)")
+    return int(text)
+
+
+def loads_untrusted_json(text: str | bytes, max_depth: int = 64) -> Any:
+    """`json.loads`, refusing (JSONProblem) what would be costly or unrepresentable later (see the module doc)."""
+    try:
+        value = json.loads(text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_refuse_constant)
+    except JSONProblem:
+        raise
+    except RecursionError:
+        raise JSONProblem(f"it nests deeper than {max_depth} levels") from None
+    except UnicodeDecodeError:
+        raise JSONProblem("it is not UTF-8") from None
+    except ValueError as e:  # json.JSONDecodeError
+        raise JSONProblem(f"it is not valid JSON: {e}") from None
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > max_depth:
+                raise JSONProblem(f"it nests deeper than {max_depth} levels")
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return value
 
 
 @dataclass(frozen=True)
@@ -166,20 +221,9 @@ _CONCLUSION_ANY = re.compile(r"\bconclusion[ \t]*:", re.IGNORECASE)
 _GIVE_UP_ANSWER = re.compile(r"give[ \t_-]*up\.?", re.IGNORECASE)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999: no double holds it, and JSON cannot carry the inf it would become
-        raise ValueError(f"the number {text[:40]} is out of range")
-    return value
-
-
-# strict=False: raw control characters inside strings are accepted; parse_constant / parse_float: NaN, Infinity and
-# numbers out of a double's range (1e999) are refused
-_DECODER = json.JSONDecoder(strict=False, parse_constant=_reject_constant, parse_float=_finite_float)
+# strict=False: raw control characters inside strings are accepted (small models write literal newlines in strings);
+# parse_constant / parse_float: NaN, Infinity and numbers out of a double's range (1e999) are refused, as from strangers
+_DECODER = json.JSONDecoder(strict=False, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def _turn(text: str) -> str:

@@ -1,8 +1,10 @@
 """The α-UMi prompts, history rendering and target formats: the one place that says what each role reads and writes.
+Rendering a role's prompt from the steps so far (`render_prompt`, `PromptBuilder`) and telling a rendered prompt's
+role (`role_of_prompt`) are here too.
 
-Training (umi.data.reorganize) and inference (umi.agent) both build prompts with these functions, so the
-train/inference mismatches of the reference code (`assistant:` vs `planner:` tags, a training-only `system:` prefix)
-cannot happen here.
+Training (umi.data.examples, umi.data.reorganize) and inference (umi.agent, umi.serve, umi.eval) all build prompts
+with these functions, so the train/inference mismatches of the reference code (`assistant:` vs `planner:` tags, a
+training-only `system:` prefix) cannot happen here.
 
 Deliberate differences from the reference code, all in the prompt side (targets are unchanged):
 - every history turn ends with `</s>`, observations included (the reference glued the next turn onto an observation);
@@ -13,18 +15,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from umi.schema import Decision, Step, ToolSpec
-from umi.vocabulary import STAGE_MANIFEST
+from umi.vocabulary import STAGE_MANIFEST, RoleName
 
 TURN_END = "</s>"
 OBSERVATION_LIMIT = 1024  # characters; as the reference's real-time inference
 DESCRIPTION_LIMIT = 256  # characters of a tool description in the reference doc rendering
 
 DocStyle = Literal["reference", "compact"]
-# The doc style of a dataset layout whose params.yaml names none (umi.params), and of checkpoints that record no
+# The doc style of a dataset layout whose params.yaml names none (umi.data.params), and of checkpoints that record no
 # prompt format (an imported backbone): every other doc style comes from params.yaml or from a checkpoint.
 DEFAULT_DOC_STYLE: DocStyle = "compact"
 # Bumped whenever a template, the history rendering or a target format above changes: a checkpoint trained on one
@@ -178,7 +181,9 @@ def tool_names(tools: Sequence[ToolSpec]) -> str:
 
 
 # --- history
-def _cut(text: str, limit: int | None) -> str:
+def cut_observation(text: str, limit: int | None) -> str:
+    """An observation as the history holds it: its first `limit` characters (None: all), in training and at
+    inference alike (the agent stores it cut)."""
     return text if limit is None or len(text) <= limit else text[:limit]
 
 
@@ -216,7 +221,7 @@ def history_turns(
         elif s.role == "caller":
             turns.append(f"caller: {caller_target(s.tool_name or '', s.arguments_json)}{TURN_END}")
         elif s.role == "observation":
-            turns.append(f"observation: {_cut(s.content, observation_limit)}{TURN_END}")
+            turns.append(f"observation: {cut_observation(s.content, observation_limit)}{TURN_END}")
         elif s.role == "conclusion":
             turns.append(f"conclusion: {s.content}{TURN_END}")
         i += 1
@@ -237,3 +242,100 @@ def summarizer_prompt(history: str) -> str:
 
 def global_prompt(doc: str, history: str, names: str) -> str:
     return GLOBAL_PROMPT.format(doc=doc, history=history, tool_names=names)
+
+
+# --- rendering a role's prompt: the one rendering training (umi.data.examples) and inference share
+TEMPLATES: dict[str, str] = {
+    "global": GLOBAL_PROMPT,
+    "planner": PLANNER_PROMPT,
+    "caller": CALLER_PROMPT,
+    "summarizer": SUMMARIZER_PROMPT,
+}
+# the single LLM reads the history with an assistant step and the call or answer it led to as one turn
+HISTORY_VIEWS: dict[str, Literal["roles", "global"]] = {
+    "global": "global",
+    "planner": "roles",
+    "caller": "roles",
+    "summarizer": "roles",
+}
+
+
+@dataclass(frozen=True)
+class RolePrompt:
+    role: RoleName
+    prompt: str
+    history_span: tuple[int, int]  # where the history sits in the prompt (characters): what may be cut from the left
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """What every prompt of one episode shares: the rendered tool doc and names, and the observation cut."""
+
+    doc: str
+    names: str
+    observation_limit: int | None
+
+    @classmethod
+    def of(
+        cls,
+        tools: Sequence[ToolSpec],
+        doc_style: DocStyle = DEFAULT_DOC_STYLE,
+        observation_limit: int | None = OBSERVATION_LIMIT,
+    ) -> "ToolContext":
+        return cls(render_tool_docs(tools, doc_style), tool_names(tools), observation_limit)
+
+
+def render_prompt(role: RoleName, context: ToolContext, steps: Sequence[Step], **fields: str) -> RolePrompt:
+    """`role`'s prompt over the history `steps` (the caller's also takes `thought`, the planner's canonical output)."""
+    template = TEMPLATES[role]
+    history = "".join(history_turns(steps, HISTORY_VIEWS[role], context.observation_limit))
+    values = {"doc": context.doc, "tool_names": context.names, **fields}
+    head = template.partition("{history}")[0].format(**values)
+    prompt = template.format(history=history, **values)
+    return RolePrompt(role, prompt, (len(head), len(head) + len(history)))
+
+
+class PromptBuilder:
+    """Renders role prompts for one tool set, at inference, with `render_prompt`, the function the training table
+    (umi.data.examples) uses. The tool doc is rendered once per episode (it never changes). For an assistant step i
+    the planner and the global model read steps[:i], the caller and the summarizer steps[:i + 1] (the planner's step
+    included), and the caller's "thought of this step" is the planner's whole output in its canonical form; each
+    RolePrompt says where the history sits, so the backend can drop turns from the left the way training does."""
+
+    def __init__(
+        self,
+        tools: Sequence[ToolSpec],
+        doc_style: DocStyle,
+        observation_limit: int | None = OBSERVATION_LIMIT,
+    ):
+        self.tools = list(tools)
+        self.context = ToolContext.of(self.tools, doc_style, observation_limit)
+
+    def planner(self, steps: Sequence[Step]) -> RolePrompt:
+        """The planner's prompt for the next assistant step, after `steps`."""
+        return render_prompt("planner", self.context, steps)
+
+    def caller(self, steps: Sequence[Step], thought: str) -> RolePrompt:
+        """The caller's prompt; `steps` ends with the planner's step, `thought` is its canonical output."""
+        return render_prompt("caller", self.context, steps, thought=thought)
+
+    def summarizer(self, steps: Sequence[Step]) -> RolePrompt:
+        """The summarizer's prompt; `steps` ends with the planner's step that decided `conclusion`."""
+        return render_prompt("summarizer", self.context, steps)
+
+    def global_(self, steps: Sequence[Step]) -> RolePrompt:
+        """The single-LLM prompt for the next assistant step, after `steps` (the single-LLM history view)."""
+        return render_prompt("global", self.context, steps)
+
+
+def _fixed_tail(template: str) -> str:
+    """The template's text after its last placeholder: every prompt of that role ends with it."""
+    return template[template.rindex("}") + 1 :]
+
+
+_TAILS: tuple[tuple[RoleName, str], ...] = tuple((role, _fixed_tail(t)) for role, t in TEMPLATES.items())
+
+
+def role_of_prompt(prompt: str) -> RoleName | None:
+    """Which role a prompt rendered from umi.prompts' templates is for (by its fixed tail); None for other text."""
+    return next((role for role, tail in _TAILS if prompt.endswith(tail)), None)

@@ -75,6 +75,12 @@ def checkpoint_fingerprint(checkpoint: str | Path) -> str:
     ).hexdigest()
 
 
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of one file's bytes, hex (a role dataset in a stage fingerprint, a downloaded wheel)."""
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 ADAPTER_CONFIG = "adapter_config.json"  # what peft saves beside a LoRA adapter (its base, rank, scale, targets)
 
 # the files whose bytes decide what a checkpoint generates (weights, model and generation config, tokenizer);

@@ -204,14 +204,14 @@ def test_calls_module_has_no_eval():
     ],
 )
 def test_untrusted_json_is_refused_saying_why(text, problem):
-    from umi.tools.calls import JSONProblem, loads_untrusted_json
+    from umi.parsing import JSONProblem, loads_untrusted_json
 
     with pytest.raises(JSONProblem, match=re.escape(problem)):
         loads_untrusted_json(text)
 
 
 def test_untrusted_json_that_is_fine_loads_as_json_would():
-    from umi.tools.calls import loads_untrusted_json
+    from umi.parsing import loads_untrusted_json
 
     text = json.dumps({"a": [1, 2.5, -3e10, "x", None, True], "b": {"c": 10**299}, "d": [[[[]]]]})
     assert loads_untrusted_json(text) == json.loads(text)

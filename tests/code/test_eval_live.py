@@ -11,9 +11,9 @@ import pytest
 from tests.support.scripted import ScriptedBackend
 from umi.agent.loop import AgentConfig, AlphaUMiAgent, SingleLLMAgent, build_agent
 from umi.data.bfcl import import_category
-from umi.data.examples import role_of_prompt
 from umi.eval.live import RecordingRuntime, bfcl_judge, render_call, rollout_entry
 from umi.eval.testsets import LiveEntry
+from umi.prompts import role_of_prompt
 from umi.schema import Step, Trajectory
 from umi.tools.bfcl import BFCLToolkit
 

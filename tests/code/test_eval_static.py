@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.support.fixtures import TOOLBENCH_OOD_TEST
 from umi.data.alpha_umi import import_alpha_umi
 from umi.data.bfcl import import_category
 from umi.data.reorganize import role_examples
 from umi.eval.settings import EvalSettings
 from umi.eval.static import run_static
-from umi.fixtures import TOOLBENCH_OOD_TEST
 from umi.inference.protocol import Generation, GenerationRequest
 from umi.inference.tokens import TooLong
 from umi.schema import Trajectory

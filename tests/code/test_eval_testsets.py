@@ -3,16 +3,25 @@ rejected record, deterministic subsets) and the report's table and chart."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import pytest
 
+from tests.support.fixtures import TOOLBENCH_OOD_TEST
 from umi.data.bfcl import import_category
 from umi.data.splits import split_of
 from umi.eval.report import metric_key, table_markdown, write_chart
+from umi.eval.run import evaluate
 from umi.eval.settings import PROFILES, EvalSettings
-from umi.eval.testsets import live_entries, live_sample, load_bfcl_test, load_toolbench_ood, select
-from umi.fixtures import TOOLBENCH_OOD_TEST
+from umi.eval.testsets import (
+    configured_toolbench_ood,
+    live_entries,
+    live_sample,
+    load_bfcl_test,
+    load_toolbench_ood,
+    select,
+)
 from umi.schema import Step, Trajectory, read_trajectories, write_trajectories
 
 
@@ -132,3 +141,14 @@ def test_chart_is_a_png(tmp_path):
 
 def test_metric_keys_are_mlflow_safe():
     assert metric_key("α-umi (v2)", "bfcl-test", "plan_acc") == "_-umi _v2_.bfcl-test.plan_acc"
+
+
+def test_the_toolbench_set_comes_from_the_umi_fixtures_setting_never_from_a_default_path(monkeypatch, tmp_path):
+    """No production default points at ../shared: the library scores the set only when given its file, and the
+    commands and the pipeline take it from UMI_FIXTURES (`make run` sets it), an error naming the setting without."""
+    assert inspect.signature(evaluate).parameters["toolbench_ood"].default is None
+    monkeypatch.delenv("UMI_FIXTURES", raising=False)
+    with pytest.raises(ValueError, match="UMI_FIXTURES .*--no-toolbench-ood"):
+        configured_toolbench_ood()
+    monkeypatch.setenv("UMI_FIXTURES", str(tmp_path))
+    assert configured_toolbench_ood() == tmp_path / "alpha-umi" / "toolbench_out_of_domain_test.json"

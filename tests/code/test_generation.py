@@ -114,9 +114,9 @@ def test_umi_chat_runs_the_chat_preset(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
     import umi.inference.loading
-    from umi.cli import app
-    from umi.data.examples import role_of_prompt
+    from umi.cli.main import app
     from umi.inference.protocol import Generation
+    from umi.prompts import role_of_prompt
 
     requests, loaded = [], {}
 
@@ -145,6 +145,6 @@ def test_umi_chat_runs_the_chat_preset(monkeypatch, tmp_path):
     assert [role for role, _ in requests] == ["planner"] * (CHAT.planner_retries + 1)
     assert {r.max_new_tokens for _, r in requests} == {CHAT.max_new_tokens["planner"]}
     assert [(r.temperature, r.seed) for _, r in requests] == [CHAT.sampling(a) for a in range(len(requests))]
-    from umi.agent.chat import chat_cmd
+    from umi.cli.chat import chat_cmd
 
     assert inspect.signature(chat_cmd).parameters["max_steps"].default == MAX_STEPS

@@ -1,7 +1,15 @@
-"""Imports point one way (issue 11): umi.data, umi.tools and umi.eval never import umi.agent; umi.agent never imports
-umi.eval; nothing in umi imports flows; the inference runtime (issue 26) imports none of training, evaluation, the
-service or the agent, so the service carries no training code. Read from the source with ast, so an import hidden in
-a function counts too."""
+"""Imports point one way (issues 11 and 26): one table says, for every package and top-level module of umi/, which
+others it may import, and one test walks every module's imports (read with ast, so an import inside a function
+counts too) and fails on any other. No per-file exceptions: a new edge is a change to the table, made on purpose.
+
+What the table says, in words: the foundation (schema, vocabulary, atomic, machine) imports nothing of umi and
+everything may import it; the α-UMi text contract (prompts, then parsing) sits on it; tools read calls with parsing;
+data imports tools; the inference runtime imports neither training, evaluation, the service nor the agent (the
+serving image carries no training code); the agent runs on inference and tools, never on data or evaluation;
+evaluation rolls agents out without importing them (the CLI and the flows hand it the builder); the service serves
+the agent and never imports data, training or evaluation; the registry (the model lifecycle) imports neither
+training nor evaluation; only the CLI joins everything, and nothing in umi imports the CLI, flows/ or tests/.
+"""
 
 from __future__ import annotations
 
@@ -12,21 +20,26 @@ import umi
 
 UMI = Path(umi.__file__).resolve().parent
 
-# (importing package, imported package it must not reach)
-RULES: tuple[tuple[str, str], ...] = (
-    ("umi.data", "umi.agent"),
-    ("umi.tools", "umi.agent"),
-    ("umi.eval", "umi.agent"),
-    ("umi.agent", "umi.eval"),
-    ("umi", "flows"),
-    ("umi.inference", "umi.train"),
-    ("umi.inference", "umi.eval"),
-    ("umi.inference", "umi.serve"),
-    ("umi.inference", "umi.agent"),
-)
-
-# Known upward imports, each owned by a change of this round: the lead removes an entry when that change is merged.
-KNOWN: set[tuple[str, str]] = set()
+FOUNDATION = frozenset({"schema", "vocabulary", "atomic", "machine"})
+# unit (a package or a top-level module of umi/) -> the other units it may import
+LAYERS: dict[str, frozenset[str]] = {
+    "schema": frozenset(),
+    "vocabulary": frozenset(),
+    "atomic": frozenset(),
+    "machine": frozenset(),
+    "prompts": FOUNDATION,
+    "parsing": FOUNDATION | {"prompts"},
+    "tools": FOUNDATION | {"prompts", "parsing"},
+    "data": FOUNDATION | {"prompts", "parsing", "tools"},
+    "inference": FOUNDATION | {"prompts"},
+    "agent": FOUNDATION | {"prompts", "parsing", "tools", "inference"},
+    "train": FOUNDATION | {"prompts", "inference"},
+    "registry": FOUNDATION | {"prompts"},
+    "eval": FOUNDATION | {"prompts", "parsing", "tools", "data", "inference", "registry"},
+    "serve": FOUNDATION | {"prompts", "parsing", "tools", "inference", "agent", "registry"},
+}
+LAYERS["cli"] = frozenset(LAYERS)  # the command joins everything
+NOT_UMI = ("flows", "tests", "benchmarks")  # first-party code outside the library: never imported by it
 
 
 def _module_name(path: Path) -> str:
@@ -34,9 +47,14 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _unit(module: str) -> str | None:
+    """The unit of umi a module belongs to (`umi.eval.run` -> eval, `umi.prompts` -> prompts); None for `umi`."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
 def _known_modules() -> set[str]:
-    flows = UMI.parent / "flows"
-    return {_module_name(p) for p in UMI.rglob("*.py")} | {f"flows.{p.stem}" for p in flows.glob("*.py")}
+    return {_module_name(p) for p in UMI.rglob("*.py")}
 
 
 def imported_modules(source: str, package: str, modules: set[str]) -> set[str]:
@@ -56,11 +74,22 @@ def imported_modules(source: str, package: str, modules: set[str]) -> set[str]:
     return out
 
 
-def _within(name: str, package: str) -> bool:
-    return name == package or name.startswith(package + ".")
+def forbidden(importer: str, imported: str) -> bool:
+    """Whether module `importer` (of umi) may not import `imported` by the table."""
+    root = imported.split(".")[0]
+    if root in NOT_UMI:
+        return True
+    if root != "umi":
+        return False  # the standard library and third-party packages
+    here, there = _unit(importer), _unit(imported)
+    if there is None or here == there:
+        return False  # the bare `umi` namespace, or a module of its own unit
+    if here is None:
+        return True  # umi/__init__.py imports nothing
+    return there not in LAYERS.get(here, frozenset())
 
 
-def upward_imports() -> set[tuple[str, str]]:
+def violations() -> set[tuple[str, str]]:
     modules = _known_modules()
     found = set()
     for path in sorted(UMI.rglob("*.py")):
@@ -68,17 +97,48 @@ def upward_imports() -> set[tuple[str, str]]:
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
         rel = path.relative_to(UMI.parent).as_posix()
         for imported in imported_modules(path.read_text(encoding="utf-8"), package, modules):
-            if any(_within(name, a) and _within(imported, b) for a, b in RULES):
+            if forbidden(name, imported):
                 found.add((rel, imported))
     return found
 
 
-def test_the_import_rules_hold_but_for_the_known_cases():
-    found = upward_imports()
-    new = found - KNOWN
-    assert not new, f"imports that run upward: {sorted(new)}"
-    fixed = KNOWN - found
-    assert not fixed, f"no longer imported, remove from KNOWN: {sorted(fixed)}"
+def test_every_import_in_umi_is_one_the_table_allows():
+    found = violations()
+    assert not found, (
+        "imports the layer table does not allow (change the code, or the table on purpose):\n"
+        + "\n".join(f"  {rel} imports {imported}" for rel, imported in sorted(found))
+    )
+
+
+def test_the_table_covers_every_unit_of_umi_and_nothing_else():
+    """A new package or top-level module joins the table (what it may import, and who may import it) when it is made."""
+    units = {u for m in _known_modules() if (u := _unit(m)) is not None}
+    assert units == set(LAYERS), (
+        f"in umi/ but not in LAYERS: {sorted(units - set(LAYERS))}; gone: {sorted(set(LAYERS) - units)}"
+    )
+    assert all(allowed <= set(LAYERS) for allowed in LAYERS.values())
+
+
+def test_the_table_points_one_way():
+    """No cycle: the units can be ordered so that each imports only units before it."""
+    done: list[str] = []
+    left = dict(LAYERS)
+    while left:
+        ready = sorted(u for u, allowed in left.items() if allowed - {u} <= set(done))
+        assert ready, f"a cycle among {sorted(left)}"
+        done += ready
+        for u in ready:
+            del left[u]
+
+
+def test_the_serving_runtime_carries_no_training_code_and_no_library_code_imports_the_command():
+    """Stated on their own: the inference runtime is below training, evaluation, the service and the agent; the agent
+    imports neither data nor evaluation; the service neither data, training nor evaluation; only the CLI imports cli."""
+    assert not LAYERS["inference"] & {"train", "eval", "serve", "agent", "cli"}
+    assert not LAYERS["agent"] & {"data", "eval", "train", "serve", "cli"}
+    assert not LAYERS["serve"] & {"data", "train", "eval", "cli"}
+    assert not LAYERS["registry"] & {"train", "eval", "cli"}
+    assert [u for u, allowed in LAYERS.items() if "cli" in allowed] == []
 
 
 def test_the_reader_finds_hidden_and_from_imports():
@@ -95,7 +155,12 @@ def test_the_reader_finds_hidden_and_from_imports():
     assert "umi.agent.loop.AlphaUMiAgent" not in got  # a class, not a module
 
 
-def test_the_inference_package_is_below_train_eval_serve_and_agent():
-    """Stated on its own (no KNOWN exception may cover it): the serving image's runtime never reaches training code."""
-    found = {(rel, imported) for rel, imported in upward_imports() if rel.startswith("umi/inference/")}
-    assert not found, f"umi.inference imports upward: {sorted(found)}"
+def test_the_rule_reads_units_and_first_party_code_outside_the_library():
+    assert forbidden("umi.eval.run", "umi.agent.loop")  # evaluation never imports the agent
+    assert not forbidden("umi.eval.run", "umi.eval.static")  # its own unit
+    assert not forbidden("umi.eval.run", "umi.data.splits")
+    assert not forbidden("umi.eval.run", "umi")  # `from umi import prompts` names the namespace too
+    assert forbidden("umi.cli.run", "flows.glpft_pipeline") and forbidden("umi.eval.run", "tests.support.fixtures")
+    assert forbidden("umi.agent.chat", "umi.cli.main")
+    assert not forbidden("umi.cli.main", "umi.serve.bento_build")
+    assert not forbidden("umi.serve.app", "fastapi")

@@ -4,6 +4,7 @@ down: nothing in umi/ imports flows/. Read from the source with ast, nothing is 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +39,44 @@ def test_nothing_in_umi_imports_flows():
         if upward:
             offenders[str(path.relative_to(ROOT))] = upward
     assert offenders == {}, f"umi/ must not import flows/ (imports point down): {offenders}"
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)))]
+    return {
+        id(n.body[0].value)
+        for n in nodes
+        if n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)
+    }
+
+
+def shared_paths(source: str) -> list[str]:
+    """String constants (docstrings aside) that name a path into the shared fixtures beside the checkout."""
+    tree = ast.parse(source)
+    docs = _docstrings(tree)
+    return [
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant)
+        and isinstance(n.value, str)
+        and id(n) not in docs
+        and re.match(r"^(\.\./)?shared(/|$)", n.value)
+    ]
+
+
+def test_no_default_in_umi_points_into_the_shared_fixtures():
+    """The fixtures beside the checkout (../shared) are test support (tests/support/fixtures.py): umi/ never names
+    them in code; the evaluation reads the ToolBench set from the UMI_FIXTURES setting."""
+    found = {
+        str(path.relative_to(ROOT)): hits
+        for path in sorted((ROOT / "umi").rglob("*.py"))
+        if (hits := shared_paths(path.read_text(encoding="utf-8")))
+    }
+    assert found == {}, f"production code names the shared fixtures: {found}"
+    assert shared_paths('"""../shared/fixtures"""\nX = Path(a).parents[2] / "shared" / "fixtures"\n') == ["shared"]
+    assert shared_paths('X = "../shared/fixtures/alpha-umi"\nY = "the shared fixtures"\n') == [
+        "../shared/fixtures/alpha-umi"
+    ]
 
 
 def test_flows_hold_flows_tasks_and_a_little_glue_only():

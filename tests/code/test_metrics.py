@@ -3,6 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
+from tests.support.fixtures import FIXTURES_DIR as FIXTURES
 from umi.data.alpha_umi import import_alpha_umi
 from umi.eval.metrics import (
     Prediction,
@@ -17,7 +18,6 @@ from umi.eval.metrics import (
     score_step,
     static_metrics,
 )
-from umi.fixtures import FIXTURES_DIR as FIXTURES
 from umi.parsing import (
     parse_caller_output,
     parse_global_output,

@@ -1,4 +1,4 @@
-"""params.yaml is read in one place (umi.params), with one set of defaults."""
+"""params.yaml is read in one place (umi.data.params), with one set of defaults."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from umi import params
+from umi.data import params
 from umi.data.splits import DEFAULT_FRACTIONS
 from umi.prompts import DEFAULT_DOC_STYLE
 
@@ -36,8 +36,8 @@ def test_the_repository_params_file_names_the_doc_style():
 
 
 def test_no_other_module_parses_params_yaml():
-    """yaml is parsed outside umi/params.py only for other files (training configs, dvc.lock)."""
-    allowed = {"umi/params.py", "umi/train/config.py", "umi/data/versions.py"}
+    """yaml is parsed outside umi/data/params.py only for other files (training configs, dvc.lock)."""
+    allowed = {"umi/data/params.py", "umi/train/config.py", "umi/data/versions.py"}
     offenders = []
     for path in [*(ROOT / "umi").rglob("*.py"), *(ROOT / "flows").rglob("*.py")]:
         rel = path.relative_to(ROOT).as_posix()
@@ -52,4 +52,4 @@ def test_no_other_module_parses_params_yaml():
         ]
         if calls and rel not in allowed:
             offenders.append(rel)
-    assert offenders == [], f"parse params.yaml through umi.params: {offenders}"
+    assert offenders == [], f"parse params.yaml through umi.data.params: {offenders}"

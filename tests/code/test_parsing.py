@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from umi.fixtures import FIXTURES_DIR as FIXTURES
+from tests.support.fixtures import FIXTURES_DIR as FIXTURES
 from umi.parsing import (
     FailureKind,
     GlobalAnswer,

@@ -139,10 +139,10 @@ def test_python_m_flows_runs_the_flow_with_the_json_parameters_and_writes_its_re
 
 
 def test_umi_run_starts_the_flow_in_a_child_process_and_reads_its_result(tmp_path, monkeypatch):
-    """umi.cli._run_flow against a stand-in `flows` package: what it sends, what it reads back, a failure's exit."""
+    """umi.cli.run._run_flow against a stand-in `flows` package: what it sends, what it reads back, a failure's exit."""
     import typer
 
-    from umi.cli import _run_flow
+    from umi.cli.run import _run_flow
 
     fake = tmp_path / "fake" / "flows"
     fake.mkdir(parents=True)
@@ -160,3 +160,20 @@ def test_umi_run_starts_the_flow_in_a_child_process_and_reads_its_result(tmp_pat
     with pytest.raises(typer.Exit) as failed:
         _run_flow("glpft_pipeline", {"fail": True})
     assert failed.value.exit_code == 3
+
+
+def test_umi_run_stops_before_training_when_the_toolbench_set_is_not_there(tmp_path, monkeypatch):
+    """`umi run` with the out-of-domain set on (the default) and no UMI_FIXTURES, or one without the file: exit 2
+    before anything is imported, trained or started, saying how to name the set or switch it off."""
+    from typer.testing import CliRunner
+
+    from umi.cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("UMI_FIXTURES", raising=False)
+    result = CliRunner().invoke(app, ["run"])
+    assert result.exit_code == 2 and "UMI_FIXTURES" in result.output and "--no-toolbench-ood" in result.output
+    monkeypatch.setenv("UMI_FIXTURES", str(tmp_path))
+    result = CliRunner().invoke(app, ["run"])
+    assert result.exit_code == 2 and "no ToolBench out-of-domain test set at" in result.output
+    assert list(tmp_path.iterdir()) == []  # no data imported, no tracking store made

@@ -1,11 +1,11 @@
-"""The promotion rule (umi.promotion.decide) on evaluations whose paired sections come from umi.eval.evidence."""
+"""The promotion rule (umi.registry.rule.decide) on evaluations whose paired sections come from umi.eval.evidence."""
 
 from __future__ import annotations
 
 import pytest
 
 from umi.eval import evidence
-from umi.promotion import decide, headline
+from umi.registry.rule import decide, headline
 
 
 def step_records(correct: list[list[bool]], prefix: str = "t") -> list[dict]:

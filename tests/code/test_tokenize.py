@@ -151,7 +151,7 @@ def test_collator_pads_to_longest_in_batch_only():
 
 @pytest.fixture(scope="module")
 def bpe():
-    from umi.train.backbone import make_tiny_tokenizer
+    from tests.support.tiny import make_tiny_tokenizer
 
     return make_tiny_tokenizer()
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fixtures import FIXTURES_DIR as FIXTURES
 from umi.data.alpha_umi import (
     TruncatedJSON,
     import_alpha_umi,
@@ -14,7 +15,6 @@ from umi.data.alpha_umi import (
     split_decision,
 )
 from umi.data.toolbench import query_group
-from umi.fixtures import FIXTURES_DIR as FIXTURES
 from umi.prompts import planner_target, tool_doc_reference
 from umi.schema import RecordError, Trajectory, read_trajectories, write_trajectories
 

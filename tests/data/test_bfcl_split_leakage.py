@@ -11,11 +11,12 @@ from collections import defaultdict
 import pytest
 
 from umi import prompts
-from umi.data.bfcl import DEFAULT_CATEGORIES, entry_groups, import_bfcl, normalise_question, standardize_string
+from umi.data.bfcl import DEFAULT_CATEGORIES, entry_groups, import_bfcl, normalise_question
 from umi.data.importing import write_import
 from umi.data.reorganize import ReorganizeOptions, read_examples, reorganize
 from umi.data.splits import DEFAULT_FRACTIONS, MIN_TEST_SHARE, fractions_for, split_of
 from umi.schema import Trajectory
+from umi.tools.calls import standardize_string
 from umi.vocabulary import ROLES
 
 USER_TURN = re.compile(r"(?:^|\n)user: (.*?)" + re.escape(prompts.TURN_END), re.S)

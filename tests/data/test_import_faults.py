@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from umi.cli import app
+from umi.cli.main import app
 from umi.data.alpha_umi import import_alpha_umi
 from umi.data.importing import ImportStats, TooManyRejects, write_import
 from umi.data.reorganize import input_files

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fixtures import FIXTURES_DIR as FIXTURES
 from umi import prompts
 from umi.data.alpha_umi import import_alpha_umi
 from umi.data.examples import example_line, trajectory_examples
@@ -19,7 +20,6 @@ from umi.data.reorganize import (
     role_examples,
 )
 from umi.data.splits import SPLITS, split_of
-from umi.fixtures import FIXTURES_DIR as FIXTURES
 from umi.schema import Step, ToolSpec, Trajectory
 from umi.vocabulary import ROLES
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tests.support.fixtures import FIXTURES_DIR as FIXTURES
 from umi.data.toolbench import (
     FINISH,
     clean_text,
@@ -12,7 +13,6 @@ from umi.data.toolbench import (
     query_group,
     user_text,
 )
-from umi.fixtures import FIXTURES_DIR as FIXTURES
 from umi.schema import RecordError, Trajectory, read_trajectories, write_trajectories
 
 ANSWERS = FIXTURES / "toolbench" / "answer"

@@ -81,7 +81,7 @@ def _datasets_cache_in_tmp(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> Path:
     """A 2-layer, 64-wide random Llama with a byte-level BPE tokenizer trained in code. Read-only: copy to change."""
-    from umi.train.backbone import make_tiny_backbone
+    from tests.support.tiny import make_tiny_backbone
 
     texts = [json.dumps(r) for role in ("global", "planner", "caller", "summarizer") for r in role_records(role)]
     return make_tiny_backbone(tmp_path_factory.mktemp("tiny-backbone"), texts=texts)

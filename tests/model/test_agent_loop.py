@@ -15,13 +15,12 @@ from hypothesis import strategies as st
 from tests.support.scripted import ScriptedBackend
 from umi.agent.loop import NO_ACTION, AgentConfig, AgentEvent, AlphaUMiAgent, SingleLLMAgent, ToolRuntime
 from umi.agent.loop import Observation as AgentObservation
-from umi.data.examples import PromptBuilder
 from umi.data.reorganize import role_examples
 from umi.inference.loading import load_checkpoint
 from umi.inference.protocol import Generation, GenerationRequest
 from umi.inference.tokens import TooLong
 from umi.inference.transformers_backend import TransformersBackend
-from umi.prompts import OBSERVATION_LIMIT, TURN_END
+from umi.prompts import OBSERVATION_LIMIT, TURN_END, PromptBuilder
 from umi.schema import Step, ToolSpec, Trajectory, parse_trajectory
 from umi.tools.registry import ToolRegistry
 

@@ -147,7 +147,7 @@ def test_bad_tool_choices_are_named():
 
 
 def test_chat_command_on_a_tiny_model(tiny_backbone):
-    from umi.cli import app
+    from umi.cli.main import app
 
     tiny = str(tiny_backbone)
     result = CliRunner().invoke(

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.support.fixtures import TOOLBENCH_OOD_TEST
 from umi.agent.loop import build_agent
 from umi.data.bfcl import import_category
 from umi.eval.agents import load_agent_backends, resolve_dtype
 from umi.eval.report import LIVE_COLUMNS, METRIC_COLUMNS
 from umi.eval.run import EvalReport, evaluate
 from umi.eval.settings import EvalSettings
-from umi.fixtures import TOOLBENCH_OOD_TEST
 from umi.inference.agent_specs import AgentSpec, default_agents
 from umi.schema import Trajectory, write_trajectories
 
@@ -229,7 +229,7 @@ def test_agent_specs_and_defaults(tiny_backbone, tmp_path):
 
 
 def test_cli_static(tiny_backbone, data_dir, tmp_path, monkeypatch):
-    from umi.cli import app
+    from umi.cli.main import app
 
     monkeypatch.chdir(tmp_path)
     tiny = str(tiny_backbone)

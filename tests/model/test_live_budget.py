@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 
 from umi.data.bfcl import DEFAULT_CATEGORIES, import_bfcl
+from umi.data.params import dataset_doc_style, split_fractions
 from umi.data.splits import split_of
 from umi.eval.budget import docs_budget, gold_path_misfits
 from umi.eval.settings import EvalSettings
-from umi.params import dataset_doc_style, split_fractions
 from umi.schema import Trajectory
 from umi.train.config import load_config
 

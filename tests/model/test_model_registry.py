@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from umi import model_registry as registry
 from umi import prompts
+from umi.registry import store as registry
 
 
 def make_checkpoint(src: Path, dst: Path, fingerprint: str, *, scale: float = 1.0, **manifest) -> Path:

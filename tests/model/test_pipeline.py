@@ -153,7 +153,7 @@ def test_bad_parameters_and_a_retrain_without_champions_fail_with_a_clear_error(
 def test_pipeline_trains_evaluates_registers_promotes_then_caches_and_retrains_one_role(environment, tiny_backbone):
     import mlflow
 
-    from umi import model_registry as registry
+    from umi.registry import store as registry
 
     # --- first run: everything is trained, four versions registered and promoted (no champion before) ---
     first = _pipeline(tiny_backbone, local_concurrency=3)  # the three local stages at once, in three processes
@@ -169,7 +169,7 @@ def test_pipeline_trains_evaluates_registers_promotes_then_caches_and_retrains_o
     assert not first["promotion"]["promote"], first["promotion"]
     assert all(registry.champion_version(r) is None for r in registry.ROLES)
     assert "umi.promotion_evidence" in registry.get_version("planner", "1").tags  # the decision is on the versions
-    from umi.promotion import promote
+    from umi.registry.promote import promote
 
     promote(first["versions"], reason="test: promoted by hand to go on")  # what `umi models promote --yes` does
     for role in registry.ROLES:

@@ -6,8 +6,10 @@ import pytest
 from test_model_registry import make_checkpoint, store  # noqa: F401  (the store fixture; tests/model is on sys.path)
 from typer.testing import CliRunner
 
-from umi import model_registry as registry
-from umi.promotion import TAG_PROMOTED_FROM, latest_promotion_roles, promote, promote_if_better, rollback
+from umi.registry import store as registry
+from umi.registry.aliases import PREVIOUS_CHAMPION
+from umi.registry.promote import latest_promotion_roles, promote, promote_if_better, rollback
+from umi.registry.tags import TAG_PROMOTED_FROM
 
 REFERENCES = ("champion", "single-llm", "rule: last turn", "rule: always caller")
 
@@ -28,7 +30,7 @@ def evaluation(ci_low, plan_acc=50.0, act_em=50.0, arg_f1=50.0):
         "plan_acc": plan_acc,
         "act_em": act_em,
         "arg_f1": arg_f1,
-        # the plan rules are compared on Plan ACC (umi.promotion), the agents on the mean of the three
+        # the plan rules are compared on Plan ACC (umi.registry.rule), the agents on the mean of the three
         "paired": {r: {"mean_static": entry, "plan_acc": entry} for r in REFERENCES},
     }
     return {"static": {"bfcl-dev": section}, "live": None}
@@ -70,7 +72,7 @@ def test_better_agents_are_promoted_worse_ones_not_and_rollback_walks_back(store
         assert champion.tags[TAG_PROMOTED_FROM] == first[role]
         assert "beats the champion on bfcl-dev.mean_static" in champion.tags["umi.promotion_reason"]
         assert '"ci_low":0.3' in champion.tags["umi.promotion_evidence"]
-        assert str(registry.alias_version(role, registry.PREVIOUS_CHAMPION).version) == first[role]
+        assert str(registry.alias_version(role, PREVIOUS_CHAMPION).version) == first[role]
 
     # the same candidates again: already champions, nothing to decide
     decision, moved = promote_if_better(better, evaluation(0.3), None)
@@ -87,14 +89,14 @@ def test_better_agents_are_promoted_worse_ones_not_and_rollback_walks_back(store
     assert champions() == better
     assert sorted(rollback()) == sorted(registry.ROLES)  # then the pipeline's promotion, all four together
     assert champions() == first
-    assert registry.alias_version("caller", registry.PREVIOUS_CHAMPION) is None
+    assert registry.alias_version("caller", PREVIOUS_CHAMPION) is None
     with pytest.raises(LookupError, match="first champion: nothing to roll back to"):
         rollback()
     assert champions() == first
 
 
 def test_umi_models_list_promote_rollback(store, tiny_backbone, tmp_path):  # noqa: F811
-    from umi.cli import app
+    from umi.cli.main import app
 
     runner = CliRunner()
     first = register_generation(tiny_backbone, tmp_path, 1, roles=("planner",))
@@ -141,8 +143,8 @@ def test_promote_checks_every_version_before_moving_anything(store, tiny_backbon
 
 
 def test_judge_is_the_whole_promotion_decision_of_a_flow_run(store, tiny_backbone, tmp_path):  # noqa: F811
-    from umi.champions import PromotionConflict
-    from umi.promotion import judge
+    from umi.registry.aliases import PromotionConflict
+    from umi.registry.promote import judge
 
     none = {r: None for r in ("planner", "caller", "summarizer")}  # what download_champions found: no champion
     first = register_generation(tiny_backbone, tmp_path, 1)
@@ -171,7 +173,7 @@ def test_judge_is_the_whole_promotion_decision_of_a_flow_run(store, tiny_backbon
 
 
 def test_the_champion_agent_is_compared_unless_it_is_the_candidate_itself(tiny_backbone, tmp_path):
-    from umi.promotion import champion_to_compare
+    from umi.registry.promote import champion_to_compare
 
     roles = ("planner", "caller", "summarizer")
     candidate = {r: str(make_checkpoint(tiny_backbone, tmp_path / r, f"fp-{r}")) for r in roles}

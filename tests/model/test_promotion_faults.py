@@ -12,17 +12,17 @@ from test_model_registry import make_checkpoint, store  # noqa: F401  (the store
 from test_promotion import champions, evaluation, register_generation
 from typer.testing import CliRunner
 
-from umi import model_registry as registry
-from umi.champions import PROMOTIONS_EXPERIMENT, TAG_OUTCOME, PromotionConflict, reconcile
-from umi.promotion import promote, promote_if_better, rollback
+from umi.registry import store as registry
+from umi.registry.aliases import PREVIOUS_CHAMPION, PROMOTIONS_EXPERIMENT, PromotionConflict, reconcile
+from umi.registry.promote import promote, promote_if_better, rollback
+from umi.registry.tags import TAG_OUTCOME
 
 REAL_SET_ALIAS = MlflowClient.set_registered_model_alias
 
 
 def previous_champions() -> dict[str, str | None]:
     return {
-        r: (str(v.version) if (v := registry.alias_version(r, registry.PREVIOUS_CHAMPION)) else None)
-        for r in registry.ROLES
+        r: (str(v.version) if (v := registry.alias_version(r, PREVIOUS_CHAMPION)) else None) for r in registry.ROLES
     }
 
 
@@ -84,7 +84,7 @@ def test_a_failure_midway_puts_every_role_back_and_the_next_run_promotes(three_g
     assert champions() == gen3 and previous_champions() == gen2
     assert records()[-1].info.status == "FINISHED"
 
-    result = CliRunner().invoke(__import__("umi.cli").cli.app, ["models", "rollback"])
+    result = CliRunner().invoke(__import__("umi.cli.main").cli.main.app, ["models", "rollback"])
     assert result.exit_code == 0, result.output
     assert champions() == gen2 and previous_champions() == gen1  # exactly the previous four
     assert records()[-1].data.tags["umi.kind"] == "rollback" and records()[-1].info.status == "FINISHED"
@@ -138,7 +138,7 @@ def test_compare_and_set_refuses_a_decision_on_changed_champions(three_generatio
 
 
 def test_umi_models_promote_asks_and_records_the_reason(three_generations):
-    from umi.cli import app
+    from umi.cli.main import app
 
     gen1, gen2, gen3 = three_generations
     runner = CliRunner()

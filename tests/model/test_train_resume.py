@@ -66,7 +66,7 @@ def test_a_run_stopped_between_and_within_stages_continues_to_the_same_weights(
     assert caller["elapsed_s"] > 0 and caller["left_s"] is not None
 
     # the same command again: `umi train all` on the same folders, which also trains the control
-    from umi.cli import app
+    from umi.cli.main import app
 
     args = ["train", "all", "--profile", str(profile), "--datasets", str(role_datasets), "--runs", str(runs)]
     result = CliRunner().invoke(app, [*args, "--backbone", str(tiny_backbone)])

@@ -28,7 +28,7 @@ def client():
 @pytest.fixture(scope="session")
 def tiny_role_dirs(tmp_path_factory) -> dict[str, Path]:
     """Two tiny random Llamas: one plays planner and caller (a shared directory, loaded once), one the summarizer."""
-    from umi.train.backbone import make_tiny_backbone
+    from tests.support.tiny import make_tiny_backbone
 
     texts = [json.dumps(WEATHER.model_dump()), "user: What is the weather in Paris?</s>"] * 4
     shared = make_tiny_backbone(tmp_path_factory.mktemp("tiny-a"), texts=texts, seed=0)

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from serve_tools import OPENAI_WEATHER, WEATHER, weather_toolkit  # noqa: F401  (re-exported for the tests)
 
-from umi.data.examples import role_of_prompt
 from umi.inference.protocol import Generation, GenerationRequest
+from umi.prompts import role_of_prompt
 from umi.serve.app import create_app
 from umi.serve.engine import AgentEngine
 from umi.serve.settings import ServeSettings

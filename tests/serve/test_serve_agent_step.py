@@ -7,9 +7,9 @@ import pytest
 from serve_helpers import WEATHER, RuleBackend, make_settings, weather_rules
 
 from umi.agent.step import AgentStep, Plan
-from umi.data.examples import PromptBuilder
 from umi.inference.deadlines import Deadline
 from umi.inference.presets import SERVING
+from umi.prompts import PromptBuilder
 from umi.schema import Step
 from umi.serve.engine import AgentEngine
 from umi.tools.registry import ToolRegistry

@@ -281,7 +281,7 @@ def test_umi_deploy_build_packages_the_registry_champions(tiny_role_dirs, tmp_pa
     env = base_env(tmp_path)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     register = (
-        "from umi import model_registry as r\n"
+        "from umi.registry import store as r\n"
         "import sys, json\n"
         "dirs = json.loads(sys.argv[1])\n"
         "for role in ('planner', 'caller', 'summarizer'):\n"

@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from umi.serve.cli import SERVE_REQUIREMENTS, serve_requirements
+from umi.serve.bento_build import SERVE_REQUIREMENTS, serve_requirements
 from umi.serve.settings import ServeSettings
 from umi.serve.toolkits import ToolkitError, default_toolkits
 
@@ -100,7 +100,7 @@ def test_user_toolkits_load_from_entries():
 
 
 def test_deploy_build_wants_all_three_directories_or_none(tmp_path):
-    from umi.cli import app
+    from umi.cli.main import app
 
     result = CliRunner().invoke(app, ["deploy", "build", "--planner", str(tmp_path), "--no-build"])
     assert result.exit_code == 1 and "give all of --planner/--caller/--summarizer or none" in result.output

@@ -1,1 +1,2 @@
-"""Test support: backends and helpers the tests (and benchmarks/gpu_check.py) use, never a production default."""
+"""Test support, never a production default: scripted backends (scripted), tiny models built in code (tiny), and
+where the shared fixtures beside the checkout are (fixtures). The tests and the benchmarks import it as tests.support."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from umi.data.examples import role_of_prompt
 from umi.inference.protocol import Generation, GenerationRequest
+from umi.prompts import role_of_prompt
 
 __all__ = ["ScriptedBackend"]
 

@@ -29,8 +29,9 @@ reads on its next turn, or as a clean end of the episode:
 - a prompt that no longer fits the context even with the whole history dropped: the episode ends
   (`context_exhausted`).
 
-Prompts come from umi.data.examples (the same rendering as training); observations are cut to `observation_limit`
-characters when stored, as the history rendering cuts them in training.
+Prompts come from umi.prompts.PromptBuilder (the same rendering as training); observations are cut to
+`observation_limit` characters when stored (umi.prompts.cut_observation), as the history rendering cuts them in
+training.
 
 Output: an AgentResult with the umi.schema.Trajectory of what happened (steps in the training format, so an episode
 can be scored or reused as data) and the final answer; the trajectory's meta holds the status, every generation's
@@ -51,12 +52,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from umi import prompts
 from umi.agent.step import AgentStep, Plan, StepLog, turn_text
-from umi.data.examples import PromptBuilder
 from umi.inference.presets import MAX_STEPS, GenerationSettings
 from umi.inference.protocol import Backend
 from umi.inference.tokens import TooLong
 from umi.parsing import GlobalAnswer, GlobalCall, GlobalGiveUp, ParseFailure, ToolCall
-from umi.prompts import DocStyle
+from umi.prompts import DocStyle, PromptBuilder, cut_observation
 from umi.schema import Step, ToolSpec, Trajectory
 from umi.vocabulary import ALPHA_UMI, SINGLE_LLM
 
@@ -144,10 +144,6 @@ class AgentResult:
         return int(self.trajectory.meta["planner_steps"])
 
 
-def _cut(text: str, limit: int | None) -> str:
-    return text if limit is None or len(text) <= limit else text[:limit]
-
-
 class _Episode:
     """The mutable state of one run: steps so far, meta records, event delivery."""
 
@@ -223,7 +219,7 @@ class _Episode:
         return text, ok
 
     def observe(self, text: str, ok: bool) -> None:
-        shown = _cut(text, self.config.observation_limit)
+        shown = cut_observation(text, self.config.observation_limit)
         self.steps.append(Step(role="observation", content=shown))
         self.emit("observation", shown, ok=ok, chars=len(text))
 
@@ -443,7 +439,7 @@ def build_agent(
     doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE,
 ) -> AlphaUMiAgent | SingleLLMAgent:
     """The agent over loaded backends: single-LLM when there is a `global` backend, else α-UMi. Evaluation gets this
-    function from its caller (umi.cli, flows): it rolls agents out without importing them."""
+    function from its caller (umi.cli.eval, flows): it rolls agents out without importing them."""
     config = AgentConfig.from_generation(generation, max_steps=max_steps, doc_style=doc_style)
     if "global" in backends:
         return SingleLLMAgent(backends["global"], config=config)

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from umi import prompts
-from umi.data.examples import PromptBuilder, RolePrompt
 from umi.inference.presets import GenerationSettings
 from umi.inference.protocol import Backend, Generation, GenerationRequest
 from umi.parsing import (
@@ -38,6 +37,7 @@ from umi.parsing import (
     parse_planner_output,
     parse_summarizer_output,
 )
+from umi.prompts import PromptBuilder, RolePrompt
 from umi.schema import Decision, Step
 
 __all__ = ["CALLER_RETRIES", "AgentStep", "Plan", "StepKind", "StepLog", "StepOutcome", "turn_text"]

@@ -56,7 +56,7 @@ from umi.data import synthetic
 from umi.data.importing import UnreadableRecord, iter_jsonl
 from umi.schema import RecordError, Step, ToolSpec, Trajectory
 from umi.tools.bfcl import BFCLToolkit, ToolkitError, tool_spec_from_bfcl
-from umi.tools.calls import ToolCallError, to_json_value
+from umi.tools.calls import ToolCallError, standardize_string, to_json_value
 from umi.tools.registry import Observation
 
 __all__ = [
@@ -71,7 +71,6 @@ __all__ = [
     "trajectory_id",
     "entry_groups",
     "normalise_question",
-    "standardize_string",
     "question_file",
     "answer_file",
 ]
@@ -173,15 +172,6 @@ def import_bfcl(
 def normalise_question(text: str) -> str:
     """A question as the twin test compares it: lower case, runs of punctuation / spacing as one space."""
     return re.sub(r"[\W_]+", " ", text.lower()).strip()
-
-
-_STANDARDIZE = re.compile(r"[ ,./\-_*^]")
-
-
-def standardize_string(text: str) -> str:
-    """A string as BFCL's AST checker compares it: without spaces and `,./-_*^`, lower case, ' as \" (so
-    "April 1, 2024" and "april 1 2024" are the same value)."""
-    return _STANDARDIZE.sub("", text).lower().replace("'", '"')
 
 
 def _gold_key(category: str, answer: Any) -> str | None:

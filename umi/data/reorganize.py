@@ -40,10 +40,10 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from umi import prompts
-from umi.data.examples import TEMPLATES, check_decisions
+from umi.data.examples import check_decisions
 from umi.data.importing import TooManyRejects, validation_problem
 from umi.data.splits import DEFAULT_FRACTIONS, SPLITS, Split, split_of, split_rule
-from umi.prompts import DocStyle
+from umi.prompts import TEMPLATES, DocStyle
 from umi.schema import RecordError, Trajectory
 from umi.vocabulary import DATASET_LAYOUT, ROLES
 

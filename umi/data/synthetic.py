@@ -51,7 +51,8 @@ _BFCL_PREFIX = re.compile(r"^.*?Tool description:\s*", re.DOTALL)  # BFCL multi-
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
 
 
-def _cut(text: str, limit: int) -> str:
+def _shorten(text: str, limit: int) -> str:
+    """`text` cut at a word boundary before `limit` characters, with `...` (a tool purpose or result in prose)."""
     if len(text) <= limit:
         return text
     head = text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:")
@@ -66,7 +67,7 @@ def tool_purpose(description: str, limit: int = PURPOSE_LIMIT) -> str:
     text = _SENTENCE_END.split(text, maxsplit=1)[0].strip().rstrip(".").strip()
     if len(text) > 1 and text[0].isupper() and text[1].islower():
         text = text[0].lower() + text[1:]
-    return _cut(text, limit)
+    return _shorten(text, limit)
 
 
 def argument_values(arguments: Any) -> list[str]:
@@ -236,7 +237,7 @@ def executed_answer(key: Sequence[object], calls: Sequence[tuple[str, str]]) -> 
     """The final answer after calls that ran: `calls` are (tool name, observation text), in order."""
     if not calls:
         return no_call_answer(key)
-    result = _cut(" ".join(calls[-1][1].split()), RESULT_LIMIT) or "(empty)"
+    result = _shorten(" ".join(calls[-1][1].split()), RESULT_LIMIT) or "(empty)"
     return pick(_EXECUTED, *key, "answer").format(tools=tools_phrase(n for n, _ in calls), result=result)
 
 

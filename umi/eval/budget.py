@@ -23,12 +23,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from umi.data.examples import PromptBuilder
 from umi.inference.agent_specs import AgentSpec
 from umi.inference.protocol import Generation, GenerationRequest, ModelBackend
 from umi.inference.tokens import TooLong, encode_prompt, fit_prompt
 from umi.inference.wrapping import ForwardingBackend, per_backend
-from umi.prompts import DocStyle, planner_target
+from umi.prompts import DocStyle, PromptBuilder, planner_target
 from umi.schema import Trajectory
 from umi.vocabulary import STAGE_MANIFEST
 

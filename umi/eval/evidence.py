@@ -42,7 +42,7 @@ STATIC_METRICS: dict[str, str] = {
     "ast_acc_bfcl": "ast_correct_bfcl",
 }
 LIVE_METRICS: tuple[str, ...] = ("bfcl_checker_pass_rate", "pass_rate", "turn_pass_rate")
-# the promotion rule's static headline: the mean of these (umi.promotion)
+# the promotion rule's static headline: the mean of these (umi.registry.rule)
 HEADLINE_STATIC: tuple[str, ...] = ("plan_acc", "act_em", "arg_f1")
 MEAN_STATIC = "mean_static"
 

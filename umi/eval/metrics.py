@@ -44,7 +44,7 @@ checker (bfcl_eval/eval_checker/ast_eval/ast_checker.py) decides:
   counts; Act. EM (BFCL) is 1 when the predicted name is a candidate's.
 - an argument counts when its value is acceptable (`bfcl_value_ok`): `number` (BFCL's float) takes an int; otherwise
   the JSON type must be the schema's, or the acceptable values' own type (BFCL's allowance for a variable); strings
-  compare after BFCL's normalisation (umi.data.bfcl.standardize_string: no spaces or `,./-_*^`, lower case);
+  compare after BFCL's normalisation (umi.tools.calls.standardize_string: no spaces or `,./-_*^`, lower case);
   lists element-wise after normalising their strings, with BFCL's one-level item type check (no int -> float
   inside lists, as BFCL); objects key by key against each acceptable object (a key whose values include "" may be
   left out); lists of objects position by position; anything else by JSON equality.
@@ -67,7 +67,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rouge_score import rouge_scorer
 
-from umi.data.bfcl import standardize_string
 from umi.parsing import (
     GlobalAnswer,
     GlobalCall,
@@ -79,6 +78,7 @@ from umi.parsing import (
     parse_arguments,
 )
 from umi.schema import Decision, RecordError, Trajectory
+from umi.tools.calls import standardize_string
 
 __all__ = [
     "PlanLabel",

@@ -25,7 +25,7 @@ def evaluation_options(
     """The evaluation's options for a training profile: the eval profile defaults to `full` for the paper profile,
     else `cpu`; the doc style is params.yaml's. `selection`: the agents also evaluated on the dev split, where
     promotion decides."""
-    from umi.params import dataset_doc_style
+    from umi.data.params import dataset_doc_style
 
     return {
         "static": static,
@@ -78,11 +78,13 @@ def evaluate_agents(
 ) -> dict:
     """umi.eval.run.evaluate on the agents (AgentSpec.params dicts) with `options` (evaluation_options), tracked
     under the parent run; the report (to_dict) and its Markdown table. build_agent: umi.agent.loop.build_agent,
-    for live rollouts."""
-    from umi.eval.run import DEFAULT_TOOLBENCH_OOD, evaluate
+    for live rollouts. options["toolbench_ood"] on: the ToolBench out-of-domain set the `UMI_FIXTURES` setting names
+    (ValueError when it names none)."""
+    from umi.eval.run import evaluate
+    from umi.eval.testsets import configured_toolbench_ood
     from umi.inference.agent_specs import AgentSpec
 
-    ood = DEFAULT_TOOLBENCH_OOD if options.get("toolbench_ood") else None
+    ood = configured_toolbench_ood() if options.get("toolbench_ood") and options["static"] else None
     report = evaluate(
         [AgentSpec(**a) for a in agents],
         out_dir=out_dir,

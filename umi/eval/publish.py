@@ -23,7 +23,7 @@ def evaluation_metrics(report: Mapping[str, Any]) -> dict[str, float]:
 
 
 def log_evaluation(parent, report: Mapping[str, Any]) -> None:
-    """The evaluation's numbers (evaluation_metrics), table and chart on a pipeline's parent run (umi.tracking)."""
+    """The evaluation's numbers (evaluation_metrics), table and chart on a pipeline's parent run (umi.registry.tracking)."""
     parent.log_metrics(evaluation_metrics(report))
     parent.log_artifact(report["files"]["table"], "evaluation")
     parent.log_artifact(report["files"]["chart"], "evaluation")
@@ -43,7 +43,7 @@ def summary_markdown(
 ) -> str:
     """The run's summary: the stages and the evaluation with links to their MLflow runs, the registered versions,
     the promotion decision and the Bento built after it (`bento`: {"tag"} or {"error"}; None: none built)."""
-    from umi.tracking import run_link, tracking_for_ui
+    from umi.registry.tracking import run_link, tracking_for_ui
 
     lines = [
         f"## {title}",

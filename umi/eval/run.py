@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from umi import prompts
+from umi.data.params import split_fractions
 from umi.data.splits import split_rule
 from umi.eval import baselines as base
 from umi.eval import evidence
@@ -32,27 +33,16 @@ from umi.eval.settings import PROFILES, EvalSettings
 from umi.eval.testsets import TestSet, live_entries, load_bfcl_test, load_toolbench_ood, load_train
 from umi.inference.agent_specs import AgentSpec
 from umi.inference.sharing import batched_backends
-from umi.params import split_fractions
 from umi.prompts import DocStyle
 from umi.vocabulary import CHAMPION, LIVE_DEV, LIVE_TEST, SINGLE_LLM, SINGLE_MATCHED, TOOLBENCH_OOD
 
 if TYPE_CHECKING:  # live.py imports bfcl_eval's tool classes: loaded only when a live evaluation runs
     from umi.eval.live import AgentBuilder
 
-__all__ = ["EvalReport", "evaluate", "DEFAULT_TOOLBENCH_OOD", "REFERENCES"]
+__all__ = ["EvalReport", "evaluate", "REFERENCES"]
 
 log = logging.getLogger(__name__)
 
-
-def _default_ood() -> Path:
-    from umi.fixtures import TOOLBENCH_OOD_TEST
-
-    return TOOLBENCH_OOD_TEST
-
-
-# The ToolBench out-of-domain set is part of every evaluation unless switched off by name (toolbench_ood=None,
-# `--no-toolbench-ood`): a configured test set that is missing is an error, never a silently shorter report.
-DEFAULT_TOOLBENCH_OOD: Path = _default_ood()
 REFERENCES: tuple[str, ...] = (
     SINGLE_LLM,
     SINGLE_MATCHED,
@@ -244,7 +234,7 @@ def evaluate(
     static: bool = True,
     live: bool = True,
     data_dir: str | Path = "data",
-    toolbench_ood: str | Path | None = DEFAULT_TOOLBENCH_OOD,
+    toolbench_ood: str | Path | None = None,
     limit: int | None = None,
     live_limit: int | None = None,
     ood_limit: int | None = None,
@@ -266,8 +256,10 @@ def evaluate(
 ) -> EvalReport:
     """Evaluate `agents` and write the report to `out_dir`.
 
-    static: teacher-forced steps on the BFCL test split of `data_dir` and on `toolbench_ood` (None: switched off; a
-    path that does not exist is an error).
+    static: teacher-forced steps on the BFCL test split of `data_dir` and on `toolbench_ood`, the ToolBench
+    out-of-domain set's file (None: not scored, and the report says it was switched off; a path that does not exist
+    is an error, never a shorter report). The commands and the pipeline pass the one the `UMI_FIXTURES` setting
+    names (umi.eval.testsets.configured_toolbench_ood) unless told to leave it out.
     live: rollouts on the BFCL multi_turn_base test entries, scored by state and by bfcl_eval's checker (`judge`).
     limit / ood_limit / live_limit: trajectories of the BFCL test split / of the ToolBench set / live entries (None:
     the settings' value, else all). A `limit` given without `ood_limit` sizes both static test sets.

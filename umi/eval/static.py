@@ -25,7 +25,7 @@ metrics are over the prompted steps; the report's paired comparisons run on the 
 `cut_roles`). `call_source` (α-UMi) says whether the caller ran because the planner decided `caller` or after a
 planner output with no decision: the summary splits exact actions and hallucinations by it.
 
-Prompts are rendered by umi.data.examples.PromptBuilder with the doc style the models were trained with.
+Prompts are rendered by umi.prompts.PromptBuilder with the doc style the models were trained with.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from umi import prompts
-from umi.data.examples import PromptBuilder, RolePrompt
 from umi.eval.metrics import (
     Prediction,
     StaticMetrics,
@@ -58,7 +57,7 @@ from umi.parsing import (
     parse_planner_output,
     parse_summarizer_output,
 )
-from umi.prompts import DocStyle
+from umi.prompts import DocStyle, PromptBuilder, RolePrompt
 from umi.schema import RecordError, Step, Trajectory
 from umi.vocabulary import AGENT_ROLES
 

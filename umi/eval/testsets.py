@@ -5,7 +5,9 @@
   `reorganize.split_fractions` when set), so no trajectory a model trained on is scored.
 - `toolbench-ood`: the α-UMi reference's real ToolBench out-of-domain static test set (400 trajectories, see
   ../shared/fixtures/README.md), read with umi's α-UMi importer. Records the importer rejects are reported with their
-  id and reason (record 273 is one: an observation with no call before it), never a crash.
+  id and reason (record 273 is one: an observation with no call before it), never a crash. It is not part of the
+  package: an evaluation reads it from a path it is given, by default the one the `UMI_FIXTURES` setting names
+  (`configured_toolbench_ood`; `make run` sets it when the shared fixtures are there), never from a path of its own.
 - live entries: the `multi_turn_base` trajectories of `bfcl-test`, with what a rollout needs (classes, initial
   config, the user turns and the gold calls per turn) from the importer's meta. The split holds out at least 35% of
   the multi-turn scenarios (umi.data.splits.MIN_TEST_SHARE: 71 of 200 with the shipped data), so the full live
@@ -18,14 +20,15 @@ covers each kind of task), evenly spaced over a file without categories.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from umi.data.params import split_fractions
 from umi.data.splits import Split, split_of
-from umi.params import split_fractions
 from umi.schema import RecordError, Trajectory
 from umi.vocabulary import BFCL_DEV, BFCL_TEST, TOOLBENCH_OOD
 
@@ -34,6 +37,7 @@ __all__ = [
     "LiveEntry",
     "load_bfcl_test",
     "load_toolbench_ood",
+    "configured_toolbench_ood",
     "load_train",
     "live_entries",
     "live_sample",
@@ -41,6 +45,22 @@ __all__ = [
 ]
 
 BFCL_SETS: dict[str, str] = {"test": BFCL_TEST, "dev": BFCL_DEV}  # split -> test-set id
+FIXTURES_ENV = "UMI_FIXTURES"  # the setting: the shared fixtures folder (../shared/fixtures, see the README)
+TOOLBENCH_OOD_FILE = Path("alpha-umi") / "toolbench_out_of_domain_test.json"  # the ToolBench set, in that folder
+
+
+def configured_toolbench_ood() -> Path:
+    """The ToolBench out-of-domain test set the `UMI_FIXTURES` setting names, `$UMI_FIXTURES/alpha-umi/
+    toolbench_out_of_domain_test.json` (whether or not the file is there); ValueError, saying how to name it or
+    switch the set off, when the setting is not there."""
+    folder = os.environ.get(FIXTURES_ENV)
+    if not folder:
+        raise ValueError(
+            f"the ToolBench out-of-domain set is on, but {FIXTURES_ENV} does not name the shared fixtures folder "
+            "(../shared/fixtures, see the README's 'Test fixtures'): set it, or switch the set off by name "
+            "(--no-toolbench-ood)"
+        )
+    return Path(folder) / TOOLBENCH_OOD_FILE
 
 
 @dataclass

@@ -45,6 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from umi.parsing import JSONProblem, loads_untrusted_json
 from umi.serve.engine import AgentEngine
 from umi.serve.routes.agent import AgentRequest, AgentServing, agent_router
 from umi.serve.routes.chat import GIVE_UP_TEXT, ChatServing, chat_router
@@ -52,7 +53,6 @@ from umi.serve.routes.common import ApiError, validation_message
 from umi.serve.routes.models import ModelServing, models_router
 from umi.serve.settings import ServeSettings
 from umi.serve.toolkits import ToolkitRegistry, default_toolkits
-from umi.tools.calls import JSONProblem, loads_untrusted_json
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ OPEN_PATHS = ("/health",)  # answered without the API key: orchestrators probe t
 
 # --- before FastAPI sees a request ------------------------------------------------------------------------------------
 def json_body_problem(body: bytes, max_depth: int) -> str | None:
-    """What is wrong with a JSON request body (umi.tools.calls.loads_untrusted_json), or None."""
+    """What is wrong with a JSON request body (umi.parsing.loads_untrusted_json), or None."""
     try:
         loads_untrusted_json(body, max_depth)
     except JSONProblem as e:

@@ -20,7 +20,7 @@ from typing import Any
 
 from umi.inference.loading import is_adapter_dir
 from umi.prompts import checkpoint_prompt_format
-from umi.vocabulary import ADAPTER_CONFIG, AGENT_ROLES, STAGE_MANIFEST, checkpoint_fingerprint
+from umi.vocabulary import ADAPTER_CONFIG, AGENT_ROLES, CHAMPION, STAGE_MANIFEST, checkpoint_fingerprint
 
 __all__ = [
     "RoleSource",
@@ -77,10 +77,11 @@ def sources_from_dirs(dirs: Mapping[str, str | Path]) -> dict[str, RoleSource]:
 
 def sources_from_registry(download_root: str | Path, alias_or_version: str | None = None) -> dict[str, RoleSource]:
     """Each role's version with `alias_or_version` (default: the champion) downloaded from the MLflow model registry
-    (umi.model_registry)."""
-    from umi import model_registry as registry
+    (umi.registry.store)."""
+    from umi.registry import store as registry
+    from umi.registry.tags import TAG_DATA_VERSION, TAG_FINGERPRINT
 
-    wanted = alias_or_version or registry.CHAMPION
+    wanted = alias_or_version or CHAMPION
     out = {}
     for role in AGENT_ROLES:
         name = registry.MODEL_NAMES[role]
@@ -106,10 +107,10 @@ def sources_from_registry(download_root: str | Path, alias_or_version: str | Non
         }
         if version.run_id:
             labels["mlflow_run_id"] = str(version.run_id)
-        if tags.get(registry.TAG_DATA_VERSION):
-            labels["data_version"] = tags[registry.TAG_DATA_VERSION]
-        if tags.get(registry.TAG_FINGERPRINT):  # the registered checkpoint's, not the download's (new file times)
-            labels["fingerprint"] = tags[registry.TAG_FINGERPRINT]
+        if tags.get(TAG_DATA_VERSION):
+            labels["data_version"] = tags[TAG_DATA_VERSION]
+        if tags.get(TAG_FINGERPRINT):  # the registered checkpoint's, not the download's (new file times)
+            labels["fingerprint"] = tags[TAG_FINGERPRINT]
         out[role] = RoleSource(role, path, labels, {"mlflow_source": version.source, "mlflow_tags": tags})
     return out
 

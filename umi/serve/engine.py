@@ -32,11 +32,11 @@ from typing import Any, Literal
 
 from umi.agent.loop import AgentConfig, AgentEvent, AgentResult, AlphaUMiAgent, ToolRuntime
 from umi.agent.step import AgentStep, Plan
-from umi.data.examples import PromptBuilder
 from umi.inference.deadlines import Deadline
 from umi.inference.protocol import Backend
 from umi.inference.sharing import guarded
 from umi.parsing import ParseFailure, ToolCall
+from umi.prompts import PromptBuilder
 from umi.schema import Decision, Step, ToolSpec
 from umi.serve.settings import ServeSettings
 from umi.tools.registry import ToolRegistry

@@ -23,8 +23,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from umi.parsing import JSONProblem, loads_untrusted_json
 from umi.schema import Step, ToolSpec
-from umi.tools.calls import JSONProblem, loads_untrusted_json
 
 __all__ = [
     "ChatCompletionRequest",

@@ -8,9 +8,6 @@ Two formats:
   booleans, None, and lists / tuples / dicts of those; negative numbers included). Each argument goes through
   `ast.literal_eval`; nothing is ever evaluated, so `__import__('os').system('x')`, `f(x=os.environ)` or
   `(lambda: 0)()` come back as typed errors, not actions.
-- JSON from strangers (`loads_untrusted_json`): a request body, a tool call's arguments string. Refused with a
-  `JSONProblem` saying what is wrong: not JSON, nested deeper than a limit, an integer too long to convert cheaply, a
-  number no double holds (`1e999`), NaN / Infinity.
 - The α-UMi caller format, `Action: <name>\\nAction Input: <JSON object>`. `parse_action` is the strict (raising)
   face of `umi.parsing.parse_caller_output`, so the agent and the tools read one format one way.
 
@@ -20,8 +17,8 @@ Every failure is a `ToolCallError` subclass with a message naming what was wrong
 from __future__ import annotations
 
 import ast
-import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,58 +39,10 @@ __all__ = [
     "parse_python_call",
     "parse_action",
     "to_json_value",
-    "JSONProblem",
-    "loads_untrusted_json",
-    "MAX_INT_DIGITS",
+    "standardize_string",
 ]
 
 MAX_CALL_CHARS = 100_000  # a longer "call" is not a tool call; refuse before parsing
-MAX_INT_DIGITS = 300  # longer JSON integers are refused (Python's own limit, 4300 digits, is an unexplained ValueError)
-
-
-# --- JSON from strangers ----------------------------------------------------------------------------------------------
-class JSONProblem(ValueError):
-    """JSON refused by `loads_untrusted_json`; the message says why."""
-
-
-def _refuse_constant(name: str) -> Any:
-    raise JSONProblem(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise JSONProblem(f"the number {text[:40]} is out of range (not a finite double)")
-    return value
-
-
-def _bounded_int(text: str) -> int:
-    digits = len(text.lstrip("-"))
-    if digits > MAX_INT_DIGITS:
-        raise JSONProblem(f"an integer of {digits} digits (at most {MAX_INT_DIGITS} are accepted)")
-    return int(text)
-
-
-def loads_untrusted_json(text: str | bytes, max_depth: int = 64) -> Any:
-    """`json.loads`, refusing (JSONProblem) what would be costly or unrepresentable later (see the module doc)."""
-    try:
-        value = json.loads(text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_refuse_constant)
-    except JSONProblem:
-        raise
-    except RecursionError:
-        raise JSONProblem(f"it nests deeper than {max_depth} levels") from None
-    except UnicodeDecodeError:
-        raise JSONProblem("it is not UTF-8") from None
-    except ValueError as e:  # json.JSONDecodeError
-        raise JSONProblem(f"it is not valid JSON: {e}") from None
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth > max_depth:
-                raise JSONProblem(f"it nests deeper than {max_depth} levels")
-            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
-    return value
 
 
 # --- errors ---------------------------------------------------------------------------------------------------------
@@ -234,6 +183,16 @@ def parse_python_call(text: str) -> PythonCall:
             raise ArgumentError(f"{name}: argument {kw.arg!r} is given twice", text)
         kwargs[kw.arg] = _literal(kw.value, f"{name}: argument {kw.arg!r}", text)
     return PythonCall(name=name, args=tuple(args), kwargs=kwargs)
+
+
+_STANDARDIZE = re.compile(r"[ ,./\-_*^]")
+
+
+def standardize_string(text: str) -> str:
+    """A string argument as BFCL's AST checker compares it: without spaces and `,./-_*^`, lower case, ' as \" (so
+    "April 1, 2024" and "april 1 2024" are the same value). For the metrics' argument comparison and the importer's
+    twin test alike."""
+    return _STANDARDIZE.sub("", text).lower().replace("'", '"')
 
 
 def to_json_value(value: Any) -> Any:

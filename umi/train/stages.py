@@ -62,6 +62,7 @@ from umi.vocabulary import (
     STAGES,
     TRAINABLE_STAGES,
     checkpoint_fingerprint,
+    file_sha256,
 )
 
 log = logging.getLogger(__name__)
@@ -140,11 +141,6 @@ def read_state(state_path: Path) -> dict:
     return state or {}
 
 
-def _sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def stage_fingerprint(
     stage: str, config: TrainConfig, datasets_dir: str | Path, init_from: str | Path, data_version: str | None = None
 ) -> tuple[str, dict]:
@@ -162,10 +158,10 @@ def stage_fingerprint(
         "precision": training_precision(config),
         "stage": stage,
         "init": checkpoint_fingerprint(init_from),
-        "data_sha256": _sha256_file(role_dataset_path(datasets_dir, dataset_role(stage), "train")),
+        "data_sha256": file_sha256(role_dataset_path(datasets_dir, dataset_role(stage), "train")),
         # the control's budget under epochs is the locals' tokens (control_settings): their data counts too
         **(
-            {"local_data_sha256": [_sha256_file(role_dataset_path(datasets_dir, s, "train")) for s in LOCAL_STAGES]}
+            {"local_data_sha256": [file_sha256(role_dataset_path(datasets_dir, s, "train")) for s in LOCAL_STAGES]}
             if stage == CONTROL_STAGE and config.control_by_epochs()
             else {}
         ),
@@ -205,7 +201,7 @@ def control_settings(config: TrainConfig, datasets_dir: str | Path, init_from: s
     stages = (*LOCAL_STAGES, CONTROL_STAGE)
     key_src = {
         "config": config.model_dump(mode="json"),
-        "data": [_sha256_file(role_dataset_path(datasets_dir, dataset_role(s), "train")) for s in stages],
+        "data": [file_sha256(role_dataset_path(datasets_dir, dataset_role(s), "train")) for s in stages],
     }
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()
     cached = read_json_or_none(out_dir / CONTROL_BUDGET_FILE) or {}

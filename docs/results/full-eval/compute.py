@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from umi.cli import app
+from umi.cli.main import app
 from umi.eval import generation_cache
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import sys
 
-from umi.cli import DEFAULT_DATA, import_bfcl_cmd
+from umi.cli.common import DEFAULT_DATA
+from umi.cli.data import import_bfcl_cmd
 from umi.data.versions import reproduce_datasets
 from umi.machine import cpu_count, default_local_concurrency, gpu_count
 from umi.train.backbone import import_backbone

@@ -1,4 +1,4 @@
-"""Moving the `champion` / `previous-champion` aliases of several roles all-or-nothing.
+"""The `champion` / `previous-champion` aliases, moved for several roles all-or-nothing.
 
 MLflow moves one alias per call and has no transactions, so a move of several roles is made one by a record:
 
@@ -31,18 +31,23 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from umi import model_registry as registry
+from umi.registry import store
+from umi.registry.tags import (
+    TAG_FINGERPRINT,
+    TAG_KIND,
+    TAG_OUTCOME,
+    TAG_OWNER,
+    TAG_PLAN,
+    TAG_PROMOTION_ID,
+    TAG_PROMOTION_REASON,
+)
+from umi.vocabulary import CHAMPION
 
 log = logging.getLogger(__name__)
 
+PREVIOUS_CHAMPION = "previous-champion"  # the alias on the version that was champion before (what rollback restores)
 PROMOTIONS_EXPERIMENT = "umi-promotions"
 STALE_AFTER_S = 600  # a move takes seconds; a record pending for 10 minutes has lost its writer
-TAG_KIND = "umi.kind"  # promote | rollback
-TAG_PLAN = "umi.plan"
-TAG_OWNER = "umi.owner"  # host:pid of the writer
-TAG_MOVE_ID = "umi.promotion_id"
-TAG_MOVE_REASON = "umi.promotion_reason"
-TAG_OUTCOME = "umi.outcome"
 
 _ACTIVE: set[str] = set()  # the records this process is writing right now (its own are never reconciled midway)
 
@@ -67,18 +72,18 @@ def _client():
 
 def _point(role: str, alias: str, version: str | None) -> None:
     if version is None:
-        registry.delete_alias(role, alias)
+        store.delete_alias(role, alias)
     else:
-        registry.set_alias(role, version, alias)
+        store.set_alias(role, version, alias)
 
 
 def _alias_now(role: str, alias: str) -> str | None:
-    v = registry.alias_version(role, alias)
+    v = store.alias_version(role, alias)
     return str(v.version) if v is not None else None
 
 
 def current_champions(roles: Iterable[str]) -> dict[str, str | None]:
-    return {role: _alias_now(role, registry.CHAMPION) for role in roles}
+    return {role: _alias_now(role, CHAMPION) for role in roles}
 
 
 def _owner() -> str:
@@ -129,7 +134,7 @@ def _put_back(moves: Iterable[AliasMove]) -> list[str]:
 
 def reconcile() -> list[str]:
     """Put back what abandoned pending records moved and close them FAILED; returns their ids."""
-    experiment_id = registry.ensure_experiment(PROMOTIONS_EXPERIMENT)
+    experiment_id = store.ensure_experiment(PROMOTIONS_EXPERIMENT)
     done = []
     for run in _pending_records(experiment_id):
         if not _writer_gone(run):
@@ -142,7 +147,7 @@ def reconcile() -> list[str]:
         client.set_tag(run.info.run_id, TAG_OUTCOME, outcome[:5000])
         client.set_terminated(run.info.run_id, status="FAILED")
         log.warning("promotion record %s %s", run.info.run_id, outcome)
-        done.append(run.data.tags.get(TAG_MOVE_ID, run.info.run_id))
+        done.append(run.data.tags.get(TAG_PROMOTION_ID, run.info.run_id))
     return done
 
 
@@ -166,14 +171,14 @@ def move_aliases(
     client = _client()
     reconcile()
     move_id = move_id or uuid.uuid4().hex[:12]
-    experiment_id = registry.ensure_experiment(PROMOTIONS_EXPERIMENT)
+    experiment_id = store.ensure_experiment(PROMOTIONS_EXPERIMENT)
     run = client.create_run(
         experiment_id,
         run_name=f"{kind}-{move_id}",
         tags={
             TAG_KIND: kind,
-            TAG_MOVE_ID: move_id,
-            TAG_MOVE_REASON: reason[:5000],
+            TAG_PROMOTION_ID: move_id,
+            TAG_PROMOTION_REASON: reason[:5000],
             TAG_OWNER: _owner(),
             TAG_PLAN: json.dumps([asdict(m) for m in moves]),
         },
@@ -193,7 +198,7 @@ def move_aliases(
         roles = sorted({m.role for m in moves} | set(expected_champions or {}))
         now = current_champions(roles)
         # what the plan was computed from, then what the decision was made on (which wins where they differ)
-        wanted = {m.role: m.before for m in moves if m.alias == registry.CHAMPION}
+        wanted = {m.role: m.before for m in moves if m.alias == CHAMPION}
         wanted.update({r: (None if v is None else str(v)) for r, v in (expected_champions or {}).items()})
         changed = {r: (v, now[r]) for r, v in wanted.items() if now[r] != v}
         if changed:
@@ -202,7 +207,7 @@ def move_aliases(
             raise PromotionConflict(f"the champions changed since the decision ({detail}): nothing moved")
         for (role, version), tags in (version_tags or {}).items():
             for key, value in tags.items():
-                client.set_model_version_tag(registry.MODEL_NAMES[role], version, key, value)
+                client.set_model_version_tag(store.MODEL_NAMES[role], version, key, value)
         done: list[AliasMove] = []
         try:
             for m in moves:
@@ -232,14 +237,14 @@ def download_champions(roles: Iterable[str], dst_root: str | Path) -> dict[str, 
     reconcile()
     out: dict[str, dict | None] = {}
     for role in roles:
-        version = registry.champion_version(role)
+        version = store.champion_version(role)
         if version is None:
             out[role] = None
             continue
-        path = registry.download_role(role, Path(dst_root) / role, str(version.version))
+        path = store.download_role(role, Path(dst_root) / role, str(version.version))
         out[role] = {
             "path": str(path),
             "version": str(version.version),
-            "fingerprint": version.tags.get(registry.TAG_FINGERPRINT),
+            "fingerprint": version.tags.get(TAG_FINGERPRINT),
         }
     return out

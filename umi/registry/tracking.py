@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from umi.registry.tags import TAG_PROMOTED, TAG_PROMOTION_EVIDENCE, TAG_PROMOTION_REASON, TAG_VERSION_PREFIX
+
 MLFLOW_UI = "http://127.0.0.1:5000"  # what `mlflow ui` serves by default
 
 
@@ -60,7 +62,7 @@ class ParentRun:
     def __init__(self, experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]):
         from mlflow import MlflowClient
 
-        from umi.model_registry import ensure_experiment
+        from umi.registry.store import ensure_experiment
 
         self.client = MlflowClient()
         self.experiment_id = ensure_experiment(experiment)
@@ -107,12 +109,12 @@ class ParentRun:
         self.client.log_text(self.run_id, text, artifact_file)
 
     def record_promotion(self, decision: Mapping[str, Any], versions: Mapping[str, str]) -> None:
-        """The promotion decision (umi.promotion.judge) and the registered versions, as tags of this run."""
+        """The promotion decision (umi.registry.promote.judge) and the registered versions, as tags of this run."""
         self.set_tags(
             {
-                "umi.promoted": decision["promote"],
-                "umi.promotion_reason": decision["reason"][:5000],
-                "umi.promotion_evidence": json.dumps(decision.get("evidence") or {}, default=str)[:5000],
-                **{f"umi.version.{r}": v for r, v in versions.items()},
+                TAG_PROMOTED: decision["promote"],
+                TAG_PROMOTION_REASON: decision["reason"][:5000],
+                TAG_PROMOTION_EVIDENCE: json.dumps(decision.get("evidence") or {}, default=str)[:5000],
+                **{f"{TAG_VERSION_PREFIX}{r}": v for r, v in versions.items()},
             }
         )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from umi.cli.common import default_tracking
 
 models_app = typer.Typer(
     help="Registered role models (umi-global/planner/caller/summarizer) and their champions.", no_args_is_help=True
@@ -18,13 +19,6 @@ console = Console()
 TrackingUri = Annotated[
     Optional[str], typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 ]
-
-
-def _tracking(uri: str | None) -> str:
-    if uri:
-        os.environ["MLFLOW_TRACKING_URI"] = uri
-    os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-    return os.environ["MLFLOW_TRACKING_URI"]
 
 
 def _check_roles(roles: list[str] | None) -> list[str]:
@@ -38,8 +32,8 @@ def _check_roles(roles: list[str] | None) -> list[str]:
 
 
 def _evaluation_summary(version) -> str:
-    from umi.model_registry import version_evaluation
-    from umi.promotion import headline
+    from umi.registry.rule import headline
+    from umi.registry.store import version_evaluation
 
     evaluation = version_evaluation(version)
     found = headline(evaluation)
@@ -61,9 +55,9 @@ def list_cmd(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Every version of each role model: aliases, data version, profile, evaluation (live pass rate / static mean)."""
-    _tracking(tracking_uri)
-    from umi.model_registry import TAG_DATA_VERSION, TAG_PROFILE, list_versions
-    from umi.promotion import TAG_PROMOTED_AT
+    default_tracking(tracking_uri)
+    from umi.registry.store import list_versions
+    from umi.registry.tags import TAG_DATA_VERSION, TAG_PROFILE, TAG_PROMOTED_AT
 
     table = Table("role", "version", "aliases", "data version", "profile", "evaluation", "promoted", "run")
     for r in _check_roles(role):
@@ -94,10 +88,10 @@ def promote_cmd(
 ) -> None:
     """Make these versions the champions by hand (no evaluation rule; the previous champion is kept for rollback).
     All roles move or none; asks first unless --yes."""
-    _tracking(tracking_uri)
-    from umi.champions import PromotionConflict, current_champions
-    from umi.model_registry import get_version
-    from umi.promotion import promote
+    default_tracking(tracking_uri)
+    from umi.registry.aliases import PromotionConflict, current_champions
+    from umi.registry.promote import promote
+    from umi.registry.store import get_version
 
     versions: dict[str, str] = {}
     for item in assignments:
@@ -142,9 +136,9 @@ def rollback_cmd(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Move `champion` back to the version each champion was promoted from."""
-    _tracking(tracking_uri)
-    from umi.champions import PromotionConflict
-    from umi.promotion import rollback
+    default_tracking(tracking_uri)
+    from umi.registry.aliases import PromotionConflict
+    from umi.registry.promote import rollback
 
     try:
         moved = rollback(_check_roles(role) if role else None)
@@ -162,8 +156,9 @@ def show_cmd(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """One version's tags (data version, config, evaluation, promotion history) as JSON."""
-    _tracking(tracking_uri)
-    from umi.model_registry import resolve
+    default_tracking(tracking_uri)
+    from umi.registry.store import resolve
+    from umi.registry.tags import JSON_TAGS
 
     _check_roles([role])
     try:
@@ -171,7 +166,7 @@ def show_cmd(
     except LookupError as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1)
-    tags = {k: (json.loads(t) if k in ("umi.config", "umi.evaluation") else t) for k, t in v.tags.items()}
+    tags = {k: (json.loads(t) if k in JSON_TAGS else t) for k, t in v.tags.items()}
     print(
         json.dumps(
             {

@@ -9,10 +9,10 @@ write a second full copy of the weights (about 520 MB per role for a 135M fp32 m
 wrap the model in a pyfunc flavour, while everything in umi (the agent runtime, the Bento) loads a role with
 `from_pretrained` from a plain directory, which is exactly what `download_role` gives back.
 
-Each version carries tags: `umi.role`, `umi.data_version` (the DVC dataset hash the stage trained on),
-`umi.config` (the training profile as JSON) and `umi.config_sha256`, `umi.fingerprint` (the stage fingerprint:
-config + start weights + data; umi.vocabulary.checkpoint_fingerprint), `umi.prompt_format` (the doc style,
-observation limit and prompt version it was trained on, JSON), and, once evaluated, `umi.evaluation` (JSON).
+Each version carries tags (their keys: umi.registry.tags): `umi.role`, `umi.data_version` (the DVC dataset hash the
+stage trained on), `umi.config` (the training profile as JSON) and `umi.config_sha256`, `umi.fingerprint` (the stage
+fingerprint: config + start weights + data; umi.vocabulary.checkpoint_fingerprint), `umi.prompt_format` (the doc
+style, observation limit and prompt version it was trained on, JSON), and, once evaluated, `umi.evaluation` (JSON).
 Registering the same checkpoint again returns the existing version (tags updated), so re-running a pipeline does not
 pile up identical versions.
 
@@ -30,6 +30,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from umi import prompts
+from umi.registry.tags import (
+    TAG_CONFIG,
+    TAG_CONFIG_SHA,
+    TAG_DATA_VERSION,
+    TAG_EVALUATION,
+    TAG_FINGERPRINT,
+    TAG_PROFILE,
+    TAG_PROMPT_FORMAT,
+    TAG_ROLE,
+)
 from umi.vocabulary import CHAMPION, ROLES, STAGE_MANIFEST, checkpoint_fingerprint
 
 if TYPE_CHECKING:
@@ -38,20 +48,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL_NAMES: dict[str, str] = {role: f"umi-{role}" for role in ROLES}
-PREVIOUS_CHAMPION = "previous-champion"
 REGISTRY_EXPERIMENT = "umi-registry"  # runs created only to hold a checkpoint that no training run had logged
 ARTIFACT_PATH = "model"
 DOWNLOAD_MARKER = ".umi_model_version.json"  # what download_role put in a folder, so a second call can skip
-
-# Tag keys on model versions.
-TAG_ROLE = "umi.role"
-TAG_DATA_VERSION = "umi.data_version"
-TAG_CONFIG = "umi.config"
-TAG_CONFIG_SHA = "umi.config_sha256"
-TAG_FINGERPRINT = "umi.fingerprint"
-TAG_EVALUATION = "umi.evaluation"
-TAG_PROFILE = "umi.profile"
-TAG_PROMPT_FORMAT = "umi.prompt_format"  # umi.prompts.prompt_format of the training data, as the checkpoint records it
 
 
 def _client():

@@ -1,5 +1,6 @@
-"""params.yaml, the pipeline's parameters (DVC tracks the file; `dvc.yaml`'s stages name the sections they use):
-the one module that reads it. A missing file or section means the defaults (umi.prompts.DEFAULT_DOC_STYLE,
+"""params.yaml, the parameters of the DVC data stage (DVC tracks the file; `dvc.yaml`'s stages name the sections
+they use; evaluation reads the split fractions and the doc style the datasets were built with): the one module that
+reads it. A missing file or section means the defaults (umi.prompts.DEFAULT_DOC_STYLE,
 umi.data.splits.DEFAULT_FRACTIONS)."""
 
 from __future__ import annotations

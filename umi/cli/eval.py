@@ -1,4 +1,4 @@
-"""`umi eval static | live | all` (registered on the main app by `register_commands`)."""
+"""`umi eval static | live | all`: agents evaluated on the static test sets and in live rollouts, one report."""
 
 from __future__ import annotations
 
@@ -9,22 +9,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-__all__ = ["eval_app", "register_commands"]
+from umi.cli.common import default_tracking
 
 eval_app = typer.Typer(
     help="Evaluate agents: static (the paper's five metrics) and live (BFCL multi-turn rollouts).",
     no_args_is_help=True,
 )
-
-
-_build_agent = None  # umi.agent.loop.build_agent, given by the main command (evaluation does not import the agent)
-
-
-def register_commands(app: typer.Typer, build_agent) -> None:
-    """Add `umi eval ...` to the main command; live rollouts run the agents `build_agent` makes."""
-    global _build_agent
-    _build_agent = build_agent
-    app.add_typer(eval_app, name="eval")
 
 
 def _specs(
@@ -57,15 +47,24 @@ def _specs(
     return specs, skipped
 
 
-def _run(static: bool, live: bool, **options) -> None:
-    import os
+def _toolbench_ood(static: bool, options: dict) -> Path | None:
+    """The ToolBench out-of-domain set to score: --toolbench-ood, else the shared fixture the `UMI_FIXTURES` setting
+    names (ValueError when it names none); None when switched off or not scored (no static test split)."""
+    from umi.eval.testsets import configured_toolbench_ood
 
+    if options["no_toolbench_ood"] or not static or options["dev_only"]:
+        return None
+    return options["toolbench_ood"] or configured_toolbench_ood()
+
+
+def _run(static: bool, live: bool, **options) -> None:
+    from umi.agent.loop import build_agent  # the agents live rollouts run (evaluation does not import the agent)
+    from umi.data.params import dataset_doc_style
     from umi.eval.run import evaluate
     from umi.eval.settings import PROFILES
-    from umi.params import dataset_doc_style
 
     console = Console()
-    os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")  # as `umi train` / `umi run`
+    default_tracking()  # as `umi train` / `umi run`
     try:
         specs, skipped = _specs(
             options["agents"],
@@ -93,14 +92,10 @@ def _run(static: bool, live: bool, **options) -> None:
             fit_tool_docs=options["fit_tool_docs"],
             static_batching=options["static_batching"],
         )
+        ood = _toolbench_ood(static, options)
     except ValueError as e:
         console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
-    kwargs = {}  # evaluate's own default (the shared fixture, when present) unless told otherwise
-    if options["no_toolbench_ood"]:
-        kwargs["toolbench_ood"] = None
-    elif options["toolbench_ood"] is not None:
-        kwargs["toolbench_ood"] = options["toolbench_ood"]
     report = evaluate(
         specs,
         out_dir=options["out"],
@@ -120,8 +115,8 @@ def _run(static: bool, live: bool, **options) -> None:
         judge=options["judge"],
         cache=options["cache"],
         test=not options["dev_only"],
-        build_agent=_build_agent,
-        **kwargs,
+        build_agent=build_agent,
+        toolbench_ood=ood,
     )
     from rich.markdown import Markdown
 

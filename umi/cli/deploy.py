@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from umi.serve.bento_build import NOT_IN_IMAGE, SERVE_REQUIREMENTS, serve_requirements  # noqa: F401  (moved there)
+from umi.cli.common import DEFAULT_TRACKING
 
 deploy_app = typer.Typer(help="Package and serve the agent (BentoML).", no_args_is_help=True)
 console = Console()
@@ -49,7 +49,7 @@ def build_cmd(
 
     dirs = {"planner": planner, "caller": caller, "summarizer": summarizer}
     if not any(dirs.values()):
-        tracking = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+        tracking = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING)
         console.print(f"role models: the {alias!r} versions in the MLflow registry at {tracking}")
     try:
         built = build_agent_bento(bentofile, dirs=dirs, base=base, alias=alias, build=build)
