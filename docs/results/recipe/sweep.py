@@ -32,6 +32,11 @@ HERE = Path(__file__).resolve().parent
 INIT = "untrained"  # the record's row for the model the runs start from (the backbone, or --init)
 
 
+def _p(value: float) -> str:
+    """A resampled p-value: below the resampling floor it is only known to be small."""
+    return "p < 0.001" if value < 0.001 else f"p = {value:.3f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -112,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         diff = "-"
         if key != best:
             d = paired(clusters[key], clusters[best])
-            diff = f"{d.difference / 100:+.3f} [{d.ci_low / 100:+.3f}, {d.ci_high / 100:+.3f}], p = {d.p_value:.3f}"
+            diff = f"{d.difference / 100:+.3f} [{d.ci_low / 100:+.3f}, {d.ci_high / 100:+.3f}], {_p(d.p_value)}"
         steps, seconds = (f"{r[k]:.0f}" if r.get(k) is not None else "-" for k in ("steps", "train_runtime_s"))
         print(
             f"| {key} | {steps} | {seconds} | {ci.value / 100:.3f} "
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             diff = "-"
             if key != top:
                 d = paired(c, decided[top])
-                diff = f"{d.difference:+.1f} [{d.ci_low:+.1f}, {d.ci_high:+.1f}], p = {d.p_value:.3f}"
+                diff = f"{d.difference:+.1f} [{d.ci_low:+.1f}, {d.ci_high:+.1f}], {_p(d.p_value)}"
             print(f"| {key} | {ci.value:.1f} [{ci.ci_low:.1f}, {ci.ci_high:.1f}] | {diff} |")
     return 0
 
