@@ -63,7 +63,7 @@ def test_native_bf16_follows_the_capability_torch_was_started_with():
 @pytest.mark.parametrize("dtype", ["auto", "float32"])
 def test_eval_chat_and_serving_load_the_same_model(tiny_backbone, monkeypatch, dtype):
     # chat's command loads through umi.inference.loading.load_backends: record what it is given and returns
-    from umi.agent import chat
+    from umi.cli import chat
 
     seen = {}
     real = loading.load_backends
