@@ -516,20 +516,20 @@ def dev_decision_choices(
     from umi.schema import Decision
 
     tokenizer, model, records = _dev_sample(model_dir, "planner", datasets_dir, n, seed)
+    suffixes = [planner_target("", d) for d in typing.get_args(Decision)]  # ` Next: caller.` ...
     choices = []
     for rec in records:
         gold = rec["target"]
-        at = gold.rfind(planner_target("", "caller").split(":")[0] + ":")  # ` Next:`
-        if at < 0:
+        ending = next((x for x in suffixes if gold.endswith(x)), None)
+        if ending is None:
             continue
-        scores = {}
-        for decision in typing.get_args(Decision):
-            candidate = gold[:at] + planner_target("", decision)
-            scored = _target_loss(model, tokenizer, rec, candidate, max_length)
+        rationale, scores = gold[: -len(ending)], {}
+        for suffix in suffixes:
+            scored = _target_loss(model, tokenizer, rec, rationale + suffix, max_length)
             if scored is not None:
-                scores[candidate] = scored[0] * scored[1]  # summed loss: the shared rationale adds the same to each
-        if len(scores) == len(typing.get_args(Decision)):
-            choices.append((rec["trajectory_id"], float(min(scores, key=scores.get) == gold)))
+                scores[suffix] = scored[0] * scored[1]  # summed loss: the shared rationale adds the same to each
+        if len(scores) == len(suffixes):
+            choices.append((rec["trajectory_id"], float(min(scores, key=scores.get) == ending)))
     return choices
 
 
