@@ -299,3 +299,25 @@ def test_lora_stage_saves_a_merged_plain_checkpoint(tiny_backbone, role_datasets
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(("q_proj" in k or "v_proj" in k) for k in moved)
     assert _dataset_loss(result.checkpoint, role_datasets) < _dataset_loss(tiny_backbone, role_datasets)
+
+
+def test_a_stage_is_fingerprinted_by_its_own_settings(tiny_backbone, role_datasets):
+    """Choosing the planner's learning rate after global has trained leaves the global stage finished; the control,
+    trained for the locals' budget from global's settings, changes with both."""
+    base = load_config("tiny")
+    planner_lr = base.model_copy(deep=True)
+    planner_lr.stages["planner"].learning_rate *= 3
+    global_lr = base.model_copy(deep=True)
+    global_lr.stages["global"].learning_rate *= 3
+
+    def fp(stage, config):
+        return stage_fingerprint(stage, config, role_datasets, tiny_backbone)[0]
+
+    assert fp("global", planner_lr) == fp("global", base)
+    assert fp("caller", planner_lr) == fp("caller", base)
+    assert fp("planner", planner_lr) != fp("planner", base)
+    assert fp("global", global_lr) != fp("global", base)
+    assert fp("global-matched", global_lr) != fp("global-matched", base)
+    budget = base.model_copy(deep=True)
+    budget.stages["summarizer"].epochs += 1
+    assert fp("global-matched", budget) != fp("global-matched", base)

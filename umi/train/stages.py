@@ -149,6 +149,10 @@ def stage_fingerprint(
     the same key); a stage begun in another precision (`auto` on another machine) is not resumed in this one."""
     init_from = Path(init_from)
     dump = config.for_stage(stage).model_dump(mode="json")
+    # A stage's weights depend on its own settings (the control's on global's and the locals' budgets), not on other
+    # stages' learning rates: so the local recipe can still be chosen on dev after a long global stage has trained.
+    own = (*STAGES,) if stage == CONTROL_STAGE else (stage,)
+    dump["stages"] = {s: dump["stages"][s] for s in own}
     for settings in dump["stages"].values():
         for key, neutral in FINGERPRINT_NEUTRAL.items():
             if settings.get(key) == neutral:
