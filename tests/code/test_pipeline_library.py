@@ -177,3 +177,25 @@ def test_umi_run_stops_before_training_when_the_toolbench_set_is_not_there(tmp_p
     result = CliRunner().invoke(app, ["run"])
     assert result.exit_code == 2 and "no ToolBench out-of-domain test set at" in result.output
     assert list(tmp_path.iterdir()) == []  # no data imported, no tracking store made
+
+
+def test_the_toolbench_option_says_where_the_set_comes_from(tmp_path, monkeypatch):
+    """`umi run` and `umi eval` take the ToolBench out-of-domain set from UMI_FIXTURES (or eval's own path), never
+    from a default of their own: their help says so and what happens without it, and `umi eval` does that (exit 2)."""
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from umi.cli.main import app
+
+    root = get_command(app)
+    for path in (("run",), ("eval", "static"), ("eval", "all")):
+        command = root
+        for name in path:
+            command = command.commands[name]
+        help_text = next(p.help for p in command.params if p.name == "toolbench_ood")
+        assert "UMI_FIXTURES" in help_text and "exit 2" in help_text, (path, help_text)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("UMI_FIXTURES", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = CliRunner().invoke(app, ["eval", "static", "--single", f"x={tmp_path / 'model'}"])
+    assert result.exit_code == 2 and "UMI_FIXTURES" in result.output and "--no-toolbench-ood" in result.output

@@ -156,7 +156,13 @@ StaticBatching = Annotated[
 ]
 Out = Annotated[Path, typer.Option(help="Report folder.")]
 Data = Annotated[Path, typer.Option(help="Trajectories folder (the BFCL test split is taken from it).")]
-Ood = Annotated[Optional[Path], typer.Option(help="ToolBench out-of-domain test set (default: the shared fixture).")]
+Ood = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="ToolBench out-of-domain test set file (default: $UMI_FIXTURES/alpha-umi/"
+        "toolbench_out_of_domain_test.json; with neither it nor UMI_FIXTURES set, exit 2 unless --no-toolbench-ood)."
+    ),
+]
 NoOod = Annotated[bool, typer.Option("--no-toolbench-ood", help="Static evaluation on BFCL only.")]
 DocStyle = Annotated[Optional[str], typer.Option(help="Tool-doc style (default: params.yaml reorganize.doc_style).")]
 Params = Annotated[Path, typer.Option(help="params.yaml (doc style, split fractions).")]

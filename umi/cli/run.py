@@ -35,7 +35,12 @@ def run_cmd(
         Optional[int], typer.Option(help="Live entries (default: the eval profile's).", min=1)
     ] = None,
     toolbench_ood: Annotated[
-        bool, typer.Option(help="Score the ToolBench out-of-domain set (its fixture must be there; see the README).")
+        bool,
+        typer.Option(
+            help="Score the ToolBench out-of-domain set, read only from $UMI_FIXTURES/alpha-umi/"
+            "toolbench_out_of_domain_test.json: without UMI_FIXTURES, or that file, exit 2 before training "
+            "(make run sets it when ../shared/fixtures has it)."
+        ),
     ] = True,
 ) -> None:
     """The main job: import the embedded data, run the Prefect flow glpft_pipeline (datasets, backbone, GLPFT
