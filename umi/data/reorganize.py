@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from pydantic import ValidationError
 
@@ -498,64 +498,16 @@ def reorganize(
     files = input_files(input_paths)
     out = Path(out_dir)
     stats = ReorganizeStats(inputs=[str(f) for f in files], out_dir=str(out))
-    fds: dict[tuple[str, str], int] = {}
-    for folder in ROLES + (TRAJECTORIES,):  # only the chosen layout's folders: no stale files from the other one
-        if (out / folder).is_dir():
-            shutil.rmtree(out / folder)
-    for folder in ROLES if options.layout == "examples" else (TRAJECTORIES,):
-        (out / folder).mkdir(parents=True, exist_ok=True)
-        for split in SPLITS:
-            path = out / folder / f"{split}.jsonl"
-            fds[folder, split] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    manifest = {
-        "layout": options.layout,
-        "doc_style": options.doc_style,
-        "observation_limit": options.observation_limit,
-        "split": split_rule(options.fractions),  # the split travels with the data (umi.data.splits.split_rule)
-    }
-    (out / DATASET_LAYOUT).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    fds = _open_outputs(out, options.layout)
+    _write_layout(out, options)
     rejects_path = out / "rejects.jsonl"
     rejects = rejects_path.open("w", encoding="utf-8", newline="\n")
     spool = _spool_dir(out) if options.workers > 1 else None
     seen: set[str] = set()
     try:
         for spool_file, results in _results(_chunks(files, options.chunk_lines), options, spool):
-            # per output file, the pieces to append in order: bytes, or (offset, length) ranges of the spool file
-            pieces: dict[tuple[str, str], list] = {}
-            for r in results:
-                if isinstance(r, _Rendered) and r.trajectory_id in seen:
-                    r = RecordError(r.trajectory_id, "duplicate trajectory id (its first occurrence was kept)")
-                if isinstance(r, RecordError):
-                    stats.rejected += 1
-                    rejects.write(json.dumps({"id": r.record_id, "reason": r.reason}, ensure_ascii=False) + "\n")
-                    continue
-                seen.add(r.trajectory_id)
-                stats.trajectories += 1
-                stats.trajectories_per_split[r.split] += 1
-                for role, count in r.counts.items():
-                    stats.examples[role][r.split] += count
-                for folder, blob in r.blobs.items():
-                    bucket = pieces.setdefault((folder, r.split), [])
-                    if isinstance(blob, list):  # rendered here: the pieces of the lines
-                        bucket.extend(blob)
-                    elif bucket and bucket[-1][0] + bucket[-1][1] == blob[0]:
-                        bucket[-1] = (bucket[-1][0], bucket[-1][1] + blob[1])  # contiguous in the spool: one copy
-                    else:
-                        bucket.append(blob)
-            in_fd = os.open(spool_file, os.O_RDONLY) if spool_file else None
-            try:
-                for key, bucket in pieces.items():
-                    if in_fd is None:
-                        stats.bytes_written += _writev_all(fds[key], bucket)
-                        continue
-                    for offset, length in bucket:
-                        _copy_range(fds[key], in_fd, offset, length)
-                        stats.bytes_written += length
-            finally:
-                if in_fd is not None:
-                    os.close(in_fd)
-                if spool_file:
-                    os.unlink(spool_file)
+            pieces = _tally(results, seen, stats, rejects)
+            _append(pieces, spool_file, fds, stats)
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -576,6 +528,75 @@ def reorganize(
             f"{options.max_reject_share:.1%} allowed); see {rejects_path}"
         )
     return stats
+
+
+def _open_outputs(out: Path, layout: Layout) -> dict[tuple[str, str], int]:
+    """(folder, split) -> the emptied output file, open for writing, of each of the layout's folders."""
+    for folder in ROLES + (TRAJECTORIES,):  # only the chosen layout's folders: no stale files from the other one
+        if (out / folder).is_dir():
+            shutil.rmtree(out / folder)
+    fds: dict[tuple[str, str], int] = {}
+    for folder in ROLES if layout == "examples" else (TRAJECTORIES,):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        for split in SPLITS:
+            path = out / folder / f"{split}.jsonl"
+            fds[folder, split] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    return fds
+
+
+def _write_layout(out: Path, options: ReorganizeOptions) -> None:
+    manifest = {
+        "layout": options.layout,
+        "doc_style": options.doc_style,
+        "observation_limit": options.observation_limit,
+        "split": split_rule(options.fractions),  # the split travels with the data (umi.data.splits.split_rule)
+    }
+    (out / DATASET_LAYOUT).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def _tally(results: list[_Rendered | RecordError], seen: set[str], stats: ReorganizeStats, rejects: TextIO) -> dict:
+    """Count a chunk's results and write its rejects (a trajectory id seen before is one); returns, per output file,
+    the pieces to append in order: bytes, or (offset, length) ranges of the chunk's spool file."""
+    pieces: dict[tuple[str, str], list] = {}
+    for r in results:
+        if isinstance(r, _Rendered) and r.trajectory_id in seen:
+            r = RecordError(r.trajectory_id, "duplicate trajectory id (its first occurrence was kept)")
+        if isinstance(r, RecordError):
+            stats.rejected += 1
+            rejects.write(json.dumps({"id": r.record_id, "reason": r.reason}, ensure_ascii=False) + "\n")
+            continue
+        seen.add(r.trajectory_id)
+        stats.trajectories += 1
+        stats.trajectories_per_split[r.split] += 1
+        for role, count in r.counts.items():
+            stats.examples[role][r.split] += count
+        for folder, blob in r.blobs.items():
+            bucket = pieces.setdefault((folder, r.split), [])
+            if isinstance(blob, list):  # rendered here: the pieces of the lines
+                bucket.extend(blob)
+            elif bucket and bucket[-1][0] + bucket[-1][1] == blob[0]:
+                bucket[-1] = (bucket[-1][0], bucket[-1][1] + blob[1])  # contiguous in the spool: one copy
+            else:
+                bucket.append(blob)
+    return pieces
+
+
+def _append(pieces: dict, spool_file: str | None, fds: dict[tuple[str, str], int], stats: ReorganizeStats) -> None:
+    """Append a chunk's pieces to the output files (from its spool file, which is then removed, when it has one)."""
+    in_fd = os.open(spool_file, os.O_RDONLY) if spool_file else None
+    try:
+        for key, bucket in pieces.items():
+            if in_fd is None:
+                stats.bytes_written += _writev_all(fds[key], bucket)
+                continue
+            for offset, length in bucket:
+                _copy_range(fds[key], in_fd, offset, length)
+                stats.bytes_written += length
+    finally:
+        if in_fd is not None:
+            os.close(in_fd)
+        if spool_file:
+            os.unlink(spool_file)
 
 
 def read_examples(path: str | Path) -> Iterator[dict[str, Any]]:
