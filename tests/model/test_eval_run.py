@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import shutil
@@ -289,21 +290,19 @@ def test_the_prompt_format_travels_with_the_checkpoints(tiny_backbone, role_data
 
     # evaluation: the caller of evaluate() names "compact" (the default); the checkpoints' "reference" wins
     spec = AgentSpec.multi("trained", planner, caller, planner)
-    report = evaluate(
-        [spec],
-        EvalRun(
-            out_dir=tmp_path / "e",
-            live=False,
-            toolbench_ood=None,
-            data_dir=data_dir / "data",
-            limit=1,
-            settings=SMALL,
-            params=data_dir / "params.yaml",
-            tracking=False,
-            progress=False,
-            baselines=False,
-        ),
+    static_run = EvalRun(
+        out_dir=tmp_path / "e",
+        live=False,
+        toolbench_ood=None,
+        data_dir=data_dir / "data",
+        limit=1,
+        settings=SMALL,
+        params=data_dir / "params.yaml",
+        tracking=False,
+        progress=False,
+        baselines=False,
     )
+    report = evaluate([spec], static_run)
     assert report.agents["trained"]["doc_style"] == "reference"
     # serving: the engine prompts in the trained format whatever UMI_SERVE_DOC_STYLE says
     settings = ServeSettings(doc_style="compact", dtype="float32")
@@ -324,21 +323,7 @@ def test_the_prompt_format_travels_with_the_checkpoints(tiny_backbone, role_data
         tracking=False,
     )["caller"].checkpoint
     mixed = AgentSpec.multi("mixed", planner, other, planner)
-    report = evaluate(
-        [mixed, spec],
-        EvalRun(
-            out_dir=tmp_path / "e2",
-            live=False,
-            toolbench_ood=None,
-            data_dir=data_dir / "data",
-            limit=1,
-            settings=SMALL,
-            params=data_dir / "params.yaml",
-            tracking=False,
-            progress=False,
-            baselines=False,
-        ),
-    )
+    report = evaluate([mixed, spec], dataclasses.replace(static_run, out_dir=tmp_path / "e2"))
     assert "different prompt formats" in report.skipped["mixed"] and "trained" in report.agents
     with pytest.raises(ValueError, match="different prompt formats"):
         build_engine(settings, {"planner": planner, "caller": other, "summarizer": planner}, None, {})
