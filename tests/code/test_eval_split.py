@@ -63,7 +63,7 @@ def test_a_checkpoint_trained_on_another_split_is_refused(tmp_path):
 
 
 def test_evaluate_refuses_a_params_yaml_that_splits_otherwise_before_it_runs(tmp_path):
-    from umi.eval.run import evaluate
+    from umi.eval.run import EvalRun, evaluate
 
     trained = _checkpoint(tmp_path / "global", split_rule(None))
     params = tmp_path / "params.yaml"
@@ -71,12 +71,14 @@ def test_evaluate_refuses_a_params_yaml_that_splits_otherwise_before_it_runs(tmp
     with pytest.raises(ValueError, match="another split than params.yaml gives now"):
         evaluate(
             [AgentSpec.single("single-llm", trained)],
-            out_dir=tmp_path / "eval",
-            live=False,
-            toolbench_ood=None,
-            data_dir=tmp_path / "no-data",
-            params=params,
-            tracking=False,
-            progress=False,
+            EvalRun(
+                out_dir=tmp_path / "eval",
+                live=False,
+                toolbench_ood=None,
+                data_dir=tmp_path / "no-data",
+                params=params,
+                tracking=False,
+                progress=False,
+            ),
         )
     assert not (tmp_path / "eval").exists()  # refused before anything was written

@@ -3,7 +3,6 @@ rejected record, deterministic subsets) and the report's table and chart."""
 
 from __future__ import annotations
 
-import inspect
 import itertools
 
 import pytest
@@ -12,7 +11,7 @@ from tests.support.fixtures import TOOLBENCH_OOD_TEST
 from umi.data.bfcl import import_category
 from umi.data.splits import split_of
 from umi.eval.report import metric_key, table_markdown, write_chart
-from umi.eval.run import evaluate
+from umi.eval.run import EvalRun
 from umi.eval.settings import PROFILES, EvalSettings
 from umi.eval.testsets import (
     configured_toolbench_ood,
@@ -146,7 +145,7 @@ def test_metric_keys_are_mlflow_safe():
 def test_the_toolbench_set_comes_from_the_umi_fixtures_setting_never_from_a_default_path(monkeypatch, tmp_path):
     """No production default points at ../shared: the library scores the set only when given its file, and the
     commands and the pipeline take it from UMI_FIXTURES (`make run` sets it), an error naming the setting without."""
-    assert inspect.signature(evaluate).parameters["toolbench_ood"].default is None
+    assert EvalRun(out_dir="eval").toolbench_ood is None
     monkeypatch.delenv("UMI_FIXTURES", raising=False)
     with pytest.raises(ValueError, match="UMI_FIXTURES .*--no-toolbench-ood"):
         configured_toolbench_ood()

@@ -199,3 +199,43 @@ def test_the_toolbench_option_says_where_the_set_comes_from(tmp_path, monkeypatc
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     result = CliRunner().invoke(app, ["eval", "static", "--single", f"x={tmp_path / 'model'}"])
     assert result.exit_code == 2 and "UMI_FIXTURES" in result.output and "--no-toolbench-ood" in result.output
+
+
+def test_umi_run_ends_with_where_to_look_and_why_no_bento_was_built(tmp_path, monkeypatch):
+    """After the flow: its table and verdict, where each output is; a Bento it did not build is explained (a failed
+    build exits 1)."""
+    from typer.testing import CliRunner
+
+    import umi.cli.run as run
+    from umi.cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(run, "import_bfcl_cmd", lambda **_: None)
+    monkeypatch.setattr("umi.registry.store.champion_version", lambda role: None)
+    result = {
+        "promotion": {"promote": True, "reason": "better on dev"},
+        "versions": {"planner": 2},
+        "flow_run": {"name": "brave-owl", "id": "f-1"},
+        "experiment": "umi-pipeline",
+        "mlflow_run_id": "r-1",
+        "stages": {"planner": {"checkpoint": "runs/planner/model"}},
+        "evaluation": {"table": "| agent |", "files": {"table": "e.md", "chart": "e.png", "json": "e.json"}},
+    }
+
+    def umi_run(bento: dict | None) -> tuple[int, str]:
+        monkeypatch.setattr(run, "_run_flow", lambda name, params: {**result, "bento": bento})
+        done = CliRunner().invoke(app, ["run", "--no-toolbench-ood"])
+        return done.exit_code, " ".join(done.output.split())  # rich wraps at its own width
+
+    code, out = umi_run({"tag": "agent:abc"})
+    assert code == 0 and "| agent |" in out and "promotion: promoted -- better on dev" in out
+    assert "registered: umi-planner v2" in out and "run r-1" in out and "Report: e.md" in out
+    assert "Serve: bentoml serve agent:abc" in out and "Bento:" not in out
+    code, out = umi_run(None)
+    assert code == 0 and "not built: no bentofile.yaml here" in out
+    (tmp_path / "bentofile.yaml").write_text("service: x\n")
+    code, out = umi_run(None)
+    assert code == 0 and "unpromoted candidates anyway: umi deploy build --planner runs/planner/model" in out
+    code, out = umi_run({"error": "no docker"})
+    assert code == 1 and "the agent Bento was not built (no docker)" in out

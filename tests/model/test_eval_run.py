@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import shutil
@@ -16,7 +17,7 @@ from umi.agent.loop import build_agent
 from umi.data.bfcl import import_category
 from umi.eval.agents import load_agent_backends, resolve_dtype
 from umi.eval.report import LIVE_COLUMNS, METRIC_COLUMNS
-from umi.eval.run import EvalReport, evaluate
+from umi.eval.run import EvalReport, EvalRun, evaluate
 from umi.eval.settings import EvalSettings
 from umi.inference.agent_specs import AgentSpec, default_agents
 from umi.schema import Trajectory, write_trajectories
@@ -72,16 +73,18 @@ def test_evaluate_end_to_end(tiny_backbone, data_dir, eval_store, tmp_path):
     ood = TOOLBENCH_OOD_TEST if TOOLBENCH_OOD_TEST.is_file() else None
     report = evaluate(
         agents,
-        out_dir=tmp_path / "eval",
-        data_dir=data_dir / "data",
-        toolbench_ood=ood,
-        limit=2,
-        live_limit=1,
-        settings=SMALL,
-        params=data_dir / "params.yaml",
-        parent_run_id=parent.info.run_id,
-        progress=False,
-        build_agent=build_agent,
+        EvalRun(
+            out_dir=tmp_path / "eval",
+            data_dir=data_dir / "data",
+            toolbench_ood=ood,
+            limit=2,
+            live_limit=1,
+            settings=SMALL,
+            params=data_dir / "params.yaml",
+            parent_run_id=parent.info.run_id,
+            progress=False,
+            build_agent=build_agent,
+        ),
     )
 
     assert set(report.agents) == {
@@ -169,14 +172,16 @@ def test_static_only_without_tracking(tiny_backbone, data_dir, tmp_path):
     tiny = str(tiny_backbone)
     report = evaluate(
         [AgentSpec.single("single-llm", tiny)],
-        out_dir=tmp_path / "e",
-        live=False,
-        toolbench_ood=None,
-        data_dir=data_dir / "data",
-        params=data_dir / "params.yaml",
-        settings=SMALL,
-        tracking=False,
-        progress=False,
+        EvalRun(
+            out_dir=tmp_path / "e",
+            live=False,
+            toolbench_ood=None,
+            data_dir=data_dir / "data",
+            params=data_dir / "params.yaml",
+            settings=SMALL,
+            tracking=False,
+            progress=False,
+        ),
     )
     assert report.run_id is None and report.agents["single-llm"]["live"] is None
     assert list(report.agents["single-llm"]["static"]) == ["bfcl-test"]
@@ -196,9 +201,9 @@ def test_limits_size_the_test_sets(tiny_backbone, data_dir, tmp_path):
         progress=False,
     )
     profile = SMALL.with_(limit=2, ood_limit=3)
-    report = evaluate([AgentSpec.single("s", tiny)], settings=profile, **common)
+    report = evaluate([AgentSpec.single("s", tiny)], EvalRun(settings=profile, **common))
     assert (report.test_sets["bfcl-test"]["trajectories"], report.test_sets["toolbench-ood"]["trajectories"]) == (2, 3)
-    report = evaluate([AgentSpec.single("s", tiny)], settings=profile, limit=1, **common)  # sizes both
+    report = evaluate([AgentSpec.single("s", tiny)], EvalRun(settings=profile, limit=1, **common))  # sizes both
     assert (report.test_sets["bfcl-test"]["trajectories"], report.test_sets["toolbench-ood"]["trajectories"]) == (1, 1)
 
 
@@ -285,8 +290,7 @@ def test_the_prompt_format_travels_with_the_checkpoints(tiny_backbone, role_data
 
     # evaluation: the caller of evaluate() names "compact" (the default); the checkpoints' "reference" wins
     spec = AgentSpec.multi("trained", planner, caller, planner)
-    report = evaluate(
-        [spec],
+    static_run = EvalRun(
         out_dir=tmp_path / "e",
         live=False,
         toolbench_ood=None,
@@ -298,6 +302,7 @@ def test_the_prompt_format_travels_with_the_checkpoints(tiny_backbone, role_data
         progress=False,
         baselines=False,
     )
+    report = evaluate([spec], static_run)
     assert report.agents["trained"]["doc_style"] == "reference"
     # serving: the engine prompts in the trained format whatever UMI_SERVE_DOC_STYLE says
     settings = ServeSettings(doc_style="compact", dtype="float32")
@@ -318,19 +323,7 @@ def test_the_prompt_format_travels_with_the_checkpoints(tiny_backbone, role_data
         tracking=False,
     )["caller"].checkpoint
     mixed = AgentSpec.multi("mixed", planner, other, planner)
-    report = evaluate(
-        [mixed, spec],
-        out_dir=tmp_path / "e2",
-        live=False,
-        toolbench_ood=None,
-        data_dir=data_dir / "data",
-        limit=1,
-        settings=SMALL,
-        params=data_dir / "params.yaml",
-        tracking=False,
-        progress=False,
-        baselines=False,
-    )
+    report = evaluate([mixed, spec], dataclasses.replace(static_run, out_dir=tmp_path / "e2"))
     assert "different prompt formats" in report.skipped["mixed"] and "trained" in report.agents
     with pytest.raises(ValueError, match="different prompt formats"):
         build_engine(settings, {"planner": planner, "caller": other, "summarizer": planner}, None, {})
@@ -356,7 +349,7 @@ def test_a_stopped_evaluation_resumes_from_its_generation_cache(tiny_backbone, d
         build_agent=build_agent,
         cache=tmp_path / "gen.sqlite",
     )
-    first = evaluate(agents, out_dir=tmp_path / "a", **common)
+    first = evaluate(agents, EvalRun(out_dir=tmp_path / "a", **common))
     made = first.settings["generation_cache"]
     # hits already: a live rollout's first prompt is the static first step's, generated (at the raised budget) there
     assert made["misses"] > made["hits"] and made["cost_seconds"] > 0
@@ -368,7 +361,7 @@ def test_a_stopped_evaluation_resumes_from_its_generation_cache(tiny_backbone, d
     monkeypatch.setattr(TransformersBackend, "generate", no_generation)
     monkeypatch.setattr(TransformersBackend, "generate_batch", no_generation)
     monkeypatch.setattr(TransformersBackend, "decode_together", no_generation)
-    second = evaluate(agents, out_dir=tmp_path / "b", **common)
+    second = evaluate(agents, EvalRun(out_dir=tmp_path / "b", **common))
     again = second.settings["generation_cache"]
     assert again["misses"] == 0 and again["hits"] == made["misses"] + made["hits"]
     assert again["cost_seconds"] == pytest.approx(made["cost_seconds"], rel=1e-6)
@@ -409,12 +402,11 @@ def test_live_with_entries_at_once_loads_batched_and_cached_backends(tiny_backbo
     at_once = SMALL.with_(live_concurrency=4)
     report = evaluate(
         [AgentSpec.multi("a", tiny, tiny, tiny)],
-        out_dir=tmp_path / "e",
-        settings=at_once,
-        cache=tmp_path / "gen.sqlite",
-        **common,
+        EvalRun(out_dir=tmp_path / "e", settings=at_once, cache=tmp_path / "gen.sqlite", **common),
     )
-    alone = evaluate([AgentSpec.multi("a", tiny, tiny, tiny)], out_dir=tmp_path / "f", settings=SMALL, **common)
+    alone = evaluate(
+        [AgentSpec.multi("a", tiny, tiny, tiny)], EvalRun(out_dir=tmp_path / "f", settings=SMALL, **common)
+    )
     assert report.agents["a"]["live"]["entries"] == alone.agents["a"]["live"]["entries"] == 1
     assert report.settings["generation_cache"]["misses"] > 0
     for key in ("passed", "turns_passed", "bfcl_checker_passed"):
@@ -449,7 +441,7 @@ def test_a_step_whose_prompt_does_not_fit_is_not_prompted_and_left_out_of_its_pa
     )
     agents = [AgentSpec.multi("alpha-umi", tiny, tiny, tiny), AgentSpec.single("single-llm", tiny)]
     cut = SMALL.with_(max_prompt_tokens=budget, fit_tool_docs=False)
-    report = evaluate(agents, out_dir=tmp_path / "cut", settings=cut, **common)
+    report = evaluate(agents, EvalRun(out_dir=tmp_path / "cut", settings=cut, **common))
     single = report.agents["single-llm"]["static"]["bfcl-test"]
     multi_steps = single["prompts"]["steps"] - single["steps"]
     assert single["prompts"]["steps_not_prompted"] == multi_steps > 0
@@ -462,7 +454,7 @@ def test_a_step_whose_prompt_does_not_fit_is_not_prompted_and_left_out_of_its_pa
     assert pair["left_out"] >= multi_steps and pair["n"] == single["prompts"]["steps"] - pair["left_out"]
     assert "## Prompt budget" in report.table_path.read_text() and f"{multi_steps} of " in report.table_path.read_text()
 
-    raised = evaluate(agents, out_dir=tmp_path / "raised", settings=cut.with_(fit_tool_docs=True), **common)
+    raised = evaluate(agents, EvalRun(out_dir=tmp_path / "raised", settings=cut.with_(fit_tool_docs=True), **common))
     for name, its_roles in (("alpha-umi", ("planner", "caller")), ("single-llm", ("global",))):
         entry = raised.agents[name]
         assert entry["budget"]["prompt_tokens"] == budget
@@ -478,17 +470,19 @@ def test_dev_only_never_reads_the_test_split(tiny_backbone, data_dir, tmp_path):
     params.write_text("reorganize:\n  split_fractions: {train: 0.0, dev: 1.0, test: 0.0}\n")
     report = evaluate(
         [AgentSpec.single("single-llm", str(tiny_backbone))],
-        out_dir=tmp_path / "e",
-        live=True,
-        build_agent=build_agent,
-        toolbench_ood=None,
-        data_dir=data_dir / "data",
-        params=params,
-        settings=SMALL,
-        tracking=False,
-        progress=False,
-        test=False,
-        judge=False,
+        EvalRun(
+            out_dir=tmp_path / "e",
+            live=True,
+            build_agent=build_agent,
+            toolbench_ood=None,
+            data_dir=data_dir / "data",
+            params=params,
+            settings=SMALL,
+            tracking=False,
+            progress=False,
+            test=False,
+            judge=False,
+        ),
     )
     agent = report.agents["single-llm"]
     assert list(agent["static"]) == ["bfcl-dev"]

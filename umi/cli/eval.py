@@ -60,7 +60,7 @@ def _toolbench_ood(static: bool, options: dict) -> Path | None:
 def _run(static: bool, live: bool, **options) -> None:
     from umi.agent.loop import build_agent  # the agents live rollouts run (evaluation does not import the agent)
     from umi.data.params import dataset_doc_style
-    from umi.eval.run import evaluate
+    from umi.eval.run import EvalRun, evaluate
     from umi.eval.settings import PROFILES
 
     console = Console()
@@ -96,8 +96,7 @@ def _run(static: bool, live: bool, **options) -> None:
     except ValueError as e:
         console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
-    report = evaluate(
-        specs,
+    run = EvalRun(
         out_dir=options["out"],
         static=static,
         live=live,
@@ -118,6 +117,7 @@ def _run(static: bool, live: bool, **options) -> None:
         build_agent=build_agent,
         toolbench_ood=ood,
     )
+    report = evaluate(specs, run)
     from rich.markdown import Markdown
 
     console.print(Markdown(report.table_markdown()))

@@ -46,16 +46,13 @@ def run_cmd(
     """The main job: import the embedded data, run the Prefect flow glpft_pipeline (datasets, backbone, GLPFT
     training, evaluation, registration, promotion, and the agent Bento when the champions changed); then print where
     to look."""
-    import os
     import time
 
     started = time.perf_counter()
     if toolbench_ood:
         _check_toolbench_ood()
     uri = default_tracking()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from the temporary server
-    # the temporary server's default 20 s to start is not always enough on a busy 2-core machine
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    _prefect_server_settings()
     if not skip_import:
         import_bfcl_cmd(out=DEFAULT_DATA / "bfcl", category=None, max_reject_share=0.0)
     params = dict(
@@ -70,27 +67,43 @@ def run_cmd(
         bento=bento,
     )
     result = _run_flow("glpft_pipeline", params)
-    built, bento_failed, no_bento = result.get("bento") or {}, False, ""
+    built = result.get("bento") or {}
+    no_bento = _why_no_bento(result.get("stages", {})) if bento and not built else ""
+    console.rule(f"done in {(time.perf_counter() - started) / 60:.1f} min")
+    _print_where_to_look(result, uri, no_bento)
     if built.get("error"):
-        bento_failed = True
-    elif bento and not built:
-        from umi.registry.store import champion_version
-        from umi.vocabulary import AGENT_ROLES
+        console.print(f"[red]the agent Bento was not built[/] ({built['error']}); retry with `umi deploy build`")
+        raise typer.Exit(1)
 
-        stages = result.get("stages", {})
-        if not Path("bentofile.yaml").is_file():
-            no_bento = "no bentofile.yaml here"
-        elif all(champion_version(r) is not None for r in AGENT_ROLES):
-            no_bento = "the champions did not change in this run; to build the Bento of them: umi deploy build"
-        else:
-            roles = [r for r in AGENT_ROLES if r in stages]
-            dirs = " ".join(f"--{r} {stages[r]['checkpoint']}" for r in roles)
-            no_bento = (
-                f"no champion in the registry yet (see the promotion line); to serve this run's unpromoted "
-                f"candidates anyway: umi deploy build {dirs}"
-            )
-    minutes = (time.perf_counter() - started) / 60
-    console.rule(f"done in {minutes:.1f} min")
+
+def _prefect_server_settings() -> None:
+    """Settings for the flow's temporary Prefect server, unless the environment sets them."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from the temporary server
+    # the temporary server's default 20 s to start is not always enough on a busy 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def _why_no_bento(stages: dict) -> str:
+    """Why a run that was to build the agent Bento built none and reported no error, and what to do instead."""
+    from umi.registry.store import champion_version
+    from umi.vocabulary import AGENT_ROLES
+
+    if not Path("bentofile.yaml").is_file():
+        return "no bentofile.yaml here"
+    if all(champion_version(r) is not None for r in AGENT_ROLES):
+        return "the champions did not change in this run; to build the Bento of them: umi deploy build"
+    roles = [r for r in AGENT_ROLES if r in stages]
+    dirs = " ".join(f"--{r} {stages[r]['checkpoint']}" for r in roles)
+    return (
+        f"no champion in the registry yet (see the promotion line); to serve this run's unpromoted "
+        f"candidates anyway: umi deploy build {dirs}"
+    )
+
+
+def _print_where_to_look(result: dict, uri: str, no_bento: str) -> None:
+    """The run's table and promotion, then where each of its outputs is and the command that shows it."""
     if result.get("evaluation"):
         console.print(result["evaluation"]["table"], highlight=False)
     decision = result["promotion"]
@@ -114,14 +127,12 @@ def run_cmd(
         highlight=False,
     )
     console.print("Models:  umi models list", highlight=False)
+    built = result.get("bento") or {}
     if built.get("tag"):
         console.print(f"Serve:   bentoml serve {built['tag']}", highlight=False)
     elif no_bento:
         console.print(f"Bento:   not built: {no_bento}", highlight=False)
     console.print("Data:    dvc status && dvc dag", highlight=False)
-    if bento_failed:
-        console.print(f"[red]the agent Bento was not built[/] ({built['error']}); retry with `umi deploy build`")
-        raise typer.Exit(1)
 
 
 def _check_toolbench_ood() -> None:

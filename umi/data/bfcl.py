@@ -343,6 +343,8 @@ def _succeeded(observation: Observation) -> bool:
 
 
 def _multi_turn(category: str, entry: Mapping[str, Any], answer: Any, record_id: str) -> Trajectory:
+    """A multi-turn entry replayed: its gold calls run on the entry's own toolkit, each with a synthetic rationale
+    before it and its real observation after; each turn ends in a synthetic conclusion."""
     requests = _questions(entry, record_id)
     classes = entry.get("involved_classes")
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
@@ -356,51 +358,9 @@ def _multi_turn(category: str, entry: Mapping[str, Any], answer: Any, record_id:
         toolkit = BFCLToolkit(classes, config)
     except ToolkitError as e:
         raise RecordError(record_id, str(e)) from None
-    descriptions = {spec.name: spec.description for spec in toolkit.specs}
-    entry_id = entry["id"]
-
-    steps: list[Step] = []
-    turn_starts: list[int] = []
-    turns_without_calls: list[int] = []
-    schema_violations: list[dict[str, Any]] = []
+    replay = _GoldReplay(toolkit, entry["id"], record_id)
     for turn, (request, calls) in enumerate(zip(requests, answer)):
-        turn_starts.append(len(steps))
-        steps.append(Step(role="user", content=request))
-        results: list[tuple[str, str]] = []
-        previous_ok = True
-        for k, call_text in enumerate(calls):
-            where = f"turn {turn}, call {k} ({call_text!r})"
-            if not isinstance(call_text, str):
-                raise RecordError(record_id, f"turn {turn}, call {k}: a gold call must be a string")
-            try:
-                name, arguments = toolkit.parse(call_text)
-            except ToolCallError as e:
-                raise RecordError(record_id, f"{where}: {e.detail}") from None
-            problem = toolkit.registry.check_arguments(name, arguments)
-            if problem is not None:
-                schema_violations.append({"turn": turn, "call": call_text, "problem": problem})
-            observation = toolkit.dispatch(name, arguments, validate=False)
-            if observation.error_kind in ("unknown_tool", "invalid_arguments", "timeout"):
-                raise RecordError(record_id, f"{where}: the gold call did not run: {observation.text}")
-            key = (entry_id, len(steps))
-            thought = synthetic.call_rationale(
-                key, name, descriptions[name], arguments, first=k == 0, previous_ok=previous_ok
-            )
-            steps.append(Step(role="assistant", content=thought, decision="caller", synthetic=True))
-            steps.append(Step(role="caller", tool_name=name, arguments=to_json_value(arguments)))
-            steps.append(Step(role="observation", content=observation.text))
-            results.append((name, observation.text))
-            previous_ok = _succeeded(observation)
-        key = (entry_id, len(steps))
-        if results:
-            thought = synthetic.conclusion_rationale(key, executed=True)
-            final = synthetic.executed_answer(key, results)
-        else:
-            turns_without_calls.append(turn)
-            thought = synthetic.no_call_rationale(key)
-            final = synthetic.no_call_answer(key)
-        steps.append(Step(role="assistant", content=thought, decision="conclusion", synthetic=True))
-        steps.append(Step(role="conclusion", content=final, synthetic=True))
+        replay.turn(turn, request, calls)
 
     meta = _meta(category, entry)
     meta.update(
@@ -408,23 +368,81 @@ def _multi_turn(category: str, entry: Mapping[str, Any], answer: Any, record_id:
             "involved_classes": classes,
             "initial_config": config,
             "gold_calls": answer,
-            "turn_starts": turn_starts,
-            "turns_without_calls": turns_without_calls,
+            "turn_starts": replay.turn_starts,
+            "turns_without_calls": replay.turns_without_calls,
             "executed": True,
         }
     )
     if "excluded_function" in entry:
         meta["excluded_function"] = entry["excluded_function"]
-    if schema_violations:
-        meta["schema_violations"] = schema_violations
+    if replay.schema_violations:
+        meta["schema_violations"] = replay.schema_violations
     return Trajectory(
         id=record_id,
         source=SOURCE,
         tools=toolkit.specs,
         instruction=requests[0],
-        steps=steps,
+        steps=replay.steps,
         meta=meta,
     )
+
+
+class _GoldReplay:
+    """The steps of a multi-turn entry, built turn by turn as its gold calls run on one toolkit (whose state carries
+    from call to call and from turn to turn). The synthetic texts are keyed by (entry id, step index)."""
+
+    def __init__(self, toolkit: BFCLToolkit, entry_id: str, record_id: str):
+        self.toolkit, self.entry_id, self.record_id = toolkit, entry_id, record_id
+        self.descriptions = {spec.name: spec.description for spec in toolkit.specs}
+        self.steps: list[Step] = []
+        self.turn_starts: list[int] = []
+        self.turns_without_calls: list[int] = []
+        self.schema_violations: list[dict[str, Any]] = []
+
+    def turn(self, turn: int, request: str, calls: list) -> None:
+        """The user's request, each gold call (rationale, call, observation), then the turn's conclusion."""
+        self.turn_starts.append(len(self.steps))
+        self.steps.append(Step(role="user", content=request))
+        results: list[tuple[str, str]] = []
+        previous_ok = True
+        for k, call_text in enumerate(calls):
+            name, observation = self._call(turn, k, call_text, previous_ok)
+            results.append((name, observation.text))
+            previous_ok = _succeeded(observation)
+        key = (self.entry_id, len(self.steps))
+        if results:
+            thought = synthetic.conclusion_rationale(key, executed=True)
+            final = synthetic.executed_answer(key, results)
+        else:
+            self.turns_without_calls.append(turn)
+            thought = synthetic.no_call_rationale(key)
+            final = synthetic.no_call_answer(key)
+        self.steps.append(Step(role="assistant", content=thought, decision="conclusion", synthetic=True))
+        self.steps.append(Step(role="conclusion", content=final, synthetic=True))
+
+    def _call(self, turn: int, k: int, call_text: Any, previous_ok: bool) -> tuple[str, Observation]:
+        """Run the turn's k-th gold call and append its steps; RecordError when it is not a call that runs."""
+        where = f"turn {turn}, call {k} ({call_text!r})"
+        if not isinstance(call_text, str):
+            raise RecordError(self.record_id, f"turn {turn}, call {k}: a gold call must be a string")
+        try:
+            name, arguments = self.toolkit.parse(call_text)
+        except ToolCallError as e:
+            raise RecordError(self.record_id, f"{where}: {e.detail}") from None
+        problem = self.toolkit.registry.check_arguments(name, arguments)
+        if problem is not None:
+            self.schema_violations.append({"turn": turn, "call": call_text, "problem": problem})
+        observation = self.toolkit.dispatch(name, arguments, validate=False)
+        if observation.error_kind in ("unknown_tool", "invalid_arguments", "timeout"):
+            raise RecordError(self.record_id, f"{where}: the gold call did not run: {observation.text}")
+        key = (self.entry_id, len(self.steps))
+        thought = synthetic.call_rationale(
+            key, name, self.descriptions[name], arguments, first=k == 0, previous_ok=previous_ok
+        )
+        self.steps.append(Step(role="assistant", content=thought, decision="caller", synthetic=True))
+        self.steps.append(Step(role="caller", tool_name=name, arguments=to_json_value(arguments)))
+        self.steps.append(Step(role="observation", content=observation.text))
+        return name, observation
 
 
 # --- single-turn gold answers ----------------------------------------------------------------------------------------

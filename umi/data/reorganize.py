@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from pydantic import ValidationError
 
@@ -199,6 +199,56 @@ class _EscapedHistory:
         return self.data[: self.bytes[k]], self.chars[k]
 
 
+class _LineParts:
+    """The bytes one trajectory's example lines share, escaped once: the id's start, per role the fields from the
+    id's end to the prompt's head, and the tails that do not depend on the step. `example` adds an example's own
+    step index, history slice, tail and target."""
+
+    def __init__(self, trajectory_id: str, doc: str, tool_names: str):
+        self.fields = {"doc": doc, "tool_names": tool_names}
+        heads = {
+            "global": _GLOBAL[0].format(**self.fields),
+            "planner": _PLANNER[0].format(**self.fields),
+            "caller": _CALLER[0].format(**self.fields),
+            "summarizer": _SUMMARIZER[0].format(**self.fields),
+        }
+        self.fixed_tails = {
+            "global": _esc(_GLOBAL[1].format(**self.fields)),
+            "planner": _esc(_PLANNER[1].format(**self.fields)),
+            "summarizer": _esc(_SUMMARIZER[1].format(**self.fields)),
+        }
+        esc_tid = _esc(trajectory_id)
+        self.id_start = b'{"id":"' + esc_tid + b"#"
+        # per role: everything from the end of the id to the start of the history
+        self.mids = {
+            role: b'","trajectory_id":"' + esc_tid + b'","role":"' + role.encode() + b'","prompt":"' + _esc(head)
+            for role, head in heads.items()
+        }
+        self.head_chars = {role: len(head) for role, head in heads.items()}
+
+    def caller_tail(self, thought: str) -> bytes:
+        """The caller's tail holds the planner's thought of the step: the one tail that is not shared."""
+        return _esc(_CALLER[1].format(thought=thought, **self.fields))
+
+    def example(self, role: str, i: int, history: tuple[memoryview, int], tail: bytes, target: str) -> tuple[str, list]:
+        """(role, the pieces of its line) for the example of step `i`."""
+        hist, hist_chars = history
+        start = self.head_chars[role]
+        span = f'","history_span":[{start},{start + hist_chars}]}}\n'.encode()
+        return role, [self.id_start, str(i).encode(), self.mids[role], hist, tail, b'","target":"', _esc(target), span]
+
+
+def _single_llm_history(traj: Trajectory, observation_limit: int | None) -> tuple[_EscapedHistory, dict[int, int]]:
+    """The single-LLM view's history, which merges an assistant step with the call or answer it led to into one turn,
+    and for each step where such a unit starts the number of turns before it."""
+    turns: list[str] = []
+    turns_before: dict[int, int] = {}
+    for start, stop in _global_units(traj):
+        turns_before[start] = len(turns)
+        turns.extend(prompts.history_turns(traj.steps[start:stop], "global", observation_limit))
+    return _EscapedHistory(turns), turns_before
+
+
 def encode_examples(
     traj: Trajectory,
     doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE,
@@ -212,6 +262,7 @@ def encode_examples(
     steps = traj.steps
     n = len(steps)
     tid = traj.id
+    out: list[tuple[str, list]] = []
     try:
         doc = prompts.render_tool_docs(traj.tools, doc_style)
         names = prompts.tool_names(traj.tools)
@@ -219,44 +270,9 @@ def encode_examples(
         if len(turns) != n:
             raise RecordError(tid, "history rendering gave a different number of turns than steps")
         roles = _EscapedHistory(turns)
-        # the single-LLM view merges an assistant step with the call or answer it led to into one turn
-        global_turns: list[str] = []
-        global_index: dict[int, int] = {}  # step index where a unit starts -> number of global turns before it
-        for start, stop in _global_units(traj):
-            global_index[start] = len(global_turns)
-            global_turns.extend(prompts.history_turns(steps[start:stop], "global", observation_limit))
-        single = _EscapedHistory(global_turns)
-
-        fields = {"doc": doc, "tool_names": names}
-        heads = {
-            "global": _GLOBAL[0].format(**fields),
-            "planner": _PLANNER[0].format(**fields),
-            "caller": _CALLER[0].format(**fields),
-            "summarizer": _SUMMARIZER[0].format(**fields),
-        }
-        fixed_tails = {
-            "global": _esc(_GLOBAL[1].format(**fields)),
-            "planner": _esc(_PLANNER[1].format(**fields)),
-            "summarizer": _esc(_SUMMARIZER[1].format(**fields)),
-        }
-        esc_tid = _esc(tid)
-        id_start = b'{"id":"' + esc_tid + b"#"
-        # per role: everything from the end of the id to the start of the history
-        mids = {
-            role: b'","trajectory_id":"' + esc_tid + b'","role":"' + role.encode() + b'","prompt":"' + _esc(head)
-            for role, head in heads.items()
-        }
-        head_chars = {role: len(head) for role, head in heads.items()}
-
-        out: list[tuple[str, list]] = []
-
-        def add(role: str, i: int, history: tuple[memoryview, int], tail: bytes, target: str) -> None:
-            hist, hist_chars = history
-            start = head_chars[role]
-            span = f'","history_span":[{start},{start + hist_chars}]}}\n'.encode()
-            pieces = [id_start, str(i).encode(), mids[role], hist, tail, b'","target":"', _esc(target), span]
-            out.append((role, pieces))
-
+        single, single_turns_before = _single_llm_history(traj, observation_limit)
+        parts = _LineParts(tid, doc, names)
+        tails = parts.fixed_tails
         for i, s in enumerate(steps):
             if s.role != "assistant":
                 continue
@@ -268,27 +284,17 @@ def encode_examples(
                 single_target = prompts.global_target(thought, answer=nxt.content)  # type: ignore[union-attr]
             else:
                 single_target = prompts.global_target(thought, give_up=True)
-            add("global", i, single.prefix(global_index[i]), fixed_tails["global"], single_target)
+            global_history = single.prefix(single_turns_before[i])
+            out.append(parts.example("global", i, global_history, tails["global"], single_target))
             planner_output = prompts.planner_target(thought, decision)  # type: ignore[arg-type]
-            add("planner", i, roles.prefix(i), fixed_tails["planner"], planner_output)
+            out.append(parts.example("planner", i, roles.prefix(i), tails["planner"], planner_output))
             if decision == "caller":
-                call = nxt
-                tail = _esc(_CALLER[1].format(thought=planner_output, **fields))
-                add(
-                    "caller",
-                    i,
-                    roles.prefix(i + 1),
-                    tail,
-                    prompts.caller_target(call.tool_name or "", call.arguments_json),
-                )  # type: ignore[union-attr]
+                tail = parts.caller_tail(planner_output)
+                target = prompts.caller_target(nxt.tool_name or "", nxt.arguments_json)  # type: ignore[union-attr]
+                out.append(parts.example("caller", i, roles.prefix(i + 1), tail, target))
             elif decision == "conclusion":
-                add(
-                    "summarizer",
-                    i,
-                    roles.prefix(i + 1),
-                    fixed_tails["summarizer"],
-                    prompts.summarizer_target(nxt.content),
-                )  # type: ignore[union-attr]
+                target = prompts.summarizer_target(nxt.content)  # type: ignore[union-attr]
+                out.append(parts.example("summarizer", i, roles.prefix(i + 1), tails["summarizer"], target))
     except (TypeError, UnicodeEncodeError) as e:  # orjson refuses lone surrogates with a TypeError
         raise RecordError(tid, f"text that cannot be written as UTF-8: {e}") from None
     if not out:
@@ -492,64 +498,16 @@ def reorganize(
     files = input_files(input_paths)
     out = Path(out_dir)
     stats = ReorganizeStats(inputs=[str(f) for f in files], out_dir=str(out))
-    fds: dict[tuple[str, str], int] = {}
-    for folder in ROLES + (TRAJECTORIES,):  # only the chosen layout's folders: no stale files from the other one
-        if (out / folder).is_dir():
-            shutil.rmtree(out / folder)
-    for folder in ROLES if options.layout == "examples" else (TRAJECTORIES,):
-        (out / folder).mkdir(parents=True, exist_ok=True)
-        for split in SPLITS:
-            path = out / folder / f"{split}.jsonl"
-            fds[folder, split] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    manifest = {
-        "layout": options.layout,
-        "doc_style": options.doc_style,
-        "observation_limit": options.observation_limit,
-        "split": split_rule(options.fractions),  # the split travels with the data (umi.data.splits.split_rule)
-    }
-    (out / DATASET_LAYOUT).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    fds = _open_outputs(out, options.layout)
+    _write_layout(out, options)
     rejects_path = out / "rejects.jsonl"
     rejects = rejects_path.open("w", encoding="utf-8", newline="\n")
     spool = _spool_dir(out) if options.workers > 1 else None
     seen: set[str] = set()
     try:
         for spool_file, results in _results(_chunks(files, options.chunk_lines), options, spool):
-            # per output file, the pieces to append in order: bytes, or (offset, length) ranges of the spool file
-            pieces: dict[tuple[str, str], list] = {}
-            for r in results:
-                if isinstance(r, _Rendered) and r.trajectory_id in seen:
-                    r = RecordError(r.trajectory_id, "duplicate trajectory id (its first occurrence was kept)")
-                if isinstance(r, RecordError):
-                    stats.rejected += 1
-                    rejects.write(json.dumps({"id": r.record_id, "reason": r.reason}, ensure_ascii=False) + "\n")
-                    continue
-                seen.add(r.trajectory_id)
-                stats.trajectories += 1
-                stats.trajectories_per_split[r.split] += 1
-                for role, count in r.counts.items():
-                    stats.examples[role][r.split] += count
-                for folder, blob in r.blobs.items():
-                    bucket = pieces.setdefault((folder, r.split), [])
-                    if isinstance(blob, list):  # rendered here: the pieces of the lines
-                        bucket.extend(blob)
-                    elif bucket and bucket[-1][0] + bucket[-1][1] == blob[0]:
-                        bucket[-1] = (bucket[-1][0], bucket[-1][1] + blob[1])  # contiguous in the spool: one copy
-                    else:
-                        bucket.append(blob)
-            in_fd = os.open(spool_file, os.O_RDONLY) if spool_file else None
-            try:
-                for key, bucket in pieces.items():
-                    if in_fd is None:
-                        stats.bytes_written += _writev_all(fds[key], bucket)
-                        continue
-                    for offset, length in bucket:
-                        _copy_range(fds[key], in_fd, offset, length)
-                        stats.bytes_written += length
-            finally:
-                if in_fd is not None:
-                    os.close(in_fd)
-                if spool_file:
-                    os.unlink(spool_file)
+            pieces = _tally(results, seen, stats, rejects)
+            _append(pieces, spool_file, fds, stats)
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -570,6 +528,75 @@ def reorganize(
             f"{options.max_reject_share:.1%} allowed); see {rejects_path}"
         )
     return stats
+
+
+def _open_outputs(out: Path, layout: Layout) -> dict[tuple[str, str], int]:
+    """(folder, split) -> the emptied output file, open for writing, of each of the layout's folders."""
+    for folder in ROLES + (TRAJECTORIES,):  # only the chosen layout's folders: no stale files from the other one
+        if (out / folder).is_dir():
+            shutil.rmtree(out / folder)
+    fds: dict[tuple[str, str], int] = {}
+    for folder in ROLES if layout == "examples" else (TRAJECTORIES,):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        for split in SPLITS:
+            path = out / folder / f"{split}.jsonl"
+            fds[folder, split] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    return fds
+
+
+def _write_layout(out: Path, options: ReorganizeOptions) -> None:
+    manifest = {
+        "layout": options.layout,
+        "doc_style": options.doc_style,
+        "observation_limit": options.observation_limit,
+        "split": split_rule(options.fractions),  # the split travels with the data (umi.data.splits.split_rule)
+    }
+    (out / DATASET_LAYOUT).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def _tally(results: list[_Rendered | RecordError], seen: set[str], stats: ReorganizeStats, rejects: TextIO) -> dict:
+    """Count a chunk's results and write its rejects (a trajectory id seen before is one); returns, per output file,
+    the pieces to append in order: bytes, or (offset, length) ranges of the chunk's spool file."""
+    pieces: dict[tuple[str, str], list] = {}
+    for r in results:
+        if isinstance(r, _Rendered) and r.trajectory_id in seen:
+            r = RecordError(r.trajectory_id, "duplicate trajectory id (its first occurrence was kept)")
+        if isinstance(r, RecordError):
+            stats.rejected += 1
+            rejects.write(json.dumps({"id": r.record_id, "reason": r.reason}, ensure_ascii=False) + "\n")
+            continue
+        seen.add(r.trajectory_id)
+        stats.trajectories += 1
+        stats.trajectories_per_split[r.split] += 1
+        for role, count in r.counts.items():
+            stats.examples[role][r.split] += count
+        for folder, blob in r.blobs.items():
+            bucket = pieces.setdefault((folder, r.split), [])
+            if isinstance(blob, list):  # rendered here: the pieces of the lines
+                bucket.extend(blob)
+            elif bucket and bucket[-1][0] + bucket[-1][1] == blob[0]:
+                bucket[-1] = (bucket[-1][0], bucket[-1][1] + blob[1])  # contiguous in the spool: one copy
+            else:
+                bucket.append(blob)
+    return pieces
+
+
+def _append(pieces: dict, spool_file: str | None, fds: dict[tuple[str, str], int], stats: ReorganizeStats) -> None:
+    """Append a chunk's pieces to the output files (from its spool file, which is then removed, when it has one)."""
+    in_fd = os.open(spool_file, os.O_RDONLY) if spool_file else None
+    try:
+        for key, bucket in pieces.items():
+            if in_fd is None:
+                stats.bytes_written += _writev_all(fds[key], bucket)
+                continue
+            for offset, length in bucket:
+                _copy_range(fds[key], in_fd, offset, length)
+                stats.bytes_written += length
+    finally:
+        if in_fd is not None:
+            os.close(in_fd)
+        if spool_file:
+            os.unlink(spool_file)
 
 
 def read_examples(path: str | Path) -> Iterator[dict[str, Any]]:

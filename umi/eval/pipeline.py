@@ -80,13 +80,12 @@ def evaluate_agents(
     under the parent run; the report (to_dict) and its Markdown table. build_agent: umi.agent.loop.build_agent,
     for live rollouts. options["toolbench_ood"] on: the ToolBench out-of-domain set the `UMI_FIXTURES` setting names
     (ValueError when it names none)."""
-    from umi.eval.run import evaluate
+    from umi.eval.run import EvalRun, evaluate
     from umi.eval.testsets import configured_toolbench_ood
     from umi.inference.agent_specs import AgentSpec
 
     ood = configured_toolbench_ood() if options.get("toolbench_ood") and options["static"] else None
-    report = evaluate(
-        [AgentSpec(**a) for a in agents],
+    run = EvalRun(
         out_dir=out_dir,
         static=options["static"],
         live=options["live"],
@@ -102,4 +101,5 @@ def evaluate_agents(
         parent_run_id=parent_run_id,
         build_agent=build_agent,
     )
+    report = evaluate([AgentSpec(**a) for a in agents], run)
     return {**report.to_dict(), "table": report.table_markdown()}

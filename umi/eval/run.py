@@ -1,6 +1,7 @@
 """One evaluation run: several agents, the static test sets and the live rollouts, one report.
 
-    report = evaluate([AgentSpec.multi("alpha-umi", p, c, s), AgentSpec.single("single-llm", g)], out_dir="eval")
+    agents = [AgentSpec.multi("alpha-umi", p, c, s), AgentSpec.single("single-llm", g)]
+    report = evaluate(agents, EvalRun(out_dir="eval", build_agent=build_agent))
     report.agents["alpha-umi"]["live"]["pass_rate"]
     report.agents["alpha-umi"]["static"]["bfcl-test"]["plan_acc"]
 
@@ -17,6 +18,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +41,7 @@ from umi.vocabulary import CHAMPION, LIVE_DEV, LIVE_TEST, SINGLE_LLM, SINGLE_MAT
 if TYPE_CHECKING:  # live.py imports bfcl_eval's tool classes: loaded only when a live evaluation runs
     from umi.eval.live import AgentBuilder
 
-__all__ = ["EvalReport", "evaluate", "REFERENCES"]
+__all__ = ["EvalReport", "EvalRun", "evaluate", "REFERENCES"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,68 @@ REFERENCES: tuple[str, ...] = (
     SINGLE_MATCHED,
     CHAMPION,
 )  # every agent is compared, paired, against these and the baselines
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    """What one evaluation runs and how; `evaluate(agents, EvalRun(out_dir=...))`.
+
+    static: teacher-forced steps on the BFCL test split of `data_dir` and on `toolbench_ood`, the ToolBench
+    out-of-domain set's file (None: not scored, and the report says it was switched off; a path that does not exist
+    is an error, never a shorter report). The commands and the pipeline pass the one the `UMI_FIXTURES` setting
+    names (umi.eval.testsets.configured_toolbench_ood) unless told to leave it out.
+    live: rollouts on the BFCL multi_turn_base test entries, scored by state and by bfcl_eval's checker (`judge`).
+    limit / ood_limit / live_limit: trajectories of the BFCL test split / of the ToolBench set / live entries (None:
+    the settings' value, else all). A `limit` given without `ood_limit` sizes both static test sets.
+    max_steps: planner turns per user turn in live rollouts (None: the settings' value).
+    doc_style: the tool-doc rendering for checkpoints that record none (an imported backbone); a trained checkpoint's
+    own prompt format (umi.prompts.checkpoint_prompt_format) wins, and an agent whose roles disagree is skipped.
+    settings: an EvalSettings or a profile name ("cpu", "full"); generation caps, batch size, prompt budget.
+    params: params.yaml, for the split fractions the reorganisation used; ValueError when it splits otherwise than
+    an agent's checkpoints record they were trained on (umi.eval.agents.check_split).
+    selection: names of agents also evaluated on the dev split (static `bfcl-dev`, live `live_dev`, same limits):
+    the numbers promotion decides on, so the test split only reports.
+    test: False evaluates the dev split only (every agent, as if all were in `selection`; no test split, no
+    ToolBench set): for choices made on dev, such as a recipe or a learning curve, that must never see the test split.
+    baselines: add the trivial agents of umi.eval.baselines (plan rules, the no-call agent) to the report.
+    references: agents every other agent is compared with, paired on the same items (when in the report).
+    cache: a generation cache file (umi.eval.generation_cache): finished generations are stored as they are made
+    and reused by a rerun with the same checkpoints and settings, so a stopped evaluation resumes where it was.
+    tracking: log a run to MLflow experiment `experiment` (a child of `parent_run_id` when given).
+    progress: tqdm bars on stderr.
+    build_agent: umi.agent.loop.build_agent, needed when `live` (evaluation rolls agents out without importing them).
+    """
+
+    out_dir: str | Path
+    static: bool = True
+    live: bool = True
+    data_dir: str | Path = "data"
+    toolbench_ood: str | Path | None = None
+    limit: int | None = None
+    live_limit: int | None = None
+    ood_limit: int | None = None
+    doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE
+    tracking: bool = True
+    experiment: str = "umi-eval"
+    parent_run_id: str | None = None
+    max_steps: int | None = None
+    settings: EvalSettings | str | None = None
+    params: str | Path | None = "params.yaml"
+    judge: bool = True
+    progress: bool = True
+    selection: Sequence[str] = ()
+    test: bool = True
+    baselines: bool = True
+    references: Sequence[str] = REFERENCES
+    cache: str | Path | None = None
+    build_agent: AgentBuilder | None = None
+
+    def eval_settings(self) -> EvalSettings:
+        """The settings with this run's limits and step cap where it gives them."""
+        ood_limit = self.limit if self.ood_limit is None else self.ood_limit  # `limit` alone sizes both static sets
+        return _settings(self.settings).with_(
+            limit=self.limit, ood_limit=ood_limit, live_limit=self.live_limit, max_steps=self.max_steps
+        )
 
 
 @dataclass
@@ -227,66 +291,43 @@ def _add_paired(
                     result[key].setdefault("paired", {})[ref] = cmp
 
 
-def evaluate(
-    agents: Sequence[AgentSpec],
-    *,
-    out_dir: str | Path,
-    static: bool = True,
-    live: bool = True,
-    data_dir: str | Path = "data",
-    toolbench_ood: str | Path | None = None,
-    limit: int | None = None,
-    live_limit: int | None = None,
-    ood_limit: int | None = None,
-    doc_style: DocStyle = prompts.DEFAULT_DOC_STYLE,
-    tracking: bool = True,
-    experiment: str = "umi-eval",
-    parent_run_id: str | None = None,
-    max_steps: int | None = None,
-    settings: EvalSettings | str | None = None,
-    params: str | Path | None = "params.yaml",
-    judge: bool = True,
-    progress: bool = True,
-    selection: Sequence[str] = (),
-    test: bool = True,
-    baselines: bool = True,
-    references: Sequence[str] = REFERENCES,
-    cache: str | Path | None = None,
-    build_agent: AgentBuilder | None = None,
-) -> EvalReport:
-    """Evaluate `agents` and write the report to `out_dir`.
+def evaluate(agents: Sequence[AgentSpec], run: EvalRun) -> EvalReport:
+    """Evaluate `agents` as `run` says (one after another: each one's checkpoints loaded, run on every test set, and
+    freed) and write the report to `run.out_dir`. Agents whose checkpoints are missing are skipped and listed in
+    `skipped`; the report then covers the rest."""
+    split = _check_agents(agents, run)  # the split rule the test split is recomputed with, below
+    cfg = run.eval_settings()
+    out = Path(run.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    names = [a.name for a in agents]
+    selected = [n for n in run.selection if n in names] if run.test else names
+    sets = _load_test_sets(run, cfg, dev=bool(selected))
+    evaluation = _Evaluation(run, cfg, sets, details=out / "details")
+    evaluation.add_agents(agents, selected)
+    if run.baselines:
+        evaluation.add_baselines(with_dev=bool(selected))
+    family = _compare(evaluation.results, evaluation.records, sets, run.references)
+    report = EvalReport(
+        agents=evaluation.results,
+        json_path=out / "eval.json",
+        table_path=out / "eval.md",
+        chart_path=out / "eval.png",
+        test_sets=sets.info,
+        skipped=evaluation.skipped,
+        settings=_report_settings(run, cfg, evaluation, selected=selected, split=split, family=family),
+        specs={a.name: a.to_dict() for a in agents},
+    )
+    _write_report(report, started, run, details=out / "details")
+    return report
 
-    static: teacher-forced steps on the BFCL test split of `data_dir` and on `toolbench_ood`, the ToolBench
-    out-of-domain set's file (None: not scored, and the report says it was switched off; a path that does not exist
-    is an error, never a shorter report). The commands and the pipeline pass the one the `UMI_FIXTURES` setting
-    names (umi.eval.testsets.configured_toolbench_ood) unless told to leave it out.
-    live: rollouts on the BFCL multi_turn_base test entries, scored by state and by bfcl_eval's checker (`judge`).
-    limit / ood_limit / live_limit: trajectories of the BFCL test split / of the ToolBench set / live entries (None:
-    the settings' value, else all). A `limit` given without `ood_limit` sizes both static test sets.
-    max_steps: planner turns per user turn in live rollouts (None: the settings' value).
-    doc_style: the tool-doc rendering for checkpoints that record none (an imported backbone); a trained checkpoint's
-    own prompt format (umi.prompts.checkpoint_prompt_format) wins, and an agent whose roles disagree is skipped.
-    settings: an EvalSettings or a profile name ("cpu", "full"); generation caps, batch size, prompt budget.
-    params: params.yaml, for the split fractions the reorganisation used; ValueError when it splits otherwise than
-    an agent's checkpoints record they were trained on (umi.eval.agents.check_split).
-    selection: names of agents also evaluated on the dev split (static `bfcl-dev`, live `live_dev`, same limits):
-    the numbers promotion decides on, so the test split only reports.
-    test: False evaluates the dev split only (every agent, as if all were in `selection`; no test split, no
-    ToolBench set): for choices made on dev, such as a recipe or a learning curve, that must never see the test split.
-    baselines: add the trivial agents of umi.eval.baselines (plan rules, the no-call agent) to the report.
-    references: agents every other agent is compared with, paired on the same items (when in the report).
-    cache: a generation cache file (umi.eval.generation_cache): finished generations are stored as they are made
-    and reused by a rerun with the same checkpoints and settings, so a stopped evaluation resumes where it was.
-    tracking: log a run to MLflow experiment `experiment` (a child of `parent_run_id` when given).
-    build_agent: umi.agent.loop.build_agent, needed when `live` (evaluation rolls agents out without importing them).
-    Agents whose checkpoints are missing are skipped and listed in `skipped`; the report then covers the rest.
-    """
-    from umi.eval.live import run_live
-    from umi.eval.static import run_static
 
+def _check_agents(agents: Sequence[AgentSpec], run: EvalRun) -> dict:
+    """Refuse what cannot be evaluated (no agents, names that clash, live without an agent builder, checkpoints
+    trained on another split than params.yaml gives now) before anything is written; returns that split rule."""
     if not agents:
         raise ValueError("no agents to evaluate")
-    if live and build_agent is None:
+    if run.live and run.build_agent is None:
         raise ValueError("live evaluation needs build_agent (umi.agent.loop.build_agent)")
     names = [a.name for a in agents]
     if len(set(names)) != len(names):
@@ -294,99 +335,223 @@ def evaluate(
     clash = set(names) & set(base.BASELINES)
     if clash:
         raise ValueError(f"agent names {sorted(clash)} are reserved for the baselines")
-    split = split_rule(split_fractions(params))  # what the test split is recomputed with, below
+    split = split_rule(split_fractions(run.params))
     for spec in agents:
         if not spec.missing_checkpoints():
             check_split(spec, split)  # refuses a params.yaml that splits otherwise than the models were trained on
-    if limit is not None and ood_limit is None:
-        ood_limit = limit  # an explicit limit sizes both static test sets
-    cfg = _settings(settings).with_(limit=limit, ood_limit=ood_limit, live_limit=live_limit, max_steps=max_steps)
-    out = Path(out_dir)
-    details = out / "details"
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    selected = [n for n in selection if n in names] if test else names
+    return split
 
+
+@dataclass
+class _TestSets:
+    """What one evaluation runs on.
+
+    static_test / static_dev: the static sets of the test split (BFCL, ToolBench) and of the dev split (scored for
+    the selection). live: live set (LIVE_TEST, LIVE_DEV) -> its entries; live_gold: -> their gold trajectories, for
+    the gold-path budget check. docs: the trajectories no agent may lose its tool docs on. info: the report's
+    test_sets. categories / clusters: set -> trajectory id -> its category / its twin group (the bootstrap's)."""
+
+    static_test: list[TestSet]
+    static_dev: list[TestSet]
+    live: dict[str, list]
+    live_gold: dict[str, list]
+    docs: list
+    info: dict[str, dict]
+    categories: dict[str, dict[str, str]]
+    clusters: dict[str, dict[str, str]]
+
+    def static(self, with_dev: bool) -> tuple[TestSet, ...]:
+        return (*self.static_test, *(self.static_dev if with_dev else ()))
+
+
+def _load_test_sets(run: EvalRun, cfg: EvalSettings, *, dev: bool) -> _TestSets:
+    """The run's test sets; dev: the dev split's too."""
+    static_test, static_dev, info = _static_sets(run, cfg, dev=dev) if run.static else ([], [], {})
+    # the prompts no agent may lose its tool docs on: the whole BFCL test split (the live entries are part of it); the
+    # dev split's when only dev is evaluated
+    docs = []
+    if cfg.fit_tool_docs and (run.static or run.live):
+        docs = load_bfcl_test(run.data_dir, None, run.params, split="test" if run.test else "dev").trajectories
+    live, live_info, live_gold = _live_sets(run, cfg, dev=dev) if run.live else ({}, {}, {})
+    static = (*static_test, *static_dev)
+    clusters = {t.name: _clusters(t) for t in static}
+    clusters.update(
+        {key: {e.trajectory_id: e.group or e.trajectory_id for e in chosen} for key, chosen in live.items()}
+    )
+    return _TestSets(
+        static_test,
+        static_dev,
+        live,
+        live_gold,
+        docs,
+        info={**info, **live_info},
+        categories={t.name: _categories(t) for t in static},
+        clusters=clusters,
+    )
+
+
+def _static_sets(run: EvalRun, cfg: EvalSettings, *, dev: bool) -> tuple[list[TestSet], list[TestSet], dict]:
+    """(the test split's static sets, the dev split's, their report entries)."""
     test_sets: list[TestSet] = []
     dev_sets: list[TestSet] = []
     info: dict[str, dict] = {}
-    if static and test:
-        test_sets.append(load_bfcl_test(data_dir, cfg.limit, params))
-    if static:
-        if toolbench_ood is not None and test:
-            n_ood = cfg.ood_limit if cfg.ood_limit is not None else cfg.limit
-            test_sets.append(load_toolbench_ood(toolbench_ood, n_ood))  # FileNotFoundError when it is missing
-        else:
-            info[TOOLBENCH_OOD] = {"available": None, "switched_off": True}
-        if selected:
-            dev_sets.append(load_bfcl_test(data_dir, cfg.limit, params, split="dev"))
-        info.update({t.name: t.info() for t in (*test_sets, *dev_sets)})
-        for t in test_sets:
-            for r in t.rejected:
-                log.warning("%s: record %s rejected by the importer: %s", t.name, r["id"], r["reason"])
-    # the prompts no agent may lose its tool docs on: the whole BFCL test split (the live entries are part of it); the
-    # dev split's when only dev is evaluated
-    docs_sets = []
-    if cfg.fit_tool_docs and (static or live):
-        docs_sets = load_bfcl_test(data_dir, None, params, split="test" if test else "dev").trajectories
-    categories = {t.name: _categories(t) for t in (*test_sets, *dev_sets)}
-    clusters = {t.name: _clusters(t) for t in (*test_sets, *dev_sets)}
+    if run.test:
+        test_sets.append(load_bfcl_test(run.data_dir, cfg.limit, run.params))
+    if run.toolbench_ood is not None and run.test:
+        n_ood = cfg.ood_limit if cfg.ood_limit is not None else cfg.limit
+        test_sets.append(load_toolbench_ood(run.toolbench_ood, n_ood))  # FileNotFoundError when it is missing
+    else:
+        info[TOOLBENCH_OOD] = {"available": None, "switched_off": True}
+    if dev:
+        dev_sets.append(load_bfcl_test(run.data_dir, cfg.limit, run.params, split="dev"))
+    info.update({t.name: t.info() for t in (*test_sets, *dev_sets)})
+    for t in test_sets:
+        for r in t.rejected:
+            log.warning("%s: record %s rejected by the importer: %s", t.name, r["id"], r["reason"])
+    return test_sets, dev_sets, info
+
+
+def _live_sets(run: EvalRun, cfg: EvalSettings, *, dev: bool) -> tuple[dict[str, list], dict, dict[str, list]]:
+    """(live set -> its entries, their report entries, live set -> the entries' gold trajectories)."""
     live_sets: dict[str, list] = {}
-    live_trajectories: dict[str, list] = {}
-    if live and test:
-        entries, available = live_entries(data_dir, cfg.live_limit, params)
+    info: dict[str, dict] = {}
+    if run.test:
+        entries, available = live_entries(run.data_dir, cfg.live_limit, run.params)
         live_sets[LIVE_TEST] = entries
         info[LIVE_TEST] = {"entries": len(entries), "available": available}
-    if live:
-        if selected:
-            dev_entries, dev_available = live_entries(data_dir, cfg.live_limit, params, split="dev")
-            live_sets[LIVE_DEV] = dev_entries
-            info[LIVE_DEV] = {"entries": len(dev_entries), "available": dev_available}
-        for key, chosen in live_sets.items():
-            clusters[key] = {e.trajectory_id: e.group or e.trajectory_id for e in chosen}
-        for key, chosen in live_sets.items():  # the gold trajectories, for the gold-path budget check
-            held_out = "dev" if key == LIVE_DEV else "test"
-            by_id = {t.id: t for t in load_bfcl_test(data_dir, None, params, split=held_out).trajectories}
-            live_trajectories[key] = [by_id[e.trajectory_id] for e in chosen]
+    if dev:
+        dev_entries, dev_available = live_entries(run.data_dir, cfg.live_limit, run.params, split="dev")
+        live_sets[LIVE_DEV] = dev_entries
+        info[LIVE_DEV] = {"entries": len(dev_entries), "available": dev_available}
+    gold: dict[str, list] = {}
+    for key, chosen in live_sets.items():
+        held_out = "dev" if key == LIVE_DEV else "test"
+        by_id = {t.id: t for t in load_bfcl_test(run.data_dir, None, run.params, split=held_out).trajectories}
+        gold[key] = [by_id[e.trajectory_id] for e in chosen]
+    return live_sets, info, gold
 
-    results: dict[str, dict] = {}
-    records: dict[str, dict] = {}
-    skipped: dict[str, str] = {}
-    bars = _Bars(progress)
-    resolved_dtype = str(resolve_dtype(cfg.dtype)).removeprefix("torch.")
-    generations = GenerationCache(cache) if cache is not None else None
+
+class _Evaluation:
+    """The agents of one evaluation run one after another on its test sets: each one's summaries (`results`),
+    per-step and per-entry records (`records`, also written to `details`), or why it was skipped (`skipped`)."""
+
+    def __init__(self, run: EvalRun, cfg: EvalSettings, sets: _TestSets, *, details: Path):
+        self.run, self.cfg, self.sets, self.details = run, cfg, sets, details
+        self.results: dict[str, dict] = {}
+        self.records: dict[str, dict] = {}
+        self.skipped: dict[str, str] = {}
+        self.bars = _Bars(run.progress)
+        self.resolved_dtype = str(resolve_dtype(cfg.dtype)).removeprefix("torch.")
+        self.generations = GenerationCache(run.cache) if run.cache is not None else None
+
+    def add_agents(self, agents: Sequence[AgentSpec], selected: Sequence[str]) -> None:
+        """Each agent with its checkpoints, the dev split too for those `selected`; the others are skipped."""
+        for spec in agents:
+            missing = spec.missing_checkpoints()
+            if missing:
+                self.skipped[spec.name] = f"no checkpoint at {', '.join(missing)}"
+                log.warning("agent %s skipped: %s", spec.name, self.skipped[spec.name])
+                continue
+            try:  # the prompt format the checkpoints were trained with, not a default of this run's
+                agent_format = prompts.agreed_prompt_format(spec.roles, prompts.prompt_format(self.run.doc_style, None))
+            except ValueError as e:
+                self.skipped[spec.name] = str(e)
+                log.warning("agent %s skipped: %s", spec.name, e)
+                continue
+            result, recs = self._model_agent(spec, agent_format["doc_style"], spec.name in selected)
+            self.results[spec.name], self.records[spec.name] = result, recs
+
+    def _model_agent(self, spec: AgentSpec, doc_style: DocStyle, with_dev: bool) -> tuple[dict, dict]:
+        """One agent: its checkpoints loaded at its prompt budget, run on every set, and freed."""
+        cfg = self.cfg
+        started = time.perf_counter()
+        budget = base_budget(spec, cfg.max_prompt_tokens, cfg.untrained_prompt_tokens)
+        loading = {"max_prompt_tokens": budget, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
+        concurrent = cfg.live_concurrency if self.sets.live else 1  # live entries at once: their generations batch
+        if concurrent > 1:  # each entry's roles keep their prompts' KV caches (TransformersBackend keeps 3 by default)
+            loading["max_cache_slots"] = 3 * concurrent
+        with loaded_backends(spec, **loading) as loaded:
+            prompt_budget = self._prompt_budget(loaded, doc_style, budget)
+            raised = prompt_budget["raised_prompt_tokens"]
+            raised_loaded = {} if raised is None else raised_backends(loaded, raised, cfg.max_new_tokens)
+            with (
+                batched_backends(loaded, concurrent) as backends,
+                batched_backends(raised_loaded, concurrent) as raised_batched,
+            ):
+                backends = self._generating(backends, raised_batched, spec.roles)
+                misfits = prompt_budget.get("live_gold_path_misfits")
+                result, recs = self.run_agent(spec.name, backends, with_dev, doc_style, misfits)
+                del backends, raised_batched  # the wrappers hold the models: free them before the next agent loads
+            del raised_loaded
+        result["budget"] = prompt_budget
+        result["seconds"] = round(time.perf_counter() - started, 3)
+        result["training"] = training_budget(spec)
+        return result, recs
+
+    def _prompt_budget(self, loaded: dict, doc_style: DocStyle, budget: int) -> dict:
+        """The agent's prompt budget, the raised one where the tool docs alone would not fit it (None: not raised),
+        and per live set the entries whose gold path cannot be prompted at it: named, not failed silently."""
+        cfg, sets = self.cfg, self.sets
+        raised = None
+        if cfg.fit_tool_docs and sets.docs:
+            tokenizer = next(iter(loaded.values())).tokenizer
+            needed = docs_budget(tokenizer, sets.docs, doc_style, loaded)
+            raised = needed + cfg.raised_history_tokens if needed > budget else None
+        result_budget = {"prompt_tokens": budget, "raised_prompt_tokens": raised}
+        if sets.live:
+            tokenizer = next(iter(loaded.values())).tokenizer
+            result_budget["live_gold_path_misfits"] = {
+                key: sorted(gold_path_misfits(tokenizer, trajs, doc_style, loaded, budget, raised))
+                for key, trajs in sets.live_gold.items()
+            }
+        return result_budget
+
+    def _generating(self, backends: dict, raised_batched: dict, roles: dict) -> dict:
+        """The backends the agent generates with: through the generation cache when there is one, and trying the
+        raised budget's backends first where a prompt's tool docs do not fit."""
+        if self.generations is not None:
+            backends = cached_backends(backends, roles, self.generations, self.resolved_dtype)
+            if raised_batched:
+                raised_batched = cached_backends(raised_batched, roles, self.generations, self.resolved_dtype)
+        if raised_batched:
+            backends = docs_first_backends(backends, raised_batched)
+        return backends
 
     def run_agent(
+        self,
         name: str,
         backends: dict,
         with_dev: bool,
-        doc_style: DocStyle = doc_style,
+        doc_style: DocStyle,
         misfits: dict[str, list[str]] | None = None,
     ) -> tuple[dict, dict]:
-        """misfits: live set -> trajectory ids whose gold path cannot be prompted at this agent's budget
-        (umi.eval.budget.gold_path_misfits): those entries are not prompted, whatever the rollout did."""
+        """(summaries, records) of one agent on every set. misfits: live set -> trajectory ids whose gold path
+        cannot be prompted at this agent's budget (umi.eval.budget.gold_path_misfits): those entries are not
+        prompted, whatever the rollout did."""
+        from umi.eval.live import run_live
+        from umi.eval.static import run_static
+
         result: dict[str, Any] = {"static": None, "live": None, "doc_style": doc_style}
         recs: dict[str, dict] = {"static": {}, "live": {}}
-        if static:
+        if self.run.static:
             result["static"] = {}
-            for t in (*test_sets, *(dev_sets if with_dev else ())):
-                r = run_static(
-                    backends, t.trajectories, settings=cfg, doc_style=doc_style, progress=bars.static(name, t.name)
-                )
+            for t in self.sets.static(with_dev):
+                progress = self.bars.static(name, t.name)
+                r = run_static(backends, t.trajectories, settings=self.cfg, doc_style=doc_style, progress=progress)
                 result["static"][t.name] = r.summary()
                 recs["static"][t.name] = r.records
-                _write_jsonl(details / f"static-{_file_part(name)}-{t.name}.jsonl", r.records)
-        for key, entries in live_sets.items():
+                _write_jsonl(self.details / f"static-{_file_part(name)}-{t.name}.jsonl", r.records)
+        for key, entries in self.sets.live.items():
             if key == LIVE_DEV and not with_dev:
                 continue
             r = run_live(
                 backends,
                 entries,
-                build_agent=build_agent,
-                settings=cfg,
+                build_agent=self.run.build_agent,
+                settings=self.cfg,
                 doc_style=doc_style,
-                judge=judge,
-                progress=bars.live(f"{name} {key}"),
+                judge=self.run.judge,
+                progress=self.bars.live(f"{name} {key}"),
             )
             unplayable = set((misfits or {}).get(key, ()))
             for record in r.records:
@@ -395,134 +560,86 @@ def evaluate(
                     record["gold_path_fits"] = False
             result[key] = r.summary()
             recs["live"][key] = r.records
-            _write_jsonl(details / f"{key.replace('_', '-')}-{_file_part(name)}.jsonl", r.records)
+            _write_jsonl(self.details / f"{key.replace('_', '-')}-{_file_part(name)}.jsonl", r.records)
         return result, recs
 
-    for spec in agents:
-        missing = spec.missing_checkpoints()
-        if missing:
-            skipped[spec.name] = f"no checkpoint at {', '.join(missing)}"
-            log.warning("agent %s skipped: %s", spec.name, skipped[spec.name])
-            continue
-        try:  # the prompt format the checkpoints were trained with, not a default of this function's
-            agent_format = prompts.agreed_prompt_format(spec.roles, prompts.prompt_format(doc_style, None))
-        except ValueError as e:
-            skipped[spec.name] = str(e)
-            log.warning("agent %s skipped: %s", spec.name, e)
-            continue
-        agent_started = time.perf_counter()
-        budget = base_budget(spec, cfg.max_prompt_tokens, cfg.untrained_prompt_tokens)
-        loading = {"max_prompt_tokens": budget, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
-        concurrent = cfg.live_concurrency if live_sets else 1  # live entries at once: their generations batch
-        if concurrent > 1:  # each entry's roles keep their prompts' KV caches (TransformersBackend keeps 3 by default)
-            loading["max_cache_slots"] = 3 * concurrent
-        with loaded_backends(spec, **loading) as loaded:
-            raised = None
-            if cfg.fit_tool_docs and docs_sets:
-                tokenizer = next(iter(loaded.values())).tokenizer
-                needed = docs_budget(tokenizer, docs_sets, agent_format["doc_style"], loaded)
-                raised = needed + cfg.raised_history_tokens if needed > budget else None
-            result_budget = {"prompt_tokens": budget, "raised_prompt_tokens": raised}
-            if live_sets:  # entries whose gold path cannot be prompted at this budget: named, not failed silently
-                tokenizer = next(iter(loaded.values())).tokenizer
-                result_budget["live_gold_path_misfits"] = {
-                    key: sorted(gold_path_misfits(tokenizer, trajs, agent_format["doc_style"], loaded, budget, raised))
-                    for key, trajs in live_trajectories.items()
-                }
-            raised_loaded = {} if raised is None else raised_backends(loaded, raised, cfg.max_new_tokens)
-            with (
-                batched_backends(loaded, concurrent) as backends,
-                batched_backends(raised_loaded, concurrent) as raised_batched,
-            ):
-                if generations is not None:
-                    backends = cached_backends(backends, spec.roles, generations, resolved_dtype)
-                    if raised_batched:
-                        raised_batched = cached_backends(raised_batched, spec.roles, generations, resolved_dtype)
-                if raised_batched:
-                    backends = docs_first_backends(backends, raised_batched)
-                result, recs = run_agent(
-                    spec.name,
-                    backends,
-                    spec.name in selected,
-                    agent_format["doc_style"],
-                    result_budget.get("live_gold_path_misfits"),
-                )
-                del backends, raised_batched  # the wrappers hold the models: free them before the next agent loads
-            del raised_loaded
-        result["budget"] = result_budget
-        result["seconds"] = round(time.perf_counter() - agent_started, 3)
-        result["training"] = training_budget(spec)
-        results[spec.name], records[spec.name] = result, recs
-
-    if baselines:
-        with_dev = bool(selected)
+    def add_baselines(self, *, with_dev: bool) -> None:
+        """The trivial agents of umi.eval.baselines: the plan rules, the no-call agent and, where static sets are
+        scored, the best constant answer (R-L's floor, chosen on the train split)."""
+        static = self.run.static
         for rule in base.RULES:
-            result = {"static": None, "live": None, "baseline": True}
-            recs = {"static": {}, "live": {}}
+            result: dict[str, Any] = {"static": None, "live": None, "baseline": True}
+            recs: dict[str, dict] = {"static": {}, "live": {}}
             if static:
-                result["static"] = {}
-                for t in (*test_sets, *(dev_sets if with_dev else ())):
-                    rule_recs, metrics = base.rule_records(t.trajectories, rule)
-                    result["static"][t.name] = metrics.to_dict()
-                    recs["static"][t.name] = rule_recs
-            results[rule], records[rule] = result, recs
-        result, recs = run_agent(base.NO_CALL, base.no_call_backends(), with_dev)
+                result["static"], recs["static"] = self._scored(with_dev, partial(base.rule_records, rule=rule))
+            self.results[rule], self.records[rule] = result, recs
+        result, recs = self.run_agent(base.NO_CALL, base.no_call_backends(), with_dev, self.run.doc_style)
         result["baseline"] = True
-        results[base.NO_CALL], records[base.NO_CALL] = result, recs
-        if static:  # R-L's floor: the best fixed answer, chosen on the train split
-            chosen = base.best_constant(load_train(data_dir, params))
+        self.results[base.NO_CALL], self.records[base.NO_CALL] = result, recs
+        if static:
+            chosen = base.best_constant(load_train(self.run.data_dir, self.run.params))
             result = {"static": {}, "live": None, "baseline": True, "constant": chosen}
             recs = {"static": {}, "live": {}}
-            for t in (*test_sets, *(dev_sets if with_dev else ())):
-                const_recs, metrics = base.constant_records(t.trajectories, chosen["answer"])
-                result["static"][t.name] = metrics.to_dict()
-                recs["static"][t.name] = const_recs
-            results[base.CONSTANT_ANSWER], records[base.CONSTANT_ANSWER] = result, recs
+            score = partial(base.constant_records, answer=chosen["answer"])
+            result["static"], recs["static"] = self._scored(with_dev, score)
+            self.results[base.CONSTANT_ANSWER], self.records[base.CONSTANT_ANSWER] = result, recs
 
+    def _scored(self, with_dev: bool, score) -> tuple[dict, dict]:
+        """(summaries, records) per static set of a baseline scored without a model: score(trajectories) ->
+        (records, metrics)."""
+        summaries, records = {}, {}
+        for t in self.sets.static(with_dev):
+            records[t.name], metrics = score(t.trajectories)
+            summaries[t.name] = metrics.to_dict()
+        return summaries, records
+
+
+def _compare(results: dict, records: dict, sets: _TestSets, references: Sequence[str]) -> dict:
+    """Evidence beside each summary, the paired comparisons, and the verdicts; returns the verdicts' family."""
     for name, result in results.items():
-        _add_evidence(result, records[name], categories, clusters)
-    _add_paired(results, records, categories, clusters, references)
-    family = add_verdicts(results)  # Holm over the report's verdicts: one family per report
+        _add_evidence(result, records[name], sets.categories, sets.clusters)
+    _add_paired(results, records, sets.categories, sets.clusters, references)
+    return add_verdicts(results)  # Holm over the report's verdicts: one family per report
 
-    report = EvalReport(
-        agents=results,
-        json_path=out / "eval.json",
-        table_path=out / "eval.md",
-        chart_path=out / "eval.png",
-        test_sets=info,
-        skipped=skipped,
-        settings={
-            **cfg.to_dict(),
-            "doc_style": doc_style,
-            "static": static,
-            "live": live,
-            "judge": judge,
-            "selection": selected,
-            "test": test,
-            "references": list(references),
-            "resolved_dtype": resolved_dtype,
-            "split": split,
-            "verdict_family": family,
-            "generation_cache": None
-            if generations is None
-            else {"path": str(generations.path), **generations.stats.to_dict()},
-        },
-        specs={a.name: a.to_dict() for a in agents},
-    )
+
+def _report_settings(
+    run: EvalRun, cfg: EvalSettings, evaluation: _Evaluation, *, selected: list[str], split: dict, family: dict
+) -> dict[str, Any]:
+    """What the report says it was made with."""
+    generations = evaluation.generations
+    return {
+        **cfg.to_dict(),
+        "doc_style": run.doc_style,
+        "static": run.static,
+        "live": run.live,
+        "judge": run.judge,
+        "selection": selected,
+        "test": run.test,
+        "references": list(run.references),
+        "resolved_dtype": evaluation.resolved_dtype,
+        "split": split,
+        "verdict_family": family,
+        "generation_cache": None
+        if generations is None
+        else {"path": str(generations.path), **generations.stats.to_dict()},
+    }
+
+
+def _write_report(report: EvalReport, started: float, run: EvalRun, *, details: Path) -> None:
+    """eval.md, eval.png and eval.json, then the MLflow run when tracking (its id goes into eval.json too)."""
     report.table_path.write_text(report.table_markdown(), encoding="utf-8")
-    write_chart(results, report.chart_path)
+    write_chart(report.agents, report.chart_path)
     report.seconds = time.perf_counter() - started
     report.json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
-    if tracking:
+    if run.tracking:
         from umi.eval.report import log_to_mlflow
 
         report.run_id = log_to_mlflow(
             report.to_dict(),
             [report.json_path, report.table_path, report.chart_path],
             details,
-            experiment=experiment,
-            parent_run_id=parent_run_id,
+            experiment=run.experiment,
+            parent_run_id=run.parent_run_id,
         )
         # the JSON on disk carries the run id too
         report.json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
-    return report

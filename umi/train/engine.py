@@ -155,47 +155,16 @@ def encode_role_dataset(
     Examples that do not fit even with the whole history dropped are left out and reported by id (warning + the
     returned `too_long_ids`); if none fits, that is an error.
     """
-    import datasets
-
     ds = _load_records(path, role, cache_dir)
     source_examples = len(ds)
     if max_examples is not None and max_examples < len(ds):
         ds = ds.shuffle(seed=seed).select(range(max_examples))
 
     def encode(rec):
-        try:
-            enc = encode_example(tokenizer, rec["prompt"], rec["target"], rec["history_span"], max_length, rec["id"])
-        except TooLong:
-            return {
-                "input_ids": [],
-                "labels": [],
-                "length": 0,
-                "target_tokens": 0,
-                "dropped_turns": 0,
-                "too_long": True,
-            }
-        return {
-            "input_ids": enc.input_ids,
-            "labels": enc.labels,
-            "length": len(enc.input_ids),
-            "target_tokens": enc.target_tokens,
-            "dropped_turns": enc.dropped_turns,
-            "too_long": False,
-        }
+        return _encoded_columns(tokenizer, rec, max_length)
 
     if max_tokens is not None:
-        # Encode in a seeded random order until the budget is full; only as many examples as needed are encoded.
-        order = list(range(len(ds)))
-        random.Random(seed).shuffle(order)
-        rows, total = [], 0
-        for i in order:
-            row = {**ds[i], **encode(ds[i])}
-            if not row["too_long"] and total + row["length"] > max_tokens:
-                if rows:
-                    break
-            rows.append(row)
-            total += row["length"]
-        ds = datasets.Dataset.from_list(rows)
+        ds = _token_budget_subset(ds, encode, max_tokens, seed)
     else:
         ds = ds.map(encode, num_proc=workers, desc=f"encoding {role}", load_from_cache_file=False)
     too_long_ids = [rid for rid, bad in zip(ds["id"], ds["too_long"]) if bad]
@@ -214,6 +183,40 @@ def encode_role_dataset(
         example_lengths=list(ds["length"]),
         target_tokens=int(sum(ds["target_tokens"])),
     )
+
+
+def _encoded_columns(tokenizer, rec: dict, max_length: int) -> dict:
+    """One record's per-step encoding as dataset columns (an example too long even without history: `too_long`)."""
+    try:
+        enc = encode_example(tokenizer, rec["prompt"], rec["target"], rec["history_span"], max_length, rec["id"])
+    except TooLong:
+        return {"input_ids": [], "labels": [], "length": 0, "target_tokens": 0, "dropped_turns": 0, "too_long": True}
+    return {
+        "input_ids": enc.input_ids,
+        "labels": enc.labels,
+        "length": len(enc.input_ids),
+        "target_tokens": enc.target_tokens,
+        "dropped_turns": enc.dropped_turns,
+        "too_long": False,
+    }
+
+
+def _token_budget_subset(ds, encode, max_tokens: int, seed: int):
+    """Records encoded in a seeded random order until their lengths fill `max_tokens`: only as many examples as the
+    budget takes are encoded. Too-long examples are kept, marked, for the caller to report."""
+    import datasets
+
+    order = list(range(len(ds)))
+    random.Random(seed).shuffle(order)
+    rows, total = [], 0
+    for i in order:
+        row = {**ds[i], **encode(ds[i])}
+        if not row["too_long"] and total + row["length"] > max_tokens:
+            if rows:
+                break
+        rows.append(row)
+        total += row["length"]
+    return datasets.Dataset.from_list(rows)
 
 
 def encode_role_dataset_packed(
@@ -241,10 +244,48 @@ def encode_role_dataset_packed(
     """
     import datasets
 
-    from umi.train.packing import pack, packed_row, tree_example
+    from umi.train.packing import packed_row
 
     ds = _load_records(path, role, cache_dir)
-    source_examples = len(ds)
+    examples, too_long_ids = _packed_subset(
+        ds, tokenizer, max_length, examples_per_row=examples_per_row, pack_length=pack_length,
+        max_examples=max_examples, max_tokens=max_tokens, seed=seed,
+    )  # fmt: skip
+    if too_long_ids:
+        _warn_too_long(path, too_long_ids, max_length)
+    if not examples:
+        raise ValueError(f"{path}: every example is longer than max_length={max_length} tokens even without history")
+    rows = [
+        packed_row(examples[at : at + examples_per_row], pack_length)
+        for at in range(0, len(examples), examples_per_row)
+    ]
+    return EncodedDataset(
+        datasets.Dataset.from_list(rows),
+        too_long_ids,
+        truncated_examples=sum(1 for ex in examples if ex.encoded.dropped_turns),
+        source_examples=len(ds),
+        example_lengths=[ex.length for ex in examples],
+        target_tokens=sum(ex.target_tokens for ex in examples),
+        packed_tokens=sum(r["length"] for r in rows),
+        fallback_examples=sum(1 for ex in examples if ex.fallback),
+    )
+
+
+def _packed_subset(
+    ds,
+    tokenizer,
+    max_length: int,
+    *,
+    examples_per_row: int,
+    pack_length: int,
+    max_examples: int | None,
+    max_tokens: int | None,
+    seed: int,
+) -> tuple[list, list[str]]:
+    """(the examples taken, in micro-batch order; the ids of those too long even without history): whole
+    trajectories in a seeded random order until `max_examples` or the packed-token budget `max_tokens` is reached."""
+    from umi.train.packing import pack, tree_example
+
     groups: dict[str, list[int]] = {}
     for i, trajectory in enumerate(ds["trajectory_id"]):
         groups.setdefault(trajectory, []).append(i)
@@ -254,7 +295,7 @@ def encode_role_dataset_packed(
     def packed_tokens(row: list) -> int:
         return sum(len(seq.input_ids) for seq in pack(row, pack_length))
 
-    examples, too_long_ids, full = [], [], False
+    examples, too_long_ids = [], []
     closed_tokens, row = 0, []  # packed tokens of the finished micro-batches; the micro-batch being filled
     for trajectory in order:
         cache: dict = {}  # this trajectory's head and turns, tokenised once
@@ -268,35 +309,14 @@ def encode_role_dataset_packed(
                 too_long_ids.append(rec["id"])
                 continue
             if max_tokens is not None and examples and closed_tokens + packed_tokens([*row, ex]) > max_tokens:
-                full = True
-                break
+                return examples, too_long_ids
             examples.append(ex)
             row.append(ex)
             if len(row) == examples_per_row:
                 closed_tokens, row = closed_tokens + packed_tokens(row), []
             if max_examples is not None and len(examples) >= max_examples:
-                full = True
-                break
-        if full:
-            break
-    if too_long_ids:
-        _warn_too_long(path, too_long_ids, max_length)
-    if not examples:
-        raise ValueError(f"{path}: every example is longer than max_length={max_length} tokens even without history")
-    rows = [
-        packed_row(examples[at : at + examples_per_row], pack_length)
-        for at in range(0, len(examples), examples_per_row)
-    ]
-    return EncodedDataset(
-        datasets.Dataset.from_list(rows),
-        too_long_ids,
-        truncated_examples=sum(1 for ex in examples if ex.encoded.dropped_turns),
-        source_examples=source_examples,
-        example_lengths=[ex.length for ex in examples],
-        target_tokens=sum(ex.target_tokens for ex in examples),
-        packed_tokens=sum(r["length"] for r in rows),
-        fallback_examples=sum(1 for ex in examples if ex.fallback),
-    )
+                return examples, too_long_ids
+    return examples, too_long_ids
 
 
 def has_gpu() -> bool:

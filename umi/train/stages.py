@@ -31,13 +31,15 @@ import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from umi import prompts
 from umi.atomic import write_json
-from umi.train.config import FINGERPRINT_NEUTRAL, TrainConfig, dataset_role, load_config
+from umi.train.config import FINGERPRINT_NEUTRAL, StageSettings, TrainConfig, dataset_role, load_config
 from umi.train.engine import (
     CompletionTrainer,
     DecisionWeights,
+    EncodedDataset,
     MlflowStageCallback,
     dataset_stats,
     encode_role_dataset,
@@ -64,6 +66,9 @@ from umi.vocabulary import (
     checkpoint_fingerprint,
     file_sha256,
 )
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 log = logging.getLogger(__name__)
 
@@ -311,10 +316,113 @@ def train_stage(
     tracking: log config, data version, per-step loss and the final checkpoint to the active MLflow tracking URI.
     callbacks: extra transformers TrainerCallbacks (tests use one to interrupt a run).
     parent_run_id: an open MLflow run (a pipeline's) to nest this stage's run under.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    The recipe, one step a function: resolve the stage, read its state (resume or start afresh), return a finished
+    stage as is, encode the data, build the model, open the MLflow run, build the Trainer, train, collect the
+    metrics, save the plain checkpoint, write the manifest, mark the stage complete.
+    """
+    setup = _resolve_stage(stage, config, datasets_dir, out_dir, init_from)
+    fingerprint, fingerprint_src = stage_fingerprint(stage, setup.config, datasets_dir, setup.init_from, data_version)
+    state, last_checkpoint = _read_stage_state(setup, fingerprint, resume)
+    finished = _finished_stage(setup, state, fingerprint)
+    if finished is not None:
+        return finished
+
+    tokenizer = _load_tokenizer(setup.init_from)
+    train, evaluation = _encode_data(setup, tokenizer)
+    model = _build_model(setup)
+    if setup.is_main:
+        setup.out_dir.mkdir(parents=True, exist_ok=True)
+    run = None
+    if tracking and setup.is_main:
+        reopen = state.get("run_id") if last_checkpoint else None
+        run = _open_run(setup, reopen, experiment, parent_run_id, data_version, fingerprint_src["data_sha256"])
+    if setup.is_main:
+        state = {"fingerprint": fingerprint, "complete": False, "run_id": run.info.run_id if run else None}
+        write_json(setup.state_path, state)
+
+    trainer, collator = _build_trainer(setup, model, tokenizer, train, evaluation, run, callbacks, fingerprint)
+    output = _train(trainer, last_checkpoint, run)
+    metrics = _train_metrics(output.metrics, train, collator, trainer.state.global_step)
+    if setup.master_weights:  # the stage's result is the float32 masters, not their bf16 rounding
+        getattr(trainer.optimizer, "optimizer", trainer.optimizer).export_to(trainer.model)
+    if evaluation is not None:
+        metrics.update(_numbers(trainer.evaluate()))
+    _save_model(setup, trainer, tokenizer)
+
+    run_id = run.info.run_id if run else None
+    result = StageResult(stage, setup.model_dir, metrics, setup.init_from, run_id, last_checkpoint, train.too_long_ids)
+    if setup.is_main:
+        _write_manifest(setup, result, fingerprint, fingerprint_src, data_version)
+        if run is not None:
+            _log_stage_outputs(setup, metrics, train.too_long_ids)
+        state["complete"] = True
+        # last: a stage counts as done only once its model and manifest are written
+        write_json(setup.state_path, state)
+        _clean_up(setup)
+    return result
+
+
+@dataclass(frozen=True)
+class _StageSetup:
+    """One stage's training as resolved before anything runs: what the recipe's steps share."""
+
+    name: str
+    config: TrainConfig  # the stage's own (TrainConfig.for_stage)
+    settings: StageSettings  # its settings, the compute-matched control's budget resolved
+    datasets_dir: Path
+    out_dir: Path
+    init_from: Path
+    eval_enabled: bool
+    args: TrainingArguments
+
+    @property
+    def role(self) -> str:
+        return dataset_role(self.name)
+
+    def data_path(self, split: str) -> Path:
+        return role_dataset_path(self.datasets_dir, self.role, split)
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.out_dir / "model"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Datasets' Arrow copies of the role data; removed when the stage is done."""
+        return self.out_dir / "cache"
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / STATE_FILE
+
+    @property
+    def is_main(self) -> bool:
+        return self.args.process_index == 0
+
+    @property
+    def dtype(self):
+        """The dtype the weights train in. bf16: the weights themselves in bf16, float32 masters in the optimiser
+        (umi.train.precision); DeepSpeed keeps its own masters from float32 weights."""
+        import torch
+
+        return weights_dtype(training_precision(self.config)) if self.config.deepspeed is None else torch.float32
+
+    @property
+    def master_weights(self) -> bool:
+        import torch
+
+        return self.dtype != torch.float32
+
+
+def _resolve_stage(
+    stage: str, config: TrainConfig | str, datasets_dir: str | Path, out_dir: str | Path, init_from: str | Path
+) -> _StageSetup:
+    """The stage's config and settings, its data checked, and its TrainingArguments (which set up torch.distributed)."""
     if stage not in TRAINABLE_STAGES:
         raise ValueError(f"unknown stage {stage!r}; one of {list(TRAINABLE_STAGES)}")
     if isinstance(config, str):
@@ -324,57 +432,73 @@ def train_stage(
     settings = config.stage_settings(stage)
     if stage == CONTROL_STAGE:
         settings = control_settings(config, datasets_dir, init_from, out_dir)
-    checkpoints_dir, model_dir = out_dir / "checkpoints", out_dir / "model"
     train_path = role_dataset_path(datasets_dir, dataset_role(stage), "train")
     if not train_path.exists():
         raise FileNotFoundError(f"role dataset {train_path} not found (run the data reorganisation first)")
-
     eval_path = role_dataset_path(datasets_dir, dataset_role(stage), "dev")
     eval_enabled = settings.eval_examples > 0 and eval_path.exists()
     # TrainingArguments first: with ZeRO-3 it makes from_pretrained below load the weights already partitioned.
-    args = training_arguments(config, settings, checkpoints_dir, eval_enabled=eval_enabled)
+    args = training_arguments(config, settings, out_dir / "checkpoints", eval_enabled=eval_enabled)
     _ = args.device  # sets up torch.distributed (lazily done otherwise): ZeRO-3 loading and process_index need it
-    is_main = args.process_index == 0
+    return _StageSetup(stage, config, settings, Path(datasets_dir), out_dir, init_from, eval_enabled, args)
 
-    fingerprint, fingerprint_src = stage_fingerprint(stage, config, datasets_dir, init_from, data_version)
-    state_path = out_dir / STATE_FILE
-    with args.main_process_first(local=False, desc="stage state"):  # rank 0 cleans up before the others look
-        state = read_state(state_path)
+
+def _read_stage_state(setup: _StageSetup, fingerprint: str, resume: bool) -> tuple[dict, str | None]:
+    """(the stage state, the checkpoint to resume from): a stage of another fingerprint is cleared to start afresh;
+    only a checkpoint marked complete, and by a run of this very fingerprint, is resumed from."""
+    with setup.args.main_process_first(local=False, desc="stage state"):  # rank 0 cleans up before the others look
+        state = read_state(setup.state_path)
         if state and state.get("fingerprint") != fingerprint:
-            log.warning("%s: config, data or start weights changed since the last run; training afresh", out_dir)
-            if is_main:
-                shutil.rmtree(checkpoints_dir, ignore_errors=True)
-                shutil.rmtree(model_dir, ignore_errors=True)
+            log.warning("%s: config, data or start weights changed since the last run; training afresh", setup.out_dir)
+            if setup.is_main:
+                shutil.rmtree(setup.checkpoints_dir, ignore_errors=True)
+                shutil.rmtree(setup.model_dir, ignore_errors=True)
             state = {}
-        # only a checkpoint marked complete, and by a run of this very fingerprint, is resumed from
         last_checkpoint = (
-            last_complete_checkpoint(checkpoints_dir, {"fingerprint": fingerprint}, clean=is_main) if resume else None
+            last_complete_checkpoint(setup.checkpoints_dir, {"fingerprint": fingerprint}, clean=setup.is_main)
+            if resume
+            else None
         )
-    manifest = read_json_or_none(model_dir / STAGE_MANIFEST) if state.get("complete") else None
-    if manifest is not None and manifest.get("fingerprint") == fingerprint and "metrics" in manifest:
-        log.info("stage %s already complete in %s", stage, model_dir)
-        return StageResult(
-            stage,
-            model_dir,
-            manifest["metrics"],
-            init_from,
-            manifest.get("run_id"),
-            None,
-            manifest.get("too_long_ids", []),
-            skipped=True,
-        )
+    return state, last_checkpoint
+
+
+def _finished_stage(setup: _StageSetup, state: dict, fingerprint: str) -> StageResult | None:
+    """The stage's result when it is already complete with this fingerprint (nothing to train), else None."""
+    manifest = read_json_or_none(setup.model_dir / STAGE_MANIFEST) if state.get("complete") else None
+    if manifest is None or manifest.get("fingerprint") != fingerprint or "metrics" not in manifest:
+        return None
+    log.info("stage %s already complete in %s", setup.name, setup.model_dir)
+    return StageResult(
+        setup.name,
+        setup.model_dir,
+        manifest["metrics"],
+        setup.init_from,
+        manifest.get("run_id"),
+        None,
+        manifest.get("too_long_ids", []),
+        skipped=True,
+    )
+
+
+def _load_tokenizer(init_from: Path):
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(init_from))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    cache_dir = out_dir / "cache"  # datasets' Arrow copies of the role data; removed when the stage is done
-    with args.main_process_first(local=False, desc="encoding"):  # rank 0 builds the cache, the others reuse it
+    return tokenizer
+
+
+def _encode_data(setup: _StageSetup, tokenizer) -> tuple[EncodedDataset, EncodedDataset | None]:
+    """(the train data, packed where the stage packs; the dev subset it reports a loss on, or None)."""
+    config, settings = setup.config, setup.settings
+    with setup.args.main_process_first(local=False, desc="encoding"):  # rank 0 builds the cache, the others reuse it
         # the control draws its subset with another seed: more of the global data, not the global stage's again
-        subset_seed = config.seed + (1 if stage == CONTROL_STAGE else 0)
+        subset_seed = config.seed + (1 if setup.name == CONTROL_STAGE else 0)
         if config.packing:
             train = encode_role_dataset_packed(
-                train_path,
-                dataset_role(stage),
+                setup.data_path("train"),
+                setup.role,
                 tokenizer,
                 config.max_length,
                 examples_per_row=config.per_device_batch_size,
@@ -382,101 +506,116 @@ def train_stage(
                 max_examples=settings.max_examples,
                 max_tokens=settings.max_tokens,
                 seed=subset_seed,
-                cache_dir=cache_dir,
+                cache_dir=setup.cache_dir,
             )
         else:
             train = encode_role_dataset(
-                train_path,
-                dataset_role(stage),
+                setup.data_path("train"),
+                setup.role,
                 tokenizer,
                 config.max_length,
                 max_examples=settings.max_examples,
                 max_tokens=settings.max_tokens,
                 seed=subset_seed,
                 workers=config.tokenize_workers,
-                cache_dir=cache_dir,
+                cache_dir=setup.cache_dir,
             )
         evaluation = (
             encode_role_dataset(
-                eval_path,
-                dataset_role(stage),
+                setup.data_path("dev"),
+                setup.role,
                 tokenizer,
                 config.max_length,
                 max_examples=settings.eval_examples,
                 seed=config.seed,
-                cache_dir=cache_dir,
+                cache_dir=setup.cache_dir,
             )
-            if eval_enabled
+            if setup.eval_enabled
             else None
         )
+    return train, evaluation
 
-    precision = training_precision(config)
-    # bf16: the weights themselves in bf16, float32 masters in the optimiser (umi.train.precision); DeepSpeed keeps
-    # its own masters from float32 weights
-    dtype = weights_dtype(precision) if config.deepspeed is None else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(init_from), dtype=dtype)
+
+def _build_model(setup: _StageSetup):
+    """The start weights in the training dtype, with LoRA adapters when the profile has them."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = setup.config
+    model = AutoModelForCausalLM.from_pretrained(str(setup.init_from), dtype=setup.dtype)
     model.config.use_cache = False  # no generation during training; the cache only costs memory
     if config.packing:
         use_tree_attention(model)  # packed batches attend only where their tree mask lets them (same result)
-    if config.lora is not None:
-        from peft import LoraConfig, get_peft_model
+    if config.lora is None:
+        return model
+    from peft import LoraConfig, get_peft_model
 
-        if args.activation_checkpointing:
-            model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
-        lora = config.lora
-        torch.manual_seed(config.seed)  # LoRA's A matrices are random: the same start for the same config
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=lora.r,
-                lora_alpha=lora.alpha,
-                lora_dropout=lora.dropout,
-                target_modules=lora.target_modules,
-                task_type="CAUSAL_LM",
-            ),
+    if setup.args.activation_checkpointing:
+        model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
+    lora = config.lora
+    torch.manual_seed(config.seed)  # LoRA's A matrices are random: the same start for the same config
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )
+
+
+def _open_run(
+    setup: _StageSetup,
+    previous_run_id: str | None,
+    experiment: str,
+    parent_run_id: str | None,
+    data_version: str | None,
+    dataset_sha256: str,
+):
+    """The stage's MLflow run (the interrupted one again when resuming), its params and tags logged once per run."""
+    import mlflow
+
+    config = setup.config
+    run = _start_mlflow_run(previous_run_id, experiment, f"{setup.name}-{config.profile}", parent_run_id)
+    if not previous_run_id:  # params are immutable in MLflow: log them once per run
+        mlflow.log_params(
+            {
+                **_flat_params(config, setup.name, setup.settings),
+                "init_from": str(setup.init_from),
+                "data_version": data_version or "unknown",
+                "dataset_sha256": dataset_sha256,
+            }
         )
-
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-    run = None
-    if tracking and is_main:
-        import mlflow
-
-        run = _start_mlflow_run(
-            state.get("run_id") if last_checkpoint else None, experiment, f"{stage}-{config.profile}", parent_run_id
+        mlflow.set_tags(
+            {"umi.stage": setup.name, "umi.profile": config.profile, "umi.data_version": data_version or "unknown"}
         )
-        if not (last_checkpoint and state.get("run_id")):  # params are immutable in MLflow: log them once per run
-            mlflow.log_params(
-                {
-                    **_flat_params(config, stage, settings),
-                    "init_from": str(init_from),
-                    "data_version": data_version or "unknown",
-                    "dataset_sha256": fingerprint_src["data_sha256"],
-                }
-            )
-            mlflow.set_tags(
-                {"umi.stage": stage, "umi.profile": config.profile, "umi.data_version": data_version or "unknown"}
-            )
-    if is_main:
-        state = {"fingerprint": fingerprint, "complete": False, "run_id": run.info.run_id if run else None}
-        write_json(state_path, state)
+    return run
 
+
+def _build_trainer(setup: _StageSetup, model, tokenizer, train, evaluation, run, callbacks, fingerprint: str):
+    """(the CompletionTrainer, the collator that counts the tokens it passes)."""
+    config, settings = setup.config, setup.settings
     collate = PackedCollator if config.packing else CompletionCollator
     collator = CountingCollator(collate(tokenizer.pad_token_id, pad_to_multiple_of=8 if has_gpu() else None))
     examples_total = math.ceil(train.examples * settings.epochs)
     if settings.max_steps:
         examples_total = min(examples_total, settings.max_steps * config.global_batch_size)
-    all_callbacks = [ProgressCallback(out_dir, stage, config.global_batch_size, examples_total), *(callbacks or [])]
+    all_callbacks = [
+        ProgressCallback(setup.out_dir, setup.name, config.global_batch_size, examples_total),
+        *(callbacks or []),
+    ]
     if run is not None:
         all_callbacks.append(MlflowStageCallback(run.info.run_id))
-    master_weights = dtype != torch.float32
     optimizer = (
-        (MasterWeightsAdamW, CompletionTrainer.get_optimizer_cls_and_kwargs(args)[1]) if master_weights else None
+        (MasterWeightsAdamW, CompletionTrainer.get_optimizer_cls_and_kwargs(setup.args)[1])
+        if setup.master_weights
+        else None
     )
     trainer = CompletionTrainer(
         model=model,
-        args=args,
+        args=setup.args,
         data_collator=collator,
         train_dataset=train.dataset,
         eval_dataset=evaluation.dataset if evaluation else None,
@@ -487,80 +626,94 @@ def train_stage(
     trainer.checkpoint_meta = {"fingerprint": fingerprint}
     if settings.decision_weight != 1.0:
         trainer.token_weights = DecisionWeights(tokenizer, settings.decision_weight)
+    return trainer, collator
+
+
+def _train(trainer, last_checkpoint: str | None, run):
+    """trainer.train, resumed from `last_checkpoint`; a failure ends the MLflow run as FAILED (a resume reopens it)."""
     try:
-        output = trainer.train(resume_from_checkpoint=last_checkpoint)
+        return trainer.train(resume_from_checkpoint=last_checkpoint)
     except BaseException:
         if run is not None:
             import mlflow
 
-            mlflow.end_run(status="FAILED")  # reopened by the resume
+            mlflow.end_run(status="FAILED")
         raise
 
-    metrics: dict[str, float] = {k: float(v) for k, v in output.metrics.items() if isinstance(v, (int, float))}
+
+def _numbers(values: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+
+
+def _train_metrics(trainer_metrics: dict, train: EncodedDataset, collator: CountingCollator, global_step: int):
+    """The Trainer's numbers, the data's, throughput and the tokens and steps run."""
+    metrics = _numbers(trainer_metrics)
     metrics.update({f"data_{k}": float(v) for k, v in dataset_stats(train).items()})
     runtime = metrics.get("train_runtime") or 0.0
     if runtime > 0:
         metrics["target_tokens_per_second"] = collator.target_tokens / runtime
         metrics["tokens_per_second"] = collator.tokens / runtime
     metrics["tokens_trained"] = float(collator.tokens)  # what the model ran over (packed: shared tokens once)
-    metrics["global_step"] = float(trainer.state.global_step)
-    if master_weights:  # the stage's result is the float32 masters, not their bf16 rounding
-        getattr(trainer.optimizer, "optimizer", trainer.optimizer).export_to(trainer.model)
-    if evaluation is not None:
-        metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+    metrics["global_step"] = float(global_step)
+    return metrics
 
-    # The final plain checkpoint. ZeRO-3: save_model gathers the 16-bit weights on every rank, rank 0 writes.
-    if config.lora is not None:
-        if is_main:
+
+def _save_model(setup: _StageSetup, trainer, tokenizer) -> None:
+    """The final plain checkpoint, LoRA merged in. ZeRO-3: save_model gathers the 16-bit weights on every rank, rank 0
+    writes."""
+    if setup.config.lora is not None:
+        if setup.is_main:
             merged = trainer.model.merge_and_unload()
             merged.config.use_cache = True
-            merged.save_pretrained(model_dir)
-            tokenizer.save_pretrained(model_dir)
+            merged.save_pretrained(setup.model_dir)
+            tokenizer.save_pretrained(setup.model_dir)
     else:
         trainer.model.config.use_cache = True
-        trainer.save_model(str(model_dir))
+        trainer.save_model(str(setup.model_dir))
     trainer.accelerator.wait_for_everyone()
 
-    result = StageResult(
-        stage, model_dir, metrics, init_from, run.info.run_id if run else None, last_checkpoint, train.too_long_ids
-    )
-    if is_main:
-        manifest = {
-            "stage": stage,
-            "profile": config.profile,
-            "init_from": str(init_from),
-            "init_fingerprint": fingerprint_src["init"],
-            "data_version": data_version,
-            "dataset_sha256": fingerprint_src["data_sha256"],
-            "fingerprint": fingerprint,
-            "config": config.model_dump(mode="json"),
-            "metrics": metrics,
-            "run_id": result.run_id,
-            "resumed_from": last_checkpoint,
-            "too_long_ids": train.too_long_ids,
-            prompts.PROMPT_FORMAT_KEY: dataset_prompt_format(datasets_dir),
-            "split": dataset_split(datasets_dir),
-        }
-        write_json(model_dir / STAGE_MANIFEST, manifest)
-        if run is not None:
-            import mlflow
 
-            mlflow.log_metrics(
-                {k: v for k, v in metrics.items() if k.startswith(("data_", "eval_", "target_", "tokens_"))}
-            )
-            if train.too_long_ids:
-                mlflow.log_text("\n".join(train.too_long_ids) + "\n", "too_long_ids.txt")
-            if config.log_model_artifact:
-                mlflow.log_artifacts(str(model_dir), artifact_path="model")
-            else:
-                mlflow.log_artifact(str(model_dir / STAGE_MANIFEST), artifact_path="model")
-            mlflow.end_run()
-        state["complete"] = True
-        write_json(state_path, state)  # last: a stage counts as done only once its model and manifest are written
-        if not config.keep_checkpoints:
-            shutil.rmtree(checkpoints_dir, ignore_errors=True)  # optimizer states: 3x the model, resume-only
-        shutil.rmtree(cache_dir, ignore_errors=True)
-    return result
+def _write_manifest(
+    setup: _StageSetup, result: StageResult, fingerprint: str, fingerprint_src: dict, data_version: str | None
+) -> None:
+    manifest = {
+        "stage": setup.name,
+        "profile": setup.config.profile,
+        "init_from": str(setup.init_from),
+        "init_fingerprint": fingerprint_src["init"],
+        "data_version": data_version,
+        "dataset_sha256": fingerprint_src["data_sha256"],
+        "fingerprint": fingerprint,
+        "config": setup.config.model_dump(mode="json"),
+        "metrics": result.metrics,
+        "run_id": result.run_id,
+        "resumed_from": result.resumed_from,
+        "too_long_ids": result.too_long_ids,
+        prompts.PROMPT_FORMAT_KEY: dataset_prompt_format(setup.datasets_dir),
+        "split": dataset_split(setup.datasets_dir),
+    }
+    write_json(setup.model_dir / STAGE_MANIFEST, manifest)
+
+
+def _log_stage_outputs(setup: _StageSetup, metrics: dict[str, float], too_long_ids: list[str]) -> None:
+    """The stage's final metrics, what it left out and its checkpoint (or manifest) into its MLflow run, then end it."""
+    import mlflow
+
+    mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith(("data_", "eval_", "target_", "tokens_"))})
+    if too_long_ids:
+        mlflow.log_text("\n".join(too_long_ids) + "\n", "too_long_ids.txt")
+    if setup.config.log_model_artifact:
+        mlflow.log_artifacts(str(setup.model_dir), artifact_path="model")
+    else:
+        mlflow.log_artifact(str(setup.model_dir / STAGE_MANIFEST), artifact_path="model")
+    mlflow.end_run()
+
+
+def _clean_up(setup: _StageSetup) -> None:
+    """What only a resume or the encoding needed: the optimiser states (3x the model) and the Arrow caches."""
+    if not setup.config.keep_checkpoints:
+        shutil.rmtree(setup.checkpoints_dir, ignore_errors=True)
+    shutil.rmtree(setup.cache_dir, ignore_errors=True)
 
 
 def train_glpft(

@@ -81,7 +81,7 @@ def _epochs_seen(runs: Path) -> float | None:
 
 def evaluate_point(point: str, limit: int, profile: str) -> None:
     from umi.agent.loop import build_agent
-    from umi.eval.run import evaluate
+    from umi.eval.run import EvalRun, evaluate
     from umi.eval.settings import PROFILES
     from umi.inference.agent_specs import AgentSpec
     from umi.train.config import load_config
@@ -124,8 +124,7 @@ def evaluate_point(point: str, limit: int, profile: str) -> None:
         AgentSpec.multi(ALPHA, models["planner"], models["caller"], models["summarizer"]),
         AgentSpec.single(CONTROL, models[CONTROL_STAGE]),
     ]
-    evaluate(
-        agents,
+    run = EvalRun(
         out_dir=out,
         live=False,
         test=False,
@@ -138,6 +137,7 @@ def evaluate_point(point: str, limit: int, profile: str) -> None:
         tracking=False,
         build_agent=build_agent,
     )
+    evaluate(agents, run)
 
 
 def _points(points: Path) -> list[dict]:
