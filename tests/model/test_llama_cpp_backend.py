@@ -10,6 +10,8 @@ import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (`make setup` builds it)")
 
+from tests.support.episodes import history, planner_request  # noqa: E402
+from tests.support.tiny import lively  # noqa: E402
 from umi.inference.gguf_export import (  # noqa: E402
     FINGERPRINT_KEY,
     GgufMismatch,
@@ -22,32 +24,10 @@ from umi.inference.loading import load_checkpoint  # noqa: E402
 from umi.inference.protocol import GenerationRequest  # noqa: E402
 from umi.inference.sharing import shared_backends  # noqa: E402
 from umi.inference.transformers_backend import TransformersBackend  # noqa: E402
-from umi.prompts import TURN_END, planner_prompt, summarizer_prompt  # noqa: E402
+from umi.prompts import summarizer_prompt  # noqa: E402
 from umi.vocabulary import STAGE_MANIFEST, checkpoint_fingerprint  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a GGUF conversion (a subprocess importing torch) and two engines
-
-DOC = '{"Name": "get_weather", "function": "Get the weather of a city", "input": {"city": "string, the city"}}\n'
-CITIES = ["Paris", "Rome", "Oslo", "Lima", "Kyiv", "Doha"]
-
-
-def history(k: int) -> str:
-    turns = [f"user: What is the weather in {CITIES[0]} and the next cities?{TURN_END}"]
-    for i in range(k):
-        city = CITIES[i % len(CITIES)]
-        turns += [
-            f"assistant: I should call get_weather for {city}.\n Next: caller.{TURN_END}",
-            f'caller: Action: get_weather\nAction Input: {{"city": "{city}"}}{TURN_END}',
-            f'observation: {{"temperature": {10 + i}}}{TURN_END}',
-        ]
-    return "".join(turns)
-
-
-def planner_request(k: int, **kw) -> GenerationRequest:
-    h = history(k)
-    prompt = planner_prompt(DOC, h)
-    start = prompt.index(h)
-    return GenerationRequest(prompt=prompt, history_span=(start, start + len(h)), **kw)
 
 
 def requests() -> list[GenerationRequest]:
@@ -60,18 +40,12 @@ def requests() -> list[GenerationRequest]:
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_backbone, tmp_path_factory):
-    """The tiny backbone with wide-spread random f32 weights (a default-initialised tiny model repeats one token, which
-    would make token-for-token agreement trivially true), saved as a checkpoint directory."""
+    """The tiny backbone with lively float32 weights, saved as a checkpoint directory."""
     import torch
 
     model, tokenizer = load_checkpoint(tiny_backbone)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.2)
     out = tmp_path_factory.mktemp("lively")
-    model.to(torch.float32).save_pretrained(out)
+    lively(model).to(torch.float32).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
