@@ -143,14 +143,10 @@ class LlamaCppBackend:
             return [self._generate(r) for r in requests]
 
     def generate_many(
-        self,
-        requests: Sequence[GenerationRequest],
-        *,
-        max_rows: int | None = None,
-        dropped: Callable[[int], bool] | None = None,
-        done: Callable[[int, Generation | Exception | None], None] | None = None,
+        self, requests: Sequence[GenerationRequest], **options: Any
     ) -> list[Generation | Exception | None]:
-        return generate_in_order(self.decode_together, requests, max_rows=max_rows, dropped=dropped, done=done)
+        """The requests one after another, in order (`options`: max_rows, dropped, done, as the protocol's)."""
+        return generate_in_order(self.decode_together, requests, **options)
 
     def decode_together(self, take: Take, finish: Finish, dropped: Callable[[Any], bool], *, max_rows: int = 8) -> None:
         with self._lock:
