@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.support.episodes import DOC, history, planner_request
+from tests.support.tiny import lively
 from umi.inference.decoding import Decoder
 from umi.inference.loading import load_checkpoint
 from umi.inference.protocol import Generation, GenerationRequest
@@ -13,46 +15,13 @@ from umi.inference.tokens import TooLong, encode_prompt, fit_prompt
 from umi.inference.transformers_backend import TransformersBackend
 from umi.prompts import TURN_END, planner_prompt, summarizer_prompt
 
-DOC = '{"Name": "get_weather", "function": "Get the weather of a city", "input": {"city": "string, the city"}}\n'
-CITIES = ["Paris", "Rome", "Oslo", "Lima", "Kyiv", "Doha", "Nice", "Bern"]
-
-
-def lively(model, seed: int = 1):
-    """Random weights with a wide spread, in float64: greedy outputs vary from token to token (a default-initialised
-    tiny model writes one token over and over, which would make token-for-token comparisons trivially true), and
-    float64 keeps a prefill split in two chunks within rounding of one prefill, so argmax ties cannot flip."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.2)
-    return model.to(torch.float64).eval()
-
 
 @pytest.fixture(scope="module")
 def tiny(tiny_backbone):
+    """A lively tiny model in float64: a prefill split in two chunks stays within rounding of one prefill, so argmax
+    ties cannot flip."""
     model, tokenizer = load_checkpoint(tiny_backbone)
-    return lively(model), tokenizer
-
-
-def history(k: int) -> str:
-    """k rounds of planner / caller / observation turns about the weather."""
-    turns = [f"user: What is the weather in {CITIES[0]} and the next cities?{TURN_END}"]
-    for i in range(k):
-        city = CITIES[i % len(CITIES)]
-        turns += [
-            f"assistant: I should call get_weather for {city}.\n Next: caller.{TURN_END}",
-            f'caller: Action: get_weather\nAction Input: {{"city": "{city}"}}{TURN_END}',
-            f'observation: {{"temperature": {10 + i}}}{TURN_END}',
-        ]
-    return "".join(turns)
-
-
-def planner_request(k: int, **kw) -> GenerationRequest:
-    h = history(k)
-    prompt = planner_prompt(DOC, h)
-    start = prompt.index(h)
-    return GenerationRequest(prompt=prompt, history_span=(start, start + len(h)), **kw)
+    return lively(model).to(torch.float64), tokenizer
 
 
 def test_reuse_gives_the_same_tokens_as_recompute_and_prefills_fewer(tiny):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from umi.train.backbone import MANIFEST
 
-__all__ = ["TINY_CORPUS", "make_tiny_tokenizer", "make_tiny_backbone"]
+__all__ = ["TINY_CORPUS", "lively", "make_tiny_tokenizer", "make_tiny_backbone"]
 
 
 TINY_CORPUS = (
@@ -74,3 +74,17 @@ def make_tiny_backbone(
     tokenizer.save_pretrained(out_dir)
     (out_dir / MANIFEST).write_text(json.dumps({"source": "tiny-random-llama", "seed": seed}, indent=2) + "\n")
     return out_dir
+
+
+def lively(model, seed: int = 1):
+    """`model` with random weights of a wide spread (in place): its greedy outputs vary from token to token, where a
+    default-initialised tiny model writes one token over and over, which would make token-for-token comparisons
+    trivially true."""
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
+    return model.eval()

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from umi.inference.agent_specs import AgentSpec
+from umi.inference.protocol import ModelBackend
 from umi.inference.transformers_backend import TransformersBackend
 from umi.inference.wrapping import per_backend
 from umi.vocabulary import STAGE_MANIFEST
@@ -65,21 +66,15 @@ def load_agent_backends(
 
 
 def raised_backends(
-    backends: Mapping[str, TransformersBackend], max_prompt_tokens: int, max_new_tokens: Mapping[str, int]
-) -> dict[str, TransformersBackend]:
-    """{role: TransformersBackend} over the same models and tokenizers as `backends` (load_agent_backends' result),
-    with a prompt budget of `max_prompt_tokens` (umi.eval.budget: where a prompt's tool docs alone overflow the base
-    one). One per distinct backend, as loaded."""
+    backends: Mapping[str, ModelBackend], max_prompt_tokens: int, max_new_tokens: Mapping[str, int]
+) -> dict[str, ModelBackend]:
+    """{role: backend} over the same models and tokenizers as `backends` (load_agent_backends' result), with a prompt
+    budget of `max_prompt_tokens` (umi.eval.budget: where a prompt's tool docs alone overflow the base one). One per
+    distinct backend, as loaded."""
 
-    def raise_budget(backend: TransformersBackend, roles: list[str]) -> TransformersBackend:
+    def raise_budget(backend: ModelBackend, roles: list[str]) -> ModelBackend:
         cap = max(int(max_new_tokens.get(r, 0)) for r in roles)
-        return TransformersBackend(
-            backend.model,
-            backend.tokenizer,
-            context_length=max_prompt_tokens + cap,
-            adapter=backend.adapter,
-            max_cache_slots=backend.max_cache_slots,
-        )
+        return backend.with_context(max_prompt_tokens + cap)
 
     return per_backend(backends, raise_budget)
 

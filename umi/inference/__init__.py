@@ -4,8 +4,11 @@ this package imports nothing itself.
     protocol             GenerationRequest, Generation, and the Backend / ModelBackend protocols callers use
     tokens               the prompt half of tokenisation (prompt ids, fitting a prompt to a budget); training's too
     transformers_backend TransformersBackend: one model, its prefill and single-sequence decoding
+    llama_cpp_backend    LlamaCppBackend: a checkpoint's GGUF decoded by llama.cpp, one sequence at a time
+    gguf_export          a checkpoint's GGUF (f32, bf16, q8_0) by llama.cpp's converter, keyed by its fingerprint
+    gguf_convert         the converter's subprocess (never imported)
     prefix_cache         KV-cache reuse across prompts that share a token prefix
-    decoding             per-sequence stopping, the next token, a finished sequence's Generation
+    decoding             per-sequence stopping, the next token, a finished sequence's Generation, one-at-a-time loops
     padded_batch         static batching: left-padded prompts decoded together
     continuous_batching  continuous batching: requests join and leave a running batch between steps
     micro_batching       one worker per model batching concurrent threads' generations

@@ -4,9 +4,13 @@
   of a shared model are this much.
 - `BatchingBackend`: a Backend that also takes many prompts at once (prompt_ids, generate_batch, generate_many):
   what static evaluation needs. The no-call baseline's fixed outputs are this much.
-- `ModelBackend`: a BatchingBackend over one loaded model: `TransformersBackend` and the wrappers that keep its
-  interface (umi.inference.sharing, umi.eval's cache and budget). The prompt budget, the generation cache's key and
-  the micro-batcher use the rest of it.
+- `ModelBackend`: a BatchingBackend over one loaded model: `TransformersBackend`, `LlamaCppBackend`
+  (umi.inference.llama_cpp_backend) and the wrappers that keep their interface (umi.inference.sharing, umi.eval's
+  cache and budget). The prompt budget, the generation cache's key and the micro-batcher use the rest of it.
+
+Callers program against these protocols only, never against one backend's class: what a backend cannot do natively
+it still does behind the same method (llama.cpp's backend runs `generate_batch` / `decode_together` one sequence at a
+time), and what differs between engines is declared here (`decodes_together`, `with_context`).
 
 The fields of `GenerationRequest` are part of the generation cache's key (umi.eval.generation_cache.request_key):
 adding one changes every key.
@@ -169,17 +173,26 @@ class BatchingBackend(Backend, Protocol):
 class ModelBackend(BatchingBackend, Protocol):
     """A backend over one loaded model (see the module doc).
 
-    model, tokenizer: the loaded model (a peft model when `adapter` is set) and its tokenizer; adapter: the LoRA
-    adapter of `model` this backend generates with (None: the plain model); context_length: prompt + new tokens fit
-    it; max_cache_slots: prompts whose KV caches it keeps for reuse."""
+    model, tokenizer: the loaded model (a transformers model, a peft model when `adapter` is set, or a llama.cpp
+    model; roles over the same `model` object share its lock, umi.inference.sharing) and the Hugging Face tokenizer
+    prompts are tokenised with; adapter: the LoRA adapter of `model` this backend generates with (None: the plain
+    model); context_length: prompt + new tokens fit it; max_cache_slots: prompts whose KV caches it keeps for reuse;
+    decodes_together: whether generate_batch and decode_together run several sequences in one forward pass (False:
+    one after another, the same results without the speed-up)."""
 
     model: Any
     tokenizer: Any
     adapter: str | None
     context_length: int
     max_cache_slots: int
+    decodes_together: bool
     stats: BackendStats
 
     def decode_together(self, take: Take, finish: Finish, dropped: Callable[[Any], bool], *, max_rows: int = 8) -> None:
         """Continuous batching over requests that arrive while it runs (the micro-batcher's worker)."""
+        ...
+
+    def with_context(self, context_length: int) -> "ModelBackend":
+        """A backend over the same loaded model (same tokenizer and adapter, KV caches of its own) whose prompt +
+        new tokens fit `context_length` (evaluation's raised budget for prompts whose tool docs overflow)."""
         ...

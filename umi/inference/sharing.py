@@ -68,8 +68,10 @@ def shared_backends(
     backends: Mapping[str, ModelBackend], *, max_batch: int = 1, wait_s: float = 0.005
 ) -> dict[str, SharedBackend]:
     """{role: SharedBackend} over load_backends' result: one lock per model, and with `max_batch` > 1 one
-    MicroBatcher per model (batches of up to that many, waiting `wait_s` for company), shared by the roles over it
-    (a LoRA role's backend shares its base's)."""
+    MicroBatcher per model whose backend decodes sequences together (batches of up to that many, waiting `wait_s` for
+    company), shared by the roles over it (a LoRA role's backend shares its base's). A backend that decodes one
+    sequence at a time (ModelBackend.decodes_together False) gets no batcher: its requests queue on the lock, without
+    the wait for company or the hop to a worker thread."""
     locks: dict[int, threading.Lock] = {}
     batchers: dict[int, MicroBatcher] = {}
 
@@ -77,7 +79,7 @@ def shared_backends(
         model = id(backend.model)
         if model not in locks:
             locks[model] = threading.Lock()
-            if max_batch > 1:  # the worker thread is named for the first role over the model
+            if max_batch > 1 and backend.decodes_together:  # the worker thread is named for the first role
                 batchers[model] = MicroBatcher(locks[model], max_batch, wait_s, name=roles[0])
         return SharedBackend(backend, locks[model], batchers.get(model))
 

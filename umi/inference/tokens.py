@@ -13,10 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from umi.inference.protocol import GenerationRequest
 from umi.prompts import TURN_END
 from umi.schema import RecordError
 
-__all__ = ["TooLong", "check_span", "encode_prompt", "fit_prompt", "special_prefix", "split_turns", "text_ids"]
+__all__ = [
+    "TooLong",
+    "check_span",
+    "encode_prompt",
+    "fit_prompt",
+    "request_ids",
+    "special_prefix",
+    "split_turns",
+    "text_ids",
+]
 
 
 class TooLong(Exception):
@@ -114,3 +124,17 @@ def _tokens_per_turn(offsets, bounds: list[int], start: int, end: int) -> list[i
             turn_index += 1
         per_turn[turn_index] += 1
     return per_turn
+
+
+def request_ids(tokenizer, request: GenerationRequest, context_length: int) -> tuple[list[int], int]:
+    """A request's prompt ids as training tokenises them, fitted to a backend's budget (its context less the request's
+    max_new_tokens): (ids, dropped history turns). Without a history span a prompt that does not fit is TooLong."""
+    budget = context_length - request.max_new_tokens
+    if budget <= 0:
+        raise ValueError(f"max_new_tokens {request.max_new_tokens} leaves no room in a {context_length} token context")
+    if request.history_span is not None:
+        return fit_prompt(tokenizer, request.prompt, request.history_span, budget, request.record_id)
+    ids = encode_prompt(tokenizer, request.prompt)
+    if len(ids) > budget:
+        raise TooLong(request.record_id, len(ids), budget)
+    return ids, 0

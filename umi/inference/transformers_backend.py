@@ -27,10 +27,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from umi.inference.decoding import Decoder, decoder_for, generation, next_token, sampler
+from umi.inference.decoding import (
+    Decoder,
+    decode_one_at_a_time,
+    eos_ids,
+    fit_request,
+    generate_in_order,
+    generation,
+    next_token,
+    sampler,
+)
 from umi.inference.prefix_cache import PrefixCache, Slot, prefix_croppable
 from umi.inference.protocol import BackendStats, Finish, Generation, GenerationRequest, Take
-from umi.inference.tokens import TooLong, encode_prompt, fit_prompt
+from umi.inference.tokens import request_ids
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +91,7 @@ class TransformersBackend:
                 type(model).__name__,
             )
         self.context_length = int(context_length or getattr(model.config, "max_position_embeddings", 4096))
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids(model.generation_config, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
         self.adapter = adapter
@@ -93,23 +102,26 @@ class TransformersBackend:
     def max_cache_slots(self) -> int:
         return self.prefix_cache.max_slots
 
+    @property
+    def decodes_together(self) -> bool:
+        return self.plain_cache  # other caches run generate_batch / decode_together one request at a time
+
+    def with_context(self, context_length: int) -> "TransformersBackend":
+        return TransformersBackend(
+            self.model,
+            self.tokenizer,
+            context_length=context_length,
+            adapter=self.adapter,
+            max_cache_slots=self.max_cache_slots,
+        )
+
     # --- public ---------------------------------------------------------------------------------------------------
     def reset(self) -> None:
         self.prefix_cache.clear()
 
     def prompt_ids(self, request: GenerationRequest) -> tuple[list[int], int]:
         """The request's prompt as training tokenises it, fitted to the budget: (ids, dropped history turns)."""
-        budget = self.context_length - request.max_new_tokens
-        if budget <= 0:
-            raise ValueError(
-                f"max_new_tokens {request.max_new_tokens} leaves no room in a {self.context_length} token context"
-            )
-        if request.history_span is not None:
-            return fit_prompt(self.tokenizer, request.prompt, request.history_span, budget, request.record_id)
-        ids = encode_prompt(self.tokenizer, request.prompt)
-        if len(ids) > budget:
-            raise TooLong(request.record_id, len(ids), budget)
-        return ids, 0
+        return request_ids(self.tokenizer, request, self.context_length)
 
     def generate(self, request: GenerationRequest) -> Generation:
         with self._lock:
@@ -148,23 +160,7 @@ class TransformersBackend:
         in order, so each prompt reuses the KV cache of the one before it (its prefix). `dropped(i)`, checked before
         each step, takes request i out: its result is None. A request that cannot run (too long, empty) gets its
         exception as result; the others go on. `done(i, result)` is called as each one finishes."""
-        requests = list(requests)
-        results: list[Generation | Exception | None] = [None] * len(requests)
-        pending = list(enumerate(requests))
-
-        def take(room: int) -> list[tuple[int, GenerationRequest]]:
-            batch = pending[:room]
-            del pending[:room]
-            return batch
-
-        def finish(i: int, result: Generation | Exception | None) -> None:
-            results[i] = result
-            if done is not None:
-                done(i, result)
-
-        rows = max(len(requests), 1) if max_rows is None else max_rows
-        self.decode_together(take, finish, dropped or (lambda _: False), max_rows=rows)
-        return results
+        return generate_in_order(self.decode_together, requests, max_rows=max_rows, dropped=dropped, done=done)
 
     def decode_together(self, take: Take, finish: Finish, dropped: Callable[[Any], bool], *, max_rows: int = 8) -> None:
         """Continuous batching: decode requests together, taking new ones in between steps.
@@ -181,7 +177,7 @@ class TransformersBackend:
             if self.plain_cache:
                 decode_continuously(self, take, finish, dropped, max_rows)
             else:  # a cache that cannot be padded (sliding windows): one at a time, each exactly as `generate`
-                self._one_at_a_time(take, finish, dropped)
+                decode_one_at_a_time(self.generate_unlocked, take, finish, dropped)
 
     # --- the decode loops' building blocks (called with the lock held) --------------------------------------------
     def use_adapter(self) -> None:
@@ -190,11 +186,7 @@ class TransformersBackend:
 
     def fit(self, request: GenerationRequest) -> tuple[Decoder, list[int], int]:
         """The request's stopping rule, prompt ids and dropped turns; ValueError or TooLong when it cannot run."""
-        decoder = decoder_for(request, self.eos_ids)
-        ids, dropped = self.prompt_ids(request)
-        if not ids:
-            raise ValueError(f"record {request.record_id}: empty prompt")
-        return decoder, ids, dropped
+        return fit_request(self.tokenizer, request, self.context_length, self.eos_ids)
 
     def prefill(self, ids: list[int], request: GenerationRequest, started: float) -> Prefill:
         """Run the prompt `ids` through the model from the longest cached prefix (a fresh cache without reuse) and
@@ -253,23 +245,3 @@ class TransformersBackend:
         )
         self.stats.add(g)
         return g
-
-    def _one_at_a_time(self, take: Take, finish: Finish, dropped: Callable[[Any], bool]) -> None:
-        while batch := take(1):
-            for key, request in batch:
-                if dropped(key):
-                    finish(key, None)
-                    continue
-                try:
-                    finish(key, self.generate_unlocked(request))
-                except (TooLong, ValueError) as e:
-                    finish(key, e)
-
-
-def _eos_ids(model, tokenizer) -> frozenset[int]:
-    """Every token that ends a generation: the model's generation config's EOS (one or several) and the tokenizer's."""
-    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return frozenset(ids)

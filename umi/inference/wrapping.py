@@ -61,8 +61,16 @@ class ForwardingBackend:
         return self.inner.max_cache_slots
 
     @property
+    def decodes_together(self) -> bool:
+        return self.inner.decodes_together
+
+    @property
     def stats(self) -> BackendStats:
         return self.inner.stats
+
+    def with_context(self, context_length: int) -> ModelBackend:
+        """The wrapped backend's, unwrapped (a wrapper's state belongs to the backend it wraps): wrap it again."""
+        return self.inner.with_context(context_length)
 
     def prompt_ids(self, request: GenerationRequest) -> tuple[list[int], int]:
         return self.inner.prompt_ids(request)

@@ -15,8 +15,9 @@ from typing import Any
 
 SERVE_REQUIREMENTS = Path("umi/serve/requirements.txt")
 # installed in the image by umi/serve/container_setup.sh instead: bfcl-eval without its dependencies (it pins numpy
-# 1.26 and ~30 API SDKs), DeepSpeed not at all (training only, and a source build)
-NOT_IN_IMAGE = ("bfcl_eval", "bfcl-eval", "deepspeed")
+# 1.26 and ~30 API SDKs); not at all: DeepSpeed (training only, and a source build), llama-cpp-python (a source build
+# with this machine's CPU flags: the service does not use it yet) and sentencepiece (the GGUF converter's, at build)
+NOT_IN_IMAGE = ("bfcl_eval", "bfcl-eval", "deepspeed", "llama_cpp_python", "llama-cpp-python", "sentencepiece")
 
 
 def serve_requirements(lock: Path) -> str:
@@ -27,7 +28,7 @@ def serve_requirements(lock: Path) -> str:
         if name and name in NOT_IN_IMAGE:
             continue
         keep.append(line)
-    header = "# Generated from requirements.lock by `umi deploy build` (less bfcl-eval and deepspeed): do not edit.\n"
+    header = "# Generated from requirements.lock by `umi deploy build` (less NOT_IN_IMAGE's packages): do not edit.\n"
     return header + "\n".join(keep).strip() + "\n"
 
 
