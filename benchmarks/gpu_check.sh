@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# benchmarks/gpu_check.py on the lent GPU machine as one command (issue 30; README "GPUs").
+# benchmarks/gpu_check.py on the lent GPU machine as one command (issue 30; docs/training.md, "The GPU check").
 #
 #   bash benchmarks/gpu_check.sh wheels       # here, with PyPI: the wheels that machine lacks -> .cache/gpu-check-wheels
 #   bash benchmarks/gpu_check.sh wheels min   # the same without umi's ML stack (~9 MB instead of ~32 MB)
