@@ -34,6 +34,10 @@ class RecordError(ValueError):
         self.excluded = excluded
         super().__init__(f"record {record_id}: {reason}")
 
+    def __reduce__(self):
+        # pickled by the reorganisation's worker pool: rebuilt from its fields, not from the formatted message
+        return (type(self), (self.record_id, self.reason, self.excluded))
+
 
 class ToolSpec(BaseModel):
     """An OpenAI-style function schema: name, description and JSON-Schema parameters."""

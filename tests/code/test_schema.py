@@ -1,4 +1,5 @@
 import json
+import pickle
 
 import pytest
 
@@ -114,3 +115,15 @@ def test_write_import_reports_rejects_and_enforces_share(tmp_path):
     assert rejects == [{"id": "b", "reason": "no steps"}, {"id": "a", "reason": "duplicate trajectory id"}]
     stats = write_import([make_trajectory("c"), RecordError("d", "bad")], out, max_reject_share=0.5)
     assert stats.written == 1 and stats.reject_share == 0.5
+
+
+def test_a_record_error_survives_pickling():
+    """The reorganisation's worker pool pickles a worker's RecordError back to the parent: it must come back whole
+    (an error that cannot be unpickled kills the pool's result thread and the parent waits forever)."""
+    back = pickle.loads(pickle.dumps(RecordError("traj-7", "no steps", excluded=True)))
+    assert (back.record_id, back.reason, back.excluded, str(back)) == (
+        "traj-7",
+        "no steps",
+        True,
+        "record traj-7: no steps",
+    )
