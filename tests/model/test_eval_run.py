@@ -240,6 +240,11 @@ def test_cli_static(tiny_backbone, data_dir, tmp_path, monkeypatch):
     assert "tiny" in result.output and (tmp_path / "out" / "eval.json").is_file()
     bad = CliRunner().invoke(app, ["eval", "live", "--multi", "broken=only-one-path", "--no-tracking"])
     assert bad.exit_code == 2 and "NAME=PLANNER,CALLER,SUMMARIZER" in bad.output
+    multi = ["--multi", f"tiny={tiny},{tiny},{tiny}", "--no-tracking"]
+    bad = CliRunner().invoke(app, ["eval", "static", *multi, "--engine", "vllm"])
+    assert bad.exit_code == 2 and "engine must be one of" in bad.output
+    bad = CliRunner().invoke(app, ["eval", "static", *multi, "--engine", "llama.cpp", "--gguf-type", "q4_0"])
+    assert bad.exit_code == 2 and "gguf_type must be one of" in bad.output
 
 
 def test_the_prompt_format_travels_with_the_checkpoints(tiny_backbone, role_datasets, data_dir, tmp_path):
