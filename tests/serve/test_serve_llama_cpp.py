@@ -97,3 +97,12 @@ def test_the_llama_cpp_engine_is_refused_off_the_cpu_and_unknown_settings_too():
     with pytest.raises(ValueError, match="gguf_type must be one of"):
         make_settings(engine="llama.cpp", gguf_type="q4_0")
     assert make_settings().engine == "transformers"  # the default until the image carries llama.cpp
+
+
+def test_lora_adapter_roles_are_refused_on_llama_cpp_before_anything_is_converted(adapter_dirs, tmp_path):
+    from umi.inference.loading import load_backends
+
+    _, adapters = adapter_dirs
+    with pytest.raises(ValueError, match="are LoRA adapters: llama.cpp runs merged checkpoints only"):
+        load_backends(adapters, engine="llama.cpp", gguf_dir=tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,15 @@ def _adapter_base(adapter_dirs: Mapping[str, Path], base_dir: Path | None) -> Pa
     return base
 
 
+def _existing_dirs(dirs: Mapping[str, str | Path]) -> dict[str, Path]:
+    """{role: resolved directory}; FileNotFoundError naming every one that is not a directory."""
+    resolved = {role: Path(p).resolve() for role, p in dirs.items()}
+    missing = sorted({str(p) for p in resolved.values() if not p.is_dir()})
+    if missing:
+        raise FileNotFoundError(f"no checkpoint directory at {', '.join(missing)}")
+    return resolved
+
+
 def load_role_models(
     dirs: Mapping[str, str | Path],
     *,
@@ -87,10 +96,7 @@ def load_role_models(
     """{role: LoadedRole} for {role: checkpoint or LoRA adapter directory}; see the module doc for what is shared."""
     device = device or inference_device()
     torch_dtype = inference_dtype(device, dtype)
-    resolved = {role: Path(p).resolve() for role, p in dirs.items()}
-    missing = sorted({str(p) for p in resolved.values() if not p.is_dir()})
-    if missing:
-        raise FileNotFoundError(f"no checkpoint directory at {', '.join(missing)}")
+    resolved = _existing_dirs(dirs)
     adapters = {role: p for role, p in resolved.items() if is_adapter_dir(p)}
     out: dict[str, LoadedRole] = {}
 
@@ -191,21 +197,18 @@ def _load_llama_cpp(
     dirs: Mapping[str, str | Path],
     gguf_type: str,
     gguf_dir: str | Path | None,
-    context_of,
+    context_of: Callable[[list[str]], int | None],
     backend_options: Mapping[str, Any],
 ) -> dict[str, ModelBackend]:
     """load_backends on llama.cpp (see there)."""
     from umi.inference.llama_cpp_backend import LlamaCppBackend
 
-    resolved = {role: Path(p).resolve() for role, p in dirs.items()}
-    missing = sorted({str(p) for p in resolved.values() if not p.is_dir()})
-    if missing:
-        raise FileNotFoundError(f"no checkpoint directory at {', '.join(missing)}")
+    resolved = _existing_dirs(dirs)
     adapters = sorted(role for role, p in resolved.items() if is_adapter_dir(p))
     if adapters:
         raise ValueError(
             f"the {', '.join(adapters)} checkpoint(s) are LoRA adapters: llama.cpp runs merged checkpoints only "
-            "(merge each into its base first, or evaluate on transformers)"
+            "(merge each into its base first, or use the transformers engine)"
         )
     options = {k: backend_options[k] for k in ("reuse_cache", "threads") if k in backend_options}
     groups: dict[Path, list[str]] = {}
