@@ -99,6 +99,12 @@ def test_settings_validation_and_profiles():
     with pytest.raises(ValueError):
         EvalSettings(limit=0)
     assert EvalSettings().with_(limit=3, live_limit=None).limit == 3
+    assert EvalSettings().engine == "transformers"  # every result in docs/results/ is transformers'
+    assert EvalSettings(engine="llama.cpp", gguf_type="q8_0").gguf_type == "q8_0"
+    with pytest.raises(ValueError, match="engine must be one of"):
+        EvalSettings(engine="vllm")
+    with pytest.raises(ValueError, match="gguf_type must be one of"):
+        EvalSettings(engine="llama.cpp", gguf_type="q4_0")
 
 
 AGENTS = {

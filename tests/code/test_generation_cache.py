@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from umi.eval.generation_cache import CachedBackend, GenerationCache, request_key
+from umi.eval.generation_cache import CachedBackend, GenerationCache, model_key, request_key
 from umi.inference.protocol import Generation, GenerationRequest
 from umi.inference.tokens import TooLong
 
@@ -57,6 +57,24 @@ def test_keys_depend_on_inputs_not_labels():
         dict(stop_strings=("x",)),
     ):
         assert request_key("m", a) != request_key("m", GenerationRequest(**{"prompt": "p", **change})), change
+
+
+def test_the_model_key_names_the_engine_unless_it_is_transformers():
+    """A transformers key is the one made before engines existed (docs/results/full-eval's cache keeps answering);
+    another engine's label takes the dtype's place, whatever dtype the caller names, so its rows answer neither
+    transformers nor another GGUF type."""
+    from types import SimpleNamespace
+
+    def backend(engine: str):
+        return SimpleNamespace(engine=engine, adapter=None, context_length=4096)
+
+    assert model_key("sha256:abc", backend("transformers"), "float32") == '["sha256:abc", null, "float32", 4096]'
+    f32 = model_key("sha256:abc", backend("llama.cpp/f32"), "float32")
+    assert f32 == '["sha256:abc", null, "llama.cpp/f32", 4096]'
+    assert f32 == model_key("sha256:abc", backend("llama.cpp/f32"), "bfloat16")
+    keys = {f32, model_key("sha256:abc", backend("llama.cpp/q8_0"), "float32")}
+    keys |= {model_key("sha256:abc", backend("transformers"), d) for d in ("float32", "bfloat16")}
+    assert len(keys) == 4
 
 
 def test_cached_generations_survive_the_process_and_a_failed_batch(tmp_path):

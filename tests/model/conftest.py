@@ -121,3 +121,21 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     if mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A few BFCL trajectories of each kind, all in the test split (params.yaml puts everything there): what
+    evaluation tests evaluate on."""
+    import itertools
+
+    from umi.data.bfcl import import_category
+    from umi.schema import Trajectory, write_trajectories
+
+    root = tmp_path_factory.mktemp("eval-data")
+    for category, n in (("simple_python", 2), ("irrelevance", 1), ("multi_turn_base", 1)):
+        records = list(itertools.islice(import_category(category), n))
+        assert all(isinstance(r, Trajectory) for r in records)
+        write_trajectories(root / "data" / "bfcl" / f"{category}.jsonl", records)
+    (root / "params.yaml").write_text("reorganize:\n  split_fractions: {train: 0.0, dev: 0.0, test: 1.0}\n")
+    return root

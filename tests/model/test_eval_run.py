@@ -4,23 +4,19 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from tests.support.fixtures import TOOLBENCH_OOD_TEST
 from umi.agent.loop import build_agent
-from umi.data.bfcl import import_category
 from umi.eval.agents import load_agent_backends, resolve_dtype
 from umi.eval.report import LIVE_COLUMNS, METRIC_COLUMNS
 from umi.eval.run import EvalReport, EvalRun, evaluate
 from umi.eval.settings import EvalSettings
 from umi.inference.agent_specs import AgentSpec, default_agents
-from umi.schema import Trajectory, write_trajectories
 
 SMALL = EvalSettings(
     max_new_tokens={"planner": 6, "caller": 6, "summarizer": 6, "global": 8},
@@ -29,18 +25,6 @@ SMALL = EvalSettings(
     max_steps=2,
     planner_retries=0,
 )
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    """A few BFCL trajectories of each kind, all in the test split (params.yaml puts everything there)."""
-    root = tmp_path_factory.mktemp("eval-data")
-    for category, n in (("simple_python", 2), ("irrelevance", 1), ("multi_turn_base", 1)):
-        records = list(itertools.islice(import_category(category), n))
-        assert all(isinstance(r, Trajectory) for r in records)
-        write_trajectories(root / "data" / "bfcl" / f"{category}.jsonl", records)
-    (root / "params.yaml").write_text("reorganize:\n  split_fractions: {train: 0.0, dev: 0.0, test: 1.0}\n")
-    return root
 
 
 @pytest.fixture
@@ -261,6 +245,11 @@ def test_cli_static(tiny_backbone, data_dir, tmp_path, monkeypatch):
     assert "tiny" in result.output and (tmp_path / "out" / "eval.json").is_file()
     bad = CliRunner().invoke(app, ["eval", "live", "--multi", "broken=only-one-path", "--no-tracking"])
     assert bad.exit_code == 2 and "NAME=PLANNER,CALLER,SUMMARIZER" in bad.output
+    multi = ["--multi", f"tiny={tiny},{tiny},{tiny}", "--no-tracking"]
+    bad = CliRunner().invoke(app, ["eval", "static", *multi, "--engine", "vllm"])
+    assert bad.exit_code == 2 and "engine must be one of" in bad.output
+    bad = CliRunner().invoke(app, ["eval", "static", *multi, "--engine", "llama.cpp", "--gguf-type", "q4_0"])
+    assert bad.exit_code == 2 and "gguf_type must be one of" in bad.output
 
 
 def test_the_prompt_format_travels_with_the_checkpoints(tiny_backbone, role_datasets, data_dir, tmp_path):

@@ -4,6 +4,7 @@ llama.cpp's own counters), and a GGUF refused for a checkpoint it was not conver
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -187,8 +188,12 @@ def test_it_is_a_model_backend_that_decodes_one_sequence_at_a_time(checkpoint, g
     assert [g.token_ids for g in backend.generate_batch([request, request])] == [
         backend.generate(request).token_ids
     ] * 2
-    smaller = backend.with_context(256)
-    assert smaller.context_length == 256 and smaller.generate(request).token_ids == backend.generate(request).token_ids
+    smaller = backend.with_context(300)  # not a multiple of 256: llama.cpp pads its own context, not the budget
+    assert smaller.context_length == 300 and smaller.generate(request).token_ids == backend.generate(request).token_ids
+    filling = planner_request(6, max_new_tokens=12)  # a prompt longer than the context: history dropped to fit it
+    prompt_tokens, _ = smaller.prompt_ids(filling)
+    assert 200 < len(prompt_tokens) <= 300 - 12
+    assert smaller.generate(filling).prompt_tokens == len(prompt_tokens)
 
 
 @pytest.mark.parametrize("gguf_type", ["bf16", "q8_0"])
@@ -197,7 +202,71 @@ def test_smaller_gguf_types_convert_load_and_generate(checkpoint, gguf_file, ggu
     assert smaller == gguf_cache_path(checkpoint, gguf_type, gguf_dir) != gguf_file
     assert recorded_fingerprint(smaller) == checkpoint_fingerprint(checkpoint)
     assert smaller.stat().st_size < gguf_file.stat().st_size
-    g = LlamaCppBackend.from_checkpoint(checkpoint, gguf_type, gguf_dir=gguf_dir, threads=1).generate(
-        planner_request(1, max_new_tokens=6, ignore_eos=True)
-    )
+    backend = LlamaCppBackend.from_checkpoint(checkpoint, gguf_type, gguf_dir=gguf_dir, threads=1)
+    assert (backend.gguf_type, backend.engine) == (gguf_type, f"llama.cpp/{gguf_type}")
+    g = backend.generate(planner_request(1, max_new_tokens=6, ignore_eos=True))
     assert g.new_tokens == 6 and g.stop_reason == "max_new_tokens"
+
+
+def test_static_evaluation_on_llama_cpp_writes_transformers_texts_under_keys_of_its_own(
+    checkpoint, gguf_file, data_dir, tmp_path, monkeypatch
+):
+    """`umi eval --engine llama.cpp --gguf-type f32`: the checkpoint's GGUF from the fingerprint-keyed cache (not
+    converted again), the same static records as transformers float32 (the tiny model's identical greedy tokens), and
+    the generation cache keeps the two engines' rows apart: neither run is answered by the other's."""
+    from umi.agent.loop import build_agent
+    from umi.eval.run import evaluate
+    from umi.eval.settings import EvalSettings
+    from umi.inference import gguf_export
+    from umi.inference.agent_specs import AgentSpec
+
+    monkeypatch.setattr(gguf_export, "umi_cache", lambda: tmp_path / "umi-cache")  # the default GGUF cache, here
+    cached = gguf_export.gguf_cache_path(checkpoint, "f32")
+    cached.parent.mkdir(parents=True)
+    shutil.copyfile(gguf_file, cached)
+
+    def no_conversion():
+        raise AssertionError("the cached GGUF was converted again")
+
+    monkeypatch.setattr(gguf_export, "converter_dir", no_conversion)
+    settings = EvalSettings(
+        max_new_tokens={"planner": 12, "caller": 12, "summarizer": 12, "global": 12},
+        batch_size=4,
+        max_prompt_tokens=1536,
+        dtype="float32",
+    )
+    common = dict(
+        data_dir=data_dir / "data",
+        params=data_dir / "params.yaml",
+        static=True,
+        live=False,
+        toolbench_ood=None,
+        tracking=False,
+        progress=False,
+        baselines=False,
+        build_agent=build_agent,
+        cache=tmp_path / "gen.sqlite",
+    )
+    agents = [AgentSpec.multi("alpha-umi", checkpoint, checkpoint, checkpoint)]
+    on_transformers = evaluate(agents, out_dir=tmp_path / "transformers", settings=settings, **common)
+    on_llama = evaluate(agents, out_dir=tmp_path / "llama", settings=settings.with_(engine="llama.cpp"), **common)
+    assert on_llama.settings["engine"] == "llama.cpp" and on_llama.settings["gguf_type"] == "f32"
+    assert on_llama.settings["resolved_dtype"] is None  # dtype does not apply to llama.cpp
+
+    made = on_transformers.settings["generation_cache"]
+    assert made["misses"] > 0
+    assert on_llama.settings["generation_cache"]["hits"] == 0  # no transformers row answered llama.cpp
+    assert on_llama.settings["generation_cache"]["misses"] == made["misses"]
+
+    def generated(report_dir):
+        records = [json.loads(x) for x in (report_dir / "details" / "static-alpha-umi-bfcl-test.jsonl").open()]
+        return [{k: v for k, v in r.items() if "seconds" not in k} for r in records]
+
+    ran = generated(tmp_path / "transformers")
+    assert ran == generated(tmp_path / "llama")
+    outputs = {json.dumps(r["outputs"], sort_keys=True) for r in ran}
+    assert len(outputs) > 2  # the predictions vary: agreement is not one repeated text
+
+    again = evaluate(agents, out_dir=tmp_path / "again", settings=settings.with_(engine="llama.cpp"), **common)
+    assert again.settings["generation_cache"]["misses"] == 0  # llama.cpp's own rows answer it
+    assert again.settings["generation_cache"]["hits"] == made["misses"] + made["hits"]

@@ -88,6 +88,8 @@ def _run(static: bool, live: bool, **options) -> None:
         settings = PROFILES[options["profile"]].with_(
             batch_size=options["batch_size"],
             dtype=options["dtype"],
+            engine=options["engine"],
+            gguf_type=options["gguf_type"],
             max_prompt_tokens=options["max_prompt_tokens"],
             fit_tool_docs=options["fit_tool_docs"],
             static_batching=options["static_batching"],
@@ -139,6 +141,13 @@ OodLimit = Annotated[Optional[int], typer.Option(min=1, help="ToolBench OOD traj
 LiveLimit = Annotated[Optional[int], typer.Option(min=1, help="Live BFCL entries (default: profile's).")]
 MaxSteps = Annotated[Optional[int], typer.Option(min=1, help="Planner turns per user turn, live (default: profile's).")]
 Dtype = Annotated[Optional[str], typer.Option(help="auto | float32 | bfloat16 (default: the profile's, auto).")]
+Engine = Annotated[
+    Optional[str],
+    typer.Option(help="transformers (default) | llama.cpp (CPU, each checkpoint's GGUF of --gguf-type; not --dtype)."),
+]
+GgufType = Annotated[
+    Optional[str], typer.Option(help="llama.cpp's weights: f32 (default, transformers' greedy texts) | bf16 | q8_0.")
+]
 PromptTokens = Annotated[
     Optional[int], typer.Option(min=16, help="Prompt token budget (default: what the agent was trained with).")
 ]
@@ -194,6 +203,8 @@ def _command(static: bool, live: bool, doc: str):
         fit_tool_docs: FitDocs = None,
         cache: Cache = None,
         dtype: Dtype = None,
+        engine: Engine = None,
+        gguf_type: GgufType = None,
         out: Out = Path("artifacts/eval"),
         data: Data = Path("data"),
         toolbench_ood: Ood = None,

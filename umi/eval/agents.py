@@ -3,8 +3,8 @@ were trained on.
 
 `AgentSpec` (an agent's name and checkpoint directories) and `default_agents` (the usual four from the training
 layout) are umi.inference.agent_specs' (`umi chat` names agents by them too). `load_agent_backends` loads one
-TransformersBackend per distinct checkpoint directory (a directory named for several roles is loaded once and
-shared), with the token budget evaluation prompts are fitted to.
+backend per distinct checkpoint directory (a directory named for several roles is loaded once and shared) on the
+evaluation's engine, with the token budget evaluation prompts are fitted to.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from umi.inference.agent_specs import AgentSpec
-from umi.inference.protocol import ModelBackend
-from umi.inference.transformers_backend import TransformersBackend
+from umi.inference.protocol import TRANSFORMERS, ModelBackend
 from umi.inference.wrapping import per_backend
 from umi.vocabulary import STAGE_MANIFEST
 
@@ -46,10 +45,13 @@ def load_agent_backends(
     reuse_cache: bool = True,
     max_cache_slots: int = 3,
     dtype: str = "auto",
-) -> dict[str, TransformersBackend]:
-    """role -> TransformersBackend for `spec`, by the one loader (umi.inference.loading.load_backends): one backend
-    per distinct directory, shared by the roles it plays. max_prompt_tokens / max_new_tokens: the prompt budget (see
-    there); max_cache_slots: prompts whose KV caches a backend keeps for reuse; dtype: see resolve_dtype."""
+    engine: str = TRANSFORMERS,
+    gguf_type: str = "f32",
+) -> dict[str, ModelBackend]:
+    """role -> backend for `spec`, by the one loader (umi.inference.loading.load_backends): one backend per distinct
+    directory, shared by the roles it plays. max_prompt_tokens / max_new_tokens: the prompt budget (see there);
+    max_cache_slots: prompts whose KV caches a transformers backend keeps for reuse; dtype: see resolve_dtype (on
+    transformers); engine and gguf_type: umi.eval.settings.EvalSettings'."""
     from umi.inference.loading import load_backends as load
 
     missing = spec.missing_checkpoints()
@@ -62,6 +64,8 @@ def load_agent_backends(
         max_new_tokens=max_new_tokens,
         reuse_cache=reuse_cache,
         max_cache_slots=max_cache_slots,
+        engine=engine,
+        gguf_type=gguf_type,
     )
 
 

@@ -4,7 +4,8 @@ A full evaluation on a 2-core CPU takes hours: every generation it finishes is s
 row per generation), and a rerun with the same cache answers those requests from disk and computes only the rest.
 The key is everything the text depends on: the checkpoint's bytes (umi.vocabulary.content_digest of its weights,
 config and tokenizer: a retrain to the same bytes, on another machine, hits the cache; other weights never do),
-the adapter, the dtype, the context length, and the request
+the adapter, the dtype (on an engine other than transformers, the engine and its weights' type: `model_key`), the
+context length, and the request
 (prompt, history span, caps, stop strings, temperature and seed: sampled retries are seeded, so they are repeatable
 too). Two runs that share a cache therefore see the same texts; a resumed run batches its remaining prompts among
 themselves, which in bfloat16 can change a rare low-margin token versus an uninterrupted run (padding changes the
@@ -40,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from umi.inference.protocol import Generation, GenerationRequest, ModelBackend
+from umi.inference.protocol import TRANSFORMERS, Generation, GenerationRequest, ModelBackend
 from umi.inference.tokens import TooLong
 from umi.inference.wrapping import ForwardingBackend, per_backend
 
@@ -222,8 +223,13 @@ def _same(a: Generation, b: Generation) -> bool:
 
 def model_key(content_digest: str, backend: ModelBackend, dtype: str) -> str:
     """The part of every request key that names the model: the checkpoint's bytes (umi.vocabulary.content_digest),
-    the adapter, the dtype and the context length."""
-    return json.dumps([content_digest, backend.adapter, dtype, backend.context_length])
+    the adapter, the precision and the context length. The precision is `dtype` (the torch dtype) on transformers;
+    another engine's label (ModelBackend.engine, e.g. `llama.cpp/q8_0`) takes its place, naming the engine and the
+    weights it runs whatever torch dtype the caller names. So transformers keys are the ones made before there were
+    engines (existing caches keep answering), and no other engine's generation can answer for transformers, nor one
+    GGUF type's for another (twins too: they must share this part but the checkpoint's bytes)."""
+    precision = dtype if backend.engine == TRANSFORMERS else backend.engine
+    return json.dumps([content_digest, backend.adapter, precision, backend.context_length])
 
 
 def request_key(model_key: str, request: GenerationRequest) -> str:

@@ -34,6 +34,7 @@ from umi.eval.report import add_verdicts, table_markdown, write_chart
 from umi.eval.settings import PROFILES, EvalSettings
 from umi.eval.testsets import TestSet, live_entries, load_bfcl_test, load_toolbench_ood, load_train
 from umi.inference.agent_specs import AgentSpec
+from umi.inference.protocol import TRANSFORMERS
 from umi.inference.sharing import batched_backends
 from umi.prompts import DocStyle
 from umi.vocabulary import CHAMPION, LIVE_DEV, LIVE_TEST, SINGLE_LLM, SINGLE_MATCHED, TOOLBENCH_OOD
@@ -467,6 +468,7 @@ class _Evaluation:
         started = time.perf_counter()
         budget = base_budget(spec, cfg.max_prompt_tokens, cfg.untrained_prompt_tokens)
         loading = {"max_prompt_tokens": budget, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
+        loading.update(engine=cfg.engine, gguf_type=cfg.gguf_type)
         concurrent = cfg.live_concurrency if self.sets.live else 1  # live entries at once: their generations batch
         if concurrent > 1:  # each entry's roles keep their prompts' KV caches (TransformersBackend keeps 3 by default)
             loading["max_cache_slots"] = 3 * concurrent
@@ -616,7 +618,7 @@ def _report_settings(
         "selection": selected,
         "test": run.test,
         "references": list(run.references),
-        "resolved_dtype": evaluation.resolved_dtype,
+        "resolved_dtype": evaluation.resolved_dtype if cfg.engine == TRANSFORMERS else None,  # llama.cpp: gguf_type
         "split": split,
         "verdict_family": family,
         "generation_cache": None

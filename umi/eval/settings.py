@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from umi.inference.gguf_export import GGUF_TYPES
 from umi.inference.presets import EVALUATION, EVALUATION_FULL, MAX_STEPS, GenerationSettings
+from umi.inference.protocol import ENGINES, TRANSFORMERS
 
 __all__ = ["EvalSettings", "PROFILES"]
 
@@ -41,6 +43,11 @@ class EvalSettings:
     low-margin steps a text can differ from the one the entry gets alone, as with any batch size.
     dtype: weights at evaluation: float32, bfloat16, or auto (bfloat16 on a GPU that has it and on a CPU with native
     bf16 arithmetic, AVX512-BF16 or AMX, where it runs about twice as fast as float32; float32 elsewhere).
+    engine: what generates: transformers (the default; weights in `dtype`) or llama.cpp (on the CPU, each role
+    checkpoint's GGUF of `gguf_type`, f32, bf16 or q8_0, converted once per checkpoint fingerprint into umi's cache:
+    umi.inference.gguf_export; `dtype` does not apply). The generation cache keeps each engine's texts, and each GGUF
+    type's, apart. On a tiny model an f32 GGUF's greedy texts equal transformers float32's; on the BFCL test split
+    the agreement is not measured yet (docs/evaluation.md).
     limit / ood_limit / live_limit: trajectories of the BFCL test split / of the ToolBench out-of-domain set (None:
     as `limit`) / live entries; None: all."""
 
@@ -56,6 +63,8 @@ class EvalSettings:
     stop_on_failure: bool = True
     live_concurrency: int = 1
     dtype: str = "auto"
+    engine: str = TRANSFORMERS
+    gguf_type: str = "f32"
     limit: int | None = None
     ood_limit: int | None = None
     live_limit: int | None = None
@@ -72,6 +81,10 @@ class EvalSettings:
             raise ValueError(f"static_batching must be continuous or padded, got {self.static_batching!r}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.gguf_type not in GGUF_TYPES:
+            raise ValueError(f"gguf_type must be one of {', '.join(GGUF_TYPES)}, got {self.gguf_type!r}")
         for name in ("limit", "ood_limit", "live_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:

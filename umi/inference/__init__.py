@@ -15,7 +15,7 @@ this package imports nothing itself.
     sharing              a model shared by threads: its lock, its batcher, a request's deadline view
     deadlines            a request's time budget (RequestTimeout, RequestCancelled)
     wrapping             the pass-through base of backend wrappers, and wrapping once per distinct backend
-    loading              checkpoints (plain or LoRA adapters) to models and backends
+    loading              checkpoints (plain or LoRA adapters) to models and backends, on an engine
     devices              the device and dtype rule
     presets              generation caps per role and retry settings: the loop's, evaluation's, chat's, serving's
     agent_specs          which checkpoints play which roles (AgentSpec), the usual agents of the training layout

@@ -45,6 +45,7 @@ __all__ = [
     "converter_dir",
     "export_gguf",
     "gguf_cache_path",
+    "gguf_type",
     "is_f32",
     "recorded_fingerprint",
     "umi_cache",
@@ -135,12 +136,22 @@ def recorded_fingerprint(gguf_file: str | Path) -> str | None:
     return None if field is None else field.contents()
 
 
-def is_f32(gguf_file: str | Path) -> bool:
-    """Whether a GGUF's weights are all float32 (its `general.file_type`)."""
+def gguf_type(gguf_file: str | Path) -> str:
+    """A GGUF's weight type (its `general.file_type`): one of GGUF_TYPES, else llama.cpp's name for it (lower case;
+    `unknown` when it records none)."""
     from gguf import GGUFReader, LlamaFileType
 
     field = GGUFReader(str(gguf_file)).get_field("general.file_type")
-    return field is not None and field.contents() == LlamaFileType.ALL_F32
+    if field is None:
+        return "unknown"
+    file_type = LlamaFileType(field.contents())
+    named = {LlamaFileType.ALL_F32: "f32", LlamaFileType.MOSTLY_BF16: "bf16", LlamaFileType.MOSTLY_Q8_0: "q8_0"}
+    return named.get(file_type, file_type.name.lower())
+
+
+def is_f32(gguf_file: str | Path) -> bool:
+    """Whether a GGUF's weights are all float32."""
+    return gguf_type(gguf_file) == "f32"
 
 
 def check_gguf(gguf_file: str | Path, checkpoint: str | Path) -> None:

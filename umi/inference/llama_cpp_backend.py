@@ -40,7 +40,8 @@ from umi.inference.decoding import (
     generation,
     next_token_numpy,
 )
-from umi.inference.gguf_export import check_gguf, export_gguf, is_f32
+from umi.inference.gguf_export import check_gguf, export_gguf
+from umi.inference.gguf_export import gguf_type as type_of_gguf
 from umi.inference.prefix_cache import shared_prefix
 from umi.inference.protocol import BackendStats, Finish, Generation, GenerationRequest, Take
 from umi.inference.tokens import request_ids
@@ -55,7 +56,8 @@ class LlamaCppBackend:
     tokens that end a generation (umi.inference.decoding.eos_ids). context_length: prompt + new tokens fit it
     (default: the GGUF's training context). reuse_cache: keep the shared token prefix of consecutive prompts (False:
     every prompt is evaluated whole). threads: CPU threads llama.cpp decodes with (default: every CPU this process may
-    use). batch_tokens: prompt tokens evaluated per llama.cpp batch."""
+    use). batch_tokens: prompt tokens evaluated per llama.cpp batch. gguf_type (f32, bf16, q8_0) and engine
+    (`llama.cpp/<gguf_type>`, the protocol's) are read from the GGUF."""
 
     adapter = None  # LoRA roles are merged into their base before conversion
     max_cache_slots = 1
@@ -78,7 +80,9 @@ class LlamaCppBackend:
 
         threads = threads or cpu_count()
         self.gguf_file = Path(gguf_file)
-        kv_type = llama_cpp.GGML_TYPE_F32 if is_f32(gguf_file) else llama_cpp.GGML_TYPE_F16
+        self.gguf_type = type_of_gguf(gguf_file)
+        self.engine = f"llama.cpp/{self.gguf_type}"  # the protocol's: a GGUF type is the weights' precision
+        kv_type = llama_cpp.GGML_TYPE_F32 if self.gguf_type == "f32" else llama_cpp.GGML_TYPE_F16
         self.model = llama_cpp.Llama(
             model_path=str(gguf_file),
             n_ctx=int(context_length or 0),  # 0: the GGUF's training context
@@ -92,7 +96,8 @@ class LlamaCppBackend:
         self.tokenizer = tokenizer
         self.eos_ids = frozenset(eos)
         self.reuse_cache = reuse_cache
-        self.context_length = int(self.model.n_ctx())
+        # llama.cpp pads its context up (to a multiple of 256): llama-cpp-python's token buffer keeps the size asked
+        self.context_length = min(int(self.model.n_ctx()), len(self.model.input_ids))
         self.threads = threads
         self.stats = BackendStats()
         self._vocab = int(self.model.n_vocab())

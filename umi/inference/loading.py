@@ -5,20 +5,22 @@
   umi.inference.devices. A directory named for several roles is loaded once and plays each of them; role directories
   that are LoRA adapters (an `adapter_config.json`, as peft saves them) on one base load that base once, the adapters
   attached to it under the role's name (the backend switches its adapter in before each generation);
-- `load_backends`: {role: TransformersBackend} over those models, one per (model, adapter), so roles over the same
-  weights share one backend and its KV caches.
+- `load_backends`: {role: backend} on an engine (umi.inference.protocol.ENGINES): TransformersBackends over those
+  models, one per (model, adapter), so roles over the same weights share one backend and its KV caches; or
+  LlamaCppBackends over each checkpoint's GGUF (umi.inference.gguf_export's cache), one per directory.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from umi.inference.devices import inference_device, inference_dtype
+from umi.inference.protocol import ENGINES, TRANSFORMERS, ModelBackend
 from umi.inference.transformers_backend import TransformersBackend
 from umi.vocabulary import ADAPTER_CONFIG
 
@@ -75,6 +77,15 @@ def _adapter_base(adapter_dirs: Mapping[str, Path], base_dir: Path | None) -> Pa
     return base
 
 
+def _existing_dirs(dirs: Mapping[str, str | Path]) -> dict[str, Path]:
+    """{role: resolved directory}; FileNotFoundError naming every one that is not a directory."""
+    resolved = {role: Path(p).resolve() for role, p in dirs.items()}
+    missing = sorted({str(p) for p in resolved.values() if not p.is_dir()})
+    if missing:
+        raise FileNotFoundError(f"no checkpoint directory at {', '.join(missing)}")
+    return resolved
+
+
 def load_role_models(
     dirs: Mapping[str, str | Path],
     *,
@@ -85,10 +96,7 @@ def load_role_models(
     """{role: LoadedRole} for {role: checkpoint or LoRA adapter directory}; see the module doc for what is shared."""
     device = device or inference_device()
     torch_dtype = inference_dtype(device, dtype)
-    resolved = {role: Path(p).resolve() for role, p in dirs.items()}
-    missing = sorted({str(p) for p in resolved.values() if not p.is_dir()})
-    if missing:
-        raise FileNotFoundError(f"no checkpoint directory at {', '.join(missing)}")
+    resolved = _existing_dirs(dirs)
     adapters = {role: p for role, p in resolved.items() if is_adapter_dir(p)}
     out: dict[str, LoadedRole] = {}
 
@@ -136,41 +144,87 @@ def _load_adapters(adapters: Mapping[str, Path], base: Path, device: str, torch_
 def load_backends(
     dirs: Mapping[str, str | Path],
     *,
+    engine: str = TRANSFORMERS,
+    gguf_type: str = "f32",
+    gguf_dir: str | Path | None = None,
     base_dir: str | Path | None = None,
     device: str | None = None,
     dtype: str = "auto",
     max_prompt_tokens: int | None = None,
     max_new_tokens: Mapping[str, int] | None = None,
     **backend_options,
-) -> dict[str, TransformersBackend]:
-    """{role: TransformersBackend} for {role: checkpoint or LoRA adapter directory}.
+) -> dict[str, ModelBackend]:
+    """{role: backend} on `engine` for {role: checkpoint or LoRA adapter directory}.
 
-    Roles over the same weights and adapter share one backend (one model in every role also shares its KV caches
-    between them); each adapter role gets its own backend over the shared base, since its keys differ.
+    transformers: roles over the same weights and adapter share one backend (one model in every role also shares its
+    KV caches between them); each adapter role gets its own backend over the shared base, since its keys differ.
+    device and dtype: umi.inference.devices' rule. backend_options go to TransformersBackend.
+    llama.cpp: one LlamaCppBackend per distinct directory, over its GGUF of `gguf_type` (f32, bf16, q8_0) from the
+    cache in `gguf_dir` (converted once per checkpoint fingerprint; umi.inference.gguf_export), on the CPU. LoRA
+    adapter roles are refused (they must be merged into their base first). Of backend_options it takes reuse_cache
+    and threads (it keeps one KV cache, so max_cache_slots does not apply).
     max_prompt_tokens: the token budget prompts are fitted to (history dropped from the left, as training does). A
     backend's context is that plus the largest `max_new_tokens` of the roles it plays, so every role's prompt gets at
-    least max_prompt_tokens. None: `context_length` when given, else the model's own maximum context.
-    backend_options go to TransformersBackend."""
-    loaded = load_role_models(dirs, base_dir=base_dir, device=device, dtype=dtype)
+    least max_prompt_tokens. None: `context_length` when given, else the model's own maximum context."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     caps = dict(max_new_tokens or {})
     fixed_context = backend_options.pop("context_length", None)
+
+    def context_of(roles: list[str]) -> int | None:
+        if max_prompt_tokens is None:
+            return fixed_context
+        return max_prompt_tokens + max((int(caps.get(r, 0)) for r in roles), default=0)
+
+    if engine != TRANSFORMERS:
+        return _load_llama_cpp(dirs, gguf_type, gguf_dir, context_of, backend_options)
+    loaded = load_role_models(dirs, base_dir=base_dir, device=device, dtype=dtype)
     groups: dict[tuple[int, str | None], list[str]] = {}
     for role, item in loaded.items():
         groups.setdefault((id(item.model), item.adapter), []).append(role)
-    out: dict[str, TransformersBackend] = {}
+    out: dict[str, ModelBackend] = {}
     for roles in groups.values():
         item = loaded[roles[0]]
-        context = fixed_context
-        if max_prompt_tokens is not None:
-            context = max_prompt_tokens + max((int(caps.get(r, 0)) for r in roles), default=0)
         backend = TransformersBackend(
-            item.model, item.tokenizer, context_length=context, adapter=item.adapter, **backend_options
+            item.model, item.tokenizer, context_length=context_of(roles), adapter=item.adapter, **backend_options
         )
         for role in roles:
             out[role] = backend
     return out
 
 
-def load_backend(path: str | Path, **options) -> TransformersBackend:
+def _load_llama_cpp(
+    dirs: Mapping[str, str | Path],
+    gguf_type: str,
+    gguf_dir: str | Path | None,
+    context_of: Callable[[list[str]], int | None],
+    backend_options: Mapping[str, Any],
+) -> dict[str, ModelBackend]:
+    """load_backends on llama.cpp (see there)."""
+    from umi.inference.llama_cpp_backend import LlamaCppBackend
+
+    resolved = _existing_dirs(dirs)
+    adapters = sorted(role for role, p in resolved.items() if is_adapter_dir(p))
+    if adapters:
+        raise ValueError(
+            f"the {', '.join(adapters)} checkpoint(s) are LoRA adapters: llama.cpp runs merged checkpoints only "
+            "(merge each into its base first, or use the transformers engine)"
+        )
+    options = {k: backend_options[k] for k in ("reuse_cache", "threads") if k in backend_options}
+    groups: dict[Path, list[str]] = {}
+    for role, path in resolved.items():
+        groups.setdefault(path, []).append(role)
+    out: dict[str, ModelBackend] = {}
+    for path, roles in groups.items():
+        backend = LlamaCppBackend.from_checkpoint(
+            path, gguf_type, gguf_dir=gguf_dir, context_length=context_of(roles), **options
+        )
+        log.info("loaded %s (GGUF %s on llama.cpp) for %s", path, gguf_type, ", ".join(roles))
+        for role in roles:
+            out[role] = backend
+    return out
+
+
+def load_backend(path: str | Path, **options) -> ModelBackend:
     """The backend over one checkpoint directory (`options` as load_backends')."""
     return load_backends({"model": path}, **options)["model"]

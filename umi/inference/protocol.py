@@ -10,7 +10,7 @@
 
 Callers program against these protocols only, never against one backend's class: what a backend cannot do natively
 it still does behind the same method (llama.cpp's backend runs `generate_batch` / `decode_together` one sequence at a
-time), and what differs between engines is declared here (`decodes_together`, `with_context`).
+time), and what differs between engines is declared here (`engine`, `decodes_together`, `with_context`).
 
 The fields of `GenerationRequest` are part of the generation cache's key (umi.eval.generation_cache.request_key):
 adding one changes every key.
@@ -25,6 +25,8 @@ from typing import Any, Literal, Protocol
 from umi.prompts import TURN_END
 
 __all__ = [
+    "ENGINES",
+    "TRANSFORMERS",
     "Backend",
     "BackendStats",
     "BatchingBackend",
@@ -37,6 +39,11 @@ __all__ = [
 ]
 
 StopReason = Literal["eos", "stop_string", "max_new_tokens"]
+
+# the generation engines a role model can run on (umi.inference.loading.load_backends): transformers (torch, any
+# device) and llama.cpp (a GGUF of the checkpoint, on the CPU; umi.inference.llama_cpp_backend)
+TRANSFORMERS = "transformers"
+ENGINES: tuple[str, ...] = (TRANSFORMERS, "llama.cpp")
 
 
 @dataclass(frozen=True)
@@ -178,8 +185,11 @@ class ModelBackend(BatchingBackend, Protocol):
     prompts are tokenised with; adapter: the LoRA adapter of `model` this backend generates with (None: the plain
     model); context_length: prompt + new tokens fit it; max_cache_slots: prompts whose KV caches it keeps for reuse;
     decodes_together: whether generate_batch and decode_together run several sequences in one forward pass (False:
-    one after another, the same results without the speed-up)."""
+    one after another, the same results without the speed-up); engine: what decodes the weights, and in which form
+    where the caller's torch dtype does not say it: `transformers`, or `llama.cpp/<GGUF type>` (the generation
+    cache's key holds it: one engine's texts are never another's)."""
 
+    engine: str
     model: Any
     tokenizer: Any
     adapter: str | None

@@ -38,7 +38,7 @@ from umi.inference.decoding import (
     sampler,
 )
 from umi.inference.prefix_cache import PrefixCache, Slot, prefix_croppable
-from umi.inference.protocol import BackendStats, Finish, Generation, GenerationRequest, Take
+from umi.inference.protocol import TRANSFORMERS, BackendStats, Finish, Generation, GenerationRequest, Take
 from umi.inference.tokens import request_ids
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ class TransformersBackend:
     max_cache_slots, min_shared_tokens: the prefix cache's (umi.inference.prefix_cache.PrefixCache).
     adapter: the LoRA adapter of `model` (a peft model) this backend generates with, switched in before each use.
     """
+
+    engine = TRANSFORMERS
 
     def __init__(
         self,

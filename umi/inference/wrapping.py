@@ -65,6 +65,10 @@ class ForwardingBackend:
         return self.inner.decodes_together
 
     @property
+    def engine(self) -> str:
+        return self.inner.engine
+
+    @property
     def stats(self) -> BackendStats:
         return self.inner.stats
 

@@ -249,16 +249,26 @@ class AgentEngine:
 def build_engine(
     settings: ServeSettings, dirs: Mapping[str, Path], base_dir: Path | None, info: Mapping[str, Mapping[str, Any]]
 ) -> "AgentEngine":
-    """The role backends over `dirs`, by the loader and dtype rule of evaluation, prompted in the format the
-    checkpoints were trained with (ValueError when the roles disagree; `settings.doc_style` only fills in for
-    checkpoints that record none)."""
+    """The role backends over `dirs` on the settings' engine, by the loader and dtype rule of evaluation, prompted in
+    the format the checkpoints were trained with (ValueError when the roles disagree; `settings.doc_style` only fills
+    in for checkpoints that record none). Each role's model info records the engine it runs on."""
     from umi.inference.loading import load_backends
     from umi.inference.sharing import shared_backends
     from umi.prompts import agreed_prompt_format, prompt_format
 
     trained_format = agreed_prompt_format(dirs, prompt_format(settings.doc_style, None))
     loaded = load_backends(
-        dirs, base_dir=base_dir, device=settings.device, dtype=settings.dtype, max_cache_slots=settings.cache_slots
+        dirs,
+        engine=settings.engine,
+        gguf_type=settings.gguf_type,
+        gguf_dir=settings.gguf_dir,
+        base_dir=base_dir,
+        device=settings.device,
+        dtype=settings.dtype,
+        max_cache_slots=settings.cache_slots,
     )
+    # llama.cpp decodes one sequence at a time: no micro-batcher, its requests queue on the model's lock
     backends = shared_backends(loaded, max_batch=settings.max_batch, wait_s=settings.batch_wait_ms / 1000)
-    return AgentEngine(backends, settings, models=info, doc_style=trained_format["doc_style"])
+    models = {role: {**dict(info.get(role, {})), "engine": loaded[role].engine} for role in AGENT_ROLES}
+    models.update({k: dict(v) for k, v in info.items() if k not in models})  # the LoRA base's entry
+    return AgentEngine(backends, settings, models=models, doc_style=trained_format["doc_style"])

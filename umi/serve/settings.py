@@ -14,7 +14,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from umi.inference.gguf_export import GGUF_TYPES
 from umi.inference.presets import MAX_STEPS, SERVING, GenerationSettings
+from umi.inference.protocol import ENGINES, TRANSFORMERS
 from umi.prompts import DEFAULT_DOC_STYLE, DocStyle
 from umi.vocabulary import AGENT_ROLES
 
@@ -41,6 +43,14 @@ class ServeSettings(BaseSettings):
         None, description="base checkpoint of role models that are LoRA adapters (default: the adapters' own base)"
     )
     model_name: str = Field("umi-agent", min_length=1, description="the model id /v1/models lists and chat accepts")
+    engine: str = Field(
+        TRANSFORMERS,
+        description="what generates (umi.inference.protocol.ENGINES): transformers (any device, `dtype`), or "
+        "llama.cpp (the CPU, each role checkpoint's GGUF of `gguf_type`, converted on first load into umi's cache, "
+        "keyed by the checkpoint's fingerprint; not LoRA adapters, not in the serving image yet)",
+    )
+    gguf_type: str = Field("f32", description="llama.cpp's weights: f32, bf16 or q8_0")
+    gguf_dir: Path | None = Field(None, description="where llama.cpp's GGUFs are cached (default: <umi cache>/gguf)")
     device: str | None = Field(None, description="torch device (default: cuda when present, else cpu)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     doc_style: DocStyle = Field(
@@ -115,6 +125,12 @@ class ServeSettings(BaseSettings):
         if given and len(given) != len(AGENT_ROLES):
             missing = [r for r in AGENT_ROLES if r not in given]
             raise ValueError(f"model directories: give all of planner/caller/summarizer or none (missing {missing})")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.gguf_type not in GGUF_TYPES:
+            raise ValueError(f"gguf_type must be one of {', '.join(GGUF_TYPES)}, got {self.gguf_type!r}")
+        if self.engine != TRANSFORMERS and self.device not in (None, "cpu"):
+            raise ValueError(f"the {self.engine} engine runs on the CPU, not on device {self.device!r}")
         if self.default_steps > self.max_steps:
             raise ValueError(f"default_steps {self.default_steps} exceeds max_steps {self.max_steps}")
         for role in AGENT_ROLES:
