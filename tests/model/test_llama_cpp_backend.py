@@ -4,6 +4,7 @@ llama.cpp's own counters), and a GGUF refused for a checkpoint it was not conver
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -215,7 +216,7 @@ def test_static_evaluation_on_llama_cpp_writes_transformers_texts_under_keys_of_
     converted again), the same static records as transformers float32 (the tiny model's identical greedy tokens), and
     the generation cache keeps the two engines' rows apart: neither run is answered by the other's."""
     from umi.agent.loop import build_agent
-    from umi.eval.run import evaluate
+    from umi.eval.run import EvalRun, evaluate
     from umi.eval.settings import EvalSettings
     from umi.inference import gguf_export
     from umi.inference.agent_specs import AgentSpec
@@ -235,7 +236,9 @@ def test_static_evaluation_on_llama_cpp_writes_transformers_texts_under_keys_of_
         max_prompt_tokens=1536,
         dtype="float32",
     )
-    common = dict(
+    common = EvalRun(
+        out_dir=tmp_path / "transformers",
+        settings=settings,
         data_dir=data_dir / "data",
         params=data_dir / "params.yaml",
         static=True,
@@ -248,8 +251,9 @@ def test_static_evaluation_on_llama_cpp_writes_transformers_texts_under_keys_of_
         cache=tmp_path / "gen.sqlite",
     )
     agents = [AgentSpec.multi("alpha-umi", checkpoint, checkpoint, checkpoint)]
-    on_transformers = evaluate(agents, out_dir=tmp_path / "transformers", settings=settings, **common)
-    on_llama = evaluate(agents, out_dir=tmp_path / "llama", settings=settings.with_(engine="llama.cpp"), **common)
+    on_llama_cpp = dataclasses.replace(common, settings=settings.with_(engine="llama.cpp"))
+    on_transformers = evaluate(agents, common)
+    on_llama = evaluate(agents, dataclasses.replace(on_llama_cpp, out_dir=tmp_path / "llama"))
     assert on_llama.settings["engine"] == "llama.cpp" and on_llama.settings["gguf_type"] == "f32"
     assert on_llama.settings["resolved_dtype"] is None  # dtype does not apply to llama.cpp
 
@@ -267,6 +271,6 @@ def test_static_evaluation_on_llama_cpp_writes_transformers_texts_under_keys_of_
     outputs = {json.dumps(r["outputs"], sort_keys=True) for r in ran}
     assert len(outputs) > 2  # the predictions vary: agreement is not one repeated text
 
-    again = evaluate(agents, out_dir=tmp_path / "again", settings=settings.with_(engine="llama.cpp"), **common)
+    again = evaluate(agents, dataclasses.replace(on_llama_cpp, out_dir=tmp_path / "again"))
     assert again.settings["generation_cache"]["misses"] == 0  # llama.cpp's own rows answer it
     assert again.settings["generation_cache"]["hits"] == made["misses"] + made["hits"]
